@@ -1,0 +1,224 @@
+"""Pydantic models shared by the sidecar and the operator.
+
+``StoreSpec`` is the ``spec`` of the ``RunLogStore`` custom resource *and* the shape of
+the sidecar's connection settings: the operator validates a spec with it, renders the
+sidecar's ``config.yaml`` from it, and generates the CRD's ``openAPIV3Schema`` from it
+(:mod:`runlog_relay.config.crd`). On the wire (the CRD, the ConfigMap) fields are
+camelCase through the alias generator; in Python they are snake_case. Every field's
+description ends up in the CRD, so write them for users.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from runlog_relay.layout import Layout
+
+__all__ = [
+    "DEFAULT_BUCKET",
+    "DEFAULT_ENDPOINT",
+    "DEFAULT_LOG_FOLDER",
+    "BucketRef",
+    "CredentialsSecretRef",
+    "Layout",
+    "SecretKeyRef",
+    "StoreSpec",
+    "SyncSpec",
+    "TLSSpec",
+    "WireModel",
+    "parse_bucket",
+    "validate_endpoint",
+]
+
+#: runnable's own defaults (extensions/run_log_store/chunked_minio.py), so a runnable user
+#: needs no new settings.
+DEFAULT_ENDPOINT = "http://localhost:9002"
+DEFAULT_BUCKET = "runnable/run-logs"
+#: Where runnable's Argo and k8s-job executors write run logs inside their containers.
+DEFAULT_LOG_FOLDER = "/tmp/run_logs"  # noqa: S108 - runnable's path, not a temp file of ours
+
+# S3 bucket naming rules (lower case, 3-63, no "..", no IP-looking names are left to the
+# server); a prefix is any run of safe path segments.
+_BUCKET_NAME = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+_PREFIX_SEGMENT = r"[A-Za-z0-9_.=+@,-]+"
+BUCKET_PATTERN = rf"^{_BUCKET_NAME}(/{_PREFIX_SEGMENT})*/?$"
+_BUCKET_RE = re.compile(BUCKET_PATTERN)
+ENDPOINT_PATTERN = r"^https?://[^/\s?#]+/?$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_SECRET_DATA_KEY = r"^[-._a-zA-Z0-9]+$"
+
+
+def parse_bucket(value: str) -> tuple[str, str]:
+    """Split runnable's ``bucket[/prefix]`` into ``(bucket, prefix)``; prefix has no slashes
+    at either end (``""`` when absent)."""
+    if not _BUCKET_RE.match(value) or ".." in value.split("/", 1)[0]:
+        raise ValueError(
+            f"bucket must be BUCKET[/PREFIX] with an S3 bucket name (lower case letters, digits,"
+            f" dots, dashes; 3-63 characters), got {value!r}"
+        )
+    bucket, _, prefix = value.partition("/")
+    prefix = prefix.strip("/")
+    if any(part in {".", ".."} for part in prefix.split("/")):
+        raise ValueError(f"bucket prefix may not contain '.' or '..' segments, got {value!r}")
+    return bucket, prefix
+
+
+def _check_bucket(value: str) -> str:
+    parse_bucket(value)
+    return value
+
+
+def validate_endpoint(value: str) -> str:
+    """An ``http(s)://host[:port]`` URL without a path, as minio's client needs it."""
+    if not re.match(ENDPOINT_PATTERN, value):
+        raise ValueError(f"endpoint must be http(s)://HOST[:PORT] with no path, got {value!r}")
+    parts = urlsplit(value)
+    if parts.username or parts.password:
+        # Credentials in a URL would end up in logs and status; they belong in a Secret.
+        raise ValueError("endpoint must not contain credentials; use a Secret")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        raise ValueError(f"endpoint has an invalid port: {value!r}") from exc
+    return value.rstrip("/")
+
+
+BucketRef = Annotated[
+    str,
+    AfterValidator(_check_bucket),
+    Field(
+        pattern=BUCKET_PATTERN,
+        description=(
+            "runnable's `bucket[/prefix]`: the S3 bucket, optionally followed by a key prefix"
+            " under which runs are stored (runnable's default `runnable/run-logs`)."
+        ),
+    ),
+]
+Endpoint = Annotated[
+    str,
+    AfterValidator(validate_endpoint),
+    Field(
+        pattern=ENDPOINT_PATTERN,
+        description="S3/MinIO endpoint URL, `http(s)://host[:port]` (runnable's default"
+        " `http://localhost:9002`).",
+    ),
+]
+
+
+class WireModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are errors."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The camelCase JSON form (for CRDs, ConfigMaps and status)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class SecretKeyRef(WireModel):
+    """A key in a Secret in the same namespace."""
+
+    name: str = Field(pattern=_DNS_SUBDOMAIN, max_length=253)
+    """Name of the Secret (same namespace as the RunLogStore)."""
+    key: str = Field(pattern=_SECRET_DATA_KEY, max_length=253)
+    """Key inside the Secret's data."""
+
+
+class CredentialsSecretRef(WireModel):
+    """The Secret that holds the S3 access key pair."""
+
+    name: str = Field(pattern=_DNS_SUBDOMAIN, max_length=253)
+    """Name of the Secret, in the RunLogStore's own namespace."""
+    access_key_id_key: str = Field(
+        default="AWS_ACCESS_KEY_ID", pattern=_SECRET_DATA_KEY, max_length=253
+    )
+    """Key in the Secret holding the access key id."""
+    secret_access_key_key: str = Field(
+        default="AWS_SECRET_ACCESS_KEY", pattern=_SECRET_DATA_KEY, max_length=253
+    )
+    """Key in the Secret holding the secret access key."""
+
+
+class TLSSpec(WireModel):
+    """TLS options for https endpoints."""
+
+    insecure_skip_verify: bool = False
+    """Skip certificate verification. Only for test setups: it allows impersonation."""
+    ca_secret_ref: SecretKeyRef | None = None
+    """A PEM CA bundle in a Secret, for endpoints signed by a private CA."""
+
+
+class SyncSpec(WireModel):
+    """How the sidecar watches and uploads. The defaults suit most volumes."""
+
+    debounce_seconds: float = Field(default=0.05, ge=0.0, le=60.0)
+    """Coalesce bursts of writes to one file for at most this long before reading it.
+    Short keeps the bucket close behind; longer saves reads on busy files."""
+    rescan_interval_seconds: float = Field(default=60.0, ge=1.0, le=86400.0)
+    """Full rescan of the folder as a safety net for missed events (a stat per file)."""
+    concurrency: int = Field(default=8, ge=1, le=64)
+    """Uploads in flight at once."""
+    force_polling: bool = False
+    """Poll instead of using inotify: for NFS, CIFS and CSI volumes that deliver no events."""
+    poll_interval_seconds: float = Field(default=1.0, ge=0.05, le=60.0)
+    """Polling period when `forcePolling` is on."""
+    torn_grace_seconds: float = Field(default=30.0, ge=0.0, le=86400.0)
+    """How long a file may stay unreadable as JSON (torn, half-written) before it is
+    reported loudly (log, metric, event). It is retried all the time regardless."""
+    drain_timeout_seconds: float = Field(default=25.0, ge=0.0, le=3600.0)
+    """On shutdown, how long to keep uploading what is pending before giving up. Keep it
+    below the pod's terminationGracePeriodSeconds (30 by default)."""
+    max_pending_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    """Upper bound on file contents held in memory waiting for upload; the reader waits
+    when it is reached (back-pressure, nothing is dropped)."""
+
+
+class StoreSpec(WireModel):
+    """Where and how run logs are mirrored: the `spec` of a RunLogStore."""
+
+    endpoint: Endpoint = DEFAULT_ENDPOINT
+    """S3/MinIO endpoint URL, `http(s)://host[:port]`."""
+    bucket: BucketRef = DEFAULT_BUCKET
+    """runnable's `bucket[/prefix]` form, as in the run log store config of runnable."""
+    region: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,64}$")
+    """S3 region; leave unset for MinIO."""
+    tls: TLSSpec = TLSSpec()
+    """TLS options for https endpoints."""
+    credentials_secret_ref: CredentialsSecretRef | None = None
+    """Secret (same namespace) with the access key pair. Unset: runnable's default
+    `minioadmin` credentials."""
+    layout: Layout = Layout.CHUNKED
+    """`chunked` (runnable chunked-fs → chunked-minio) or `single` (file-system → minio)."""
+    log_folder: str = Field(default=DEFAULT_LOG_FOLDER, pattern=r"^/[^\n]*$")
+    """Absolute path where runnable writes run logs inside the pods."""
+    create_bucket: bool = False
+    """Create the bucket when it does not exist."""
+    sync: SyncSpec = SyncSpec()
+    """Sidecar sync tuning."""
+
+    @model_validator(mode="after")
+    def _https_only_options(self) -> StoreSpec:
+        if self.endpoint.startswith("http://") and (
+            self.tls.insecure_skip_verify or self.tls.ca_secret_ref
+        ):
+            raise ValueError("tls options need an https:// endpoint")
+        return self
+
+    @property
+    def bucket_name(self) -> str:
+        return parse_bucket(self.bucket)[0]
+
+    @property
+    def prefix(self) -> str:
+        return parse_bucket(self.bucket)[1]

@@ -1,0 +1,152 @@
+"""runnable file names ↔ object keys, both directions, for both store kinds.
+
+This module is the compatibility contract of DESIGN.md in code. It is pure (no I/O) so
+the sidecar, the pull/verify tools and the tests all share one mapping:
+
+==========  =======================================  ===============================  =========
+layout      file (relative to the log folder)        key (relative to the prefix)     body
+==========  =======================================  ===============================  =========
+chunked     ``<run_id>/<Name>.json``                 ``<run_id>/<Name>``              same bytes
+single      ``<run_id>.json``                        ``<run_id>/<run_id>.json``       JSON string
+==========  =======================================  ===============================  =========
+
+``single`` is runnable's ``file-system`` → ``minio`` pair: the minio store reads
+``json.loads(json.loads(body))``, so the uploaded body is the file's text encoded once
+more as a JSON string.
+
+Names are validated before they become keys: a hostile or odd file name (control
+characters, a leading dot, path separators, non-UTF-8 bytes, ``..``) is rejected with a
+reason instead of producing a surprising key.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import unicodedata
+from dataclasses import dataclass
+
+__all__ = [
+    "Layout",
+    "Mapping",
+    "UnsafeNameError",
+    "decode_body",
+    "encode_body",
+    "key_for",
+    "path_for",
+    "run_id_of_key",
+]
+
+JSON_SUFFIX = ".json"
+
+# Names become keys almost verbatim, so refuse only what is hostile or surprising: control
+# and invisible formatting characters (a newline or a bidi override in a key fools people
+# and tools), backslashes, names that are not valid UTF-8, names over S3's limits, and
+# hidden names (editors' and runnable's temporary files start with a dot). Anything else
+# runnable may write (map values become branch names) stays allowed.
+_MAX_COMPONENT_BYTES = 255
+
+
+class Layout(str, enum.Enum):
+    """How runnable lays a run out on disk and in the bucket."""
+
+    CHUNKED = "chunked"  #: chunked-fs → chunked-minio
+    SINGLE = "single"  #: file-system → minio
+
+
+class UnsafeNameError(ValueError):
+    """A file name that cannot become a safe object key; ``reason`` says why."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name!r}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """Where one local file goes: its object key (relative to the prefix) and run."""
+
+    run_id: str
+    key: str
+
+
+def _check_component(part: str, what: str) -> None:
+    if not part:
+        raise UnsafeNameError(part, f"empty {what}")
+    if part.startswith("."):
+        raise UnsafeNameError(part, f"{what} is hidden or relative (starts with a dot)")
+    if part != part.strip():
+        raise UnsafeNameError(part, f"{what} starts or ends with white space")
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in part):
+        raise UnsafeNameError(part, f"{what} is not valid UTF-8")
+    if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"} for ch in part):
+        raise UnsafeNameError(part, f"{what} contains a control or invisible character")
+    if "\\" in part or "/" in part:
+        raise UnsafeNameError(part, f"{what} contains a path separator")
+    if len(part.encode("utf-8")) > _MAX_COMPONENT_BYTES:
+        raise UnsafeNameError(part, f"{what} is longer than {_MAX_COMPONENT_BYTES} bytes")
+
+
+def key_for(relative: str, layout: Layout) -> Mapping:
+    """Map a file path relative to the log folder (``/``-separated) to its key.
+
+    Raises :class:`UnsafeNameError` when the path is not a run-log file of ``layout`` or
+    its name cannot become a safe key.
+    """
+    parts = relative.split("/")
+    if layout is Layout.CHUNKED:
+        if len(parts) != 2:
+            raise UnsafeNameError(relative, "not <run_id>/<chunk>.json")
+        run_id, filename = parts
+        _check_component(run_id, "run id")
+        if not filename.endswith(JSON_SUFFIX) or filename == JSON_SUFFIX:
+            raise UnsafeNameError(relative, "not a .json chunk")
+        stem = filename[: -len(JSON_SUFFIX)]
+        _check_component(stem, "chunk name")
+        return Mapping(run_id=run_id, key=f"{run_id}/{stem}")
+    if len(parts) != 1:
+        raise UnsafeNameError(relative, "not <run_id>.json")
+    filename = parts[0]
+    if not filename.endswith(JSON_SUFFIX) or filename == JSON_SUFFIX:
+        raise UnsafeNameError(relative, "not a .json run log")
+    run_id = filename[: -len(JSON_SUFFIX)]
+    _check_component(run_id, "run id")
+    return Mapping(run_id=run_id, key=f"{run_id}/{run_id}{JSON_SUFFIX}")
+
+
+def path_for(key: str, layout: Layout) -> str:
+    """The inverse of :func:`key_for`: the file path (relative) an object key came from."""
+    parts = key.split("/")
+    if len(parts) != 2:
+        raise UnsafeNameError(key, "not <run_id>/<name>")
+    run_id, name = parts
+    _check_component(run_id, "run id")
+    _check_component(name, "object name")
+    if layout is Layout.CHUNKED:
+        return f"{run_id}/{name}{JSON_SUFFIX}"
+    if name != f"{run_id}{JSON_SUFFIX}":
+        raise UnsafeNameError(key, "not <run_id>/<run_id>.json")
+    return name
+
+
+def run_id_of_key(key: str) -> str:
+    """The run id an object key (relative to the prefix) belongs to."""
+    return key.split("/", 1)[0]
+
+
+def encode_body(file_bytes: bytes, layout: Layout) -> bytes:
+    """The object body for a file's bytes (already checked to be JSON)."""
+    if layout is Layout.CHUNKED:
+        return file_bytes
+    return json.dumps(file_bytes.decode("utf-8")).encode("utf-8")
+
+
+def decode_body(object_bytes: bytes, layout: Layout) -> bytes:
+    """The file bytes an object body came from: the inverse of :func:`encode_body`."""
+    if layout is Layout.CHUNKED:
+        return object_bytes
+    text = json.loads(object_bytes)
+    if not isinstance(text, str):
+        raise ValueError("a single-layout object must hold a JSON string")
+    return text.encode("utf-8")

@@ -1,0 +1,137 @@
+"""Every Prometheus metric runlog-relay exports, on an injected registry.
+
+Callers build one ``SidecarMetrics`` or ``OperatorMetrics`` per process with the
+registry they serve (tests pass a fresh ``CollectorRegistry``). Labels are few and
+bounded: never a path, key or run id (those go to logs).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["LAG_BUCKETS", "OperatorMetrics", "SidecarMetrics"]
+
+#: Change seen → object written, seconds. Dense below a second, where a healthy relay lives.
+LAG_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+UPLOAD_RESULTS = ("success", "retry", "failure")
+
+
+class SidecarMetrics:
+    """Write and sync activity of one sidecar."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.fs_events = Counter(
+            "runlog_relay_fs_events_total",
+            "Filesystem change events received for the watched folder (inotify or polling).",
+            registry=registry,
+        )
+        self.fs_write_bytes = Counter(
+            "runlog_relay_fs_write_bytes_total",
+            "Bytes of new, complete file versions seen in the folder (write activity).",
+            registry=registry,
+        )
+        self.fs_versions = Counter(
+            "runlog_relay_fs_versions_total",
+            "New, complete file versions seen in the folder.",
+            registry=registry,
+        )
+        self.uploads = Counter(
+            "runlog_relay_uploads_total",
+            "Upload attempts by result: success, retry (transient error, will retry),"
+            " failure (permanent error such as AccessDenied; retried slowly).",
+            ["result"],
+            registry=registry,
+        )
+        for result in UPLOAD_RESULTS:
+            self.uploads.labels(result=result)
+        self.upload_bytes = Counter(
+            "runlog_relay_upload_bytes_total",
+            "Bytes of object bodies uploaded successfully.",
+            registry=registry,
+        )
+        self.sync_lag = Histogram(
+            "runlog_relay_sync_lag_seconds",
+            "Time from a file change being seen to its content being in the bucket.",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self.pending_files = Gauge(
+            "runlog_relay_pending_files",
+            "Files whose latest content is not in the bucket yet (queued, uploading or"
+            " waiting to retry).",
+            registry=registry,
+        )
+        self.torn_reads = Counter(
+            "runlog_relay_torn_reads_total",
+            "Reads that found a file half-written (not JSON) or changing while read.",
+            registry=registry,
+        )
+        self.torn_files = Gauge(
+            "runlog_relay_torn_files",
+            "Files that have stayed torn (not valid JSON) longer than the grace period.",
+            registry=registry,
+        )
+        self.retries = Counter(
+            "runlog_relay_retries_total",
+            "Uploads scheduled again after a failure.",
+            registry=registry,
+        )
+        self.skipped_files = Counter(
+            "runlog_relay_skipped_files_total",
+            "Files ignored: symlink, not a regular file, unsafe name, unreadable.",
+            ["reason"],
+            registry=registry,
+        )
+        self.last_sync = Gauge(
+            "runlog_relay_last_sync_timestamp_seconds",
+            "Unix time of the last successful upload or reconcile that found nothing to do.",
+            registry=registry,
+        )
+        self.runs_tracked = Gauge(
+            "runlog_relay_runs_tracked",
+            "Runs (run ids) seen in the watched folder.",
+            registry=registry,
+        )
+        self.files_tracked = Gauge(
+            "runlog_relay_files_tracked",
+            "Run-log files seen in the watched folder.",
+            registry=registry,
+        )
+        self.store_ready = Gauge(
+            "runlog_relay_sidecar_store_ready",
+            "1 when the bucket is reachable and writable with the configured credentials.",
+            registry=registry,
+        )
+        self.config_reloads = Counter(
+            "runlog_relay_config_reloads_total",
+            "Configuration reloads by result: applied or rejected.",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("applied", "rejected"):
+            self.config_reloads.labels(result=result)
+
+
+class OperatorMetrics:
+    """Reconcile activity and store readiness, from the operator."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.reconciles = Counter(
+            "runlog_relay_operator_reconciles_total",
+            "RunLogStore reconciliations by result: ready, not_ready, error.",
+            ["result"],
+            registry=registry,
+        )
+        self.store_ready = Gauge(
+            "runlog_relay_store_ready",
+            "1 when a RunLogStore is Ready (bucket reachable with its credentials), else 0.",
+            ["namespace", "store"],
+            registry=registry,
+        )
+        self.injections = Counter(
+            "runlog_relay_operator_injections_total",
+            "Pod admission decisions by result: injected, skipped, failed.",
+            ["result"],
+            registry=registry,
+        )

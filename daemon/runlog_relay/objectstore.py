@@ -1,0 +1,251 @@
+"""The object store: the only module that imports the minio SDK.
+
+The sidecar's upload stage, the operator's bucket check and the read-side tools all
+talk to S3/MinIO through :class:`ObjectStore`. Keys given to and returned by it are
+*relative to the configured prefix* (``<run_id>/<name>``), so callers never build or
+parse full keys. Every SDK or transport exception is translated by :func:`classify`
+into :class:`~runlog_relay.errors.RetryableError` or
+:class:`~runlog_relay.errors.PermanentError`; retrying is the caller's job (the SDK's
+own retries are off so backoff happens in one place).
+
+ETags: single-part PUTs have the body's MD5 as ETag. Bodies above
+:data:`MULTIPART_THRESHOLD` go up in :data:`PART_SIZE` parts; their ETag is S3's
+composite (MD5 of the part MD5s, ``-N``), which :func:`expected_etag` computes locally so a
+restart compares without a HEAD per object. The whole-body MD5 also rides along as user
+metadata (``x-amz-meta-runlog-relay-md5``) for other tools.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlsplit
+
+import urllib3
+from minio import Minio
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+
+from runlog_relay.errors import NotFoundError, PermanentError, RelayError, RetryableError
+
+__all__ = [
+    "MULTIPART_THRESHOLD",
+    "PART_SIZE",
+    "ObjectStore",
+    "RemoteObject",
+    "classify",
+    "expected_etag",
+]
+
+#: Bodies larger than this are uploaded in parts (S3's single-PUT limit is far above it,
+#: but parts keep retries of huge files cheap).
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+PART_SIZE = MULTIPART_THRESHOLD
+MD5_METADATA = "runlog-relay-md5"
+
+_PERMANENT_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "NoSuchBucket",
+        "InvalidBucketName",
+        "AccountProblem",
+        "InvalidObjectName",
+        "KeyTooLongError",
+        "MethodNotAllowed",
+        "NotImplemented",
+        "XMinioStorageFull",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteObject:
+    """One object under the prefix, as listing reports it."""
+
+    key: str  #: relative to the prefix
+    etag: str  #: without quotes
+    size: int
+    last_modified: datetime | None
+
+
+def expected_etag(body: bytes) -> str:
+    """The ETag S3 gives ``body`` when uploaded by :meth:`ObjectStore.put`."""
+    if len(body) <= MULTIPART_THRESHOLD:
+        return hashlib.md5(body, usedforsecurity=False).hexdigest()
+    digests = b"".join(
+        hashlib.md5(body[offset : offset + PART_SIZE], usedforsecurity=False).digest()
+        for offset in range(0, len(body), PART_SIZE)
+    )
+    parts = -(-len(body) // PART_SIZE)
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{parts}"
+
+
+def classify(exc: BaseException, *, what: str) -> RelayError:
+    """Translate an SDK/transport exception into the project's tree (no secrets inside)."""
+    if isinstance(exc, RelayError):
+        return exc
+    if isinstance(exc, S3Error):
+        code = exc.code or "S3Error"
+        status = exc.response.status if exc.response is not None else 0
+        message = f"{what}: {code}" + (f" ({exc.message})" if exc.message else "")
+        if code in {"NoSuchKey", "NoSuchUpload"}:
+            return NotFoundError(message, code=code)
+        if code in _PERMANENT_CODES or status in {401, 403}:
+            return PermanentError(message, code=code)
+        if status == 404:
+            return NotFoundError(message, code=code)
+        return RetryableError(message, code=code)
+    if isinstance(exc, ServerError):
+        return RetryableError(f"{what}: server error {exc.status_code}", code="ServerError")
+    if isinstance(exc, InvalidResponseError):
+        # A non-S3 answer: a proxy, a load balancer or the wrong service on that port.
+        status = getattr(exc, "_code", 0) or 0
+        message = f"{what}: the endpoint answered HTTP {status} without an S3 error body"
+        if status >= 500 or status in {408, 429}:
+            return RetryableError(message, code=f"HTTP{status}")
+        return PermanentError(message + " (is this an S3 endpoint?)", code=f"HTTP{status}")
+    if isinstance(exc, (urllib3.exceptions.HTTPError, OSError, ssl.SSLError)):
+        reason = type(exc).__name__
+        inner = getattr(exc, "reason", None)
+        if inner is not None:
+            reason = type(inner).__name__
+        if isinstance(exc, urllib3.exceptions.SSLError) or isinstance(inner, ssl.SSLError):
+            return PermanentError(f"{what}: TLS failure ({reason})", code="TLS")
+        return RetryableError(f"{what}: endpoint unreachable ({reason})", code="Unreachable")
+    if isinstance(exc, (MinioException, ValueError)):
+        return PermanentError(f"{what}: {type(exc).__name__}: {exc}")
+    return RetryableError(f"{what}: unexpected {type(exc).__name__}")
+
+
+class ObjectStore:
+    """A bucket and prefix on an S3-compatible endpoint."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        bucket: str,
+        prefix: str,
+        access_key: str,
+        secret_key: str,
+        region: str | None = None,
+        insecure_skip_verify: bool = False,
+        ca_file: str | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        max_connections: int = 10,
+    ) -> None:
+        parts = urlsplit(endpoint)
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            maxsize=max_connections,
+            # One place retries, with backoff and metrics: the caller. urllib3 and minio
+            # retrying underneath would hide outages and multiply requests.
+            retries=False,
+            cert_reqs="CERT_NONE" if insecure_skip_verify else "CERT_REQUIRED",
+            ca_certs=ca_file,
+        )
+        self._client = Minio(
+            parts.netloc,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=parts.scheme == "https",
+            region=region,
+            http_client=http,
+            cert_check=not insecure_skip_verify,
+        )
+
+    def __repr__(self) -> str:  # never shows credentials
+        return f"ObjectStore({self.endpoint!r}, bucket={self.bucket!r}, prefix={self.prefix!r})"
+
+    @property
+    def location(self) -> str:
+        """``bucket/prefix`` for messages."""
+        return f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
+
+    def full_key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _relative(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    def check_bucket(self, *, create: bool = False) -> bool:
+        """Make sure the bucket exists (creating it if asked); True when it was created.
+
+        Raises PermanentError(code="NoSuchBucket") when missing and not to be created.
+        """
+        try:
+            if self._client.bucket_exists(self.bucket):
+                return False
+            if not create:
+                raise PermanentError(
+                    f"bucket {self.bucket!r} does not exist at {self.endpoint}"
+                    " (create it, or enable createBucket / --create-bucket)",
+                    code="NoSuchBucket",
+                )
+            self._client.make_bucket(self.bucket)
+            return True
+        except S3Error as exc:
+            if exc.code in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                return False
+            raise classify(exc, what=f"checking bucket {self.bucket!r}") from exc
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise classify(exc, what=f"checking bucket {self.bucket!r}") from exc
+
+    def list(self, sub_prefix: str = "") -> Iterator[RemoteObject]:
+        """Every object under ``prefix/sub_prefix`` (one paginated listing, no HEADs)."""
+        base = self.full_key(sub_prefix) if sub_prefix else (f"{self.prefix}/" if self.prefix else "")
+        try:
+            for obj in self._client.list_objects(self.bucket, prefix=base, recursive=True):
+                if obj.is_dir or obj.object_name is None:
+                    continue
+                yield RemoteObject(
+                    key=self._relative(obj.object_name),
+                    etag=(obj.etag or "").strip('"'),
+                    size=obj.size or 0,
+                    last_modified=obj.last_modified,
+                )
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise classify(exc, what=f"listing {self.location}") from exc
+
+    def put(self, key: str, body: bytes, *, content_type: str = "application/json") -> str:
+        """Upload ``body`` at ``key``; returns the ETag the server reported."""
+        md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
+        try:
+            result = self._client.put_object(
+                self.bucket,
+                self.full_key(key),
+                io.BytesIO(body),
+                len(body),
+                content_type=content_type,
+                metadata={MD5_METADATA: md5},
+                # Above the threshold minio splits into parts of exactly PART_SIZE, which
+                # is what expected_etag assumes; at or below, one PUT.
+                part_size=PART_SIZE if len(body) > MULTIPART_THRESHOLD else max(len(body), 5 * 1024 * 1024),
+                num_parallel_uploads=1,
+            )
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise classify(exc, what=f"uploading {self.full_key(key)}") from exc
+        return (result.etag or "").strip('"')
+
+    def get(self, key: str) -> bytes:
+        """The body of the object at ``key``; NotFoundError when it does not exist."""
+        response = None
+        try:
+            response = self._client.get_object(self.bucket, self.full_key(key))
+            return response.read()
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise classify(exc, what=f"downloading {self.full_key(key)}") from exc
+        finally:
+            if response is not None:
+                response.close()
+                response.release_conn()
