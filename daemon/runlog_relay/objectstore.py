@@ -203,7 +203,9 @@ class ObjectStore:
 
     def list(self, sub_prefix: str = "") -> Iterator[RemoteObject]:
         """Every object under ``prefix/sub_prefix`` (one paginated listing, no HEADs)."""
-        base = self.full_key(sub_prefix) if sub_prefix else (f"{self.prefix}/" if self.prefix else "")
+        base = (
+            self.full_key(sub_prefix) if sub_prefix else (f"{self.prefix}/" if self.prefix else "")
+        )
         try:
             for obj in self._client.list_objects(self.bucket, prefix=base, recursive=True):
                 if obj.is_dir or obj.object_name is None:
@@ -230,7 +232,9 @@ class ObjectStore:
                 metadata={MD5_METADATA: md5},
                 # Above the threshold minio splits into parts of exactly PART_SIZE, which
                 # is what expected_etag assumes; at or below, one PUT.
-                part_size=PART_SIZE if len(body) > MULTIPART_THRESHOLD else max(len(body), 5 * 1024 * 1024),
+                part_size=PART_SIZE
+                if len(body) > MULTIPART_THRESHOLD
+                else max(len(body), 5 * 1024 * 1024),
                 num_parallel_uploads=1,
             )
         except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:

@@ -47,7 +47,7 @@ __all__ = [
 
 ENV_PREFIX = "RUNLOG_RELAY_"
 DEFAULT_METRICS_PORT = 9464
-DEFAULT_MINIO_CREDENTIAL = "minioadmin"  # noqa: S105 - runnable's documented default
+DEFAULT_MINIO_CREDENTIAL = "minioadmin"
 
 
 class LogFormat(str, enum.Enum):

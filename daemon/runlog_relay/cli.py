@@ -1,0 +1,88 @@
+"""Command line: ``runlog-relay <command>``.
+
+Each command lives in its own module exposing ``register(subparsers, summary)`` (adds its
+parser and sets ``handler``) and is imported lazily, so the sidecar image path never
+imports kopf, rich or runnable. The handler gets the parsed ``argparse.Namespace`` and
+returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from runlog_relay import __version__
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+#: command name → module with ``register(subparsers, summary)``; order is the order in --help.
+COMMANDS: dict[str, str] = {
+    "sidecar": "runlog_relay.sidecar.command",
+    "operator": "runlog_relay.operator.command",
+    "crd": "runlog_relay.operator.crd_command",
+    "demo": "runlog_relay.demo",
+    "pull": "runlog_relay.tools.pull",
+    "verify": "runlog_relay.tools.verify",
+    "runs": "runlog_relay.tools.runs",
+    "top": "runlog_relay.tools.top",
+}
+
+
+#: one line per command for the top-level --help, without importing every command.
+SUMMARIES: dict[str, str] = {
+    "sidecar": "watch a run-log folder and keep an exact mirror of it in a bucket",
+    "operator": "run the Kubernetes operator (RunLogStore CRD, status, injection webhook)",
+    "crd": "print the RunLogStore CustomResourceDefinition generated from the models",
+    "demo": "run a real runnable pipeline against a local S3 server and show the mirror",
+    "pull": "download runs from the bucket into a runnable log folder",
+    "verify": "compare a run-log folder with the bucket",
+    "runs": "list the runs in the bucket",
+    "top": "live terminal view of one or more sidecars' metrics",
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only``, other commands get cheap stubs (not imported)."""
+    parser = argparse.ArgumentParser(
+        prog="runlog-relay",
+        description="Mirror runnable run logs from a shared volume to S3/MinIO, and manage"
+        " that on Kubernetes.",
+    )
+    parser.add_argument("--version", action="version", version=f"runlog-relay {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            subparsers.add_parser(name, help=SUMMARIES[name], add_help=False)
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            if only is not None:
+                raise SystemExit(
+                    f"runlog-relay {name}: a dependency is missing ({exc.name});"
+                    " install runlog-relay with the extra it needs, e.g. runlog-relay[operator]"
+                ) from None
+            subparsers.add_parser(name, help=f"{SUMMARIES[name]} (unavailable: {exc.name})")
+            continue
+        module.register(subparsers, SUMMARIES[name])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in args_list if not a.startswith("-")), None)
+    if chosen not in COMMANDS:
+        chosen = None
+    if chosen is None:
+        # No (known) command: build every parser so --help and errors are complete.
+        parser = build_parser()
+    else:
+        parser = build_parser(only=chosen)
+    args = parser.parse_args(args_list)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

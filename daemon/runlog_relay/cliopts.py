@@ -1,0 +1,97 @@
+"""Command-line options shared by every command that talks to a bucket.
+
+The sidecar and the read-side tools take the same connection options with the same
+defaults (runnable's), the same ``RUNLOG_RELAY_*`` variables and the same ``--config``
+file, so a user who set up one can use the others unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from runlog_relay.config.models import DEFAULT_BUCKET, DEFAULT_ENDPOINT
+from runlog_relay.config.settings import ENV_PREFIX, SidecarSettings, load_sidecar_settings
+from runlog_relay.layout import Layout
+from runlog_relay.objectstore import ObjectStore
+
+__all__ = ["STORE_OPTION_NAMES", "add_store_options", "open_store", "settings_from_args"]
+
+#: argparse dest → settings field, for the options added by add_store_options.
+STORE_OPTION_NAMES = ("endpoint", "bucket", "layout", "region", "create_bucket")
+
+
+def add_store_options(parser: argparse.ArgumentParser) -> None:
+    """--endpoint, --bucket, --layout, --region, --config and TLS options."""
+    group = parser.add_argument_group(
+        "object store",
+        "Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or"
+        f" {ENV_PREFIX}ACCESS_KEY_ID_FILE / {ENV_PREFIX}SECRET_ACCESS_KEY_FILE naming files"
+        " mounted from a Secret); default minioadmin, like runnable.",
+    )
+    group.add_argument(
+        "--endpoint",
+        help=f"S3/MinIO endpoint URL (env {ENV_PREFIX}ENDPOINT; default {DEFAULT_ENDPOINT})",
+    )
+    group.add_argument(
+        "--bucket",
+        metavar="BUCKET[/PREFIX]",
+        help=f"bucket and optional key prefix, runnable's form (env {ENV_PREFIX}BUCKET;"
+        f" default {DEFAULT_BUCKET})",
+    )
+    group.add_argument(
+        "--layout",
+        choices=[layout.value for layout in Layout],
+        help="chunked: runnable chunked-fs → chunked-minio; single: file-system → minio"
+        f" (env {ENV_PREFIX}LAYOUT; default chunked)",
+    )
+    group.add_argument("--region", help=f"S3 region; unset for MinIO (env {ENV_PREFIX}REGION)")
+    group.add_argument(
+        "--insecure-skip-verify",
+        action="store_const",
+        const=True,
+        help=f"do not verify the endpoint's TLS certificate (env"
+        f" {ENV_PREFIX}TLS__INSECURE_SKIP_VERIFY; test setups only)",
+    )
+    group.add_argument(
+        "--ca-file",
+        type=Path,
+        help=f"PEM CA bundle to trust for https endpoints (env {ENV_PREFIX}TLS__CA_FILE)",
+    )
+    group.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"YAML settings file; options and {ENV_PREFIX}* variables take precedence",
+    )
+
+
+def settings_from_args(args: argparse.Namespace, **extra: Any) -> SidecarSettings:
+    """Settings from the parsed options (unset options fall through to env/file/defaults)."""
+    overrides: dict[str, Any] = {name: getattr(args, name, None) for name in STORE_OPTION_NAMES}
+    tls: dict[str, Any] = {}
+    if getattr(args, "insecure_skip_verify", None):
+        tls["insecure_skip_verify"] = True
+    if getattr(args, "ca_file", None):
+        tls["ca_file"] = args.ca_file
+    if tls:
+        overrides["tls"] = tls
+    overrides.update(extra)
+    return load_sidecar_settings(overrides, getattr(args, "config", None))
+
+
+def open_store(settings: SidecarSettings, *, max_connections: int = 10) -> ObjectStore:
+    """An ObjectStore for the settings' endpoint, bucket, prefix and credentials."""
+    access_key, secret_key = settings.credentials()
+    return ObjectStore(
+        endpoint=settings.endpoint,
+        bucket=settings.bucket_name,
+        prefix=settings.prefix,
+        access_key=access_key,
+        secret_key=secret_key,
+        region=settings.region,
+        insecure_skip_verify=settings.tls.insecure_skip_verify,
+        ca_file=str(settings.tls.ca_file) if settings.tls.ca_file else None,
+        max_connections=max_connections,
+    )
