@@ -38,6 +38,7 @@ File names runnable 0.50 writes for the demo pipeline (see :data:`DEMO_BRANCHES`
 from __future__ import annotations
 
 import contextvars
+import json
 import os
 import subprocess
 import sys
@@ -47,7 +48,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 if TYPE_CHECKING:  # pragma: no cover - typing only, runnable stays optional
     from runnable.sdk import Pipeline
@@ -164,8 +165,6 @@ def _config_yaml(log_folder: Path, layout: Layout, catalog: Path) -> str:
     # executor run parallel branches and map iterations in a multiprocessing Pool; the
     # ``file-system`` store does not support parallel writes, so for "single" runnable
     # would fall back to sequential anyway (logging a warning) - we ask for that directly.
-    import json
-
     config = {
         "pipeline-executor": {
             "type": "local",
@@ -234,7 +233,9 @@ def run_pipeline(
             ``RUNNABLE_CONFIGURATION_FILE``, ``RUNNABLE_RETRY_RUN_ID``).
 
     Returns:
-        The finished process (text ``stdout``/``stderr``: runnable's console output).
+        The finished process (text ``stdout``/``stderr``: runnable's console output;
+        stderr also carries harmless ``fatal: not a git repository`` lines from
+        runnable's code-identity probe). Takes about 1 s.
 
     Raises:
         PipelineFailedError: non-zero exit or timeout; the message ends with the tail
@@ -383,25 +384,31 @@ def read_run_log_from_bucket(
       ``_context`` would mean no longer testing runnable's own classes.
     * **No stale cache.** cloudpathlib caches downloads and re-downloads only if the
       object's ``LastModified`` (1 s resolution) is *newer* than the cached copy, so an
-      object rewritten within the same second would be read stale. runnable keeps one
-      ``S3Client`` per endpoint/credentials in an ``lru_cache``d ``get_minio_client``;
-      we clear that cache first, so each call gets a new client with an empty
-      temporary cache (the old one deletes its cache dir when garbage collected).
+      object rewritten within the same second as the previous read would be read
+      stale. runnable keeps one ``S3Client`` per endpoint/credentials in its
+      ``lru_cache``d ``get_minio_client``; we fetch that same client (same positional
+      arguments, so the same cache entry) and call its public ``clear_cache()`` first.
+      (Dropping the ``lru_cache`` instead would leave the old client's
+      ``TemporaryDirectory`` to the garbage collector, which emits a ResourceWarning.)
+      Not safe against a concurrent read through the same client in another thread.
     """
     from pydantic import SecretStr
 
+    module: Any
+    store_cls: Any
     if layout == "chunked":
-        from extensions.run_log_store import chunked_minio as module
+        from extensions.run_log_store import chunked_minio
 
-        store_cls: Any = module.ChunkedMinioRunLogStore
+        module, store_cls = chunked_minio, chunked_minio.ChunkedMinioRunLogStore
     elif layout == "single":
-        from extensions.run_log_store import minio as module  # type: ignore[no-redef]
+        from extensions.run_log_store import minio
 
-        store_cls = module.MinioRunLogStore
+        module, store_cls = minio, minio.MinioRunLogStore
     else:
         raise ValueError(f"layout must be 'chunked' or 'single', not {layout!r}")
 
-    module.get_minio_client.cache_clear()
+    # Positional, exactly as runnable calls it, so we hit the lru_cache entry it uses.
+    module.get_minio_client(endpoint, access_key, secret_key).clear_cache()
     store = store_cls(
         endpoint_url=endpoint,
         aws_access_key_id=SecretStr(access_key),
@@ -428,7 +435,8 @@ def _with_run_context(run_id: str, fn: Callable[[], _T]) -> _T:
     from runnable import context as runnable_context
 
     def call() -> _T:
-        runnable_context.set_run_context(_ReadOnlyRunContext(run_id))  # type: ignore[arg-type]
+        # Duck-typed on purpose (see read_run_log_from_bucket); not a RunnableContext.
+        runnable_context.set_run_context(cast(Any, _ReadOnlyRunContext(run_id)))
         return fn()
 
     return contextvars.copy_context().run(call)
