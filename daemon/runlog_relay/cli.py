@@ -59,6 +59,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
+            if (exc.name or "").startswith("runlog_relay"):
+                raise  # our own bug, not a missing optional dependency
             if only is not None:
                 raise SystemExit(
                     f"runlog-relay {name}: a dependency is missing ({exc.name});"

@@ -188,18 +188,29 @@ class ObjectStore:
                 return False
             if not create:
                 raise PermanentError(
-                    f"bucket {self.bucket!r} does not exist at {self.endpoint}"
+                    f"NoSuchBucket: bucket {self.bucket!r} does not exist at {self.endpoint}"
                     " (create it, or enable createBucket / --create-bucket)",
                     code="NoSuchBucket",
                 )
-            self._client.make_bucket(self.bucket)
-            return True
+            return self.make_bucket()
         except S3Error as exc:
             if exc.code in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
                 return False
             raise classify(exc, what=f"checking bucket {self.bucket!r}") from exc
         except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             raise classify(exc, what=f"checking bucket {self.bucket!r}") from exc
+
+    def make_bucket(self) -> bool:
+        """Create the bucket; False when it already existed."""
+        try:
+            self._client.make_bucket(self.bucket)
+            return True
+        except S3Error as exc:
+            if exc.code in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                return False
+            raise classify(exc, what=f"creating bucket {self.bucket!r}") from exc
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise classify(exc, what=f"creating bucket {self.bucket!r}") from exc
 
     def list(self, sub_prefix: str = "") -> Iterator[RemoteObject]:
         """Every object under ``prefix/sub_prefix`` (one paginated listing, no HEADs)."""

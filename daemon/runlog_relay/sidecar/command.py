@@ -1,0 +1,240 @@
+"""``runlog-relay sidecar``: argv → settings → logs/metrics/health → pipeline.
+
+Exit codes: 0 the bucket mirrors the folder; 1 it does not (each problem on its own
+line on stderr); 2 invalid settings or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from runlog_relay import logs
+from runlog_relay.cliopts import add_store_options, open_store, settings_from_args
+from runlog_relay.config.settings import DEFAULT_METRICS_PORT, ENV_PREFIX, SidecarSettings
+from runlog_relay.errors import ConfigError
+from runlog_relay.health import HealthServer
+from runlog_relay.metrics import SidecarMetrics
+from runlog_relay.sidecar.pipeline import DrainReport, Pipeline
+
+__all__ = ["register", "run"]
+
+log = logging.getLogger("runlog_relay.sidecar")
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
+
+#: option dest → SyncSpec field, for the tuning options.
+_SYNC_OPTIONS = {
+    "debounce": "debounce_seconds",
+    "rescan_interval": "rescan_interval_seconds",
+    "concurrency": "concurrency",
+    "force_polling": "force_polling",
+    "poll_interval": "poll_interval_seconds",
+    "torn_grace": "torn_grace_seconds",
+    "drain_timeout": "drain_timeout_seconds",
+}
+
+
+def register(subparsers: Any, summary: str) -> None:
+    parser = subparsers.add_parser(
+        "sidecar",
+        help=summary,
+        description="Watch a runnable run-log folder (chunked-fs or file-system store) and"
+        " keep an exact mirror of it in an S3/MinIO bucket, in the layout runnable's"
+        " chunked-minio (or minio) store reads. Never deletes objects.",
+        epilog="Every option can also be set as a RUNLOG_RELAY_* environment variable"
+        " (nested ones with __, e.g. RUNLOG_RELAY_SYNC__DEBOUNCE_SECONDS) or as a key in the"
+        " --config YAML file. Exit codes: 0 mirror complete, 1 not complete (one line per"
+        " problem), 2 invalid settings.",
+    )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        metavar="DIR",
+        help=f"the folder runnable writes run logs to (its log_folder); it may not exist yet"
+        f" (env {ENV_PREFIX}SOURCE; required)",
+    )
+    add_store_options(parser)
+    parser.add_argument(
+        "--create-bucket",
+        action="store_const",
+        const=True,
+        help=f"create the bucket if it does not exist (env {ENV_PREFIX}CREATE_BUCKET)",
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="reconcile the whole folder with the bucket, upload what differs, and exit: 0"
+        " when the bucket mirrors the folder, 1 otherwise",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help=f"port for /metrics, /healthz, /readyz (env {ENV_PREFIX}METRICS_PORT; default"
+        f" {DEFAULT_METRICS_PORT}; 0 picks a free port)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        metavar="ADDR",
+        help=f"address to serve metrics on (env {ENV_PREFIX}METRICS_HOST; default 0.0.0.0)",
+    )
+    parser.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help=f"DEBUG, INFO, WARNING, ERROR (env {ENV_PREFIX}LOG_LEVEL; default INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["plain", "json"],
+        help=f"plain for people, json lines for log pipelines (env {ENV_PREFIX}LOG_FORMAT;"
+        " default plain)",
+    )
+    tuning = parser.add_argument_group(
+        "sync tuning", f"Also as {ENV_PREFIX}SYNC__<FIELD> variables or the config's sync: map."
+    )
+    tuning.add_argument(
+        "--debounce",
+        type=float,
+        metavar="SECONDS",
+        help="coalesce bursts of writes to a file for at most this long (default 0.05)",
+    )
+    tuning.add_argument(
+        "--rescan-interval",
+        type=float,
+        metavar="SECONDS",
+        help="full rescan as a safety net for missed events (default 60)",
+    )
+    tuning.add_argument(
+        "--concurrency", type=int, metavar="N", help="uploads in flight at once (default 8)"
+    )
+    tuning.add_argument(
+        "--force-polling",
+        action="store_const",
+        const=True,
+        help="poll instead of inotify (NFS, CIFS, some CSI volumes)",
+    )
+    tuning.add_argument(
+        "--poll-interval",
+        type=float,
+        metavar="SECONDS",
+        help="polling period with --force-polling (default 1)",
+    )
+    tuning.add_argument(
+        "--torn-grace",
+        type=float,
+        metavar="SECONDS",
+        help="report a file that stays half-written longer than this (default 30)",
+    )
+    tuning.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, keep uploading pending files this long (default 25)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def _settings(args: argparse.Namespace) -> SidecarSettings:
+    sync = {
+        field: getattr(args, dest)
+        for dest, field in _SYNC_OPTIONS.items()
+        if getattr(args, dest) is not None
+    }
+    extra: dict[str, Any] = {
+        "source": args.source,
+        "create_bucket": args.create_bucket,
+        "metrics_port": args.metrics_port,
+        "metrics_host": args.metrics_host,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+    }
+    if sync:
+        extra["sync"] = sync
+    settings = settings_from_args(args, **{k: v for k, v in extra.items() if v is not None})
+    if settings.source is None:
+        raise ConfigError(f"--source (or {ENV_PREFIX}SOURCE) is required")
+    settings.credentials()  # a missing credentials file is a start-up error, not a crash later
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"runlog-relay sidecar: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(settings.log_level, settings.log_format.value)
+    registry = CollectorRegistry()
+    metrics = SidecarMetrics(registry)
+    pipeline = Pipeline(settings, metrics, open_store, once=args.once)
+    log.info("starting: %s", settings.describe())
+    if args.once:
+        assert settings.source is not None
+        if not settings.source.is_dir():
+            print(
+                f"runlog-relay sidecar: error: source folder {settings.source} does not exist",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        return _finish(pipeline.run_once(timeout=max(settings.sync.drain_timeout_seconds, 60.0)))
+    return _serve(settings, pipeline, registry)
+
+
+def _serve(settings: SidecarSettings, pipeline: Pipeline, registry: CollectorRegistry) -> int:
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s: draining", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    def ready() -> tuple[bool, str]:
+        if not pipeline.synced_once:
+            return False, pipeline.store_health.problem or "first sync not finished"
+        if not pipeline.store_health.ok:
+            return False, pipeline.store_health.problem or "object store not ready"
+        return True, ""
+
+    try:
+        server = HealthServer(
+            registry,
+            live=lambda: (pipeline.alive, "a sidecar stage stopped"),
+            ready=ready,
+            host=settings.metrics_host,
+            port=settings.metrics_port,
+        )
+    except OSError as exc:
+        print(
+            f"runlog-relay sidecar: error: cannot serve metrics on {settings.metrics_host}:"
+            f"{settings.metrics_port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    server.start()
+    log.info("serving /metrics, /healthz, /readyz on port %d", server.port)
+    pipeline.start()
+    while not stop.wait(1.0):
+        pass
+    report = pipeline.shutdown()
+    server.stop()
+    return _finish(report)
+
+
+def _finish(report: DrainReport) -> int:
+    if report.complete:
+        log.info("mirror complete")
+        return EXIT_OK
+    for line in report.lines():
+        print(f"runlog-relay sidecar: {line}", file=sys.stderr)
+    log.error("mirror incomplete: %d problem(s)", len(report.lines()))
+    return EXIT_INCOMPLETE

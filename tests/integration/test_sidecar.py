@@ -1,0 +1,268 @@
+"""The sidecar as a real subprocess against moto's S3 server (DESIGN.md guarantees 1-7)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from minio import Minio
+
+from tests.support.mirror import assert_mirror, bucket_objects
+from tests.support.s3server import S3Server, start_s3_server
+from tests.support.sidecar import start_sidecar
+from tests.support.tcpproxy import TcpProxy
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def write_json(path: Path, document: object) -> bytes:
+    """Rewrite in place like runnable does (open "w", then dump)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(document, handle, indent=4)
+    return path.read_bytes()
+
+
+def object_body(client: Minio, bucket: str, key: str) -> bytes | None:
+    try:
+        response = client.get_object(bucket, key)
+    except Exception:
+        return None
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def test_mirrors_new_and_rewritten_files_and_drains_on_sigterm(
+    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    sidecar = start_sidecar(
+        source, s3_server.endpoint, f"{bucket}/run-logs", tmp_path / "sidecar.log"
+    )
+    sidecar.wait_ready()
+    run = source / "quiet-fox-0101"
+    body = write_json(run / "RunLog.json", {"run_id": "quiet-fox-0101", "status": "RUNNING"})
+    wait_until(
+        lambda: object_body(s3_client, bucket, "run-logs/quiet-fox-0101/RunLog") == body,
+        what="RunLog uploaded without its .json suffix",
+    )
+    for version in range(20):
+        write_json(run / "BranchLog-map.a.json", {"version": version})
+    final = write_json(run / "RunLog.json", {"run_id": "quiet-fox-0101", "status": "SUCCESS"})
+    assert sidecar.terminate() == 0, sidecar.log
+    assert object_body(s3_client, bucket, "run-logs/quiet-fox-0101/RunLog") == final
+    assert_mirror(s3_client, bucket, "run-logs", source)
+    assert "mirror complete" in sidecar.log
+
+
+def test_source_folder_may_appear_after_start(
+    s3_server: S3Server, s3_client: Minio, bucket: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "not-yet"
+    sidecar = start_sidecar(source, s3_server.endpoint, bucket, tmp_path / "sidecar.log")
+    sidecar.wait_ready()
+    # Created in one go, before any watch can be armed on the new folder.
+    body = write_json(source / "r1" / "RunLog.json", {"a": 1})
+    wait_until(
+        lambda: object_body(s3_client, bucket, "r1/RunLog") == body, what="file in a late folder"
+    )
+    assert sidecar.terminate() == 0, sidecar.log
+
+
+def test_single_layout_double_encodes_for_runnables_minio_store(
+    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    body = write_json(source / "calm-owl-0202.json", {"run_id": "calm-owl-0202"})
+    sidecar = start_sidecar(
+        source, s3_server.endpoint, bucket, tmp_path / "s.log", "--layout", "single", "--once"
+    )
+    assert sidecar.process.wait(60) == 0, sidecar.log
+    stored = object_body(s3_client, bucket, "calm-owl-0202/calm-owl-0202.json")
+    assert stored is not None
+    assert json.loads(json.loads(stored)) == {"run_id": "calm-owl-0202"}
+    assert json.loads(stored) == body.decode()
+
+
+def test_restart_over_synced_tree_makes_no_put_and_no_head(
+    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    for run in range(5):
+        for chunk in range(4):
+            write_json(
+                source / f"run-{run}" / f"BranchLog-b{chunk}.json", {"run": run, "chunk": chunk}
+            )
+    # A file over the multipart threshold: its ETag is composite, still no HEAD needed.
+    big = source / "run-0" / "RunLog.json"
+    big.write_text(json.dumps({"blob": "x" * (17 * 1024 * 1024)}))
+    proxy = TcpProxy(s3_server.port)
+    try:
+        first = start_sidecar(source, proxy.endpoint, bucket, tmp_path / "1.log", "--once")
+        assert first.process.wait(120) == 0, first.log
+        assert proxy.counts["PUT"] >= 21
+        assert_mirror(s3_client, bucket, "", source)
+        proxy.reset_counts()
+        second = start_sidecar(source, proxy.endpoint, bucket, tmp_path / "2.log", "--once")
+        assert second.process.wait(60) == 0, second.log
+        assert proxy.counts["PUT"] == 0, proxy.counts
+        assert proxy.counts["HEAD"] == 0, proxy.counts
+        assert proxy.counts["POST"] == 0, proxy.counts  # no multipart upload either
+        assert proxy.counts["GET"] >= 1  # the one listing
+    finally:
+        proxy.close()
+
+
+def test_torn_and_hostile_files_are_never_uploaded(
+    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    run = source / "run-1"
+    good = write_json(run / "RunLog.json", {"ok": True})
+    (run / "BranchLog-torn.json").write_text('{"half": ')
+    (run / "BranchLog-empty.json").write_text("")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.json").write_text('{"secret": 1}')
+    os.symlink(outside / "secret.json", run / "BranchLog-link.json")
+    os.symlink(outside, source / "linked-run")
+    (run / "Bad\nName.json").write_text('{"x": 1}')
+    (run / "BranchLog-dir.json").mkdir()
+    sidecar = start_sidecar(
+        source, s3_server.endpoint, bucket, tmp_path / "s.log", "--torn-grace", "0.5"
+    )
+    sidecar.wait_ready()
+    wait_until(lambda: object_body(s3_client, bucket, "run-1/RunLog") == good, what="good file")
+    wait_until(lambda: sidecar.metric("runlog_relay_torn_files") == 2, what="torn files reported")
+    assert sidecar.metric("runlog_relay_torn_reads_total") >= 2
+    assert sidecar.metric("runlog_relay_skipped_files_total", reason="symlink") >= 2
+    assert sidecar.metric("runlog_relay_skipped_files_total", reason="unsafe_name") >= 1
+    assert sidecar.metric("runlog_relay_skipped_files_total", reason="not_regular") >= 1
+    # The torn file completes: it is uploaded and no longer reported.
+    fixed = write_json(run / "BranchLog-torn.json", {"half": 2})
+    wait_until(
+        lambda: object_body(s3_client, bucket, "run-1/BranchLog-torn") == fixed, what="fixed file"
+    )
+    wait_until(lambda: sidecar.metric("runlog_relay_torn_files") == 1, what="one torn file left")
+    # The empty file is still torn at shutdown: exit 1 naming it.
+    assert sidecar.terminate() == 1
+    assert "BranchLog-empty.json" in sidecar.log
+    keys = set(bucket_objects(s3_client, bucket))
+    assert keys == {"run-1/RunLog", "run-1/BranchLog-torn"}, keys
+    assert "has not been complete JSON" in sidecar.log
+    assert "symbolic link" in sidecar.log
+
+
+def test_deleted_files_keep_their_objects(
+    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    body = write_json(source / "r" / "RunLog.json", {"a": 1})
+    sidecar = start_sidecar(source, s3_server.endpoint, bucket, tmp_path / "s.log")
+    wait_until(lambda: object_body(s3_client, bucket, "r/RunLog") == body, what="upload")
+    (source / "r" / "RunLog.json").unlink()
+    (source / "r").rmdir()
+    assert sidecar.terminate() == 0, sidecar.log
+    assert object_body(s3_client, bucket, "r/RunLog") == body
+
+
+def test_outage_loses_nothing(
+    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    proxy = TcpProxy(s3_server.port)
+    try:
+        sidecar = start_sidecar(source, proxy.endpoint, bucket, tmp_path / "s.log")
+        sidecar.wait_ready()
+        proxy.outage()
+        for index in range(30):
+            write_json(source / f"run-{index % 3}" / f"BranchLog-{index}.json", {"i": index})
+        wait_until(
+            lambda: sidecar.metric("runlog_relay_uploads_total", result="retry") >= 1,
+            what="uploads failing during the outage",
+        )
+        assert sidecar.metric("runlog_relay_pending_files") > 0
+        proxy.restore()
+        wait_until(
+            lambda: sidecar.metric("runlog_relay_pending_files") == 0, timeout=60, what="drained"
+        )
+        assert_mirror(s3_client, bucket, "", source)
+        assert sidecar.terminate() == 0, sidecar.log
+    finally:
+        proxy.close()
+
+
+def test_missing_bucket_reports_not_ready_then_recovers(
+    s3_server: S3Server, s3_client: Minio, source: Path, tmp_path: Path
+) -> None:
+    name = f"late-{os.getpid()}"
+    body = write_json(source / "r" / "RunLog.json", {"a": 1})
+    sidecar = start_sidecar(source, s3_server.endpoint, name, tmp_path / "s.log")
+    wait_until(lambda: "NoSuchBucket" in sidecar.get("/readyz")[1], what="not ready: NoSuchBucket")
+    assert sidecar.get("/readyz")[0] == 503
+    assert sidecar.get("/healthz")[0] == 200  # alive: no restart loop for a config problem
+    s3_client.make_bucket(name)
+    wait_until(
+        lambda: object_body(s3_client, name, "r/RunLog") == body, timeout=30, what="recovery"
+    )
+    sidecar.wait_ready()
+    assert sidecar.terminate() == 0, sidecar.log
+
+
+def test_create_bucket_option(
+    s3_server: S3Server, s3_client: Minio, source: Path, tmp_path: Path
+) -> None:
+    name = f"created-{os.getpid()}"
+    write_json(source / "r" / "RunLog.json", {"a": 1})
+    sidecar = start_sidecar(
+        source, s3_server.endpoint, name, tmp_path / "s.log", "--once", "--create-bucket"
+    )
+    assert sidecar.process.wait(60) == 0, sidecar.log
+    assert s3_client.bucket_exists(name)
+
+
+def test_wrong_credentials_are_permanent_and_never_logged(source: Path, tmp_path: Path) -> None:
+    strict = start_s3_server(tmp_path / "strict.log", enforce_auth=True)
+    try:
+        write_json(source / "r" / "RunLog.json", {"a": 1})
+        secret = "Sup3rS3cretValue-do-not-log"
+        env = {"AWS_ACCESS_KEY_ID": "AKIAWRONGKEY", "AWS_SECRET_ACCESS_KEY": secret}
+        sidecar = start_sidecar(source, strict.endpoint, "runnable", tmp_path / "s.log", env=env)
+        wait_until(
+            lambda: (
+                sidecar.get("/readyz")[0] == 503
+                and "InvalidAccessKeyId" in sidecar.get("/readyz")[1]
+            ),
+            what="not ready with InvalidAccessKeyId",
+        )
+        metrics_text = sidecar.get("/metrics")[1]
+        assert sidecar.terminate() == 1
+        assert secret not in sidecar.log
+        assert secret not in metrics_text
+        assert "InvalidAccessKeyId" in sidecar.log
+        once = start_sidecar(
+            source, strict.endpoint, "runnable", tmp_path / "once.log", "--once", env=env
+        )
+        assert once.process.wait(60) == 1
+        assert secret not in once.log
+    finally:
+        strict.stop()
+
+
+def test_large_file_goes_up_in_parts(
+    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    path = source / "big-run" / "RunLog.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"payload": "y" * (70 * 1024 * 1024)}))
+    sidecar = start_sidecar(source, s3_server.endpoint, bucket, tmp_path / "s.log", "--once")
+    assert sidecar.process.wait(180) == 0, sidecar.log
+    stat = s3_client.stat_object(bucket, "big-run/RunLog")
+    assert stat.etag is not None and stat.etag.strip('"').endswith("-5")  # 16 MiB parts
+    assert object_body(s3_client, bucket, "big-run/RunLog") == path.read_bytes()
+
+
+def test_invalid_settings_exit_2_with_a_clear_message(tmp_path: Path) -> None:
+    sidecar = start_sidecar(tmp_path, "ftp://nope", "BAD_BUCKET", tmp_path / "s.log", metrics=False)
+    assert sidecar.process.wait(30) == 2
+    assert "endpoint" in sidecar.log and "bucket" in sidecar.log
