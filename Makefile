@@ -1,0 +1,64 @@
+# runlog-relay developer tasks. `make help` lists them.
+# Every target that needs Python first makes sure .venv exists with the right extras,
+# so `make demo` and `make test` work from a fresh clone with nothing else installed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n\n"} /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+$(BIN)/.installed-%: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$*]'
+	@rm -f $(BIN)/.installed-*
+	@touch $@
+
+.PHONY: install
+install: $(BIN)/.installed-test ## Create .venv with runlog-relay and every extra (operator, demo, test).
+
+.PHONY: demo
+demo: $(BIN)/.installed-test ## Run the main job locally: S3 server, sidecar, a real runnable pipeline, the mirror.
+	$(BIN)/runlog-relay demo
+
+.PHONY: test
+test: $(BIN)/.installed-test ## Run the whole test suite (starts its own S3 and Kubernetes API servers on 127.0.0.1).
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: $(BIN)/.installed-test ## Unit tests only (seconds).
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: test-integration
+test-integration: $(BIN)/.installed-test ## Integration tests only (real servers on 127.0.0.1).
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: $(BIN)/.installed-test ## ruff, mypy and the import-layer contracts.
+	$(BIN)/ruff check daemon tests bench
+	$(BIN)/ruff format --check daemon tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+.PHONY: format
+format: $(BIN)/.installed-test ## Format and auto-fix with ruff.
+	$(BIN)/ruff format daemon tests bench
+	$(BIN)/ruff check --fix daemon tests bench
+
+.PHONY: bench
+bench: $(BIN)/.installed-test ## Run the sidecar benchmark (prints figures; takes about two minutes).
+	$(BIN)/python -m bench.sidecar
+
+.PHONY: crd
+crd: $(BIN)/.installed-test ## Regenerate the committed CRD from the pydantic models.
+	$(BIN)/runlog-relay crd > manifests/crds/runlogstores.runlog-relay.dev.yaml
+
+.PHONY: clean
+clean: ## Remove the virtualenv and caches.
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
