@@ -1,0 +1,196 @@
+"""The few Kubernetes REST calls the operator makes besides kopf's own.
+
+kopf watches and patches the RunLogStores, but ships no general client, and the
+operator needs five more calls: read a Secret, create/patch/delete a ConfigMap, patch a
+store's ``/status``. Rather than a second Kubernetes client library (kubernetes,
+kubernetes_asyncio and pykube-ng each pull in a stack and their own config loading, and
+the official client reads ``KUBECONFIG`` at import time), this module speaks REST over
+aiohttp, which kopf already depends on, with the *same* :class:`kopf.ConnectionInfo` the
+operator logs in with (:func:`default_login`: in-cluster service account, else
+``KUBECONFIG``). A 401 triggers one fresh login (service-account tokens rotate).
+
+Every failure leaves here as the project's own error (:mod:`runlog_relay.errors`):
+``NotFoundError`` for 404, ``RetryableError`` for timeouts, refused connections, 429 and
+5xx, ``PermanentError`` (with the Kubernetes ``reason`` as ``code``) for the rest. Secret
+bodies are returned to the caller and never logged here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import kopf
+
+from runlog_relay.config.crd import GROUP, PLURAL, VERSION
+from runlog_relay.errors import NotFoundError, PermanentError, RelayError, RetryableError
+
+__all__ = [
+    "KubeApi",
+    "configmap_path",
+    "default_login",
+    "event_path",
+    "secret_path",
+    "store_path",
+]
+
+log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+
+#: Returns the credentials to use, or None when there are none.
+Login = Callable[[], kopf.ConnectionInfo | None]
+
+
+def default_login(settings: kopf.OperatorSettings | None = None) -> kopf.ConnectionInfo | None:
+    """In-cluster service account first, then ``KUBECONFIG`` / ``~/.kube/config``."""
+    settings = settings or kopf.OperatorSettings()
+    return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
+
+
+def _name(value: str) -> str:
+    return quote(value, safe="")
+
+
+def secret_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{_name(namespace)}/secrets/{_name(name)}"
+
+
+def configmap_path(namespace: str, name: str | None = None) -> str:
+    base = f"/api/v1/namespaces/{_name(namespace)}/configmaps"
+    return f"{base}/{_name(name)}" if name else base
+
+
+def event_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{_name(namespace)}/events"
+
+
+def store_path(namespace: str, name: str, subresource: str | None = None) -> str:
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{_name(namespace)}/{PLURAL}/{_name(name)}"
+    return f"{path}/{subresource}" if subresource else path
+
+
+class KubeApi:
+    """A minimal async Kubernetes REST client on kopf's connection info."""
+
+    def __init__(self, login: Login = default_login, *, timeout: float = 30.0) -> None:
+        self._login = login
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
+        self._info: kopf.ConnectionInfo | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._session_info: kopf.ConnectionInfo | None = None
+
+    def login(self) -> kopf.ConnectionInfo:
+        """Fetch fresh credentials (also what kopf's login handler returns)."""
+        info = self._login()
+        if info is None:
+            raise kopf.LoginError(
+                "no Kubernetes credentials: not in a pod with a service account and no"
+                " KUBECONFIG / ~/.kube/config"
+            )
+        self._info = info
+        return info
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _session_for(self, info: kopf.ConnectionInfo) -> aiohttp.ClientSession:
+        if self._session is not None and not self._session.closed and self._session_info is info:
+            return self._session
+        await self.close()
+        ssl_context = info.as_ssl_context() if info.server.startswith("https") else False
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ssl_context, limit=20),
+            headers={"User-Agent": "runlog-relay-operator", **info.as_http_headers()},
+            timeout=self._timeout,
+            trust_env=info.trust_env,
+        )
+        self._session_info = info
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        """One call; the decoded JSON answer, or one of the project's errors."""
+        for attempt in (0, 1):
+            info = self._info or self.login()
+            session = await self._session_for(info)
+            session_info = info
+            url = info.server.rstrip("/") + path
+            try:
+                async with session.request(
+                    method,
+                    url,
+                    json=dict(body) if body is not None else None,
+                    headers={"Content-Type": content_type} if body is not None else None,
+                ) as response:
+                    if response.status == 401 and attempt == 0:
+                        # Rotated token: log in again once, then let the error through.
+                        if self._info is session_info:
+                            self._info = None
+                        continue
+                    payload = await _json(response)
+                    if response.status >= 400:
+                        raise _error(method, path, response.status, payload)
+                    return payload
+            except RelayError:
+                raise
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise RetryableError(
+                    f"Kubernetes API {method} {path}: {type(exc).__name__}", code="Unreachable"
+                ) from exc
+        raise PermanentError(f"Kubernetes API {method} {path}: unauthorized", code="Unauthorized")
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        try:
+            return await self.request("GET", path)
+        except NotFoundError:
+            return None
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request("POST", path, body=body)
+
+    async def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+
+    async def delete(self, path: str) -> bool:
+        """True when deleted, False when it was already gone."""
+        try:
+            await self.request("DELETE", path)
+        except NotFoundError:
+            return False
+        return True
+
+
+async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    try:
+        payload = await response.json(content_type=None)
+    except (ValueError, aiohttp.ContentTypeError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _error(method: str, path: str, status: int, payload: Mapping[str, Any]) -> RelayError:
+    reason = str(payload.get("reason") or f"HTTP{status}")
+    detail = str(payload.get("message") or "").strip()
+    message = f"Kubernetes API {method} {path}: {status} {reason}" + (
+        f": {detail}" if detail else ""
+    )
+    if status == 404:
+        return NotFoundError(message, code="NotFound")
+    if status == 429 or status >= 500:
+        return RetryableError(message, code=reason)
+    return PermanentError(message, code=reason)

@@ -1,0 +1,396 @@
+"""StoreController: one reconcile's I/O in order, against a fake API and bucket check.
+
+The fake API is a dict of objects by path (the small part of the Kubernetes REST
+semantics the controller relies on); the bucket check is a callable that records the
+credentials it was given. The real API server and S3 server are in the integration tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from runlog_relay.config.models import StoreSpec
+from runlog_relay.errors import NotFoundError, PermanentError, RetryableError
+from runlog_relay.metrics import OperatorMetrics
+from runlog_relay.operator import reconcile as rc
+from runlog_relay.operator.controller import ControllerOptions, StoreController
+
+NS = "team"
+STORE_PATH = f"/apis/runlog-relay.dev/v1alpha1/namespaces/{NS}/runlogstores/main"
+CM_PATH = f"/api/v1/namespaces/{NS}/configmaps/runlog-relay-main"
+SECRET_PATH = f"/api/v1/namespaces/{NS}/secrets/creds"
+ACCESS = "AKIDFAKEACCESSKEY"
+SECRET = "fake/secret+VALUE/never-shown"
+
+
+def b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.writes: list[tuple[str, str, Any]] = []
+        self.fail: dict[tuple[str, str], Exception] = {}
+
+    def _check(self, verb: str, path: str) -> None:
+        error = self.fail.get((verb, path))
+        if error is not None:
+            raise error
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        self._check("GET", path)
+        obj = self.objects.get(path)
+        return copy.deepcopy(obj) if obj is not None else None
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        self._check("POST", path)
+        self.writes.append(("POST", path, copy.deepcopy(dict(body))))
+        full = f"{path}/{body['metadata']['name']}"
+        if full in self.objects:
+            raise PermanentError("exists", code="AlreadyExists")
+        self.objects[full] = copy.deepcopy(dict(body))
+        return dict(body)
+
+    async def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        self._check("PATCH", path)
+        self.writes.append(("PATCH", path, copy.deepcopy(dict(body))))
+        target = path.removesuffix("/status")
+        if target not in self.objects:
+            raise NotFoundError("gone", code="NotFound")
+        obj = self.objects[target]
+        for key, value in body.items():
+            if isinstance(value, dict) and isinstance(obj.get(key), dict):
+                obj[key].update(value)
+            else:
+                obj[key] = copy.deepcopy(value)
+        return obj
+
+    async def delete(self, path: str) -> bool:
+        self._check("DELETE", path)
+        self.writes.append(("DELETE", path, None))
+        return self.objects.pop(path, None) is not None
+
+    # helpers
+    def events(self) -> list[dict[str, Any]]:
+        return [body for verb, path, body in self.writes if path.endswith("/events")]
+
+    def status_writes(self) -> list[dict[str, Any]]:
+        return [b for v, p, b in self.writes if p.endswith("/status")]
+
+
+class FakeBucket:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None, str | None]] = []
+        self.error: Exception | None = None
+        self.created = False
+
+    def __call__(self, spec: StoreSpec, secrets: rc.ResolvedSecrets, timeout: float) -> bool:
+        self.calls.append((spec.endpoint, secrets.access_key, secrets.secret_key))
+        if self.error is not None:
+            raise self.error
+        return self.created
+
+
+def store(spec: dict[str, Any], *, generation: int = 1, uid: str = "uid-1") -> dict[str, Any]:
+    return {
+        "apiVersion": "runlog-relay.dev/v1alpha1",
+        "kind": "RunLogStore",
+        "metadata": {"name": "main", "namespace": NS, "uid": uid, "generation": generation},
+        "spec": spec,
+    }
+
+
+CREDS_SPEC = {"endpoint": "http://s3.local:9000", "credentialsSecretRef": {"name": "creds"}}
+SECRET_BODY = {
+    "metadata": {"name": "creds", "namespace": NS},
+    "data": {"AWS_ACCESS_KEY_ID": b64(ACCESS), "AWS_SECRET_ACCESS_KEY": b64(SECRET)},
+}
+
+
+class World:
+    def __init__(self) -> None:
+        self.api = FakeApi()
+        self.bucket = FakeBucket()
+        self.registry = CollectorRegistry()
+        self.controller = StoreController(
+            self.api,
+            OperatorMetrics(self.registry),
+            bucket_check=self.bucket,
+            options=ControllerOptions(retry_base_delay=2, retry_max_delay=30, instance="test"),
+            clock=lambda: datetime(2025, 1, 1, tzinfo=UTC),
+        )
+
+    def put_store(self, spec: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        body = store(spec, **kw)
+        existing = self.api.objects.get(STORE_PATH)
+        if existing and "status" in existing:
+            body["status"] = existing["status"]
+        self.api.objects[STORE_PATH] = body
+        return copy.deepcopy(body)
+
+    def reconcile(self, body: dict[str, Any] | None = None, retry: int = 0) -> Any:
+        body = body if body is not None else copy.deepcopy(self.api.objects[STORE_PATH])
+        return asyncio.run(self.controller.reconcile(body, retry=retry))
+
+    def conditions(self) -> dict[str, dict[str, Any]]:
+        status = self.api.objects[STORE_PATH]["status"]
+        return {c["type"]: c for c in status["conditions"]}
+
+    def metric(self, name: str, labels: dict[str, str]) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+
+@pytest.fixture()
+def world() -> World:
+    return World()
+
+
+def test_ready_store_gets_configmap_status_event_and_metrics(world: World) -> None:
+    world.api.objects[SECRET_PATH] = SECRET_BODY
+    world.put_store(CREDS_SPEC)
+
+    result = world.reconcile()
+
+    assert result.ready.ok and not result.retry
+    assert world.bucket.calls == [("http://s3.local:9000", ACCESS, SECRET)]
+    cm = world.api.objects[CM_PATH]
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert "endpoint: http://s3.local:9000" in cm["data"]["config.yaml"]
+    status = world.api.objects[STORE_PATH]["status"]
+    assert status["observedGeneration"] == 1
+    assert status["configMapName"] == "runlog-relay-main"
+    conditions = world.conditions()
+    assert {t: c["status"] for t, c in conditions.items()} == dict.fromkeys(
+        ["Ready", *rc.CONDITION_TYPES], "True"
+    )
+    (event,) = world.api.events()
+    assert (event["type"], event["reason"]) == ("Normal", "Ready")
+    assert event["involvedObject"]["uid"] == "uid-1"
+    assert event["reportingInstance"] == "test"
+    labels = {"namespace": NS, "store": "main"}
+    assert world.metric("runlog_relay_store_ready", labels) == 1
+    assert world.metric("runlog_relay_operator_reconciles_total", {"result": "ready"}) == 1
+
+
+def test_unchanged_state_writes_nothing(world: World) -> None:
+    world.api.objects[SECRET_PATH] = SECRET_BODY
+    world.put_store(CREDS_SPEC)
+    world.reconcile()
+    writes = len(world.api.writes)
+
+    world.reconcile()
+
+    assert len(world.api.writes) == writes  # no status patch, no event, no ConfigMap patch
+    assert world.metric("runlog_relay_operator_reconciles_total", {"result": "ready"}) == 2
+
+
+def test_missing_secret_then_created_turns_ready_through_secret_changed(world: World) -> None:
+    world.put_store(CREDS_SPEC)
+    result = world.reconcile()
+
+    assert not result.ready.ok and not result.retry  # the Secret watch wakes us, no backoff
+    conditions = world.conditions()
+    assert conditions["Ready"]["reason"] == "SecretNotFound"
+    assert "'creds'" in conditions["Ready"]["message"]
+    assert conditions["Connected"]["status"] == "Unknown"
+    assert world.bucket.calls == []
+    assert world.api.objects[CM_PATH]  # the sidecar config does not wait for the Secret
+    assert world.api.events()[-1]["reason"] == "SecretNotFound"
+    assert world.metric("runlog_relay_store_ready", {"namespace": NS, "store": "main"}) == 0
+
+    world.api.objects[SECRET_PATH] = SECRET_BODY
+    results = asyncio.run(world.controller.secret_changed(NS, "creds", SECRET_BODY, ["main"]))
+
+    assert results["main"] is not None and results["main"].ready.ok
+    assert world.conditions()["Ready"]["status"] == "True"
+    assert world.api.events()[-1]["reason"] == "Ready"
+
+    # The same Secret content again (a resync, a label change): nothing to do.
+    again = asyncio.run(world.controller.secret_changed(NS, "creds", SECRET_BODY, ["main"]))
+    assert again == {}
+    assert len(world.bucket.calls) == 1
+
+
+def test_deleted_secret_turns_the_store_not_ready(world: World) -> None:
+    world.api.objects[SECRET_PATH] = SECRET_BODY
+    world.put_store(CREDS_SPEC)
+    world.reconcile()
+    del world.api.objects[SECRET_PATH]
+
+    results = asyncio.run(world.controller.secret_changed(NS, "creds", None, ["main"]))
+
+    assert results["main"] is not None and not results["main"].ready.ok
+    assert world.conditions()["SecretsAvailable"]["reason"] == "SecretNotFound"
+
+
+def test_unreachable_endpoint_asks_for_a_retry_with_backoff(world: World) -> None:
+    world.put_store({"endpoint": "http://s3.local:9000"})
+    world.bucket.error = RetryableError("endpoint unreachable (ConnectionRefused)", code="x")
+
+    first = world.reconcile(retry=0)
+    third = world.reconcile(retry=2)
+
+    assert first.retry and first.delay == 2 and third.delay == 8
+    conditions = world.conditions()
+    assert conditions["Ready"]["reason"] == "EndpointUnreachable"
+    assert conditions["BucketReady"]["status"] == "Unknown"
+    assert world.bucket.calls[0][1] is None  # no Secret: default credentials
+
+
+def test_wrong_credentials_and_missing_bucket(world: World) -> None:
+    world.api.objects[SECRET_PATH] = SECRET_BODY
+    world.put_store(CREDS_SPEC)
+    world.bucket.error = PermanentError("denied", code="InvalidAccessKeyId")
+    result = world.reconcile()
+    assert not result.retry and world.conditions()["Ready"]["reason"] == "InvalidCredentials"
+
+    world.bucket.error = PermanentError("no bucket", code="NoSuchBucket")
+    world.reconcile()
+    conditions = world.conditions()
+    assert conditions["Connected"]["status"] == "True"
+    assert conditions["Ready"]["reason"] == "BucketNotFound"
+    reasons = [e["reason"] for e in world.api.events()]
+    assert reasons == ["InvalidCredentials", "BucketNotFound"]
+
+
+def test_invalid_spec_keeps_the_last_good_configmap(world: World) -> None:
+    world.put_store({"bucket": "good/runs"})
+    world.reconcile()
+    good = world.api.objects[CM_PATH]["data"]
+
+    world.put_store({"bucket": "BAD BUCKET"}, generation=2)
+    result = world.reconcile()
+
+    assert result.spec_error is not None and not result.retry
+    assert "spec.bucket" in str(result.spec_error)
+    assert world.api.objects[CM_PATH]["data"] == good
+    conditions = world.conditions()
+    assert conditions["Ready"]["reason"] == "InvalidSpec"
+    assert conditions["SpecValid"]["observedGeneration"] == 2
+    assert world.api.objects[STORE_PATH]["status"]["observedGeneration"] == 2
+    assert len(world.bucket.calls) == 1
+
+
+def test_spec_change_updates_the_configmap_and_generation(world: World) -> None:
+    world.put_store({"bucket": "first/runs"})
+    world.reconcile()
+    world.put_store({"bucket": "second/runs", "layout": "single"}, generation=2)
+
+    world.reconcile()
+
+    text = world.api.objects[CM_PATH]["data"]["config.yaml"]
+    assert "bucket: second/runs" in text and "layout: single" in text
+    assert world.api.objects[STORE_PATH]["status"]["observedGeneration"] == 2
+    assert world.conditions()["Ready"]["observedGeneration"] == 2
+
+
+def test_foreign_configmap_is_not_taken_over(world: World) -> None:
+    world.api.objects[CM_PATH] = {
+        "metadata": {"name": "runlog-relay-main", "namespace": NS},
+        "data": {"config.yaml": "mine"},
+    }
+    world.put_store({})
+    world.reconcile()
+    assert world.api.objects[CM_PATH]["data"] == {"config.yaml": "mine"}
+    conditions = world.conditions()
+    assert conditions["ConfigRendered"]["reason"] == "ConfigMapConflict"
+    assert conditions["Ready"]["status"] == "False"
+
+
+def test_api_failures_on_side_objects_become_conditions(world: World) -> None:
+    world.put_store(CREDS_SPEC)
+    world.api.fail[("GET", SECRET_PATH)] = PermanentError("403 Forbidden", code="Forbidden")
+    world.api.fail[("POST", f"/api/v1/namespaces/{NS}/configmaps")] = RetryableError("503")
+    result = world.reconcile()
+    conditions = world.conditions()
+    assert conditions["ConfigRendered"]["reason"] == "ConfigMapWriteFailed"
+    assert conditions["SecretsAvailable"]["reason"] == "SecretUnreadable"
+    assert result.retry  # the ConfigMap write is worth retrying
+
+
+def test_status_write_failure_is_raised_for_kopf_to_retry(world: World) -> None:
+    world.put_store({})
+    world.api.fail[("PATCH", STORE_PATH + "/status")] = RetryableError("API 503")
+    with pytest.raises(RetryableError):
+        world.reconcile()
+    assert world.metric("runlog_relay_operator_reconciles_total", {"result": "error"}) == 1
+
+
+def test_store_deleted_mid_reconcile_is_not_an_error(world: World) -> None:
+    body = world.put_store({})
+    del world.api.objects[STORE_PATH]
+    result = world.reconcile(body)
+    assert result.ready.ok
+
+
+def test_event_post_failure_does_not_fail_the_reconcile(world: World) -> None:
+    world.put_store({})
+    world.api.fail[("POST", f"/api/v1/namespaces/{NS}/events")] = PermanentError("forbidden")
+    assert world.reconcile().ready.ok
+
+
+def test_forget_removes_metric_state_and_owned_configmap(world: World) -> None:
+    body = world.put_store({})
+    world.reconcile()
+    labels = {"namespace": NS, "store": "main"}
+    assert world.metric("runlog_relay_store_ready", labels) == 1
+
+    asyncio.run(world.controller.forget(body))
+
+    assert world.metric("runlog_relay_store_ready", labels) is None
+    assert CM_PATH not in world.api.objects
+    assert world.controller.known_stores() == []
+
+
+def test_forget_of_an_older_incarnation_leaves_the_new_one_alone(world: World) -> None:
+    world.put_store({}, uid="new")
+    world.reconcile()
+    asyncio.run(world.controller.forget(store({}, uid="old")))
+    assert CM_PATH in world.api.objects
+    assert world.controller.known_stores() == [(NS, "main")]
+
+
+def test_recheck_reconciles_known_stores_and_forgets_vanished_ones(world: World) -> None:
+    world.put_store({})
+    world.reconcile()
+    world.bucket.error = PermanentError("no bucket", code="NoSuchBucket")
+
+    asyncio.run(world.controller.recheck_all())
+
+    assert world.conditions()["Ready"]["reason"] == "BucketNotFound"
+    del world.api.objects[STORE_PATH]
+    asyncio.run(world.controller.recheck_all())
+    assert world.controller.known_stores() == []
+
+
+def test_unexpected_bucket_check_exception_is_not_a_traceback_in_status(world: World) -> None:
+    world.put_store({})
+    world.bucket.error = ZeroDivisionError("boom")
+    result = world.reconcile()
+    assert result.retry
+    message = world.conditions()["Connected"]["message"]
+    assert "unexpected ZeroDivisionError" in message and "Traceback" not in message
+
+
+def test_secret_values_never_written_anywhere(world: World) -> None:
+    world.api.objects[SECRET_PATH] = SECRET_BODY
+    world.put_store(CREDS_SPEC)
+    world.bucket.error = PermanentError(f"server echoed {ACCESS} and {SECRET}", code="Weird")
+    world.reconcile()
+    world.bucket.error = None
+    world.reconcile()
+
+    written = json.dumps(world.api.writes)
+    assert world.api.writes
+    for value in (ACCESS, SECRET, b64(ACCESS), b64(SECRET)):
+        assert value not in written
