@@ -75,12 +75,13 @@ def _check_bucket(value: str) -> str:
 
 def validate_endpoint(value: str) -> str:
     """An ``http(s)://host[:port]`` URL without a path, as minio's client needs it."""
+    if "@" in value:
+        # Credentials in a URL would end up in logs and status; they belong in a Secret.
+        # Checked first, by the "@" alone, because the messages below echo the value.
+        raise ValueError("endpoint must not contain credentials; use a Secret")
     if not re.match(ENDPOINT_PATTERN, value):
         raise ValueError(f"endpoint must be http(s)://HOST[:PORT] with no path, got {value!r}")
     parts = urlsplit(value)
-    if parts.username or parts.password:
-        # Credentials in a URL would end up in logs and status; they belong in a Secret.
-        raise ValueError("endpoint must not contain credentials; use a Secret")
     try:
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError as exc:

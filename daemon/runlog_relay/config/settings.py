@@ -179,10 +179,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        # Not str(exc): PyYAML quotes the offending line, which may hold a secret.
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings")
     data = _snake_keys(data)
@@ -194,6 +197,15 @@ def read_config_file(path: Path) -> dict[str, Any]:
                 f" {forbidden}_file"
             )
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What and where, without the snippet of the file PyYAML's message includes."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    if mark is None:
+        return str(problem)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
 class _FileSource(PydanticBaseSettingsSource):
