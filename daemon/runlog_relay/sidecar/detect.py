@@ -92,7 +92,9 @@ def read_stable(path: Path) -> tuple[bytes, FileSignature]:
     if not data.strip():
         raise TornRead("empty")
     try:
-        json.loads(data)
+        # Decoded here, not sniffed by json.loads(bytes): runnable writes UTF-8, and the
+        # single layout re-encodes the text as UTF-8, which a UTF-16/32 file would crash.
+        json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise TornRead(f"not complete JSON ({type(exc).__name__})") from None
     return data, FileSignature.of(after)
