@@ -1,0 +1,153 @@
+"""kopf handlers: decorators and error translation only; the work is in the controller.
+
+:func:`register_handlers` puts every handler on a given :class:`kopf.OperatorRegistry`
+(not kopf's global default registry), bound to one :class:`~.controller.StoreController`,
+so a process -- or a test -- can run operators side by side.
+
+Triggers → controller:
+
+- RunLogStore created, spec updated, or seen at start-up (resume) → ``reconcile``. A
+  transient failure becomes ``kopf.TemporaryError`` (kopf retries with our backoff), an
+  invalid spec ``kopf.PermanentError`` (no retry until the spec changes). Either way the
+  status already says what is wrong.
+- RunLogStore deleted (watch event) → ``forget``. No finalizer is involved, so deleting a
+  store never waits for the operator.
+- Secret created, changed or deleted → the stores that reference it (a kopf index keyed by
+  namespace and Secret name) are reconciled, so a store waiting for its Secret turns Ready
+  without anyone touching it.
+- Every ``recheck_interval`` → all known stores, from one background task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from runlog_relay.config.crd import GROUP, PLURAL, VERSION
+from runlog_relay.errors import RetryableError
+from runlog_relay.operator.controller import StoreController
+from runlog_relay.operator.kubeapi import KubeApi
+from runlog_relay.operator.reconcile import referenced_secret_names
+
+__all__ = ["HandlerOptions", "configure_settings", "register_handlers"]
+
+
+@dataclass(frozen=True)
+class HandlerOptions:
+    peering: str | None = None
+    """kopf peering object name; None runs standalone (no peering CRDs needed)."""
+    priority: int = 0
+    """Peering priority: the highest-priority live operator works, the others wait."""
+    recheck: bool = True
+    """Run the periodic recheck loop (off in tests that count reconciles)."""
+
+
+def configure_settings(settings: kopf.OperatorSettings, options: HandlerOptions) -> None:
+    """kopf settings for this operator (also applied by the start-up handler)."""
+    # Progress and diff-base as annotations under our own prefix, not in status: status
+    # belongs to the conditions users read.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # The controller posts one Event per Ready transition itself; kopf's per-handler
+    # chatter (every success, every retry) stays in the operator log.
+    settings.posting.enabled = False
+    if options.peering:
+        settings.peering.standalone = False
+        settings.peering.mandatory = True
+        settings.peering.name = options.peering
+        settings.peering.priority = options.priority
+    else:
+        settings.peering.standalone = True
+
+
+def _is_deletion(type: str | None, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+def _is_referenced(
+    namespace: str, name: str, stores_by_secret: kopf.Index[tuple[str, str], str], **_: Any
+) -> bool:
+    """Only Secrets some store references; the others are never looked into."""
+    return (namespace, name) in stores_by_secret
+
+
+def register_handlers(
+    registry: kopf.OperatorRegistry,
+    *,
+    controller: StoreController,
+    api: KubeApi,
+    options: HandlerOptions,
+) -> None:
+    """Put the operator's handlers on ``registry``.
+
+    Explicit ids: kopf derives them from qualified names (``register_handlers.<locals>...``)
+    otherwise, and the index id is also the name of the handler argument that receives it.
+    """
+    recheck_task: list[asyncio.Task[None]] = []
+
+    @kopf.on.startup(registry=registry, id="startup")
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_settings(settings, options)
+        if options.recheck:
+            recheck_task.append(
+                asyncio.create_task(controller.recheck_forever(), name="runlog-relay recheck")
+            )
+
+    @kopf.on.cleanup(registry=registry, id="cleanup")
+    async def cleanup(**_: Any) -> None:
+        for task in recheck_task:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        recheck_task.clear()
+        await api.close()
+
+    @kopf.on.login(registry=registry, id="login")
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return api.login()
+
+    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="stores_by_secret")
+    def stores_by_secret(
+        namespace: str, name: str, spec: kopf.Spec, **_: Any
+    ) -> dict[tuple[str, str], str]:
+        return {(namespace, secret): name for secret in referenced_secret_names(spec)}
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
+    @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry, id="reconcile")
+    async def reconcile(body: kopf.Body, retry: int, **_: Any) -> None:
+        try:
+            result = await controller.reconcile(body, retry=retry)
+        except RetryableError as exc:  # the API server failed us; kopf retries
+            raise kopf.TemporaryError(str(exc), delay=exc.delay or 5.0) from exc
+        if result.spec_error is not None:
+            raise kopf.PermanentError(str(result.spec_error))
+        if result.retry:
+            raise kopf.TemporaryError(result.ready.message, delay=result.delay)
+
+    # `when=` filters keep kopf from invoking (and logging "succeeded" for) every watch
+    # event of every store and every Secret in the served namespaces.
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="store_event", when=_is_deletion)
+    async def store_event(body: kopf.Body, **_: Any) -> None:
+        await controller.forget(body)
+
+    @kopf.on.event("v1", "secrets", registry=registry, id="secret_event", when=_is_referenced)
+    async def secret_event(
+        type: str | None,
+        namespace: str,
+        name: str,
+        body: kopf.Body,
+        stores_by_secret: kopf.Index[tuple[str, str], str],
+        **_: Any,
+    ) -> None:
+        stores = list(stores_by_secret.get((namespace, name), []))
+        await controller.secret_changed(
+            namespace, name, None if type == "DELETED" else body, stores
+        )

@@ -1,0 +1,164 @@
+"""Assemble and run the operator: kopf registry, controller, API client, metrics.
+
+:func:`build_operator` wires the parts (tests call it with their own login and bucket
+check); :func:`operate` runs kopf on them until ``stop_flag``; :func:`run` is the CLI's
+blocking entry point, which also serves ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from dataclasses import dataclass, field, replace
+
+import kopf
+from prometheus_client import CollectorRegistry, start_http_server
+
+from runlog_relay.metrics import OperatorMetrics
+from runlog_relay.operator.controller import (
+    BucketCheck,
+    ControllerOptions,
+    StoreController,
+    check_bucket,
+)
+from runlog_relay.operator.handlers import HandlerOptions, register_handlers
+from runlog_relay.operator.kubeapi import KubeApi, Login, default_login
+
+__all__ = ["Operator", "OperatorOptions", "build_operator", "operate", "run"]
+
+log = logging.getLogger(__name__)
+
+#: kopf peering priorities are plain integers; a wide random range makes two replicas
+#: picking the same one (which pauses both) practically impossible.
+_RANDOM_PRIORITY_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    """Everything ``runlog-relay operator`` takes on its command line."""
+
+    namespaces: tuple[str, ...] = ()
+    """Namespaces (or kopf globs like ``team-*``) to serve; empty with
+    ``all_namespaces`` False also means all."""
+    all_namespaces: bool = False
+    """Serve every namespace (needs cluster-wide RBAC)."""
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
+    metrics_port: int | None = 9464
+    """Prometheus ``/metrics`` port; None serves none (tests), 0 picks a free port."""
+    liveness_port: int | None = 8080
+    """kopf's liveness endpoint, ``http://0.0.0.0:PORT/healthz``; None disables it."""
+    peering: str | None = None
+    """kopf peering name for several replicas; None runs standalone."""
+    priority: int | None = None
+    """Peering priority; None picks a random one (replicas must differ)."""
+    controller: ControllerOptions = field(default_factory=ControllerOptions)
+
+    @property
+    def clusterwide(self) -> bool:
+        return self.all_namespaces or not self.namespaces
+
+
+@dataclass
+class Operator:
+    """The parts of one operator instance."""
+
+    registry: kopf.OperatorRegistry
+    controller: StoreController
+    api: KubeApi
+    metrics: OperatorMetrics
+    prometheus: CollectorRegistry
+    handler_options: HandlerOptions
+
+
+def build_operator(
+    options: OperatorOptions,
+    *,
+    login: Login = default_login,
+    bucket_check: BucketCheck = check_bucket,
+    prometheus: CollectorRegistry | None = None,
+    recheck: bool = True,
+) -> Operator:
+    prometheus = prometheus if prometheus is not None else CollectorRegistry()
+    metrics = OperatorMetrics(prometheus)
+    api = KubeApi(login)
+    controller_options = options.controller
+    if controller_options.instance == ControllerOptions().instance:
+        # The pod name, so Events say which replica reported them.
+        controller_options = replace(controller_options, instance=socket.gethostname())
+    controller = StoreController(
+        api, metrics, bucket_check=bucket_check, options=controller_options
+    )
+    priority = options.priority
+    if options.peering and priority is None:
+        priority = random.randint(1, _RANDOM_PRIORITY_MAX)  # noqa: S311 - not security
+    handler_options = HandlerOptions(
+        peering=options.peering, priority=priority or 0, recheck=recheck
+    )
+    registry = kopf.OperatorRegistry()
+    register_handlers(registry, controller=controller, api=api, options=handler_options)
+    return Operator(
+        registry=registry,
+        controller=controller,
+        api=api,
+        metrics=metrics,
+        prometheus=prometheus,
+        handler_options=handler_options,
+    )
+
+
+async def operate(
+    operator: Operator,
+    options: OperatorOptions,
+    *,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+) -> None:
+    """Run kopf with the operator's registry until ``stop_flag`` (or a signal)."""
+    liveness = (
+        f"http://0.0.0.0:{options.liveness_port}/healthz"
+        if options.liveness_port is not None
+        else None
+    )
+    await kopf.operator(
+        registry=operator.registry,
+        clusterwide=options.clusterwide,
+        namespaces=() if options.clusterwide else list(options.namespaces),
+        standalone=not operator.handler_options.peering,
+        peering_name=operator.handler_options.peering,
+        priority=operator.handler_options.priority,
+        liveness_endpoint=liveness,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
+
+
+def run(options: OperatorOptions) -> int:
+    """Blocking: serve metrics, run the operator until SIGINT/SIGTERM; the exit code."""
+    operator = build_operator(options)
+    server = None
+    if options.metrics_port is not None:
+        server, _thread = start_http_server(
+            options.metrics_port, addr=options.metrics_host, registry=operator.prometheus
+        )
+        log.info(
+            "operator metrics on http://%s:%d/metrics",
+            options.metrics_host,
+            server.server_address[1],
+        )
+    scope = "all namespaces" if options.clusterwide else ", ".join(options.namespaces)
+    log.info(
+        "runlog-relay operator starting: %s, %s",
+        scope,
+        f"peering {options.peering!r}" if options.peering else "standalone",
+    )
+    try:
+        asyncio.run(operate(operator, options))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    return 0
