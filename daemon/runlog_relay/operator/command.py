@@ -29,7 +29,7 @@ def _positive(value: str) -> float:
     return number
 
 
-def register(subparsers: argparse._SubParsersAction, summary: str) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser(
         "operator",
         help=summary,

@@ -15,7 +15,7 @@ from runlog_relay.config.crd import CRD_FILE, crd_yaml
 __all__ = ["register", "run"]
 
 
-def register(subparsers: argparse._SubParsersAction, summary: str) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser(
         "crd",
         help=summary,

@@ -71,11 +71,16 @@ def _is_deletion(type: str | None, **_: Any) -> bool:
     return type == "DELETED"
 
 
-def _is_referenced(
-    namespace: str, name: str, stores_by_secret: kopf.Index[tuple[str, str], str], **_: Any
-) -> bool:
+def _stores_referencing(namespace: str | None, name: str, kwargs: dict[str, Any]) -> list[str]:
+    # kopf passes each index as a keyword named after its id; taking it from **kwargs
+    # keeps the handler signatures within kopf's typed protocols.
+    index: kopf.Index[tuple[str, str], str] = kwargs["stores_by_secret"]
+    return list(index.get((str(namespace), name), []))
+
+
+def _is_referenced(namespace: str | None, name: str, **kwargs: Any) -> bool:
     """Only Secrets some store references; the others are never looked into."""
-    return (namespace, name) in stores_by_secret
+    return bool(_stores_referencing(namespace, name, kwargs))
 
 
 def register_handlers(
@@ -115,9 +120,9 @@ def register_handlers(
 
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="stores_by_secret")
     def stores_by_secret(
-        namespace: str, name: str, spec: kopf.Spec, **_: Any
+        namespace: str | None, name: str, spec: kopf.Spec, **_: Any
     ) -> dict[tuple[str, str], str]:
-        return {(namespace, secret): name for secret in referenced_secret_names(spec)}
+        return {(str(namespace), secret): name for secret in referenced_secret_names(spec)}
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
@@ -140,14 +145,9 @@ def register_handlers(
 
     @kopf.on.event("v1", "secrets", registry=registry, id="secret_event", when=_is_referenced)
     async def secret_event(
-        type: str | None,
-        namespace: str,
-        name: str,
-        body: kopf.Body,
-        stores_by_secret: kopf.Index[tuple[str, str], str],
-        **_: Any,
+        type: str, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any
     ) -> None:
-        stores = list(stores_by_secret.get((namespace, name), []))
+        stores = _stores_referencing(namespace, name, kwargs)
         await controller.secret_changed(
-            namespace, name, None if type == "DELETED" else body, stores
+            str(namespace), name, None if type == "DELETED" else body, stores
         )

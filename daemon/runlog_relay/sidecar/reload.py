@@ -40,7 +40,7 @@ __all__ = ["ConfigWatcher", "watched_files"]
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[Mapping[str, Any] | None, Path | None], SidecarSettings]
+Loader = Callable[[dict[str, Any] | None, Path | None], SidecarSettings]
 #: path → sha256 of its content, or None when it cannot be read (missing, mid-swap).
 Snapshot = dict[Path, str | None]
 
