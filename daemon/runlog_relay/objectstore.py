@@ -111,11 +111,13 @@ def classify(exc: BaseException, *, what: str) -> RelayError:
             return RetryableError(message, code=f"HTTP{status}")
         return PermanentError(message + " (is this an S3 endpoint?)", code=f"HTTP{status}")
     if isinstance(exc, (urllib3.exceptions.HTTPError, OSError, ssl.SSLError)):
-        reason = type(exc).__name__
-        inner = getattr(exc, "reason", None)
-        if inner is not None:
-            reason = type(inner).__name__
-        if isinstance(exc, urllib3.exceptions.SSLError) or isinstance(inner, ssl.SSLError):
+        inner = getattr(exc, "reason", None)  # MaxRetryError/ProxyError wrap the cause
+        if not isinstance(inner, BaseException):
+            inner = None  # ssl.SSLError.reason is a string such as "CERTIFICATE_VERIFY_FAILED"
+        reason = type(inner or exc).__name__
+        # urllib3 wraps ssl errors in its own SSLError, which is no ssl.SSLError: check both.
+        tls = (urllib3.exceptions.SSLError, ssl.SSLError)
+        if isinstance(exc, tls) or isinstance(inner, tls):
             return PermanentError(f"{what}: TLS failure ({reason})", code="TLS")
         return RetryableError(f"{what}: endpoint unreachable ({reason})", code="Unreachable")
     if isinstance(exc, (MinioException, ValueError)):
