@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 from runlog_relay import logs
 from runlog_relay.config.settings import LogFormat
 
-__all__ = ["register", "run"]
+__all__ = ["options_from_args", "register", "run"]
 
 
 def _port(value: str) -> int:
@@ -112,23 +113,12 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    logs.configure(args.log_level, args.log_format)
-    if args.log_level != "DEBUG":
-        # One line per kubelet probe of kopf's liveness endpoint is noise.
-        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    try:
-        from runlog_relay.operator.controller import ControllerOptions
-        from runlog_relay.operator.runner import OperatorOptions
-        from runlog_relay.operator.runner import run as run_operator
-    except ImportError as exc:
-        if (exc.name or "").startswith("runlog_relay"):
-            raise
-        raise SystemExit(
-            f"runlog-relay operator: a dependency is missing ({exc.name}); install"
-            " runlog-relay[operator]"
-        ) from None
-    options = OperatorOptions(
+def options_from_args(args: argparse.Namespace) -> Any:
+    """The runner's ``OperatorOptions`` for the parsed command line (imports kopf)."""
+    from runlog_relay.operator.controller import ControllerOptions
+    from runlog_relay.operator.runner import OperatorOptions
+
+    return OperatorOptions(
         namespaces=tuple(args.namespaces),
         all_namespaces=args.all_namespaces,
         metrics_host=args.metrics_host,
@@ -140,4 +130,21 @@ def run(args: argparse.Namespace) -> int:
             recheck_interval=args.recheck_interval, bucket_timeout=args.bucket_timeout
         ),
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    logs.configure(args.log_level, args.log_format)
+    if args.log_level != "DEBUG":
+        # One line per kubelet probe of kopf's liveness endpoint is noise.
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        options = options_from_args(args)
+        from runlog_relay.operator.runner import run as run_operator
+    except ImportError as exc:
+        if (exc.name or "").startswith("runlog_relay"):
+            raise
+        raise SystemExit(
+            f"runlog-relay operator: a dependency is missing ({exc.name}); install"
+            " runlog-relay[operator]"
+        ) from None
     return run_operator(options)

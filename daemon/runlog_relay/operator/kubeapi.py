@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import aiohttp
 import kopf
+import yaml
 
 from runlog_relay.config.crd import GROUP, PLURAL, VERSION
 from runlog_relay.errors import NotFoundError, PermanentError, RelayError, RetryableError
@@ -48,9 +49,19 @@ Login = Callable[[], kopf.ConnectionInfo | None]
 def default_login(settings: kopf.OperatorSettings | None = None) -> kopf.ConnectionInfo | None:
     """In-cluster service account first, then ``KUBECONFIG`` / ``~/.kube/config``."""
     settings = settings or kopf.OperatorSettings()
-    return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-        settings=settings
-    )
+    try:
+        return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+            settings=settings
+        )
+    except OSError as exc:
+        raise kopf.LoginError(
+            f"cannot read Kubernetes credentials from {exc.filename}: {exc.strerror}"
+        ) from exc
+    except (yaml.YAMLError, ValueError, KeyError, TypeError) as exc:
+        # Only the type: a parser's message may quote a line of the file, token included.
+        raise kopf.LoginError(
+            f"the kubeconfig (KUBECONFIG or ~/.kube/config) is malformed ({type(exc).__name__})"
+        ) from None
 
 
 def _name(value: str) -> str:
