@@ -1,0 +1,57 @@
+"""
+pytest fixtures for testing a real kopf operator against the Kubernetes emulator.
+
+Use them from a test module (or a conftest) with::
+
+    pytest_plugins = ['tests.integration.kube.fixtures']
+
+``kube``: a fresh emulator per test, served over HTTP on 127.0.0.1 (random port),
+with a sync client (see :class:`~tests.integration.kube.harness.KubeHarness`).
+``kopf_runner``: starts operators against ``kube``; stops them after the test.
+``kube_resources``: override it to serve other/extra resource kinds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from .emulator import DEFAULT_RESOURCES, ResourceSpec
+from .harness import KubeHarness
+from .kopf_runner import KopfRunner
+
+
+@pytest.fixture()
+def kube_resources() -> Sequence[ResourceSpec]:
+    """The resource kinds the emulator serves. Override to add your own, e.g.::
+
+    @pytest.fixture()
+    def kube_resources():
+        return [*DEFAULT_RESOURCES, ResourceSpec('example.com', 'v1', 'widgets', 'Widget')]
+    """
+    return DEFAULT_RESOURCES
+
+
+@pytest.fixture()
+def kube(kube_resources: Sequence[ResourceSpec]) -> Iterator[KubeHarness]:
+    """A running Kubernetes emulator and a sync client to it; fails the test on emulator bugs."""
+    harness = KubeHarness.start(resources=kube_resources)
+    try:
+        yield harness
+        internal_errors = harness.internal_errors()
+        assert not internal_errors, "The emulator crashed on requests:\n" + "\n".join(
+            internal_errors
+        )
+    finally:
+        harness.stop()
+
+
+@pytest.fixture()
+def kopf_runner(kube: KubeHarness) -> Iterator[KopfRunner]:
+    """Start operators with ``kopf_runner.start(registry_or_callable_or_module, ...)``."""
+    runner = KopfRunner(kube)
+    try:
+        yield runner
+    finally:
+        runner.stop_all()
