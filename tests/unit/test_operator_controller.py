@@ -394,3 +394,20 @@ def test_secret_values_never_written_anywhere(world: World) -> None:
     assert world.api.writes
     for value in (ACCESS, SECRET, b64(ACCESS), b64(SECRET)):
         assert value not in written
+
+
+def test_recheck_skips_namespaces_where_another_replica_leads(world: World) -> None:
+    world.put_store({})
+    world.reconcile()
+    world.bucket.error = PermanentError("no bucket", code="NoSuchBucket")
+
+    async def not_leading() -> Any:
+        async def leads(namespace: str) -> bool:
+            return False
+
+        return leads
+
+    asyncio.run(world.controller.recheck_all(not_leading))
+
+    assert world.conditions()["Ready"]["status"] == "True"  # untouched
+    assert len(world.bucket.calls) == 1

@@ -44,6 +44,7 @@ from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.objectstore import ObjectStore
 from runlog_relay.operator import reconcile as rc
 from runlog_relay.operator.kubeapi import configmap_path, event_path, secret_path, store_path
+from runlog_relay.operator.leadership import Gate, always
 
 __all__ = [
     "BucketCheck",
@@ -185,14 +186,17 @@ class StoreController:
     def known_stores(self) -> list[tuple[str, str]]:
         return sorted(self._states)
 
-    async def recheck_all(self) -> None:
-        """Reconcile every known store once, a few at a time; failures are logged."""
+    async def recheck_all(self, gate: Gate = always) -> None:
+        """Reconcile every known store once, a few at a time, where ``gate`` says this
+        replica leads; failures are logged."""
         limit = asyncio.Semaphore(self._options.recheck_concurrency)
+        leads = await gate()
 
         async def one(namespace: str, name: str) -> None:
             async with limit:
                 try:
-                    await self.reconcile_named(namespace, name)
+                    if await leads(namespace):
+                        await self.reconcile_named(namespace, name)
                 except RelayError as exc:
                     log.warning(
                         "recheck of RunLogStore %s/%s failed: %s",
@@ -211,11 +215,11 @@ class StoreController:
 
         await asyncio.gather(*(one(ns, name) for ns, name in self.known_stores()))
 
-    async def recheck_forever(self) -> None:
+    async def recheck_forever(self, gate: Gate = always) -> None:
         """Run :meth:`recheck_all` every ``recheck_interval`` seconds until cancelled."""
         while True:
             await asyncio.sleep(self._options.recheck_interval)
-            await self.recheck_all()
+            await self.recheck_all(gate)
 
     async def secret_changed(
         self,

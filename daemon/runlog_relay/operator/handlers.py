@@ -15,7 +15,8 @@ Triggers → controller:
 - Secret created, changed or deleted → the stores that reference it (a kopf index keyed by
   namespace and Secret name) are reconciled, so a store waiting for its Secret turns Ready
   without anyone touching it.
-- Every ``recheck_interval`` → all known stores, from one background task.
+- Every ``recheck_interval`` → all known stores, from one background task; with peering,
+  only where this replica leads (:mod:`.leadership`), since kopf does not pause our task.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from runlog_relay.config.crd import GROUP, PLURAL, VERSION
 from runlog_relay.errors import RetryableError
 from runlog_relay.operator.controller import StoreController
 from runlog_relay.operator.kubeapi import KubeApi
+from runlog_relay.operator.leadership import Gate, always
 from runlog_relay.operator.reconcile import referenced_secret_names
 
 __all__ = ["HandlerOptions", "configure_settings", "register_handlers"]
@@ -89,6 +91,7 @@ def register_handlers(
     controller: StoreController,
     api: KubeApi,
     options: HandlerOptions,
+    recheck_gate: Gate = always,
 ) -> None:
     """Put the operator's handlers on ``registry``.
 
@@ -102,7 +105,9 @@ def register_handlers(
         configure_settings(settings, options)
         if options.recheck:
             recheck_task.append(
-                asyncio.create_task(controller.recheck_forever(), name="runlog-relay recheck")
+                asyncio.create_task(
+                    controller.recheck_forever(recheck_gate), name="runlog-relay recheck"
+                )
             )
 
     @kopf.on.cleanup(registry=registry, id="cleanup")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import secrets
 import socket
 from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import kopf
 from prometheus_client import CollectorRegistry, start_http_server
@@ -25,6 +28,7 @@ from runlog_relay.operator.controller import (
 )
 from runlog_relay.operator.handlers import HandlerOptions, register_handlers
 from runlog_relay.operator.kubeapi import KubeApi, Login, default_login
+from runlog_relay.operator.leadership import Gate, PeeringGate, always
 
 __all__ = ["Operator", "OperatorOptions", "build_operator", "operate", "run"]
 
@@ -70,6 +74,8 @@ class Operator:
     metrics: OperatorMetrics
     prometheus: CollectorRegistry
     handler_options: HandlerOptions
+    identity: str
+    """This replica's name among kopf peers (the peering gate looks for it)."""
 
 
 def build_operator(
@@ -96,8 +102,20 @@ def build_operator(
     handler_options = HandlerOptions(
         peering=options.peering, priority=priority or 0, recheck=recheck
     )
+    identity = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+    gate: Gate = always
+    if options.peering:
+        gate = PeeringGate(
+            api,
+            name=options.peering,
+            identity=identity,
+            priority=handler_options.priority,
+            clusterwide=options.clusterwide,
+        )
     registry = kopf.OperatorRegistry()
-    register_handlers(registry, controller=controller, api=api, options=handler_options)
+    register_handlers(
+        registry, controller=controller, api=api, options=handler_options, recheck_gate=gate
+    )
     return Operator(
         registry=registry,
         controller=controller,
@@ -105,6 +123,7 @@ def build_operator(
         metrics=metrics,
         prometheus=prometheus,
         handler_options=handler_options,
+        identity=identity,
     )
 
 
@@ -128,6 +147,7 @@ async def operate(
         standalone=not operator.handler_options.peering,
         peering_name=operator.handler_options.peering,
         priority=operator.handler_options.priority,
+        identity=cast(Any, operator.identity),  # kopf's Identity is a NewType of str
         liveness_endpoint=liveness,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
