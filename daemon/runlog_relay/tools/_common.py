@@ -1,0 +1,390 @@
+"""What the read-side tools share: exit codes, one-line errors, store access, output.
+
+Exit codes (the same for every tool; documented in ``docs/tools.md``)::
+
+    0  success / in sync
+    1  differences found, or only part of the work done (a run missing, a file refused)
+    2  usage or configuration error (bad option, bad config file, bucket does not exist)
+    3  object store unreachable, not S3, TLS failure, or credentials rejected
+
+Errors reach the user as one line on stderr, ``runlog-relay <command>: error: …``, in
+the same form argparse uses for usage errors; never a traceback, never a secret (the
+messages of :mod:`runlog_relay.errors` are built from names and codes only).
+
+Progress bars and colours go to stderr and switch themselves off when it is not a
+terminal, so piped output and ``--json`` stay clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import re
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from runlog_relay.cliopts import open_store, settings_from_args
+from runlog_relay.config.settings import SidecarSettings
+from runlog_relay.errors import (
+    ConfigError,
+    NotFoundError,
+    PermanentError,
+    RelayError,
+    RetryableError,
+)
+from runlog_relay.layout import JSON_SUFFIX, Layout
+from runlog_relay.objectstore import ObjectStore, RemoteObject
+
+__all__ = [
+    "EXIT_DIFFERENT",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "StoreContext",
+    "ToolError",
+    "emit_json",
+    "error_exit_code",
+    "error_message",
+    "format_bytes",
+    "format_seconds",
+    "get_object",
+    "group_by_run",
+    "guarded",
+    "latest_modified",
+    "layout_hint",
+    "list_objects",
+    "open_context",
+    "parse_since",
+    "progress",
+    "stderr_console",
+    "stdout_console",
+]
+
+EXIT_OK = 0
+EXIT_DIFFERENT = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+_T = TypeVar("_T")
+
+#: S3 error codes that mean "these credentials are not accepted here".
+_CREDENTIAL_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+)
+_CONFIG_CODES = frozenset({"NoSuchBucket", "InvalidBucketName"})
+
+
+class ToolError(RelayError):
+    """A failure a tool reports itself, with the exit code it maps to."""
+
+    def __init__(self, message: str, *, exit_code: int = EXIT_DIFFERENT) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# ------------------------------------------------------------------------------- errors
+
+
+def error_exit_code(exc: BaseException) -> int:
+    """The exit code for an error that ends a tool (see the module docstring)."""
+    if isinstance(exc, ToolError):
+        return exc.exit_code
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
+    if isinstance(exc, NotFoundError):
+        return EXIT_DIFFERENT
+    if isinstance(exc, PermanentError) and exc.code in _CONFIG_CODES:
+        return EXIT_USAGE
+    if isinstance(exc, (PermanentError, RetryableError)):
+        return EXIT_UNREACHABLE
+    return EXIT_DIFFERENT
+
+
+def error_message(
+    exc: BaseException, *, endpoint: str | None = None, bucket: str | None = None
+) -> str:
+    """One line that says what went wrong and what to check."""
+    text = str(exc)
+    code = getattr(exc, "code", "")
+    where = f" at {endpoint}" if endpoint else ""
+    if isinstance(exc, PermanentError) and code in _CREDENTIAL_CODES:
+        return (
+            f"the object store{where} rejected the credentials ({code}); check"
+            " AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or RUNLOG_RELAY_*_FILE)"
+        )
+    if isinstance(exc, PermanentError) and code == "AccessDenied":
+        return f"{text}: these credentials may not read this bucket{where}"
+    if isinstance(exc, RetryableError) and code == "Unreachable":
+        return f"{text}; is {endpoint or 'the endpoint'} right (--endpoint) and is it up?"
+    if isinstance(exc, PermanentError) and code == "NoSuchBucket" and "--bucket" not in text:
+        name = f"bucket {bucket!r}" if bucket else "the bucket"
+        return f"{name} does not exist{where}; check --bucket ({text})"
+    return text
+
+
+def guarded(command: str, handler: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """Wrap a tool's handler: errors become one line on stderr and an exit code."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except RelayError as exc:
+            message = error_message(
+                exc,
+                endpoint=getattr(args, "_endpoint", None),
+                bucket=getattr(args, "_bucket", None),
+            )
+            print(f"runlog-relay {command}: error: {message}", file=sys.stderr)
+            return error_exit_code(exc)
+        except KeyboardInterrupt:
+            print(f"runlog-relay {command}: interrupted", file=sys.stderr)
+            return 130
+
+    return run
+
+
+# -------------------------------------------------------------------------------- store
+
+
+@dataclass(frozen=True, slots=True)
+class StoreContext:
+    """The settings and the store one tool invocation talks to."""
+
+    settings: SidecarSettings
+    store: ObjectStore
+
+    @property
+    def layout(self) -> Layout:
+        return self.settings.layout
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "endpoint": self.settings.endpoint,
+            "bucket": self.settings.bucket,
+            "layout": self.settings.layout.value,
+        }
+
+
+def open_context(args: argparse.Namespace) -> StoreContext:
+    """Settings from the shared store options, and the store; ConfigError when invalid."""
+    settings = settings_from_args(args)
+    # For the messages of errors raised later (see guarded).
+    args._endpoint, args._bucket = settings.endpoint, settings.bucket_name
+    return StoreContext(settings=settings, store=open_store(settings))
+
+
+def retrying(
+    call: Callable[[], _T],
+    *,
+    attempts: int = 3,
+    base_delay: float = 0.2,
+    sleep: Callable[[float], None] = time.sleep,
+) -> _T:
+    """Call again after transient failures (5xx, throttling), a few times only.
+
+    A refused connection is not retried: the endpoint is wrong or down, and a
+    person is waiting for the answer.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except RetryableError as exc:
+            if exc.code == "Unreachable" or attempt == attempts:
+                raise
+            sleep(exc.delay if exc.delay is not None else base_delay * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def list_objects(store: ObjectStore, sub_prefix: str = "") -> list[RemoteObject]:
+    """The whole listing under the prefix (one paginated listing, retried as a whole)."""
+    return retrying(lambda: list(store.list(sub_prefix)))
+
+
+def get_object(store: ObjectStore, key: str) -> bytes:
+    return retrying(lambda: store.get(key))
+
+
+def group_by_run(objects: Iterable[RemoteObject]) -> dict[str, list[RemoteObject]]:
+    """Objects by run id (the first key component); keys without a ``/`` are not runs."""
+    runs: dict[str, list[RemoteObject]] = defaultdict(list)
+    for obj in objects:
+        run_id, sep, rest = obj.key.partition("/")
+        if sep and run_id and rest:
+            runs[run_id].append(obj)
+    return dict(runs)
+
+
+def latest_modified(objects: Iterable[RemoteObject]) -> datetime | None:
+    stamps = [obj.last_modified for obj in objects if obj.last_modified is not None]
+    return max(stamps) if stamps else None
+
+
+def layout_hint(run_id: str, objects: Iterable[RemoteObject], layout: Layout) -> str:
+    """A hint when a run's objects look like the other layout, else ``""``."""
+    names = {obj.key.partition("/")[2] for obj in objects}
+    single_name = f"{run_id}{JSON_SUFFIX}"
+    if layout is Layout.CHUNKED and single_name in names and "RunLog" not in names:
+        return " (it looks like a file-system/minio run: try --layout single)"
+    if layout is Layout.SINGLE and single_name not in names and "RunLog" in names:
+        return " (it looks like a chunked-fs/chunked-minio run: try --layout chunked)"
+    return ""
+
+
+# ----------------------------------------------------------------------------- parsing
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, *, now: datetime | None = None) -> datetime:
+    """``2h``, ``3d``, ``1h30m`` (ago), or an ISO date/time; an aware UTC datetime.
+
+    An ISO time without a zone is local time, as people mean it. ValueError otherwise.
+    """
+    value = text.strip()
+    now = now or datetime.now(UTC)
+    if value and _DURATION_PART.sub("", value.lower()) == "":
+        seconds = sum(
+            float(number) * _UNIT_SECONDS[unit]
+            for number, unit in _DURATION_PART.findall(value.lower())
+        )
+        return now - timedelta(seconds=seconds)
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a duration (30m, 2h, 3d, 1w, 1h30m) nor an ISO date or"
+            " time (2026-01-31, 2026-01-31T08:00, 2026-01-31T08:00+00:00)"
+        ) from None
+    if stamp.tzinfo is None:
+        stamp = stamp.astimezone()  # local time
+    return stamp.astimezone(UTC)
+
+
+def since_type(text: str) -> datetime:
+    """argparse ``type=`` for ``--since`` (a usage error, exit 2, when invalid)."""
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def format_bytes(size: float) -> str:
+    """``532 B``, ``27.1 KiB``, ``3.4 MiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``850ms``, ``12.3s``, ``4m05s``, ``2h03m``; ``-`` for unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def emit_json(data: Any) -> None:
+    """Pretty JSON on stdout for scripts (datetimes as ISO 8601)."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+#: Output that is not a terminal (a pipe, a file) is not wrapped at 80 columns.
+_UNWRAPPED_WIDTH = 1000
+
+
+def stdout_console() -> Console:
+    # Resolved at call time: tests and callers may have replaced sys.stdout.
+    console = Console(file=sys.stdout, highlight=False)
+    if not console.is_terminal:
+        console = Console(file=sys.stdout, highlight=False, width=_UNWRAPPED_WIDTH)
+    return console
+
+
+def stderr_console() -> Console:
+    return Console(file=sys.stderr, highlight=False)
+
+
+class _Ticker:
+    """What a tool advances; a no-op when progress is off."""
+
+    def __init__(self, progress: Progress | None, task: Any) -> None:
+        self._progress = progress
+        self._task = task
+
+    def advance(self, amount: float = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, amount)
+
+    def total(self, total: float) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, total=total)
+
+
+@contextmanager
+def progress(description: str, *, total: float | None, unit: str = "files") -> Iterator[_Ticker]:
+    """A transient progress bar on stderr when it is a terminal; nothing otherwise."""
+    console = stderr_console()
+    if not console.is_terminal:
+        yield _Ticker(None, None)
+        return
+    amount = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        amount,
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    with bar:
+        yield _Ticker(bar, bar.add_task(description, total=total))

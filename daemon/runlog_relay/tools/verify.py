@@ -1,0 +1,382 @@
+"""``runlog-relay verify``: compare a run-log folder with the bucket.
+
+Compares exactly as the sidecar does on start-up, so "verify says in sync" means "the
+sidecar would upload nothing": each run-log file found by
+:func:`runlog_relay.localtree.walk` (no symlinks, safe names only) is read once, checked
+to be complete JSON, turned into its object body with :func:`layout.encode_body` and
+its expected ETag compared with the one the bucket listing reports. One listing, no
+HEAD or GET per object.
+
+A file that is not valid JSON right now (runnable rewrites files in place, so a reader
+can catch one half-written) or that changed while it was read is reported as ``torn``,
+not as differing: its content is in flux, not wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.markup import escape
+
+from runlog_relay.cliopts import add_store_options
+from runlog_relay.layout import Layout, UnsafeNameError, encode_body, path_for
+from runlog_relay.localtree import Candidate, Skipped, walk
+from runlog_relay.objectstore import RemoteObject, expected_etag
+from runlog_relay.tools._common import (
+    EXIT_DIFFERENT,
+    EXIT_OK,
+    EXIT_USAGE,
+    ToolError,
+    emit_json,
+    guarded,
+    list_objects,
+    open_context,
+    progress,
+    stdout_console,
+)
+
+__all__ = [
+    "LocalFile",
+    "Report",
+    "compare",
+    "newer_side",
+    "read_local",
+    "register",
+]
+
+DEFAULT_SOURCE = Path(".run_log_store")
+
+State = Literal["missing", "differs", "remote_only", "torn"]
+Newer = Literal["local", "remote", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """One local run-log file as the sidecar would see it right now."""
+
+    relative: str  #: path relative to the folder, ``/``-separated
+    key: str  #: object key relative to the prefix
+    run_id: str
+    size: int
+    mtime: float  #: seconds since the epoch
+    etag: str | None  #: expected ETag of its object body; None when torn
+    torn: str = ""  #: why the content is not usable right now
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    state: State
+    run_id: str
+    path: str  #: relative to the folder
+    key: str  #: relative to the prefix
+    detail: str = ""
+    newer: Newer | None = None  #: for ``differs``
+    local_mtime: datetime | None = None
+    remote_last_modified: datetime | None = None
+    local_etag: str | None = None
+    remote_etag: str | None = None
+    size: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "state": self.state,
+            "run_id": self.run_id,
+            "path": self.path,
+            "key": self.key,
+        }
+        optional = {
+            "detail": self.detail or None,
+            "newer": self.newer,
+            "local_mtime": self.local_mtime,
+            "remote_last_modified": self.remote_last_modified,
+            "local_etag": self.local_etag,
+            "remote_etag": self.remote_etag,
+            "size": self.size,
+        }
+        data.update({k: v for k, v in optional.items() if v is not None})
+        return data
+
+
+@dataclass(slots=True)
+class Report:
+    same: int = 0
+    differences: list[Difference] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    ignored_remote: list[str] = field(default_factory=list)  #: keys of no run-log shape
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.differences
+
+    def counts(self) -> dict[str, int]:
+        counts = {"same": self.same, "missing": 0, "differs": 0, "remote_only": 0, "torn": 0}
+        for diff in self.differences:
+            counts[diff.state] += 1
+        counts["skipped"] = len(self.skipped)
+        counts["ignored_remote"] = len(self.ignored_remote)
+        return counts
+
+
+def newer_side(local_mtime: float, remote: datetime | None) -> Newer:
+    """Which side was written last, allowing for the listing's time resolution.
+
+    S3 reports ``LastModified`` to the second (MinIO to the millisecond): an object
+    stamped ``r`` was written somewhere in ``[r, r + resolution)``.
+    """
+    if remote is None:
+        return "unknown"
+    stamp = remote.timestamp()
+    resolution = 1.0 if remote.microsecond == 0 else 0.001
+    if local_mtime >= stamp + resolution:
+        return "local"
+    if local_mtime < stamp:
+        return "remote"
+    return "unknown"
+
+
+def read_local(candidate: Candidate, layout: Layout) -> LocalFile:
+    """Read one file the way the sidecar does: whole, unchanged while read, valid JSON."""
+    path = candidate.path
+    mapping = candidate.mapping
+
+    def torn(reason: str, size: int, mtime: float) -> LocalFile:
+        return LocalFile(candidate.relative, mapping.key, mapping.run_id, size, mtime, None, reason)
+
+    before = os.lstat(path)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read()
+        after = os.fstat(handle.fileno())
+    if (before.st_size, before.st_mtime_ns, before.st_ino) != (
+        after.st_size,
+        after.st_mtime_ns,
+        after.st_ino,
+    ) or len(data) != after.st_size:
+        return torn("changed while being read", after.st_size, after.st_mtime)
+    try:
+        json.loads(data)
+    except ValueError:
+        return torn(
+            "empty file" if not data else "not valid JSON right now (being written?)",
+            len(data),
+            after.st_mtime,
+        )
+    etag = expected_etag(encode_body(data, layout))
+    return LocalFile(
+        candidate.relative, mapping.key, mapping.run_id, len(data), after.st_mtime, etag
+    )
+
+
+def _stamp(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def compare(local: list[LocalFile], remote: list[RemoteObject], layout: Layout) -> Report:
+    """The verdict for every local file and every remote object (pure)."""
+    report = Report()
+    remote_by_key = {obj.key: obj for obj in remote}
+    local_keys = set()
+    for file in sorted(local, key=lambda f: f.relative):
+        local_keys.add(file.key)
+        obj = remote_by_key.get(file.key)
+        if file.torn:
+            report.differences.append(
+                Difference(
+                    "torn",
+                    file.run_id,
+                    file.relative,
+                    file.key,
+                    detail=file.torn,
+                    local_mtime=_stamp(file.mtime),
+                    remote_last_modified=obj.last_modified if obj else None,
+                    remote_etag=obj.etag if obj else None,
+                )
+            )
+        elif obj is None:
+            report.differences.append(
+                Difference(
+                    "missing",
+                    file.run_id,
+                    file.relative,
+                    file.key,
+                    detail="not in the bucket",
+                    local_mtime=_stamp(file.mtime),
+                    local_etag=file.etag,
+                    size=file.size,
+                )
+            )
+        elif obj.etag != file.etag:
+            newer = newer_side(file.mtime, obj.last_modified)
+            report.differences.append(
+                Difference(
+                    "differs",
+                    file.run_id,
+                    file.relative,
+                    file.key,
+                    detail={
+                        "local": "the local file is newer",
+                        "remote": "the bucket's copy is newer",
+                        "unknown": "written within the same second",
+                    }[newer],
+                    newer=newer,
+                    local_mtime=_stamp(file.mtime),
+                    remote_last_modified=obj.last_modified,
+                    local_etag=file.etag,
+                    remote_etag=obj.etag,
+                )
+            )
+        else:
+            report.same += 1
+    for obj in sorted(remote, key=lambda o: o.key):
+        if obj.key in local_keys:
+            continue
+        try:
+            relative = path_for(obj.key, layout)
+        except UnsafeNameError:
+            report.ignored_remote.append(obj.key)
+            continue
+        report.differences.append(
+            Difference(
+                "remote_only",
+                obj.key.partition("/")[0],
+                relative,
+                obj.key,
+                detail="only in the bucket",
+                remote_last_modified=obj.last_modified,
+                remote_etag=obj.etag,
+                size=obj.size,
+            )
+        )
+    return report
+
+
+_LABELS = {
+    "missing": "[yellow]missing    [/]",
+    "differs": "[red]differs    [/]",
+    "remote_only": "[cyan]remote only[/]",
+    "torn": "[magenta]torn       [/]",
+}
+
+
+def _print_report(report: Report, source: Path, where: dict[str, str]) -> None:
+    console = stdout_console()
+    console.print(
+        f"verify {escape(str(source))} against {escape(where['bucket'])} at"
+        f" {escape(where['endpoint'])} ({where['layout']} layout)"
+    )
+    for diff in report.differences:
+        target = diff.key if diff.state == "remote_only" else diff.path
+        console.print(f"  {_LABELS[diff.state]}  {escape(target)}  {escape(diff.detail)}")
+    for skipped in report.skipped:
+        console.print(
+            f"  [dim]skipped    [/]  {escape(str(skipped.path))}  {skipped.reason}:"
+            f" {escape(skipped.detail)}"
+        )
+    counts = report.counts()
+    summary = ", ".join(
+        f"{counts[name]} {label}"
+        for name, label in (
+            ("same", "in sync"),
+            ("missing", "missing"),
+            ("differs", "differ"),
+            ("remote_only", "only in the bucket"),
+            ("torn", "torn"),
+            ("skipped", "skipped"),
+        )
+        if counts[name] or name == "same"
+    )
+    verdict = "[green]IN SYNC[/]" if report.in_sync else "[red]NOT IN SYNC[/]"
+    console.print(f"{verdict}: {summary}")
+
+
+def handle(args: argparse.Namespace) -> int:
+    ctx = open_context(args)
+    layout = ctx.layout
+    source: Path = args.source or ctx.settings.source or DEFAULT_SOURCE
+    if not source.is_dir():
+        raise ToolError(f"source folder {source} does not exist", exit_code=EXIT_USAGE)
+    wanted = set(args.run_ids)
+
+    report = Report()
+    candidates: list[Candidate] = []
+    for item in walk(source, layout):
+        if isinstance(item, Skipped):
+            report.skipped.append(item)
+        elif not wanted or item.mapping.run_id in wanted:
+            candidates.append(item)
+
+    if wanted:
+        remote: list[RemoteObject] = []
+        for run_id in sorted(wanted):
+            remote.extend(list_objects(ctx.store, f"{run_id}/"))
+    else:
+        remote = list_objects(ctx.store)
+
+    local: list[LocalFile] = []
+    with progress("hashing", total=len(candidates)) as ticker:
+        for candidate in candidates:
+            try:
+                local.append(read_local(candidate, layout))
+            except FileNotFoundError:
+                pass  # deleted since the walk: no longer a local file
+            except OSError as exc:
+                report.skipped.append(
+                    Skipped(candidate.path, "unreadable", exc.strerror or str(exc))
+                )
+            ticker.advance()
+
+    verdict = compare(local, remote, layout)
+    verdict.skipped = report.skipped
+    if args.json:
+        emit_json(
+            {
+                "source": str(source),
+                **ctx.describe(),
+                "in_sync": verdict.in_sync,
+                "counts": verdict.counts(),
+                "differences": [diff.to_json() for diff in verdict.differences],
+                "skipped": [
+                    {"path": str(s.path), "reason": s.reason, "detail": s.detail}
+                    for s in verdict.skipped
+                ],
+                "ignored_remote": verdict.ignored_remote,
+            }
+        )
+    else:
+        _print_report(verdict, source, ctx.describe())
+    return EXIT_OK if verdict.in_sync else EXIT_DIFFERENT
+
+
+def register(subparsers: Any, summary: str) -> None:
+    parser = subparsers.add_parser(
+        "verify",
+        help=summary,
+        description="Compare a runnable log folder with the bucket, the way the sidecar"
+        " does (MD5/ETag of each file's object body): list files missing from the bucket,"
+        " differing (and which side is newer), torn (not valid JSON right now) or only in"
+        " the bucket. Exit code 0: in sync; 1: not in sync; 2: usage or config error;"
+        " 3: store unreachable or credentials rejected.",
+    )
+    parser.add_argument(
+        "run_ids",
+        nargs="*",
+        metavar="RUN_ID",
+        help="only these runs (default: every run in the folder and the bucket)",
+    )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        metavar="DIR",
+        help="the run-log folder (runnable's log_folder; env RUNLOG_RELAY_SOURCE;"
+        f" default {DEFAULT_SOURCE})",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_store_options(parser)
+    parser.set_defaults(handler=guarded("verify", handle))

@@ -1,0 +1,629 @@
+"""pull, verify and runs against moto's S3 server, on runs written by real runnable pipelines.
+
+Real parts: runnable 0.50 pipelines (parallel + map, in subprocesses) write the run
+logs; the project's ObjectStore uploads them with the layout mapping (a stand-in for
+the sidecar: :func:`upload_like_the_sidecar`); the tools run through
+``runlog_relay.cli.main`` and, for exit codes, as real ``python -m runlog_relay``
+subprocesses; runnable's own stores read what ``pull`` wrote. Wrong credentials are
+tested against a second moto server, in its own process, that enforces signatures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from moto.server import ThreadedMotoServer
+
+from runlog_relay.cli import main
+from runlog_relay.layout import Layout, encode_body
+from runlog_relay.localtree import Candidate, walk
+from runlog_relay.objectstore import ObjectStore
+from runlog_relay.runnable_compat import (
+    read_run_log_from_bucket,
+    read_run_log_from_folder,
+    run_pipeline,
+)
+
+pytestmark = [pytest.mark.integration]
+
+ACCESS_KEY = "minioadmin"  # the tools' default; moto's default server accepts anything
+SECRET_KEY = "minioadmin"
+CHUNKED_RUNS = ("tools-a", "tools-b")
+FAILED_RUN = "tools-failed"  # a copy of tools-b whose run log says FAIL
+SINGLE_RUN = "tools-s"
+# moto keeps its buckets in process-wide state shared by every ThreadedMotoServer, so other
+# test modules' objects would show up here: this module's runs live in a bucket of its own.
+BUCKET = f"tools-{os.getpid()}-{time.time_ns() % 10**9}"
+CHUNKED_AT = f"{BUCKET}/run-logs"  # runnable's bucket[/prefix] form
+SINGLE_AT = f"{BUCKET}/single"
+
+
+@dataclass(frozen=True)
+class Runs:
+    chunked: Path  # log folder with CHUNKED_RUNS and FAILED_RUN (chunked-fs)
+    single: Path  # log folder with SINGLE_RUN (file-system)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> dict:
+        return json.loads(self.out)
+
+
+def upload_like_the_sidecar(endpoint: str, location: str, folder: Path, layout: Layout) -> int:
+    """STAND-IN FOR THE SIDECAR: every run-log file of ``folder`` to ``location``."""
+    bucket, _, prefix = location.partition("/")
+    store = ObjectStore(
+        endpoint=endpoint,
+        bucket=bucket,
+        prefix=prefix,
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+    )
+    store.check_bucket(create=True)
+    count = 0
+    for item in walk(folder, layout):
+        assert isinstance(item, Candidate), item
+        store.put(item.mapping.key, encode_body(item.path.read_bytes(), layout))
+        count += 1
+    return count
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("RUNLOG_RELAY_", "AWS_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, endpoint: str) -> Runs:
+    """Real runnable runs, mirrored to CHUNKED_AT and SINGLE_AT."""
+    base = tmp_path_factory.mktemp("tools-runs")
+    chunked, single = base / "chunked", base / "single"
+    for run_id in CHUNKED_RUNS:
+        run_pipeline(chunked, run_id, layout="chunked", workdir=base / "work", timeout=60)
+    run_pipeline(single, SINGLE_RUN, layout="single", workdir=base / "work", timeout=60)
+    # A failed run: runnable's own document with the status a failure leaves.
+    shutil.copytree(chunked / CHUNKED_RUNS[1], chunked / FAILED_RUN)
+    run_log = chunked / FAILED_RUN / "RunLog.json"
+    document = json.loads(run_log.read_text())
+    document.update(run_id=FAILED_RUN, status="FAIL")
+    run_log.write_text(json.dumps(document, indent=4))
+    assert upload_like_the_sidecar(endpoint, CHUNKED_AT, chunked, Layout.CHUNKED) == 18
+    assert upload_like_the_sidecar(endpoint, SINGLE_AT, single, Layout.SINGLE) == 1
+    return Runs(chunked=chunked, single=single)
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code if isinstance(exc.code, int) else 2
+    out, err = capsys.readouterr()
+    return Result(code, out, err)
+
+
+def store_args(endpoint: str, location: str = CHUNKED_AT, *more: str) -> list[str]:
+    return ["--endpoint", endpoint, "--bucket", location, *more]
+
+
+def fresh_location(name: str) -> str:
+    return f"{BUCKET}/{name}-{time.monotonic_ns()}"
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+# --------------------------------------------------------------------------------- runs
+
+
+def test_runs_json_reads_status_times_chunks_and_size(
+    capsys: pytest.CaptureFixture[str], endpoint: str, runs: Runs
+) -> None:
+    result = cli(capsys, "runs", "--json", *store_args(endpoint))
+    assert result.code == 0, result.err
+    data = result.json()
+    assert data["bucket"] == CHUNKED_AT and data["layout"] == "chunked"
+    by_id = {run["run_id"]: run for run in data["runs"]}
+    assert sorted(by_id) == sorted([*CHUNKED_RUNS, FAILED_RUN])
+    for run_id in CHUNKED_RUNS:
+        run = by_id[run_id]
+        folder = runs.chunked / run_id
+        document = json.loads((folder / "RunLog.json").read_bytes())
+        steps = document["steps"]
+        assert run["status"] == "SUCCESS"
+        assert run["chunks"] == 6  # RunLog + 2 parallel + 3 map branch logs
+        assert run["size_bytes"] == sum(p.stat().st_size for p in folder.iterdir())
+        # The first step starts the run, runnable's success node ends it.
+        first = steps["prepare"]["attempts"][0]["start_time"]
+        last = steps["success"]["attempts"][-1]["end_time"]
+        assert datetime.fromisoformat(run["start_time"]) == datetime.fromisoformat(first)
+        assert datetime.fromisoformat(run["end_time"]) == datetime.fromisoformat(last)
+        expected = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+        assert run["duration_seconds"] == pytest.approx(expected)
+        assert run["last_modified"] is not None and run["problem"] is None
+    assert by_id[FAILED_RUN]["status"] == "FAIL"
+
+
+def test_runs_status_filter_and_limit(
+    capsys: pytest.CaptureFixture[str], endpoint: str, runs: Runs
+) -> None:
+    failed = cli(capsys, "runs", "--json", "--status", "fail", *store_args(endpoint))
+    assert [run["run_id"] for run in failed.json()["runs"]] == [FAILED_RUN]
+
+    everything = cli(capsys, "runs", "--json", *store_args(endpoint)).json()["runs"]
+    stamps = [run["last_modified"] for run in everything]
+    assert stamps == sorted(stamps, reverse=True)  # newest first
+    limited = cli(capsys, "runs", "--json", "--limit", "1", *store_args(endpoint)).json()
+    assert [run["run_id"] for run in limited["runs"]] == [everything[0]["run_id"]]
+
+    success = cli(
+        capsys, "runs", "--json", "--status", "SUCCESS", "--limit", "5", *store_args(endpoint)
+    ).json()
+    assert sorted(run["run_id"] for run in success["runs"]) == sorted(CHUNKED_RUNS)
+
+
+def test_runs_table_for_people(
+    capsys: pytest.CaptureFixture[str], endpoint: str, runs: Runs
+) -> None:
+    result = cli(capsys, "runs", *store_args(endpoint))
+    assert result.code == 0
+    lines = result.out.splitlines()
+    header = next(line for line in lines if "RUN ID" in line)
+    for column in ("STATUS", "STARTED", "ENDED", "DURATION", "CHUNKS", "SIZE"):
+        assert column in header
+    row = next(line for line in lines if line.lstrip().startswith("tools-a "))
+    assert row.split()[1] == "SUCCESS"
+    assert " 6 " in row and "KiB" in row
+    failed_row = next(line for line in lines if line.lstrip().startswith(FAILED_RUN))
+    assert "FAIL" in failed_row
+
+
+def test_runs_single_layout_reads_the_double_encoded_document(
+    capsys: pytest.CaptureFixture[str], endpoint: str, runs: Runs
+) -> None:
+    result = cli(capsys, "runs", "--json", *store_args(endpoint, SINGLE_AT, "--layout", "single"))
+    [run] = result.json()["runs"]
+    assert run["run_id"] == SINGLE_RUN and run["status"] == "SUCCESS" and run["chunks"] == 1
+    assert run["start_time"] < run["end_time"]
+
+
+# -------------------------------------------------------------------------------- verify
+
+
+def test_verify_in_sync(capsys: pytest.CaptureFixture[str], endpoint: str, runs: Runs) -> None:
+    result = cli(capsys, "verify", "--source", str(runs.chunked), "--json", *store_args(endpoint))
+    assert result.code == 0, result.out
+    data = result.json()
+    assert data["in_sync"] is True and data["differences"] == []
+    assert data["counts"]["same"] == 18
+
+    human = cli(capsys, "verify", "--source", str(runs.chunked), *store_args(endpoint))
+    assert human.code == 0
+    assert "IN SYNC: 18 in sync" in human.out
+
+
+def test_verify_reports_each_kind_of_difference(
+    capsys: pytest.CaptureFixture[str], endpoint: str, runs: Runs, tmp_path: Path
+) -> None:
+    folder = tmp_path / "logs"
+    shutil.copytree(runs.chunked / "tools-a", folder / "tools-a")
+    location = fresh_location("verify")
+    upload_like_the_sidecar(endpoint, location, folder, Layout.CHUNKED)
+    run = folder / "tools-a"
+    now = time.time()
+
+    # Rewritten after the upload: the local side is newer.
+    document = json.loads((run / "RunLog.json").read_text())
+    (run / "RunLog.json").write_text(json.dumps({**document, "tag": "changed"}, indent=4))
+    os.utime(run / "RunLog.json", (now + 5, now + 5))
+    # Content the bucket never had, with an old mtime: the bucket's copy is newer.
+    branch = json.loads((run / "BranchLog-map.a.json").read_text())
+    (run / "BranchLog-map.a.json").write_text(json.dumps({**branch, "status": "FAIL"}))
+    os.utime(run / "BranchLog-map.a.json", (now - 3600, now - 3600))
+    # Caught half-written, as runnable's in-place rewrites can be.
+    text = (run / "BranchLog-map.b.json").read_text()
+    (run / "BranchLog-map.b.json").write_text(text[: len(text) // 2])
+    # Not uploaded yet; and deleted locally.
+    (run / "BranchLog-extra.json").write_text('{"internal_name": "extra"}')
+    (run / "BranchLog-map.c.json").unlink()
+    # Never followed, never a difference.
+    (run / "BranchLog-link.json").symlink_to(run / "BranchLog-map.a.json")
+
+    result = cli(
+        capsys, "verify", "--source", str(folder), "--json", *store_args(endpoint, location)
+    )
+    assert result.code == 1
+    data = result.json()
+    assert data["in_sync"] is False
+    states = {(d["state"], d["path"]): d for d in data["differences"]}
+    assert set(states) == {
+        ("differs", "tools-a/RunLog.json"),
+        ("differs", "tools-a/BranchLog-map.a.json"),
+        ("torn", "tools-a/BranchLog-map.b.json"),
+        ("missing", "tools-a/BranchLog-extra.json"),
+        ("remote_only", "tools-a/BranchLog-map.c.json"),
+    }
+    assert states[("differs", "tools-a/RunLog.json")]["newer"] == "local"
+    assert states[("differs", "tools-a/BranchLog-map.a.json")]["newer"] == "remote"
+    assert (
+        states[("remote_only", "tools-a/BranchLog-map.c.json")]["key"] == "tools-a/BranchLog-map.c"
+    )
+    assert "not valid JSON" in states[("torn", "tools-a/BranchLog-map.b.json")]["detail"]
+    assert data["counts"] == {
+        "same": 2,
+        "missing": 1,
+        "differs": 2,
+        "remote_only": 1,
+        "torn": 1,
+        "skipped": 1,
+        "ignored_remote": 0,
+    }
+    assert data["skipped"][0]["reason"] == "symlink"
+
+    human = cli(capsys, "verify", "--source", str(folder), *store_args(endpoint, location))
+    assert human.code == 1
+    assert "NOT IN SYNC" in human.out
+    assert "tools-a/RunLog.json  the local file is newer" in human.out
+    assert "tools-a/BranchLog-map.c  only in the bucket" in human.out
+
+
+def test_verify_single_layout_and_a_torn_file(
+    capsys: pytest.CaptureFixture[str], endpoint: str, runs: Runs, tmp_path: Path
+) -> None:
+    args = store_args(endpoint, SINGLE_AT, "--layout", "single")
+    in_sync = cli(capsys, "verify", "--source", str(runs.single), "--json", *args)
+    assert in_sync.code == 0 and in_sync.json()["counts"]["same"] == 1
+
+    folder = tmp_path / "single"
+    shutil.copytree(runs.single, folder)
+    (folder / f"{SINGLE_RUN}.json").write_bytes(b"")  # runnable's open("w") just truncated it
+    torn = cli(capsys, "verify", "--source", str(folder), "--json", *args)
+    assert torn.code == 1
+    [diff] = torn.json()["differences"]
+    assert diff["state"] == "torn" and diff["detail"] == "empty file"
+
+
+def test_verify_only_named_runs(
+    capsys: pytest.CaptureFixture[str], endpoint: str, runs: Runs
+) -> None:
+    result = cli(
+        capsys, "verify", "tools-b", "--source", str(runs.chunked), "--json", *store_args(endpoint)
+    )
+    assert result.code == 0
+    assert result.json()["counts"]["same"] == 6
+
+
+# ---------------------------------------------------------------------------------- pull
+
+
+@pytest.mark.parametrize(
+    ("layout", "location", "run_id"),
+    [("chunked", CHUNKED_AT, "tools-a"), ("single", SINGLE_AT, SINGLE_RUN)],
+    ids=["chunked", "single"],
+)
+def test_pull_gives_runnable_the_run_the_bucket_holds(
+    capsys: pytest.CaptureFixture[str],
+    endpoint: str,
+    runs: Runs,
+    tmp_path: Path,
+    layout: str,
+    location: str,
+    run_id: str,
+) -> None:
+    dest = tmp_path / "pulled"
+    result = cli(
+        capsys,
+        "pull",
+        run_id,
+        "--dest",
+        str(dest),
+        *store_args(endpoint, location, "--layout", layout),
+    )
+    assert result.code == 0, result.err
+    assert f"pulled {run_id}:" in result.out
+
+    source = runs.chunked if layout == "chunked" else runs.single
+    original = {k: v for k, v in files_of(source).items() if k.startswith(run_id)}
+    assert files_of(dest) == original  # byte for byte, and no temporary files left
+    from_folder = read_run_log_from_folder(dest, run_id, layout=layout)  # type: ignore[arg-type]
+    from_bucket = read_run_log_from_bucket(
+        endpoint,
+        ACCESS_KEY,
+        SECRET_KEY,
+        location,
+        run_id,
+        layout=layout,  # type: ignore[arg-type]
+    )
+    assert from_folder == from_bucket
+    assert from_folder["status"] == "SUCCESS"
+
+    again = cli(
+        capsys,
+        "pull",
+        run_id,
+        "--dest",
+        str(dest),
+        "--json",
+        *store_args(endpoint, location, "--layout", layout),
+    )
+    [outcome] = again.json()["runs"]
+    assert again.code == 0 and outcome["outcome"] == "up_to_date" and outcome["written"] == []
+
+
+def test_pull_refuses_to_overwrite_a_differing_file_unless_forced(
+    capsys: pytest.CaptureFixture[str], endpoint: str, runs: Runs, tmp_path: Path
+) -> None:
+    dest = tmp_path / "pulled"
+    assert cli(capsys, "pull", "tools-b", "--dest", str(dest), *store_args(endpoint)).code == 0
+    run_log = dest / "tools-b" / "RunLog.json"
+    branch = dest / "tools-b" / "BranchLog-map.a.json"
+    run_log.write_text('{"mine": true}')
+    branch.unlink()
+
+    refused = cli(capsys, "pull", "tools-b", "--dest", str(dest), *store_args(endpoint))
+    assert refused.code == 1
+    assert "RunLog.json differs from the bucket's copy" in refused.err
+    assert "--force" in refused.err
+    assert run_log.read_text() == '{"mine": true}'
+    assert not branch.exists()  # all or nothing: the missing file was not written either
+
+    forced = cli(capsys, "pull", "tools-b", "--dest", str(dest), "--force", *store_args(endpoint))
+    assert forced.code == 0
+    assert files_of(dest) == {
+        k: v for k, v in files_of(runs.chunked).items() if k.startswith("tools-b/")
+    }
+
+
+def test_pull_a_missing_run_and_a_layout_mix_up(
+    capsys: pytest.CaptureFixture[str], endpoint: str, runs: Runs, tmp_path: Path
+) -> None:
+    dest = tmp_path / "pulled"
+    missing = cli(capsys, "pull", "no-such-run", "--dest", str(dest), *store_args(endpoint))
+    assert missing.code == 1
+    assert missing.err.strip() == (
+        f"runlog-relay pull: error: run 'no-such-run' not found in {CHUNKED_AT} at {endpoint}"
+    )
+    assert not dest.exists()
+
+    mixed = cli(capsys, "pull", SINGLE_RUN, "--dest", str(dest), *store_args(endpoint, SINGLE_AT))
+    assert mixed.code == 1
+    assert "try --layout single" in mixed.err
+
+
+def test_pull_all_and_since(
+    capsys: pytest.CaptureFixture[str], endpoint: str, runs: Runs, tmp_path: Path
+) -> None:
+    everything = tmp_path / "all"
+    result = cli(
+        capsys, "pull", "--all", "--dest", str(everything), "--json", *store_args(endpoint)
+    )
+    assert result.code == 0
+    assert sorted(r["run_id"] for r in result.json()["runs"]) == sorted([*CHUNKED_RUNS, FAILED_RUN])
+    assert files_of(everything) == files_of(runs.chunked)
+
+    recent = tmp_path / "recent"
+    since = cli(capsys, "pull", "--since", "1h", "--dest", str(recent), *store_args(endpoint))
+    assert since.code == 0 and files_of(recent) == files_of(runs.chunked)
+
+    future = tmp_path / "future"
+    none = cli(
+        capsys, "pull", "--since", "2999-01-01", "--dest", str(future), *store_args(endpoint)
+    )
+    assert none.code == 0 and "no runs matched" in none.out and not future.exists()
+
+
+# ------------------------------------------------------------------- exit codes, for real
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_cli_processes(
+    cases: dict[str, list[str]], cwd: Path, env: dict[str, str] | None = None
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run ``python -m runlog_relay ARGS`` for every case at once; results by case name."""
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNLOG_RELAY_", "AWS_"))}
+    base_env.update(env or {})
+    started = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "runlog_relay", *args],
+            cwd=cwd,
+            env=base_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, args in cases.items()
+    }
+    results = {}
+    for name, process in started.items():
+        out, err = process.communicate(timeout=60)
+        results[name] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return results
+
+
+def test_exit_codes_of_real_processes(endpoint: str, runs: Runs, tmp_path: Path) -> None:
+    refused = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    drifted = tmp_path / "drifted"
+    shutil.copytree(runs.chunked / "tools-a", drifted / "tools-a")
+    (drifted / "tools-a" / "BranchLog-new.json").write_text("{}")
+    bad_config = tmp_path / "bad.yaml"
+    bad_config.write_text("layout: sideways\n")
+    results = run_cli_processes(
+        {
+            "in sync": ["verify", "--source", str(runs.chunked), *store_args(endpoint)],
+            "not in sync": ["verify", "--source", str(drifted), *store_args(endpoint)],
+            "pulled": ["pull", "tools-a", "--dest", str(tmp_path / "p"), *store_args(endpoint)],
+            "missing run": ["pull", "nope", "--dest", str(tmp_path / "q"), *store_args(endpoint)],
+            "no run named": ["pull", *store_args(endpoint)],
+            "bad option": ["runs", "--limit", "0", *store_args(endpoint)],
+            "bad config": ["runs", "--config", str(bad_config), *store_args(endpoint)],
+            "no bucket": ["runs", *store_args(endpoint, "no-such-bucket/x")],
+            "refused": ["runs", *store_args(refused)],
+            "refused verify": ["verify", "--source", str(runs.chunked), *store_args(refused)],
+        },
+        cwd=tmp_path,
+    )
+    codes = {name: result.returncode for name, result in results.items()}
+    assert codes == {
+        "in sync": 0,
+        "not in sync": 1,
+        "pulled": 0,
+        "missing run": 1,
+        "no run named": 2,
+        "bad option": 2,
+        "bad config": 2,
+        "no bucket": 2,
+        "refused": 3,
+        "refused verify": 3,
+    }, {name: r.stderr for name, r in results.items()}
+    for name in ("missing run", "no run named", "bad config", "no bucket", "refused"):
+        err = results[name].stderr.strip().splitlines()
+        assert len(err) == 1, (name, err)  # one line, no traceback
+        assert "Traceback" not in results[name].stderr
+    assert "bucket 'no-such-bucket'" in results["no bucket"].stderr
+    assert "layout" in results["bad config"].stderr
+    assert f"is {refused} right (--endpoint)" in results["refused"].stderr
+
+
+# ---------------------------------------------------------------------- wrong credentials
+
+_AUTH_SERVER = """
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()  # until the test closes our stdin
+server.stop()
+"""
+
+
+@pytest.fixture(scope="module")
+def auth_endpoint() -> Iterator[tuple[str, str, str]]:
+    """A moto server that checks signatures, and a key pair it knows (with S3 access).
+
+    moto accepts any credentials unless ``INITIAL_NO_AUTH_ACTION_COUNT`` is reached; the
+    count lives in moto's process-wide settings, so this server gets its own process.
+    IAM creates the user and key first, then ``/moto-api/reset-auth`` turns checks on.
+    """
+    import boto3
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _AUTH_SERVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # werkzeug's request log
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "INITIAL_NO_AUTH_ACTION_COUNT"},
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        url = f"http://127.0.0.1:{port}"
+        iam = boto3.client(
+            "iam",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="setup",
+            aws_secret_access_key="setup",
+        )
+        iam.create_user(UserName="reader")
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        policy = iam.create_policy(
+            PolicyName="s3-all",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+                }
+            ),
+        )
+        iam.attach_user_policy(UserName="reader", PolicyArn=policy["Policy"]["Arn"])
+        store = ObjectStore(
+            endpoint=url,
+            bucket=BUCKET,
+            prefix="run-logs",
+            access_key="setup",
+            secret_key="setup",
+        )
+        store.check_bucket(create=True)
+        store.put("auth-run/RunLog", b'{"run_id": "auth-run", "status": "SUCCESS", "steps": {}}')
+        request = urllib.request.Request(
+            f"{url}/moto-api/reset-auth",
+            data=b"0",
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+        yield url, key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        if process.stdin:
+            process.stdin.close()
+        process.wait(timeout=20)
+        if process.stdout:
+            process.stdout.close()
+
+
+def test_wrong_credentials_exit_3_with_a_clear_message(
+    auth_endpoint: tuple[str, str, str], tmp_path: Path
+) -> None:
+    url, key_id, secret = auth_endpoint
+    args = ["runs", "--json", *store_args(url)]
+    right = run_cli_processes(
+        {"right": args}, tmp_path, {"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
+    )
+    assert right["right"].returncode == 0, right["right"].stderr
+    assert [r["run_id"] for r in json.loads(right["right"].stdout)["runs"]] == ["auth-run"]
+
+    wrong_secret = run_cli_processes(
+        {"x": args}, tmp_path, {"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": "nope"}
+    )
+    unknown_key = run_cli_processes({"x": args}, tmp_path)  # the minioadmin default
+    for result, code in (
+        (wrong_secret["x"], "SignatureDoesNotMatch"),
+        (unknown_key["x"], "InvalidAccessKeyId"),
+    ):
+        assert result.returncode == 3
+        assert result.stderr == (
+            f"runlog-relay runs: error: the object store at {url} rejected the credentials"
+            f" ({code}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or RUNLOG_RELAY_*_FILE)\n"
+        )
+        assert "nope" not in result.stderr and secret not in result.stderr

@@ -1,0 +1,153 @@
+"""top's pure parts, fed with the real exposition of runlog_relay.metrics.SidecarMetrics."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from rich.console import Console
+
+from runlog_relay.metrics import SidecarMetrics
+from runlog_relay.tools.top import (
+    SidecarView,
+    compute_view,
+    histogram_quantile,
+    normalise_url,
+    parse_metrics,
+    render,
+)
+
+URL = "http://sidecar:9464/metrics"
+
+
+class Sidecar:
+    """A SidecarMetrics on its own registry, scraped as text like top scrapes it."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = SidecarMetrics(self.registry)
+
+    def scrape(self, at: float):
+        return parse_metrics(generate_latest(self.registry).decode(), at=at)
+
+
+@pytest.mark.parametrize(
+    ("q", "buckets", "expected"),
+    [
+        (0.5, [(0.1, 5), (0.5, 10), (math.inf, 10)], 0.1),
+        (0.75, [(0.1, 5), (0.5, 10), (math.inf, 10)], 0.3),
+        (0.5, [(0.1, 0), (0.5, 4), (math.inf, 4)], 0.3),
+        (0.95, [(0.1, 0), (1.0, 0), (math.inf, 3)], 1.0),  # beyond the last bound
+        (0.5, [(0.1, 0), (math.inf, 0)], None),
+        (0.5, [], None),
+    ],
+)
+def test_histogram_quantile_like_prometheus(
+    q: float, buckets: list[tuple[float, float]], expected: float | None
+) -> None:
+    result = histogram_quantile(q, buckets)
+    assert result == (None if expected is None else pytest.approx(expected))
+
+
+def test_rates_and_lag_come_from_the_refresh_window() -> None:
+    sidecar = Sidecar()
+    m = sidecar.metrics
+    m.store_ready.set(1)
+    for _ in range(100):
+        m.sync_lag.observe(20.0)  # an old backlog: must not weigh on the window's lag
+    m.uploads.labels(result="success").inc(100)
+    before = sidecar.scrape(at=10.0)
+
+    m.uploads.labels(result="success").inc(10)
+    m.uploads.labels(result="failure").inc(2)
+    m.retries.inc(4)
+    m.fs_write_bytes.inc(4096)
+    m.upload_bytes.inc(1024)
+    m.pending_files.set(7)
+    m.torn_files.set(1)
+    for value in (0.03,) * 9 + (0.7,):
+        m.sync_lag.observe(value)
+    after = sidecar.scrape(at=12.0)
+
+    view = compute_view(URL, before, after)
+    assert view.up and view.store_ready is True
+    assert (view.pending, view.torn) == (7, 1)
+    assert view.uploads_per_s == pytest.approx(5.0)
+    assert view.errors_per_s == pytest.approx(1.0)
+    assert view.retries_per_s == pytest.approx(2.0)
+    assert view.write_bytes_per_s == pytest.approx(2048.0)
+    assert view.upload_bytes_per_s == pytest.approx(512.0)
+    assert view.lag_scope == "window"
+    assert 0.025 < view.lag_p50 <= 0.05  # nine of ten in the (0.025, 0.05] bucket
+    assert 0.5 < view.lag_p95 <= 1.0
+
+
+def test_first_frame_has_lag_since_start_and_no_rates() -> None:
+    sidecar = Sidecar()
+    sidecar.metrics.sync_lag.observe(0.2)
+    view = compute_view(URL, None, sidecar.scrape(at=1.0))
+    assert view.lag_scope == "total" and 0.1 < view.lag_p50 <= 0.25
+    assert view.uploads_per_s is None and view.write_bytes_per_s is None
+
+
+def test_a_restarted_sidecar_counts_from_zero() -> None:
+    old, new = Sidecar(), Sidecar()
+    old.metrics.uploads.labels(result="success").inc(500)
+    for _ in range(50):
+        old.metrics.sync_lag.observe(5)
+    new.metrics.uploads.labels(result="success").inc(4)
+    new.metrics.sync_lag.observe(0.01)
+    view = compute_view(URL, old.scrape(at=0.0), new.scrape(at=2.0))
+    assert view.uploads_per_s == pytest.approx(2.0)  # not negative
+    assert view.lag_p50 is not None and view.lag_p50 <= 0.025
+
+
+def test_down_and_foreign_endpoints() -> None:
+    down = compute_view(URL, None, "Connection refused")
+    assert not down.up and down.error == "Connection refused"
+    foreign = compute_view(URL, None, parse_metrics("other_metric_total 3\n", at=1.0))
+    assert not foreign.up and "no runlog-relay metrics" in foreign.error
+
+
+@pytest.mark.parametrize(
+    ("given", "url"),
+    [
+        ("127.0.0.1:9464", "http://127.0.0.1:9464/metrics"),
+        ("http://pod:9464", "http://pod:9464/metrics"),
+        ("http://pod:9464/", "http://pod:9464/metrics"),
+        ("https://pod/custom/path", "https://pod/custom/path"),
+        ("pod:9464/metrics?x=1", "http://pod:9464/metrics?x=1"),
+    ],
+)
+def test_normalise_url(given: str, url: str) -> None:
+    assert normalise_url(given) == url
+
+
+def test_render_shows_one_row_per_sidecar() -> None:
+    views = [
+        SidecarView(
+            URL,
+            up=True,
+            store_ready=False,
+            pending=3,
+            torn=2,
+            lag_p50=0.012,
+            lag_p95=1.5,
+            uploads_per_s=5,
+            errors_per_s=0.5,
+            retries_per_s=0,
+            write_bytes_per_s=2048,
+        ),
+        SidecarView("http://other:9464/metrics", up=False, error="timed out"),
+    ]
+    console = Console(file=io.StringIO(), width=200, record=True)
+    console.print(render(views, interval=2))
+    text = console.export_text()
+    assert "runlog-relay top  1/2 up  every 2s" in text
+    row = next(line for line in text.splitlines() if URL in line).split()
+    assert row == [URL, "UP", "NOT", "READY", "3", "12ms", "1.5s", "5.0/s", "0.5/s", "0.0/s",
+                   "2.0", "KiB/s", "2"]  # fmt: skip
+    down = next(line for line in text.splitlines() if "other" in line)
+    assert "DOWN timed out" in " ".join(down.split())

@@ -1,0 +1,130 @@
+"""verify's pure parts: reading a file like the sidecar, the comparison, which side is newer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from runlog_relay.layout import Layout, key_for
+from runlog_relay.localtree import Candidate
+from runlog_relay.objectstore import MULTIPART_THRESHOLD, RemoteObject
+from runlog_relay.tools.verify import LocalFile, compare, newer_side, read_local
+
+STAMP = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def candidate(root: Path, relative: str, layout: Layout) -> Candidate:
+    return Candidate(root / relative, relative, key_for(relative, layout))
+
+
+def test_newer_side_allows_for_second_resolution() -> None:
+    base = STAMP.timestamp()
+    assert newer_side(base + 1.0, STAMP) == "local"
+    assert newer_side(base + 0.5, STAMP) == "unknown"  # the object may be from .0 to .999
+    assert newer_side(base, STAMP) == "unknown"
+    assert newer_side(base - 0.001, STAMP) == "remote"
+    assert newer_side(base, None) == "unknown"
+
+
+def test_newer_side_with_millisecond_stamps() -> None:
+    precise = STAMP.replace(microsecond=250_000)
+    assert newer_side(precise.timestamp() + 0.002, precise) == "local"
+    assert newer_side(precise.timestamp() - 0.002, precise) == "remote"
+
+
+def test_read_local_hashes_the_object_body_of_each_layout(tmp_path: Path) -> None:
+    body = b'{"run_id": "r1", "status": "SUCCESS"}'
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "RunLog.json").write_bytes(body)
+    (tmp_path / "r1.json").write_bytes(body)
+
+    chunked = read_local(candidate(tmp_path, "r1/RunLog.json", Layout.CHUNKED), Layout.CHUNKED)
+    assert (chunked.key, chunked.run_id, chunked.size) == ("r1/RunLog", "r1", len(body))
+    assert chunked.etag == md5(body) and chunked.torn == ""
+
+    single = read_local(candidate(tmp_path, "r1.json", Layout.SINGLE), Layout.SINGLE)
+    assert single.key == "r1/r1.json"
+    assert single.etag == md5(json.dumps(body.decode()).encode())  # encoded once more
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty file"),
+        (b'{"run_id": "r1", "st', "not valid JSON right now (being written?)"),
+        (b"\xff\xfe{}", "not valid JSON right now (being written?)"),
+    ],
+)
+def test_read_local_reports_torn_files(tmp_path: Path, content: bytes, reason: str) -> None:
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "RunLog.json").write_bytes(content)
+    local = read_local(candidate(tmp_path, "r1/RunLog.json", Layout.CHUNKED), Layout.CHUNKED)
+    assert local.etag is None and local.torn == reason
+
+
+def test_read_local_matches_multipart_etags(tmp_path: Path) -> None:
+    body = b'{"pad": "' + b"x" * (MULTIPART_THRESHOLD + 10) + b'"}'
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "RunLog.json").write_bytes(body)
+    local = read_local(candidate(tmp_path, "r1/RunLog.json", Layout.CHUNKED), Layout.CHUNKED)
+    assert local.etag is not None and local.etag.endswith("-2")
+
+
+def local(relative: str, etag: str | None, *, mtime: float = 0.0, torn: str = "") -> LocalFile:
+    mapping = key_for(relative, Layout.CHUNKED)
+    return LocalFile(relative, mapping.key, mapping.run_id, 10, mtime, etag, torn)
+
+
+def remote(key: str, etag: str, stamp: datetime = STAMP) -> RemoteObject:
+    return RemoteObject(key=key, etag=etag, size=10, last_modified=stamp)
+
+
+def test_compare_sorts_every_file_into_one_state() -> None:
+    later = STAMP.timestamp() + 60
+    files = [
+        local("r1/RunLog.json", "aaa"),
+        local("r1/BranchLog-a.json", "new", mtime=later),
+        local("r1/BranchLog-b.json", None, torn="empty file"),
+        local("r1/BranchLog-c.json", "ccc"),
+    ]
+    objects = [
+        remote("r1/RunLog", "aaa"),
+        remote("r1/BranchLog-a", "old"),
+        remote("r1/BranchLog-b", "bbb"),
+        remote("r1/BranchLog-d", "ddd"),
+        remote("r2/deeper/than/a/run", "zzz"),  # not a run-log key in this layout
+    ]
+    report = compare(files, objects, Layout.CHUNKED)
+    assert not report.in_sync
+    assert report.counts() == {
+        "same": 1,
+        "missing": 1,
+        "differs": 1,
+        "remote_only": 1,
+        "torn": 1,
+        "skipped": 0,
+        "ignored_remote": 1,
+    }
+    by_state = {diff.state: diff for diff in report.differences}
+    assert by_state["differs"].path == "r1/BranchLog-a.json"
+    assert by_state["differs"].newer == "local"
+    assert (by_state["differs"].local_etag, by_state["differs"].remote_etag) == ("new", "old")
+    assert by_state["missing"].key == "r1/BranchLog-c"
+    assert by_state["remote_only"].path == "r1/BranchLog-d.json"  # where pull would put it
+    assert by_state["torn"].remote_etag == "bbb"  # the bucket still has the last good one
+    assert report.ignored_remote == ["r2/deeper/than/a/run"]
+    json.dumps([d.to_json() for d in report.differences], default=str)
+
+
+def test_compare_in_sync_and_empty() -> None:
+    assert compare([], [], Layout.CHUNKED).in_sync
+    report = compare([local("r1/RunLog.json", "a")], [remote("r1/RunLog", "a")], Layout.CHUNKED)
+    assert report.in_sync and report.same == 1
