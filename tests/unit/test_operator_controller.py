@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import json
 from collections.abc import Mapping
@@ -411,3 +412,37 @@ def test_recheck_skips_namespaces_where_another_replica_leads(world: World) -> N
 
     assert world.conditions()["Ready"]["status"] == "True"  # untouched
     assert len(world.bucket.calls) == 1
+
+
+def test_recheck_loop_survives_a_failing_round(world: World) -> None:
+    world.put_store({})
+    world.reconcile()
+    controller = StoreController(
+        world.api,
+        OperatorMetrics(CollectorRegistry()),
+        bucket_check=world.bucket,
+        options=ControllerOptions(recheck_interval=0.01),
+    )
+    asyncio.run(controller.reconcile(copy.deepcopy(world.api.objects[STORE_PATH])))
+    rounds: list[int] = []
+
+    async def flaky_gate() -> Any:
+        rounds.append(len(rounds))
+        if len(rounds) == 1:
+            raise RuntimeError("gate exploded")
+
+        async def leads(namespace: str) -> bool:
+            return True
+
+        return leads
+
+    async def scenario() -> None:
+        task = asyncio.create_task(controller.recheck_forever(flaky_gate))
+        while len(rounds) < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+    assert len(rounds) >= 3  # the first round's failure did not end the loop

@@ -219,7 +219,10 @@ class StoreController:
         """Run :meth:`recheck_all` every ``recheck_interval`` seconds until cancelled."""
         while True:
             await asyncio.sleep(self._options.recheck_interval)
-            await self.recheck_all(gate)
+            try:
+                await self.recheck_all(gate)
+            except Exception:  # the loop must outlive any one bad round
+                log.exception("recheck round failed; trying again next interval")
 
     async def secret_changed(
         self,
