@@ -16,7 +16,16 @@ from pathlib import Path
 
 from runlog_relay.layout import JSON_SUFFIX, Layout, Mapping, UnsafeNameError, key_for
 
-__all__ = ["Candidate", "Skipped", "classify_path", "walk", "walk_run"]
+__all__ = [
+    "Candidate",
+    "Entry",
+    "Skipped",
+    "classify_path",
+    "scan",
+    "to_candidate",
+    "walk",
+    "walk_run",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +44,6 @@ class Skipped:
     path: Path
     reason: str  #: symlink | not_regular | unsafe_name | unreadable
     detail: str
-
-
-def _decode(name: bytes | str) -> str:
-    if isinstance(name, bytes):
-        return name.decode("utf-8", "surrogateescape")
-    return name
 
 
 def classify_path(root: Path, path: Path, layout: Layout) -> Candidate | Skipped | None:
@@ -80,47 +83,84 @@ def classify_path(root: Path, path: Path, layout: Layout) -> Candidate | Skipped
     return Candidate(path=path, relative=relative, mapping=mapping)
 
 
-def walk(root: Path, layout: Layout) -> Iterator[Candidate | Skipped]:
-    """Every run-log file (or skipped look-alike) under ``root``, without following links.
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A regular file found by :func:`scan`, with the ``lstat`` it was found with."""
 
-    Uses ``os.scandir`` so a rescan of 10,000 files costs one ``lstat`` each at most.
-    Directories that vanish mid-walk (a run being cleaned up) are passed over silently.
+    path: str
+    relative: str
+    info: os.stat_result
+
+
+def scan(root: Path, layout: Layout) -> Iterator[Entry | Skipped]:
+    """Every regular ``*.json`` file of ``layout`` under ``root``, cheaply.
+
+    One ``lstat`` per file and none per folder: ``os.scandir``'s d_type says what is a
+    link or a folder. Links are reported, never followed; folders that vanish mid-scan
+    (a run being cleaned up) are passed over. Names are not validated here (see
+    :func:`to_candidate`), so a caller that already knows a file skips that work.
     """
+    root_path = os.fspath(root)
     try:
-        top = list(os.scandir(root))
-    except FileNotFoundError:
+        top = list(os.scandir(root_path))
+    except (FileNotFoundError, NotADirectoryError):
         return
     for entry in top:
-        name = _decode(entry.name)
-        path = root / name
+        name = entry.name
         if layout is Layout.SINGLE:
             if name.endswith(JSON_SUFFIX):
-                result = classify_path(root, path, layout)
-                if result is not None:
-                    yield result
+                yield _file_entry(entry, name)
             continue
         if entry.is_symlink():
             if name.endswith(JSON_SUFFIX) or entry.is_dir(follow_symlinks=True):
-                yield Skipped(path, "symlink", f"{path} is a symbolic link")
+                yield Skipped(Path(entry.path), "symlink", f"{entry.path} is a symbolic link")
             continue
-        if not entry.is_dir(follow_symlinks=False):
-            continue
-        yield from walk_run(root, path, layout)
+        if entry.is_dir(follow_symlinks=False):
+            yield from _scan_run(entry.path, name)
+
+
+def _scan_run(run_path: str, run_name: str) -> Iterator[Entry | Skipped]:
+    try:
+        entries = list(os.scandir(run_path))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        yield Skipped(Path(run_path), "unreadable", exc.strerror or str(exc))
+        return
+    for entry in entries:
+        name = entry.name
+        if name.endswith(JSON_SUFFIX):
+            yield _file_entry(entry, f"{run_name}/{name}")
+
+
+def _file_entry(entry: os.DirEntry[str], relative: str) -> Entry | Skipped:
+    if entry.is_symlink():
+        return Skipped(Path(entry.path), "symlink", f"{entry.path} is a symbolic link")
+    try:
+        info = entry.stat(follow_symlinks=False)
+    except OSError as exc:
+        return Skipped(Path(entry.path), "unreadable", exc.strerror or str(exc))
+    if not stat.S_ISREG(info.st_mode):
+        return Skipped(Path(entry.path), "not_regular", "not a regular file")
+    return Entry(path=entry.path, relative=relative, info=info)
+
+
+def to_candidate(entry: Entry, layout: Layout) -> Candidate | Skipped:
+    """Validate a scanned file's name and map it to its key."""
+    try:
+        mapping = key_for(entry.relative, layout)
+    except UnsafeNameError as exc:
+        return Skipped(Path(entry.path), "unsafe_name", exc.reason)
+    return Candidate(path=Path(entry.path), relative=entry.relative, mapping=mapping)
+
+
+def walk(root: Path, layout: Layout) -> Iterator[Candidate | Skipped]:
+    """Every run-log file (or skipped look-alike) under ``root``, without following links."""
+    for item in scan(root, layout):
+        yield item if isinstance(item, Skipped) else to_candidate(item, layout)
 
 
 def walk_run(root: Path, run_dir: Path, layout: Layout) -> Iterator[Candidate | Skipped]:
     """The files of one run folder (chunked layout)."""
-    try:
-        entries = list(os.scandir(run_dir))
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    except OSError as exc:
-        yield Skipped(run_dir, "unreadable", exc.strerror or str(exc))
-        return
-    for entry in entries:
-        name = _decode(entry.name)
-        if not name.endswith(JSON_SUFFIX):
-            continue
-        result = classify_path(root, run_dir / name, layout)
-        if result is not None:
-            yield result
+    for item in _scan_run(os.fspath(run_dir), run_dir.name):
+        yield item if isinstance(item, Skipped) else to_candidate(item, layout)

@@ -180,9 +180,10 @@ class SyncSpec(WireModel):
     drain_timeout_seconds: float = Field(default=25.0, ge=0.0, le=3600.0)
     """On shutdown, how long to keep uploading what is pending before giving up. Keep it
     below the pod's terminationGracePeriodSeconds (30 by default)."""
-    max_pending_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    max_pending_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
     """Upper bound on file contents held in memory waiting for upload; the reader waits
-    when it is reached (back-pressure, nothing is dropped)."""
+    when it is reached (back-pressure, nothing is dropped). Keeps the sidecar's memory
+    flat during a first sync of a large folder; one larger file is always admitted."""
 
 
 class StoreSpec(WireModel):

@@ -27,6 +27,7 @@ import logging
 import os
 import queue
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from pathlib import Path
 from runlog_relay import layout as layouts
 from runlog_relay.config.settings import SidecarSettings
 from runlog_relay.errors import RelayError
-from runlog_relay.localtree import Candidate, Skipped, classify_path, walk, walk_run
+from runlog_relay.localtree import Candidate, Skipped, classify_path, scan, to_candidate, walk_run
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.objectstore import expected_etag
 from runlog_relay.sidecar.types import (
@@ -65,9 +66,36 @@ class TornRead(Exception):
     """The file was not a complete JSON document, or changed while being read."""
 
 
-def read_stable(path: Path) -> tuple[bytes, FileSignature]:
-    """Read a complete version of ``path`` or raise TornRead / OSError."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+def read_stable(path: Path, root: Path | None = None) -> tuple[bytes, FileSignature]:
+    """Read a complete version of ``path`` or raise TornRead / OSError.
+
+    With ``root``, every component below it is opened relative to its parent's file
+    descriptor with ``O_NOFOLLOW``, so a run folder swapped for a symlink between the
+    scan and the read cannot make the sidecar read outside its volume.
+    """
+    dir_fds: list[int] = []
+    try:
+        if root is not None:
+            parts = path.relative_to(root).parts
+            dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            dir_fds.append(dir_fd)
+            for part in parts[:-1]:
+                dir_fd = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+                )
+                dir_fds.append(dir_fd)
+            name: str | Path = parts[-1]
+            parent: int | None = dir_fd
+        else:
+            name, parent = path, None
+        return _read_at(name, parent, path)
+    finally:
+        for fd in reversed(dir_fds):
+            os.close(fd)
+
+
+def _read_at(name: str | Path, dir_fd: int | None, path: Path) -> tuple[bytes, FileSignature]:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
@@ -82,7 +110,7 @@ def read_stable(path: Path) -> tuple[bytes, FileSignature]:
     finally:
         os.close(fd)
     data = b"".join(chunks)
-    at_path = os.lstat(path)
+    at_path = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     if (
         FileSignature.of(before) != FileSignature.of(after)
         or at_path.st_ino != after.st_ino
@@ -221,12 +249,27 @@ class Detector:
         started = time.monotonic()
         self._next_rescan = started + self.settings.sync.rescan_interval_seconds
         seen: set[str] = set()
-        for item in walk(self.root, self.settings.layout):
+        layout = self.settings.layout
+        for entry in scan(self.root, layout):
+            if isinstance(entry, Skipped):
+                self._skip(entry)
+                continue
+            seen.add(entry.relative)
+            state = self._files.get(entry.relative)
+            if (
+                state is not None
+                and state.settled
+                and state.torn_since is None
+                and state.signature == FileSignature.of(entry.info)
+            ):
+                # Unchanged since a trustworthy read: the common case, one lstat total.
+                state.first_seen_change = None
+                continue
+            item = to_candidate(entry, layout)
             if isinstance(item, Skipped):
                 self._skip(item)
-                continue
-            seen.add(item.relative)
-            self._consider(item, started, trust_signature=True)
+            else:
+                self._consider(item, started)
         # Files deleted locally: forget them (their objects stay: run logs are records).
         for relative in [r for r in self._files if r not in seen]:
             del self._files[relative]
@@ -266,37 +309,31 @@ class Detector:
         if isinstance(item, Skipped):
             self._skip(item)
         else:
-            self._consider(item, seen_at, trust_signature=False)
+            self._consider(item, seen_at)
 
     def _retry_torn(self) -> None:
         torn = [r for r, s in self._files.items() if s.torn_since is not None]
         for relative in torn:
             result = classify_path(self.root, self.root / relative, self.settings.layout)
             if isinstance(result, Candidate):
-                self._consider(result, time.monotonic(), trust_signature=False)
+                self._consider(result, time.monotonic())
             else:
                 self._files.pop(relative, None)
         if torn:
             self._update_gauges()
 
     # ----------------------------------------------------------------- one file
-    def _consider(self, item: Candidate, seen_at: float, *, trust_signature: bool) -> None:
+    def _consider(self, item: Candidate, seen_at: float) -> None:
         state = self._files.get(item.relative)
         if state is None:
-            state = self._files[item.relative] = _FileState(run_id=item.mapping.run_id)
-            state.etag = self._remote.get(item.mapping.key)
+            state = self._files[item.relative] = _FileState(run_id=sys.intern(item.mapping.run_id))
+            # The listing's entry moves into the file's state: memory stays one entry per
+            # file, and _remote keeps only objects with no local file (yet).
+            state.etag = self._remote.pop(item.mapping.key, None)
         if state.first_seen_change is None:
             state.first_seen_change = seen_at
-        if trust_signature and state.settled and state.torn_since is None:
-            try:
-                current = FileSignature.of(os.lstat(item.path))
-            except OSError:
-                return
-            if current == state.signature:
-                state.first_seen_change = None
-                return
         try:
-            data, signature = read_stable(item.path)
+            data, signature = read_stable(item.path, root=self.root)
         except TornRead as torn:
             self._torn(item, state, str(torn))
             return

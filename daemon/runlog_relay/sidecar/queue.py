@@ -45,7 +45,11 @@ class UploadQueue:
     def __init__(self, metrics: SidecarMetrics, *, max_pending_bytes: int) -> None:
         self._metrics = metrics
         self.max_pending_bytes = max_pending_bytes
-        self._lock = threading.Condition()
+        lock = threading.Lock()
+        # Two conditions on one lock: workers wait for work, the detector and drain wait
+        # for room/idleness. A put wakes one worker instead of every thread.
+        self._lock = threading.Condition(lock)
+        self._work = threading.Condition(lock)
         self._waiting: dict[str, UploadRequest] = {}  # key → latest version not in flight
         self._ready: deque[str] = deque()  # keys in _waiting that may go now, FIFO
         self._delayed: list[tuple[float, int, str]] = []  # (not_before, tiebreak, key)
@@ -80,7 +84,7 @@ class UploadQueue:
             self._failed.pop(request.key, None)
             self._bytes += len(request.body)
             self._update()
-            self._lock.notify_all()
+            self._work.notify()
 
     # ------------------------------------------------------------------ consumers
     def take(self, timeout: float | None = None) -> UploadRequest | None:
@@ -109,7 +113,7 @@ class UploadQueue:
                     if deadline is not None and now >= deadline:
                         return None
                     continue
-                self._lock.wait(wait)
+                self._work.wait(wait)
 
     def _promote_delayed(self) -> None:
         now = time.monotonic()
@@ -127,6 +131,7 @@ class UploadQueue:
             self._attempts.pop(request.key, None)
             if request.key in self._waiting:
                 self._ready.append(request.key)
+                self._work.notify()
             self._update()
             self._lock.notify_all()
 
@@ -145,6 +150,7 @@ class UploadQueue:
             heapq.heappush(self._delayed, (not_before, next(self._counter), request.key))
             self._update()
             self._lock.notify_all()
+            self._work.notify()  # a sleeping worker must re-arm its timer for the new delay
             return delay
 
     def fail(self, request: UploadRequest, reason: str) -> None:
@@ -155,6 +161,7 @@ class UploadQueue:
                 self._failed[request.key] = reason
             else:
                 self._ready.append(request.key)
+                self._work.notify()
             self._update()
             self._lock.notify_all()
 
@@ -192,9 +199,12 @@ class UploadQueue:
         with self._lock:
             self._closed = True
             self._lock.notify_all()
+            self._work.notify_all()
 
     def _update(self) -> None:
-        self._metrics.pending_files.set(len(set(self._waiting) | set(self._in_flight)))
+        # O(concurrency), not O(pending): this runs on every put and take.
+        in_flight_only = sum(1 for key in self._in_flight if key not in self._waiting)
+        self._metrics.pending_files.set(len(self._waiting) + in_flight_only)
 
 
 def _with_seen_at(request: UploadRequest, seen_at: float) -> UploadRequest:
