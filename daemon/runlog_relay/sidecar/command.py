@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from runlog_relay import logs
 from runlog_relay.cliopts import add_store_options, open_store, settings_from_args
+from runlog_relay.config.models import SyncSpec
 from runlog_relay.config.settings import DEFAULT_METRICS_PORT, ENV_PREFIX, SidecarSettings
 from runlog_relay.errors import ConfigError
 from runlog_relay.health import HealthServer
@@ -40,6 +41,14 @@ _SYNC_OPTIONS = {
     "torn_grace": "torn_grace_seconds",
     "drain_timeout": "drain_timeout_seconds",
 }
+
+
+def _tuning_help(text: str, dest: str) -> str:
+    """A tuning option's help with its variable and default, both taken from SyncSpec."""
+    field = _SYNC_OPTIONS[dest]
+    default = SyncSpec.model_fields[field].default
+    shown = ("on" if default else "off") if isinstance(default, bool) else f"{default:g}"
+    return f"{text} (env {ENV_PREFIX}SYNC__{field.upper()}; default {shown})"
 
 
 def register(subparsers: Any, summary: str) -> None:
@@ -104,40 +113,43 @@ def register(subparsers: Any, summary: str) -> None:
         "--debounce",
         type=float,
         metavar="SECONDS",
-        help="coalesce bursts of writes to a file for at most this long (default 0.05)",
+        help=_tuning_help("coalesce bursts of writes to a file for at most this long", "debounce"),
     )
     tuning.add_argument(
         "--rescan-interval",
         type=float,
         metavar="SECONDS",
-        help="full rescan as a safety net for missed events (default 60)",
+        help=_tuning_help("full rescan as a safety net for missed events", "rescan_interval"),
     )
     tuning.add_argument(
-        "--concurrency", type=int, metavar="N", help="uploads in flight at once (default 8)"
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help=_tuning_help("uploads in flight at once", "concurrency"),
     )
     tuning.add_argument(
         "--force-polling",
         action="store_const",
         const=True,
-        help="poll instead of inotify (NFS, CIFS, some CSI volumes)",
+        help=_tuning_help("poll instead of inotify (NFS, CIFS, some CSI volumes)", "force_polling"),
     )
     tuning.add_argument(
         "--poll-interval",
         type=float,
         metavar="SECONDS",
-        help="polling period with --force-polling (default 1)",
+        help=_tuning_help("polling period with --force-polling", "poll_interval"),
     )
     tuning.add_argument(
         "--torn-grace",
         type=float,
         metavar="SECONDS",
-        help="report a file that stays half-written longer than this (default 30)",
+        help=_tuning_help("report a file that stays half-written longer than this", "torn_grace"),
     )
     tuning.add_argument(
         "--drain-timeout",
         type=float,
         metavar="SECONDS",
-        help="on SIGTERM, keep uploading pending files this long (default 25)",
+        help=_tuning_help("on SIGTERM, keep uploading pending files this long", "drain_timeout"),
     )
     parser.set_defaults(handler=run)
 

@@ -1,0 +1,278 @@
+"""cli: the command list, `sidecar --help` as documentation that is true, and exit codes.
+
+Only paths that end before the sidecar starts are run here (help, usage and settings
+errors); the running sidecar is covered by tests/integration/test_sidecar.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runlog_relay import __version__, cli
+from runlog_relay.config.models import SyncSpec
+from runlog_relay.config.settings import load_sidecar_settings
+
+SECRET = "S3CR3T-cli-Zm9vYmFyYmF6"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("RUNLOG_RELAY_", "AWS_")):
+            monkeypatch.delenv(name)
+    # argparse wraps help to the terminal width; pin it so assertions see whole words.
+    monkeypatch.setenv("COLUMNS", "100")
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def flat(text: str) -> str:
+    """Help text with its line wrapping undone."""
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------- top level
+
+
+def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(["--help"], capsys)
+    assert code == 0
+    text = flat(out)
+    for name, summary in cli.SUMMARIES.items():
+        assert re.search(rf"\b{name}\b", out), name
+        assert summary in text, name
+    assert set(cli.SUMMARIES) == set(cli.COMMANDS)
+
+
+def test_console_script_points_at_main() -> None:
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "runlog-relay"]
+    assert script.value == "runlog_relay.cli:main"
+    assert script.load() is cli.main
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(["--version"], capsys)
+    assert code == 0
+    assert out.strip() == f"runlog-relay {__version__}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["no-such-command"], [], ["sidecar", "--no-such-option"], ["sidecar", "--layout", "flat"]],
+    ids=["unknown-command", "no-command", "unknown-option", "bad-choice"],
+)
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    code, out, err = run_main(argv, capsys)
+    assert code == 2
+    assert "usage: runlog-relay" in err
+    assert out == ""
+
+
+def test_unknown_command_names_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    _, _, err = run_main(["no-such-command"], capsys)
+    assert "invalid choice: 'no-such-command'" in err
+    assert "sidecar" in err
+
+
+# --------------------------------------------------------------------------- sidecar --help
+
+#: option → (environment variable, settings attribute path, a value to set, documented
+#: default or None where the option has none to show).
+SIDECAR_OPTIONS: dict[str, tuple[str, str, str, str | None]] = {
+    "--source": ("RUNLOG_RELAY_SOURCE", "source", "/data/run_logs", None),
+    "--endpoint": (
+        "RUNLOG_RELAY_ENDPOINT",
+        "endpoint",
+        "http://minio:9000",
+        "http://localhost:9002",
+    ),
+    "--bucket": ("RUNLOG_RELAY_BUCKET", "bucket", "logs/team", "runnable/run-logs"),
+    "--layout": ("RUNLOG_RELAY_LAYOUT", "layout", "single", "chunked"),
+    "--region": ("RUNLOG_RELAY_REGION", "region", "eu-west-1", None),
+    "--insecure-skip-verify": (
+        "RUNLOG_RELAY_TLS__INSECURE_SKIP_VERIFY",
+        "tls.insecure_skip_verify",
+        "true",
+        None,
+    ),
+    "--ca-file": ("RUNLOG_RELAY_TLS__CA_FILE", "tls.ca_file", "/etc/ca.pem", None),
+    "--create-bucket": ("RUNLOG_RELAY_CREATE_BUCKET", "create_bucket", "true", None),
+    "--metrics-port": ("RUNLOG_RELAY_METRICS_PORT", "metrics_port", "9100", "9464"),
+    "--metrics-host": ("RUNLOG_RELAY_METRICS_HOST", "metrics_host", "127.0.0.1", "0.0.0.0"),
+    "--log-level": ("RUNLOG_RELAY_LOG_LEVEL", "log_level", "DEBUG", "INFO"),
+    "--log-format": ("RUNLOG_RELAY_LOG_FORMAT", "log_format", "json", "plain"),
+}
+TUNING_OPTIONS = {
+    "--debounce": "debounce_seconds",
+    "--rescan-interval": "rescan_interval_seconds",
+    "--concurrency": "concurrency",
+    "--force-polling": "force_polling",
+    "--poll-interval": "poll_interval_seconds",
+    "--torn-grace": "torn_grace_seconds",
+    "--drain-timeout": "drain_timeout_seconds",
+}
+
+
+@pytest.fixture
+def sidecar_help(capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    """Each option's help text (unwrapped), from `runlog-relay sidecar --help`."""
+    code, out, _ = run_main(["sidecar", "--help"], capsys)
+    assert code == 0
+    sections: dict[str, str] = {}
+    current = None
+    for line in out.splitlines():
+        match = re.match(r"^  (--[a-z-]+)", line)
+        if match:
+            current = match.group(1)
+            sections[current] = line[len(match.group(0)) :]
+        elif current is not None and line.startswith("      "):
+            sections[current] += " " + line
+        else:
+            current = None
+    return {option: flat(text) for option, text in sections.items()}
+
+
+def test_sidecar_help_covers_every_option(sidecar_help: dict[str, str]) -> None:
+    expected = set(SIDECAR_OPTIONS) | set(TUNING_OPTIONS) | {"--once", "--config"}
+    assert set(sidecar_help) == expected
+
+
+@pytest.mark.parametrize("option", sorted(SIDECAR_OPTIONS))
+def test_sidecar_option_documents_its_env_variable_and_default(
+    sidecar_help: dict[str, str], option: str
+) -> None:
+    env, _, _, default = SIDECAR_OPTIONS[option]
+    text = sidecar_help[option]
+    assert f"env {env}" in text, text
+    if default is not None:
+        assert f"default {default}" in text, text
+
+
+@pytest.mark.parametrize("option", sorted(TUNING_OPTIONS))
+def test_tuning_option_documents_its_env_variable_and_true_default(
+    sidecar_help: dict[str, str], option: str
+) -> None:
+    field = TUNING_OPTIONS[option]
+    text = sidecar_help[option]
+    assert f"env RUNLOG_RELAY_SYNC__{field.upper()}" in text, text
+    default = SyncSpec.model_fields[field].default
+    shown = re.search(r"default (\S+?)\)", text)
+    assert shown is not None, text
+    if isinstance(default, bool):
+        assert shown.group(1) == ("on" if default else "off")
+    else:
+        assert float(shown.group(1)) == default  # the help cannot drift from the model
+
+
+def attribute(settings: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        settings = getattr(settings, part)
+    return settings
+
+
+@pytest.mark.parametrize("option", sorted(SIDECAR_OPTIONS))
+def test_documented_env_variables_really_work(monkeypatch: pytest.MonkeyPatch, option: str) -> None:
+    env, path, value, _ = SIDECAR_OPTIONS[option]
+    before = attribute(load_sidecar_settings(), path)
+    monkeypatch.setenv(env, value)
+    after = attribute(load_sidecar_settings(), path)
+    assert after != before
+    assert str(getattr(after, "value", after)).lower() == value.lower()
+
+
+@pytest.mark.parametrize("option", sorted(TUNING_OPTIONS))
+def test_documented_tuning_env_variables_really_work(
+    monkeypatch: pytest.MonkeyPatch, option: str
+) -> None:
+    field = TUNING_OPTIONS[option]
+    default = SyncSpec.model_fields[field].default
+    value = "true" if isinstance(default, bool) else str(default * 2)
+    monkeypatch.setenv(f"RUNLOG_RELAY_SYNC__{field.upper()}", value)
+    got = getattr(load_sidecar_settings().sync, field)
+    assert got == (True if isinstance(default, bool) else default * 2)
+
+
+def test_help_never_prints_a_secret(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("RUNLOG_RELAY_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", SECRET + "-id")
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    monkeypatch.setenv("RUNLOG_RELAY_SECRET_ACCESS_KEY_FILE", str(secret_file))
+    for argv in (["sidecar", "--help"], ["--help"]):
+        code, out, err = run_main(argv, capsys)
+        assert code == 0
+        assert SECRET not in out + err
+    _, out, _ = run_main(["sidecar", "--help"], capsys)
+    assert "AWS_SECRET_ACCESS_KEY" in out  # names the variable, never its value
+    assert "minioadmin" in out  # the documented default is not a secret
+
+
+# --------------------------------------------------------------------------- sidecar errors
+
+
+def test_sidecar_without_source_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(["sidecar", "--once"], capsys)
+    assert code == 2
+    assert "--source (or RUNLOG_RELAY_SOURCE) is required" in err
+
+
+def test_sidecar_invalid_settings_exit_2_listing_each_without_secrets(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("RUNLOG_RELAY_SYNC__CONCURRENCY", "0")
+    argv = [
+        "sidecar",
+        "--source",
+        str(tmp_path),
+        "--bucket",
+        "Not_A_Bucket",
+        "--endpoint",
+        f"http://user:{SECRET}@minio:9000/path",
+        "--metrics-port",
+        "70000",
+    ]
+    code, out, err = run_main(argv, capsys)
+    assert code == 2
+    assert err.startswith("runlog-relay sidecar: error: invalid settings")
+    for field in ("bucket", "endpoint", "metrics_port", "sync.concurrency"):
+        assert f"{field}:" in err, field
+    assert SECRET not in out + err
+
+
+def test_sidecar_unreadable_credentials_file_exits_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("RUNLOG_RELAY_SECRET_ACCESS_KEY_FILE", str(tmp_path / "missing"))
+    code, _, err = run_main(["sidecar", "--source", str(tmp_path), "--once"], capsys)
+    assert code == 2
+    assert "cannot read credentials file" in err
+    assert SECRET not in err
+
+
+def test_sidecar_bad_config_file_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"secretAccessKey: {SECRET}\n")
+    code, _, err = run_main(["sidecar", "--source", str(tmp_path), "--config", str(config)], capsys)
+    assert code == 2
+    assert "must not contain secret_access_key" in err
+    assert SECRET not in err
