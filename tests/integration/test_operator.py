@@ -206,6 +206,10 @@ class Cluster:
         assert self.operator is not None
         return self.operator.prometheus.get_sample_value(name, labels)
 
+    def reconciles(self, result: str) -> float:
+        """Reconciles counted so far (the counter moves just after the status write)."""
+        return self.metric("runlog_relay_operator_reconciles_total", {"result": result}) or 0.0
+
     def stored_versions(self, *, skip_secrets: bool = True) -> list[dict[str, Any]]:
         """Every version of every object the emulator ever stored (Secrets excluded)."""
         secrets = self.kube.spec("v1/secrets").ref
@@ -277,7 +281,7 @@ def test_create_makes_the_store_ready_with_its_configmap(
     assert [(e["type"], e["reason"]) for e in events] == [("Normal", "Ready")]
     labels = {"namespace": NS, "store": "main"}
     assert cluster.metric("runlog_relay_store_ready", labels) == 1
-    assert cluster.metric("runlog_relay_operator_reconciles_total", {"result": "ready"}) >= 1
+    cluster.wait(lambda: cluster.reconciles("ready") >= 1, "the reconcile to be counted")
     # No finalizer: deleting a store never waits for the operator.
     assert not cluster.kube.get(RLS, "main", NS)["metadata"].get("finalizers")
 
@@ -318,7 +322,7 @@ def test_delete_removes_the_configmap_and_the_metric(cluster: Cluster, bucket: s
     cluster.create_store("main", cluster.spec(bucket))
     cluster.wait_ready("main")
     labels = {"namespace": NS, "store": "main"}
-    assert cluster.metric("runlog_relay_store_ready", labels) == 1
+    cluster.wait(lambda: cluster.metric("runlog_relay_store_ready", labels) == 1, "the metric")
 
     cluster.kube.delete(RLS, "main", NS)
 
@@ -350,8 +354,10 @@ def test_missing_secret_then_created_turns_ready_without_touching_the_store(
 
     cluster.wait_ready("main")
     assert cluster.kube.get(RLS, "main", NS)["metadata"]["generation"] == generation
-    reasons = [e["reason"] for e in cluster.events("main")]
-    assert reasons == ["SecretNotFound", "Ready"]
+    cluster.wait(
+        lambda: [e["reason"] for e in cluster.events("main")] == ["SecretNotFound", "Ready"],
+        "one Event per transition",
+    )
 
     # Deleting the Secret is noticed too.
     cluster.kube.delete("v1/secrets", "s3-creds", NS)
@@ -435,9 +441,7 @@ def test_unreachable_endpoint_is_retried_until_fixed(cluster: Cluster, bucket: s
     assert "unreachable" in ready["message"]
     # Retried with backoff (kopf's TemporaryError), not given up on.
     cluster.wait(
-        lambda: (
-            cluster.metric("runlog_relay_operator_reconciles_total", {"result": "not_ready"}) >= 3
-        ),
+        lambda: cluster.reconciles("not_ready") >= 3,
         "retries of the unreachable endpoint",
     )
 

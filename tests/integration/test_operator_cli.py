@@ -129,9 +129,13 @@ def test_operator_command_serves_metrics_liveness_and_exits_cleanly(
     wait_for(ready, 20, checks=[running], message="the store to become Ready")
     assert kube.get("v1/configmaps", "runlog-relay-main", NS)
 
-    code, metrics = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
-    assert code == 200
-    assert f'runlog_relay_store_ready{{namespace="{NS}",store="main"}} 1.0' in metrics
+    def scraped() -> str:
+        code, metrics = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert code == 200
+        assert f'runlog_relay_store_ready{{namespace="{NS}",store="main"}} 1.0' in metrics
+        return metrics
+
+    metrics = wait_for(scraped, 10, checks=[running], message="the store's metric")
     assert 'runlog_relay_operator_reconciles_total{result="ready"}' in metrics
 
     process.send_signal(signal.SIGTERM)

@@ -331,7 +331,10 @@ def test_store_deleted_mid_reconcile_is_not_an_error(world: World) -> None:
     body = world.put_store({})
     del world.api.objects[STORE_PATH]
     result = world.reconcile(body)
-    assert result.ready.ok
+    assert result.ready.ok and not result.retry
+    assert world.controller.known_stores() == []  # nothing remembered about a gone store
+    assert world.metric("runlog_relay_store_ready", {"namespace": NS, "store": "main"}) is None
+    assert world.api.events() == []
 
 
 def test_event_post_failure_does_not_fail_the_reconcile(world: World) -> None:

@@ -326,6 +326,7 @@ class StoreController:
         conditions = rc.merge_conditions(
             previous, steps, generation=generation, now=self._clock(), secrets=secrets.values()
         )
+        ready = rc.ready_step(steps)
         if conditions != previous or generation != state.generation:
             try:
                 await self._api.merge_patch(
@@ -333,11 +334,15 @@ class StoreController:
                     rc.status_patch(conditions, generation=generation, store=name),
                 )
             except NotFoundError:
+                # Deleted while we worked (a stale body): remember nothing about it.
                 log.debug("RunLogStore %s/%s is gone; status not written", namespace, name)
+                self._states.pop((namespace, name), None)
+                with contextlib.suppress(KeyError):
+                    self._metrics.store_ready.remove(namespace, name)
+                return Result(ready=ready, conditions=conditions)
         state.conditions, state.generation = conditions, generation
         self._states[(namespace, name)] = state
 
-        ready = rc.ready_step(steps)
         self._metrics.store_ready.labels(namespace=namespace, store=name).set(1 if ready.ok else 0)
         event = rc.transition_event(previous, conditions)
         if event is not None:
