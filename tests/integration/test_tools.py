@@ -296,8 +296,11 @@ def test_verify_reports_each_kind_of_difference(
     human = cli(capsys, "verify", "--source", str(folder), *store_args(endpoint, location))
     assert human.code == 1
     assert "NOT IN SYNC" in human.out
-    assert "tools-a/RunLog.json  the local file is newer" in human.out
-    assert "tools-a/BranchLog-map.c  only in the bucket" in human.out
+    lines = {" ".join(line.split()) for line in human.out.splitlines()}  # spacing aside
+    assert "differs tools-a/RunLog.json the local file is newer (the bucket is behind)" in lines
+    assert "remote only tools-a/BranchLog-map.c only in the bucket" in lines
+    link = folder / "tools-a" / "BranchLog-link.json"
+    assert any(line.startswith(f"skipped {link} symlink:") for line in lines)
 
 
 def test_verify_single_layout_and_a_torn_file(
@@ -520,6 +523,24 @@ def test_exit_codes_of_real_processes(endpoint: str, runs: Runs, tmp_path: Path)
     assert "bucket 'no-such-bucket'" in results["no bucket"].stderr
     assert "layout" in results["bad config"].stderr
     assert f"is {refused} right (--endpoint)" in results["refused"].stderr
+
+
+def test_a_closed_pipe_is_not_an_error(endpoint: str, runs: Runs, tmp_path: Path) -> None:
+    """``runlog-relay runs | head -1``: the reader leaving early is fine."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNLOG_RELAY_", "AWS_"))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runlog_relay", "runs", "--json", *store_args(endpoint)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the child has written anything: it is still importing
+    err = process.stderr.read()
+    process.stderr.close()
+    assert process.wait(60) == 0
+    assert err == b""  # no BrokenPipeError traceback, no "Exception ignored"
 
 
 # ---------------------------------------------------------------------- wrong credentials

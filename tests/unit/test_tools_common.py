@@ -122,6 +122,16 @@ def test_guarded_turns_errors_into_one_line_and_a_code(
     assert guarded("runs", lambda a: EXIT_OK)(args) == EXIT_OK
 
 
+def test_guarded_reports_local_file_errors_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def handler(args: argparse.Namespace) -> int:
+        raise PermissionError(13, "Permission denied", "/data/logs/r1")
+
+    assert guarded("pull", handler)(argparse.Namespace()) == EXIT_DIFFERENT
+    assert capsys.readouterr().err == "runlog-relay pull: error: /data/logs/r1: Permission denied\n"
+
+
 def test_retrying_retries_transient_errors_only() -> None:
     delays: list[float] = []
     calls = iter([RetryableError("503", code="ServerError"), RetryableError("503"), "body"])

@@ -3,7 +3,8 @@
 Exit codes (the same for every tool; documented in ``docs/tools.md``)::
 
     0  success / in sync
-    1  differences found, or only part of the work done (a run missing, a file refused)
+    1  differences found, or only part of the work done (a run missing, a file refused,
+       a local file that cannot be written)
     2  usage or configuration error (bad option, bad config file, bucket does not exist)
     3  object store unreachable, not S3, TLS failure, or credentials rejected
 
@@ -18,8 +19,10 @@ terminal, so piped output and ``--json`` stay clean.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
+import os
 import re
 import sys
 import time
@@ -157,6 +160,18 @@ def guarded(command: str, handler: Callable[[argparse.Namespace], int]) -> Calla
         except KeyboardInterrupt:
             print(f"runlog-relay {command}: interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:
+            # `runlog-relay runs | head`: the reader has seen enough. Point stdout at
+            # /dev/null so the interpreter's final flush does not complain.
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_OK
+        except OSError as exc:  # the local side: a folder we may not write, a full disk
+            where = f"{exc.filename}: " if exc.filename else ""
+            reason = exc.strerror or type(exc).__name__
+            print(f"runlog-relay {command}: error: {where}{reason}", file=sys.stderr)
+            return EXIT_DIFFERENT
 
     return run
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rich.markup import escape
+from rich.table import Table
 
 from runlog_relay.cliopts import add_store_options
 from runlog_relay.layout import Layout, UnsafeNameError, encode_body, path_for
@@ -221,9 +222,9 @@ def compare(local: list[LocalFile], remote: list[RemoteObject], layout: Layout) 
                     file.relative,
                     file.key,
                     detail={
-                        "local": "the local file is newer",
+                        "local": "the local file is newer (the bucket is behind)",
                         "remote": "the bucket's copy is newer",
-                        "unknown": "written within the same second",
+                        "unknown": "both written within the same second",
                     }[newer],
                     newer=newer,
                     local_mtime=_stamp(file.mtime),
@@ -258,10 +259,10 @@ def compare(local: list[LocalFile], remote: list[RemoteObject], layout: Layout) 
 
 
 _LABELS = {
-    "missing": "[yellow]missing    [/]",
-    "differs": "[red]differs    [/]",
+    "missing": "[yellow]missing[/]",
+    "differs": "[red]differs[/]",
     "remote_only": "[cyan]remote only[/]",
-    "torn": "[magenta]torn       [/]",
+    "torn": "[magenta]torn[/]",
 }
 
 
@@ -271,14 +272,21 @@ def _print_report(report: Report, source: Path, where: dict[str, str]) -> None:
         f"verify {escape(str(source))} against {escape(where['bucket'])} at"
         f" {escape(where['endpoint'])} ({where['layout']} layout)"
     )
-    for diff in report.differences:
-        target = diff.key if diff.state == "remote_only" else diff.path
-        console.print(f"  {_LABELS[diff.state]}  {escape(target)}  {escape(diff.detail)}")
-    for skipped in report.skipped:
-        console.print(
-            f"  [dim]skipped    [/]  {escape(str(skipped.path))}  {skipped.reason}:"
-            f" {escape(skipped.detail)}"
-        )
+    if report.differences or report.skipped:
+        table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 2, 0, 2))
+        table.add_column(no_wrap=True)
+        table.add_column(overflow="fold")
+        table.add_column()
+        for diff in report.differences:
+            target = diff.key if diff.state == "remote_only" else diff.path
+            table.add_row(_LABELS[diff.state], escape(target), escape(diff.detail))
+        for skipped in report.skipped:
+            table.add_row(
+                "[dim]skipped[/]",
+                escape(str(skipped.path)),
+                f"{skipped.reason}: {escape(skipped.detail)}",
+            )
+        console.print(table)
     counts = report.counts()
     summary = ", ".join(
         f"{counts[name]} {label}"
