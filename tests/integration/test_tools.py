@@ -29,7 +29,7 @@ from moto.server import ThreadedMotoServer
 from runlog_relay.cli import main
 from runlog_relay.layout import Layout, encode_body
 from runlog_relay.localtree import Candidate, walk
-from runlog_relay.objectstore import ObjectStore
+from runlog_relay.objectstore import MULTIPART_THRESHOLD, ObjectStore
 from runlog_relay.runnable_compat import (
     read_run_log_from_bucket,
     read_run_log_from_folder,
@@ -317,6 +317,24 @@ def test_verify_single_layout_and_a_torn_file(
     assert torn.code == 1
     [diff] = torn.json()["differences"]
     assert diff["state"] == "torn" and diff["detail"] == "empty file"
+
+
+def test_verify_agrees_with_multipart_uploads(
+    capsys: pytest.CaptureFixture[str], endpoint: str, tmp_path: Path
+) -> None:
+    """Above 16 MiB the store uploads in parts; the listed ETag is then S3's composite."""
+    folder = tmp_path / "big"
+    (folder / "big-run").mkdir(parents=True)
+    body = json.dumps({"run_id": "big-run", "pad": "x" * (MULTIPART_THRESHOLD + 1024)})
+    (folder / "big-run" / "RunLog.json").write_text(body)
+    location = fresh_location("multipart")
+    upload_like_the_sidecar(endpoint, location, folder, Layout.CHUNKED)
+
+    result = cli(
+        capsys, "verify", "--source", str(folder), "--json", *store_args(endpoint, location)
+    )
+    assert result.code == 0, result.out
+    assert result.json()["counts"]["same"] == 1
 
 
 def test_verify_only_named_runs(

@@ -70,7 +70,6 @@ LAG_BUCKET = "runlog_relay_sync_lag_seconds_bucket"
 PENDING = "runlog_relay_pending_files"
 TORN = "runlog_relay_torn_files"
 STORE_READY = "runlog_relay_sidecar_store_ready"
-LAST_SYNC = "runlog_relay_last_sync_timestamp_seconds"
 
 LabelSet = tuple[tuple[str, str], ...]
 
@@ -187,7 +186,6 @@ class SidecarView:
     errors_per_s: float | None = None
     retries_per_s: float | None = None
     write_bytes_per_s: float | None = None
-    last_sync: float | None = None  #: unix time
 
 
 def compute_view(url: str, previous: Snapshot | None, current: Snapshot | str) -> SidecarView:
@@ -201,7 +199,6 @@ def compute_view(url: str, previous: Snapshot | None, current: Snapshot | str) -
         "store_ready": None if ready is None else ready >= 1,
         "pending": current.get(PENDING),
         "torn": current.get(TORN),
-        "last_sync": current.get(LAST_SYNC) or None,
     }
     lag_now = current.buckets(LAG_BUCKET)
     if previous is None or current.at <= previous.at:
