@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 SETTLE_SECONDS = 1.0
 #: How often torn files are retried besides on their own events.
 TORN_RETRY_SECONDS = 0.2
+#: A rescan that read at least this much returns free memory to the system afterwards.
+RELEASE_AFTER_BYTES = 4 * 1024 * 1024
 #: Remember at most this many warned-about paths (a hostile writer cannot grow memory).
 MAX_WARNED = 10_000
 
@@ -152,6 +154,7 @@ class Detector:
         list_remote: Callable[[], Iterable[tuple[str, str]]],
         metrics: SidecarMetrics,
         on_synced: Callable[[], None] = lambda: None,
+        release_memory: Callable[[], object] = lambda: None,
     ) -> None:
         self.settings = settings
         self._inbox = inbox
@@ -159,6 +162,8 @@ class Detector:
         self._list_remote = list_remote
         self._metrics = metrics
         self._on_synced = on_synced
+        self._release_memory = release_memory
+        self._bytes_read = 0  # by the current rescan
         self._files: dict[str, _FileState] = {}  # relative path → state
         self._remote: dict[str, str] = {}  # key → etag as listed at start-up
         self._listed = False
@@ -274,6 +279,10 @@ class Detector:
         for relative in [r for r in self._files if r not in seen]:
             del self._files[relative]
         self._update_gauges()
+        if self._bytes_read >= RELEASE_AFTER_BYTES:
+            # A big first sync reads the whole folder once; give that memory back.
+            self._release_memory()
+        self._bytes_read = 0
         log.debug("rescan (%s) took %.3fs", reason, time.monotonic() - started)
         self._on_synced()
 
@@ -344,6 +353,7 @@ class Detector:
             self._skip(Skipped(item.path, "unreadable", exc.strerror or str(exc)))
             return
         read_at = time.time()
+        self._bytes_read += len(data)
         state.signature = signature
         state.settled = read_at - signature.mtime_ns / 1e9 > SETTLE_SECONDS
         if state.torn_since is not None:

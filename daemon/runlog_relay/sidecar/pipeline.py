@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from runlog_relay.config.settings import SidecarSettings
 from runlog_relay.errors import PermanentError, RelayError
 from runlog_relay.metrics import SidecarMetrics
+from runlog_relay.sidecar import memory
 from runlog_relay.sidecar.detect import Detector
 from runlog_relay.sidecar.events import FolderWatcher
 from runlog_relay.sidecar.queue import UploadQueue
@@ -86,6 +87,7 @@ class Pipeline:
             list_remote=self._list_remote,
             metrics=metrics,
             on_synced=self._synced.set,
+            release_memory=memory.release_free_memory,
         )
         self._detector_thread = threading.Thread(
             target=self.detector.run, name="detector", daemon=True
@@ -121,6 +123,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        memory.limit_arenas()  # before the worker threads exist
         self.workers = UploadWorkers(
             self.queue,
             self._current_store,
@@ -128,6 +131,7 @@ class Pipeline:
             self.store_health,
             concurrency=self.settings.sync.concurrency,
             fail_fast=self._once,
+            release_memory=memory.release_free_memory,
         )
         if not self._once:
             assert self.settings.source is not None

@@ -31,6 +31,8 @@ __all__ = ["UploadQueue", "backoff_delay"]
 
 BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 10.0
+#: Uploads of at least this many bytes before the queue goes idle count as a burst.
+BURST_BYTES = 4 * 1024 * 1024
 
 
 def backoff_delay(attempt: int, *, cap: float = BACKOFF_CAP_SECONDS) -> float:
@@ -58,6 +60,7 @@ class UploadQueue:
         self._attempts: dict[str, int] = {}
         self._failed: dict[str, str] = {}  # key → reason, given up (only --once)
         self._bytes = 0
+        self._burst_bytes = 0  # uploaded since the queue was last idle
         self._counter = itertools.count()
         self._closed = False
 
@@ -124,16 +127,22 @@ class UploadQueue:
                 if key in self._waiting and key not in self._in_flight:
                     self._ready.append(key)
 
-    def done(self, request: UploadRequest) -> None:
-        """The request's version is in the bucket."""
+    def done(self, request: UploadRequest) -> bool:
+        """The request's version is in the bucket. True when this ends a burst of uploads
+        of at least :data:`BURST_BYTES` (a good moment to give memory back)."""
         with self._lock:
             self._in_flight.pop(request.key, None)
+            self._burst_bytes += len(request.body)
             self._attempts.pop(request.key, None)
             if request.key in self._waiting:
                 self._ready.append(request.key)
                 self._work.notify()
             self._update()
             self._lock.notify_all()
+            if self._waiting or self._in_flight or self._burst_bytes < BURST_BYTES:
+                return False
+            self._burst_bytes = 0
+            return True
 
     def retry(self, request: UploadRequest, *, cap: float = BACKOFF_CAP_SECONDS) -> float:
         """Upload failed: try again later (a newer waiting version takes its place)."""

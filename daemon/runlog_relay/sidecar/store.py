@@ -78,12 +78,14 @@ class UploadWorkers:
         *,
         concurrency: int,
         fail_fast: bool = False,
+        release_memory: Callable[[], object] = lambda: None,
     ) -> None:
         self._queue = queue
         self._store = store
         self._metrics = metrics
         self._health = health
         self._fail_fast = fail_fast
+        self._release_memory = release_memory
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._wanted = 0
@@ -162,7 +164,8 @@ class UploadWorkers:
         self._metrics.sync_lag.observe(max(0.0, time.monotonic() - request.seen_at))
         self._metrics.last_sync.set(time.time())
         self._health.healthy()
-        self._queue.done(request)
+        if self._queue.done(request):
+            self._release_memory()
         log.debug(
             "uploaded %s (%d bytes)", request.key, len(request.body), extra={"key": request.key}
         )
