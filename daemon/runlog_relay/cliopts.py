@@ -16,7 +16,13 @@ from runlog_relay.config.settings import ENV_PREFIX, SidecarSettings, load_sidec
 from runlog_relay.layout import Layout
 from runlog_relay.objectstore import ObjectStore
 
-__all__ = ["STORE_OPTION_NAMES", "add_store_options", "open_store", "settings_from_args"]
+__all__ = [
+    "STORE_OPTION_NAMES",
+    "add_store_options",
+    "open_store",
+    "overrides_from_args",
+    "settings_from_args",
+]
 
 #: argparse dest → settings field, for the options added by add_store_options.
 STORE_OPTION_NAMES = ("endpoint", "bucket", "layout", "region", "create_bucket")
@@ -69,6 +75,12 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> SidecarSettings:
     """Settings from the parsed options (unset options fall through to env/file/defaults)."""
+    return load_sidecar_settings(overrides_from_args(args, **extra), getattr(args, "config", None))
+
+
+def overrides_from_args(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """The settings the command line sets explicitly (they win over env and file, and
+    keep winning when the config file is reloaded)."""
     overrides: dict[str, Any] = {name: getattr(args, name, None) for name in STORE_OPTION_NAMES}
     tls: dict[str, Any] = {}
     if getattr(args, "insecure_skip_verify", None):
@@ -78,7 +90,7 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> SidecarSetting
     if tls:
         overrides["tls"] = tls
     overrides.update(extra)
-    return load_sidecar_settings(overrides, getattr(args, "config", None))
+    return {key: value for key, value in overrides.items() if value is not None}
 
 
 def open_store(settings: SidecarSettings, *, max_connections: int = 10) -> ObjectStore:

@@ -14,16 +14,13 @@ import base64
 import itertools
 import json
 import logging
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import kopf
 import pytest
-from minio import Minio
 from prometheus_client import CollectorRegistry
 
 from runlog_relay.config.crd import crd_manifest
@@ -32,7 +29,7 @@ from runlog_relay.operator.controller import ControllerOptions
 from runlog_relay.operator.runner import Operator, OperatorOptions, build_operator
 from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness
 from tests.integration.kube.kopf_runner import KopfRunner, RunningOperator
-from tests.support.s3server import S3Server, start_s3_server
+from tests.support.s3server import AuthS3, start_auth_s3_server
 
 pytest_plugins = ["tests.integration.kube.fixtures"]
 pytestmark = pytest.mark.integration
@@ -46,53 +43,12 @@ _buckets = itertools.count()
 # --------------------------------------------------------------------------- S3
 
 
-@dataclass
-class AuthS3:
-    server: S3Server
-    access_key: str
-    secret_key: str
-
-    @property
-    def endpoint(self) -> str:
-        return self.server.endpoint
-
-    def client(self) -> Minio:
-        return Minio(
-            self.endpoint.removeprefix("http://"), self.access_key, self.secret_key, secure=False
-        )
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthS3]:
     """moto with auth enforced, and one IAM key allowed to do anything with S3."""
-    server = start_s3_server(tmp_path_factory.mktemp("moto-auth") / "moto.log")
-    try:
-        iam = boto3.client(
-            "iam",
-            endpoint_url=server.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="bootstrap",
-            aws_secret_access_key="bootstrap",
-        )
-        iam.create_user(UserName="relay")
-        policy = {
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
-        }
-        iam.put_user_policy(UserName="relay", PolicyName="s3", PolicyDocument=json.dumps(policy))
-        key = iam.create_access_key(UserName="relay")["AccessKey"]
-        # From now on every request must be signed by a key moto's IAM knows.
-        request = urllib.request.Request(
-            f"{server.endpoint}/moto-api/reset-auth",
-            data=b"0",
-            method="POST",
-            headers={"Content-Type": "text/plain"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            assert answer.status == 200
-        yield AuthS3(server, key["AccessKeyId"], key["SecretAccessKey"])
-    finally:
-        server.stop()
+    server = start_auth_s3_server(tmp_path_factory.mktemp("moto-auth") / "moto.log")
+    yield server
+    server.stop()
 
 
 @pytest.fixture()

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +34,7 @@ from runlog_relay.runnable_compat import (
     read_run_log_from_folder,
     run_pipeline,
 )
+from tests.support.s3server import start_auth_s3_server
 
 pytestmark = [pytest.mark.integration]
 
@@ -563,82 +563,23 @@ def test_a_closed_pipe_is_not_an_error(endpoint: str, runs: Runs, tmp_path: Path
 
 # ---------------------------------------------------------------------- wrong credentials
 
-_AUTH_SERVER = """
-import sys
-from moto.server import ThreadedMotoServer
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-print(server.get_host_and_port()[1], flush=True)
-sys.stdin.read()  # until the test closes our stdin
-server.stop()
-"""
+
+def _seed_auth_bucket(endpoint: str) -> None:
+    store = ObjectStore(
+        endpoint=endpoint, bucket=BUCKET, prefix="run-logs", access_key="setup", secret_key="setup"
+    )
+    store.check_bucket(create=True)
+    store.put("auth-run/RunLog", b'{"run_id": "auth-run", "status": "SUCCESS", "steps": {}}')
 
 
 @pytest.fixture(scope="module")
-def auth_endpoint() -> Iterator[tuple[str, str, str]]:
-    """A moto server that checks signatures, and a key pair it knows (with S3 access).
-
-    moto accepts any credentials unless ``INITIAL_NO_AUTH_ACTION_COUNT`` is reached; the
-    count lives in moto's process-wide settings, so this server gets its own process.
-    IAM creates the user and key first, then ``/moto-api/reset-auth`` turns checks on.
-    """
-    import boto3
-
-    process = subprocess.Popen(
-        [sys.executable, "-c", _AUTH_SERVER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,  # werkzeug's request log
-        text=True,
-        env={k: v for k, v in os.environ.items() if k != "INITIAL_NO_AUTH_ACTION_COUNT"},
+def auth_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
+    """A moto server that checks signatures, seeded with one run, and its one good key."""
+    server = start_auth_s3_server(
+        tmp_path_factory.mktemp("moto-auth") / "moto.log", prepare=_seed_auth_bucket
     )
-    try:
-        assert process.stdout is not None
-        port = int(process.stdout.readline())
-        url = f"http://127.0.0.1:{port}"
-        iam = boto3.client(
-            "iam",
-            endpoint_url=url,
-            region_name="us-east-1",
-            aws_access_key_id="setup",
-            aws_secret_access_key="setup",
-        )
-        iam.create_user(UserName="reader")
-        key = iam.create_access_key(UserName="reader")["AccessKey"]
-        policy = iam.create_policy(
-            PolicyName="s3-all",
-            PolicyDocument=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
-                }
-            ),
-        )
-        iam.attach_user_policy(UserName="reader", PolicyArn=policy["Policy"]["Arn"])
-        store = ObjectStore(
-            endpoint=url,
-            bucket=BUCKET,
-            prefix="run-logs",
-            access_key="setup",
-            secret_key="setup",
-        )
-        store.check_bucket(create=True)
-        store.put("auth-run/RunLog", b'{"run_id": "auth-run", "status": "SUCCESS", "steps": {}}')
-        request = urllib.request.Request(
-            f"{url}/moto-api/reset-auth",
-            data=b"0",
-            method="POST",
-            headers={"Content-Type": "text/plain"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 200
-        yield url, key["AccessKeyId"], key["SecretAccessKey"]
-    finally:
-        if process.stdin:
-            process.stdin.close()
-        process.wait(timeout=20)
-        if process.stdout:
-            process.stdout.close()
+    yield server.endpoint, server.access_key, server.secret_key
+    server.stop()
 
 
 def test_wrong_credentials_exit_3_with_a_clear_message(

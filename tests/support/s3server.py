@@ -6,6 +6,7 @@ subprocess too, and because a server that shares the test's GIL would distort ti
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -13,8 +14,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from minio import Minio
 
 
 def free_port() -> int:
@@ -81,3 +85,65 @@ def start_s3_server(
                 ) from None
             time.sleep(0.1)
     return S3Server(process=process, port=port)
+
+
+@dataclass
+class AuthS3:
+    """A moto server that checks signatures, and the one key pair its IAM knows."""
+
+    server: S3Server
+    access_key: str
+    secret_key: str
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoint
+
+    def client(self) -> Minio:
+        return Minio(
+            self.endpoint.removeprefix("http://"), self.access_key, self.secret_key, secure=False
+        )
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def start_auth_s3_server(log_path: Path, *, prepare: Callable[[str], None] | None = None) -> AuthS3:
+    """moto with authentication on, and one IAM user allowed everything on S3.
+
+    moto accepts any credentials until ``/moto-api/reset-auth`` switches checks on; the
+    switch is process-wide, hence a server process of its own. ``prepare(endpoint)`` runs
+    before the switch, while any key still works (for example to seed objects).
+    """
+    import boto3  # comes with moto
+
+    server = start_s3_server(log_path)
+    try:
+        iam = boto3.client(
+            "iam",
+            endpoint_url=server.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bootstrap",
+            aws_secret_access_key="bootstrap",
+        )
+        iam.create_user(UserName="relay")
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName="relay", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="relay")["AccessKey"]
+        if prepare is not None:
+            prepare(server.endpoint)
+        request = urllib.request.Request(
+            f"{server.endpoint}/moto-api/reset-auth",
+            data=b"0",
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+    except BaseException:
+        server.stop()
+        raise
+    return AuthS3(server, key["AccessKeyId"], key["SecretAccessKey"])

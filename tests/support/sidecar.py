@@ -71,15 +71,17 @@ class SidecarProcess:
 
 def start_sidecar(
     source: Path,
-    endpoint: str,
-    bucket: str,
+    endpoint: str | None,
+    bucket: str | None,
     log_path: Path,
     *extra: str,
     env: dict[str, str] | None = None,
     metrics: bool = True,
     user: int | None = None,
 ) -> SidecarProcess:
-    """Start the sidecar; with ``metrics`` wait for its server and learn its port."""
+    """Start the sidecar; with ``metrics`` wait for its server and learn its port.
+
+    ``endpoint``/``bucket`` None: not on the command line (a config file decides)."""
     args = [
         sys.executable,
         "-m",
@@ -87,10 +89,8 @@ def start_sidecar(
         "sidecar",
         "--source",
         str(source),
-        "--endpoint",
-        endpoint,
-        "--bucket",
-        bucket,
+        *(["--endpoint", endpoint] if endpoint else []),
+        *(["--bucket", bucket] if bucket else []),
         "--metrics-host",
         "127.0.0.1",
         "--metrics-port",

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import socket
 import threading
 
@@ -136,8 +137,6 @@ class TcpProxy:
 
 
 def _close(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()

@@ -17,13 +17,19 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from runlog_relay import logs
-from runlog_relay.cliopts import add_store_options, open_store, settings_from_args
+from runlog_relay.cliopts import add_store_options, open_store, overrides_from_args
 from runlog_relay.config.models import SyncSpec
-from runlog_relay.config.settings import DEFAULT_METRICS_PORT, ENV_PREFIX, SidecarSettings
+from runlog_relay.config.settings import (
+    DEFAULT_METRICS_PORT,
+    ENV_PREFIX,
+    SidecarSettings,
+    load_sidecar_settings,
+)
 from runlog_relay.errors import ConfigError
 from runlog_relay.health import HealthServer
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar.pipeline import DrainReport, Pipeline
+from runlog_relay.sidecar.reload import ConfigWatcher
 
 __all__ = ["register", "run"]
 
@@ -154,7 +160,7 @@ def register(subparsers: Any, summary: str) -> None:
     parser.set_defaults(handler=run)
 
 
-def _settings(args: argparse.Namespace) -> SidecarSettings:
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     sync = {
         field: getattr(args, dest)
         for dest, field in _SYNC_OPTIONS.items()
@@ -170,7 +176,11 @@ def _settings(args: argparse.Namespace) -> SidecarSettings:
     }
     if sync:
         extra["sync"] = sync
-    settings = settings_from_args(args, **{k: v for k, v in extra.items() if v is not None})
+    return overrides_from_args(args, **extra)
+
+
+def _settings(overrides: dict[str, Any], config_file: Path | None) -> SidecarSettings:
+    settings = load_sidecar_settings(overrides, config_file)
     if settings.source is None:
         raise ConfigError(f"--source (or {ENV_PREFIX}SOURCE) is required")
     settings.credentials()  # a missing credentials file is a start-up error, not a crash later
@@ -178,8 +188,9 @@ def _settings(args: argparse.Namespace) -> SidecarSettings:
 
 
 def run(args: argparse.Namespace) -> int:
+    overrides = _overrides(args)
     try:
-        settings = _settings(args)
+        settings = _settings(overrides, args.config)
     except ConfigError as exc:
         print(f"runlog-relay sidecar: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -197,10 +208,25 @@ def run(args: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
         return _finish(pipeline.run_once(timeout=max(settings.sync.drain_timeout_seconds, 60.0)))
-    return _serve(settings, pipeline, registry)
+    watcher = None
+    if args.config is not None:
+        # The mounted ConfigMap/Secret may change under us: apply valid changes live.
+        watcher = ConfigWatcher(
+            args.config,
+            pipeline.reconfigure,
+            overrides=overrides,
+            initial=settings,
+            metrics=metrics,
+        )
+    return _serve(settings, pipeline, registry, watcher)
 
 
-def _serve(settings: SidecarSettings, pipeline: Pipeline, registry: CollectorRegistry) -> int:
+def _serve(
+    settings: SidecarSettings,
+    pipeline: Pipeline,
+    registry: CollectorRegistry,
+    watcher: ConfigWatcher | None,
+) -> int:
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -235,8 +261,12 @@ def _serve(settings: SidecarSettings, pipeline: Pipeline, registry: CollectorReg
     server.start()
     log.info("serving /metrics, /healthz, /readyz on port %d", server.port)
     pipeline.start()
+    if watcher is not None:
+        watcher.start()
     while not stop.wait(1.0):
         pass
+    if watcher is not None:
+        watcher.stop()
     report = pipeline.shutdown()
     server.stop()
     return _finish(report)

@@ -75,6 +75,9 @@ class Pipeline:
         self.metrics = metrics
         self._store_factory = store_factory
         self._store: StorePort = store_factory(settings)
+        # What the store client was built with: credentials() re-reads mounted files, so
+        # the settings object alone cannot tell whether a rotation already took effect.
+        self._store_credentials = settings.credentials()
         self._once = once
         self._inbox: queue.SimpleQueue[Inbox] = queue.SimpleQueue()
         self.store_health = StoreHealth(metrics)
@@ -171,14 +174,15 @@ class Pipeline:
         """
         with self._reconfigure_lock:
             old = self.settings
-            if new == old and new.credentials() == old.credentials():
+            # Settings classes are rebuilt per load, so compare values, not objects.
+            credentials = new.credentials()
+            if new.model_dump() == old.model_dump() and credentials == self._store_credentials:
                 return
-            connection_changed = (new.endpoint, new.bucket, new.region, new.tls) != (
-                old.endpoint,
-                old.bucket,
-                old.region,
-                old.tls,
-            ) or new.credentials() != old.credentials()
+            connection = (new.endpoint, new.bucket, new.region, new.tls)
+            connection_changed = (
+                connection != (old.endpoint, old.bucket, old.region, old.tls)
+                or credentials != self._store_credentials
+            )
             target_changed = (new.endpoint, new.bucket, new.layout, new.source) != (
                 old.endpoint,
                 old.bucket,
@@ -187,6 +191,7 @@ class Pipeline:
             )
             if connection_changed:
                 self._store = self._store_factory(new)
+                self._store_credentials = credentials
             self.settings = new
             self.queue.max_pending_bytes = new.sync.max_pending_bytes
             if self.workers is not None and new.sync.concurrency != old.sync.concurrency:
@@ -196,6 +201,10 @@ class Pipeline:
                 assert new.source is not None
                 self.watcher = FolderWatcher(new.source, new.sync, self._inbox, self.metrics)
                 self.watcher.start()
+            if new.log_level != old.log_level:
+                logging.getLogger().setLevel(new.log_level)
+            if (new.metrics_host, new.metrics_port) != (old.metrics_host, old.metrics_port):
+                log.warning("a new metrics address takes effect at the next restart")
             self._inbox.put(Reconfigure(settings=new, relist=target_changed or connection_changed))
             log.info("configuration reloaded: %s", new.describe())
 
