@@ -66,7 +66,9 @@ def register(subparsers: Any, summary: str) -> None:
         default="chunked",
         help="chunked (chunked-fs → chunked-minio, default) or single (file-system → minio)",
     )
-    parser.add_argument("--run-id", default=None, help="run id for the pipeline (default: generated)")
+    parser.add_argument(
+        "--run-id", default=None, help="run id for the pipeline (default: generated)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run-log folder afterwards")
     parser.add_argument("--verbose", action="store_true", help="show the sidecar's own log lines")
     parser.set_defaults(handler=run)
@@ -129,12 +131,16 @@ def run(args: argparse.Namespace) -> int:
             _say(f"   the sidecar could not reach the bucket: {pipeline.store_health.problem}")
             return 1
         _say(f"2. Sidecar watching {folder} (metrics on http://127.0.0.1:{health.port}/metrics)")
-        _say(f"3. Running a runnable pipeline (parallel + map, {layout.value} layout), run id {run_id} ...")
+        _say(
+            f"3. Running a runnable pipeline (parallel + map, {layout.value} layout), run id {run_id} ..."
+        )
         started = time.monotonic()
         runnable_compat.run_pipeline(folder, run_id, layout=layout.value, workdir=workdir / "work")
         _say(f"   pipeline finished in {time.monotonic() - started:.1f}s")
         report = pipeline.shutdown()
-        _say(f"4. Sidecar drained on shutdown: {'mirror complete' if report.complete else 'INCOMPLETE'}")
+        _say(
+            f"4. Sidecar drained on shutdown: {'mirror complete' if report.complete else 'INCOMPLETE'}"
+        )
         for line in report.lines():
             _say(f"   {line}")
         metrics_text = _scrape(health.port)
@@ -148,7 +154,9 @@ def run(args: argparse.Namespace) -> int:
             from_bucket = runnable_compat.read_run_log_from_bucket(
                 endpoint, DEMO_CREDENTIAL, DEMO_CREDENTIAL, DEMO_BUCKET, run_id, layout=layout.value
             )
-            from_folder = runnable_compat.read_run_log_from_folder(folder, run_id, layout=layout.value)
+            from_folder = runnable_compat.read_run_log_from_folder(
+                folder, run_id, layout=layout.value
+            )
         store_name = "chunked-minio" if layout is Layout.CHUNKED else "minio"
         same = from_bucket == from_folder
         _say(
@@ -193,5 +201,7 @@ def _metric_lines(text: str) -> list[str]:
             suffix = "".join(f" {k}={v}" for k, v in labels.items())
             lines.append(f"{description:<44} {value:>10.0f}{suffix}")
     if lag and lag[0]:
-        lines.append(f"{'mean sync lag (change seen → in bucket)':<44} {lag[1] / lag[0] * 1000:>8.0f}ms")
+        lines.append(
+            f"{'mean sync lag (change seen → in bucket)':<44} {lag[1] / lag[0] * 1000:>8.0f}ms"
+        )
     return lines
