@@ -5,7 +5,7 @@ this machine: moto's S3 server in its own process on 127.0.0.1, and the sidecar 
 in-process (throughput, compared with a bare PUT ceiling measured the same way) or as
 a real subprocess (restart, latency, idle). Targets from the sidecar issue:
 
-* initial sync of 2,000 files (100 runs × 20, 1-20 KiB): files/s >= 90% of the ceiling
+* initial sync of 2,000 files (100 runs x 20, 1-20 KiB): files/s >= 90% of the ceiling
 * restart over that synced tree: zero PUT and zero HEAD requests (counted on the wire)
 * write → object visible over 200 rewrites: p50 <= 100 ms, p95 <= 250 ms
 * 60 s idle over 10,000 files: < 0.5 CPU-seconds, RSS < 60 MiB
@@ -105,7 +105,7 @@ def latency(source: Path, endpoint: str, bucket: str, log: Path, rewrites: int) 
             with open(path, "wb") as handle:
                 handle.write(body)
 
-            def visible() -> bool:
+            def visible(body: bytes = body) -> bool:
                 response = client.get_object(bucket, key)
                 try:
                     return response.read() == body
@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             ceiling, rate = max(ceilings), max(rates)
             ratio = rate / ceiling
             print(
-                f"initial sync: {rate:.0f} files/s; bare PUT ceiling {ceiling:.0f} PUT/s; {ratio:.0%} of ceiling (target >= 90%)"
+                f"initial sync: {rate:.0f} files/s; bare PUT ceiling {ceiling:.0f} PUT/s;"
+                f" {ratio:.0%} of ceiling (target >= 90%)"
             )
             if ratio < 0.9:
                 failures.append("initial sync below 90% of the PUT ceiling")
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             assert restart.process.wait(300) == 0, restart.log
             print(
-                f"restart over the synced tree: {proxy.counts['PUT']} PUT, {proxy.counts['HEAD']} HEAD, "
+                f"restart over the synced tree: {proxy.counts['PUT']} PUT,"
+                f" {proxy.counts['HEAD']} HEAD, "
                 f"{proxy.counts['GET']} GET (listing) (target 0 PUT, 0 HEAD)"
             )
             if proxy.counts["PUT"] or proxy.counts["HEAD"]:
@@ -223,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             cuts = statistics.quantiles(samples, n=100)
             p50, p95 = cuts[49] * 1000, cuts[94] * 1000
             print(
-                f"write → visible over {len(samples)} rewrites: p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
+                f"write → visible over {len(samples)} rewrites: p50 {p50:.0f} ms,"
+                f" p95 {p95:.0f} ms, "
                 f"max {max(samples) * 1000:.0f} ms (targets 100 / 250 ms)"
             )
             if p50 > 100 or p95 > 250:

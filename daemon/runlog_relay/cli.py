@@ -77,11 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = next((a for a in args_list if not a.startswith("-")), None)
     if chosen not in COMMANDS:
         chosen = None
-    if chosen is None:
-        # No (known) command: build every parser so --help and errors are complete.
-        parser = build_parser()
-    else:
-        parser = build_parser(only=chosen)
+    # No (known) command: build every parser so --help and errors are complete.
+    parser = build_parser() if chosen is None else build_parser(only=chosen)
     args = parser.parse_args(args_list)
     return int(args.handler(args) or 0)
 

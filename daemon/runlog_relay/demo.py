@@ -37,7 +37,7 @@ from runlog_relay.sidecar.pipeline import Pipeline
 __all__ = ["register", "run"]
 
 DEMO_BUCKET = "runnable/run-logs"
-DEMO_CREDENTIAL = "minioadmin"  # noqa: S105 - moto accepts any key; runnable's default
+DEMO_CREDENTIAL = "minioadmin"
 SHOWN_METRICS = (
     ("runlog_relay_fs_events_total", "filesystem events seen"),
     ("runlog_relay_fs_versions_total", "complete file versions read"),
@@ -132,14 +132,16 @@ def run(args: argparse.Namespace) -> int:
             return 1
         _say(f"2. Sidecar watching {folder} (metrics on http://127.0.0.1:{health.port}/metrics)")
         _say(
-            f"3. Running a runnable pipeline (parallel + map, {layout.value} layout), run id {run_id} ..."
+            f"3. Running a runnable pipeline (parallel + map, {layout.value} layout),"
+            f" run id {run_id} ..."
         )
         started = time.monotonic()
         runnable_compat.run_pipeline(folder, run_id, layout=layout.value, workdir=workdir / "work")
         _say(f"   pipeline finished in {time.monotonic() - started:.1f}s")
         report = pipeline.shutdown()
         _say(
-            f"4. Sidecar drained on shutdown: {'mirror complete' if report.complete else 'INCOMPLETE'}"
+            "4. Sidecar drained on shutdown: "
+            + ("mirror complete" if report.complete else "INCOMPLETE")
         )
         for line in report.lines():
             _say(f"   {line}")
@@ -181,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return str(response.read().decode())
 
 

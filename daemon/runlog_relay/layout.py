@@ -47,7 +47,7 @@ JSON_SUFFIX = ".json"
 _MAX_COMPONENT_BYTES = 255
 
 
-class Layout(str, enum.Enum):
+class Layout(enum.StrEnum):
     """How runnable lays a run out on disk and in the bucket."""
 
     CHUNKED = "chunked"  #: chunked-fs → chunked-minio

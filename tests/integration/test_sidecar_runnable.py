@@ -97,7 +97,9 @@ def test_sigkill_while_files_are_rewritten_loses_nothing(
                 source, s3_server.endpoint, bucket, tmp_path / f"kill-{round_number}.log"
             )
             wait_until(
-                lambda: sidecar.metric("runlog_relay_uploads_total", result="success") >= 1,
+                lambda sidecar=sidecar: (
+                    sidecar.metric("runlog_relay_uploads_total", result="success") >= 1
+                ),
                 what="some uploads before the kill",
             )
             threading.Event().wait(chooser.uniform(0.05, 0.4))  # kill at an arbitrary point

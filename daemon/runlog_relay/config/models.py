@@ -50,7 +50,7 @@ BUCKET_PATTERN = rf"^{_BUCKET_NAME}(/{_PREFIX_SEGMENT})*/?$"
 _BUCKET_RE = re.compile(BUCKET_PATTERN)
 ENDPOINT_PATTERN = r"^https?://[^/\s?#]+/?$"
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-_SECRET_DATA_KEY = r"^[-._a-zA-Z0-9]+$"
+_SECRET_DATA_KEY = r"^[-._a-zA-Z0-9]+$"  # noqa: S105 - a key-name pattern, not a secret
 
 
 def parse_bucket(value: str) -> tuple[str, str]:

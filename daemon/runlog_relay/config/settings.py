@@ -50,7 +50,7 @@ DEFAULT_METRICS_PORT = 9464
 DEFAULT_MINIO_CREDENTIAL = "minioadmin"
 
 
-class LogFormat(str, enum.Enum):
+class LogFormat(enum.StrEnum):
     PLAIN = "plain"
     JSON = "json"
 
