@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,46 @@ def test_torn_and_hostile_files_are_never_uploaded(
     assert keys == {"run-1/RunLog", "run-1/BranchLog-torn"}, keys
     assert "has not been complete JSON" in sidecar.log
     assert "symbolic link" in sidecar.log
+
+
+#: As root, file permissions do not apply; dropping the capabilities that bypass them
+#: makes the sidecar see permissions as a non-root pod would.
+AS_NON_ROOT = (
+    (
+        "setpriv",
+        "--inh-caps=-dac_override,-dac_read_search",
+        "--bounding-set=-dac_override,-dac_read_search",
+    )
+    if os.geteuid() == 0
+    else ()
+)
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0 and shutil.which("setpriv") is None,
+    reason="needs setpriv to drop root's file access",
+)
+def test_an_unreadable_file_is_reported_not_fatal(
+    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    run = source / "r"
+    readable = write_json(run / "RunLog.json", {"ok": 1})
+    write_json(run / "BranchLog-private.json", {"secret": 2})
+    (run / "BranchLog-private.json").chmod(0o000)
+    sidecar = start_sidecar(
+        source, s3_server.endpoint, bucket, tmp_path / "s.log", "--once", wrapper=AS_NON_ROOT
+    )
+    assert sidecar.process.wait(60) == 1, sidecar.log
+    assert object_body(s3_client, bucket, "r/RunLog") == readable
+    assert object_body(s3_client, bucket, "r/BranchLog-private") is None
+    assert "unreadable: r/BranchLog-private.json: Permission denied" in sidecar.log
+    # Permissions fixed: the next run completes the mirror.
+    (run / "BranchLog-private.json").chmod(0o644)
+    again = start_sidecar(
+        source, s3_server.endpoint, bucket, tmp_path / "again.log", "--once", wrapper=AS_NON_ROOT
+    )
+    assert again.process.wait(60) == 0, again.log
+    assert_mirror(s3_client, bucket, "", source)
 
 
 def test_deleted_files_keep_their_objects(

@@ -77,12 +77,14 @@ def start_sidecar(
     *extra: str,
     env: dict[str, str] | None = None,
     metrics: bool = True,
-    user: int | None = None,
+    wrapper: tuple[str, ...] = (),
 ) -> SidecarProcess:
     """Start the sidecar; with ``metrics`` wait for its server and learn its port.
 
-    ``endpoint``/``bucket`` None: not on the command line (a config file decides)."""
+    ``endpoint``/``bucket`` None: not on the command line (a config file decides).
+    ``wrapper``: a command to run it under (e.g. ``setpriv`` to drop capabilities)."""
     args = [
+        *wrapper,
         sys.executable,
         "-m",
         "runlog_relay",
@@ -104,9 +106,7 @@ def start_sidecar(
     full_env.setdefault("AWS_SECRET_ACCESS_KEY", "minioadmin")
     full_env.update(env or {})
     with log_path.open("ab") as log_file:  # the child keeps its own descriptor
-        process = subprocess.Popen(
-            args, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, user=user
-        )
+        process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
     sidecar = SidecarProcess(process=process, log_path=log_path)
     if metrics and "--once" not in extra:
 

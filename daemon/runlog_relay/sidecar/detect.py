@@ -140,6 +140,7 @@ class _FileState:
     etag: str | None = None  #: of the last complete version handed downstream / in bucket
     torn_since: float | None = None  #: monotonic time it was first seen torn
     torn_reported: bool = False
+    unreadable: str | None = None  #: why the last read failed (permissions, I/O error)
     first_seen_change: float | None = None  #: monotonic time of the oldest unread change
 
 
@@ -350,8 +351,12 @@ class Detector:
             self._files.pop(item.relative, None)
             return
         except OSError as exc:
-            self._skip(Skipped(item.path, "unreadable", exc.strerror or str(exc)))
+            # Kept in the state (and retried on every rescan): the file belongs in the
+            # mirror, so shutdown reports it until it can be read.
+            state.unreadable = exc.strerror or str(exc)
+            self._skip(Skipped(item.path, "unreadable", state.unreadable))
             return
+        state.unreadable = None
         read_at = time.time()
         self._bytes_read += len(data)
         state.signature = signature
@@ -428,3 +433,7 @@ class Detector:
     def torn_paths(self) -> list[str]:
         """Files that are torn right now (for the shutdown report)."""
         return sorted(r for r, s in self._files.items() if s.torn_since is not None)
+
+    def unreadable_paths(self) -> dict[str, str]:
+        """Files that could not be read at the last attempt, with the reason."""
+        return {r: s.unreadable for r, s in sorted(self._files.items()) if s.unreadable}

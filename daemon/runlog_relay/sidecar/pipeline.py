@@ -42,17 +42,19 @@ class DrainReport:
     pending: list[str] = field(default_factory=list)  #: keys not uploaded in time
     failed: dict[str, str] = field(default_factory=dict)  #: keys given up, with reason
     torn: list[str] = field(default_factory=list)  #: files torn at the end
+    unreadable: dict[str, str] = field(default_factory=dict)  #: files that cannot be read
     problem: str | None = None  #: a store-wide problem (unreachable, access denied)
 
     @property
     def complete(self) -> bool:
-        return not (self.pending or self.failed or self.torn or self.problem)
+        return not (self.pending or self.failed or self.torn or self.unreadable or self.problem)
 
     def lines(self) -> list[str]:
         """One line per problem, for the exit summary."""
         out = [f"not uploaded (still pending): {key}" for key in self.pending]
         out += [f"not uploaded: {key}: {reason}" for key, reason in sorted(self.failed.items())]
         out += [f"torn (not complete JSON at the end): {path}" for path in self.torn]
+        out += [f"unreadable: {path}: {why}" for path, why in self.unreadable.items()]
         if self.problem and not (self.pending or self.failed):
             out.append(f"object store: {self.problem}")
         return out
@@ -224,6 +226,7 @@ class Pipeline:
             pending=[] if idle else self.queue.pending(),
             failed=self.queue.failed(),
             torn=self.detector.torn_paths(),
+            unreadable=self.detector.unreadable_paths(),
         )
         if not self._synced.is_set():
             # Never managed to compare folder and bucket (unreachable from the start).
