@@ -307,3 +307,66 @@ def test_invalid_settings_exit_2_with_a_clear_message(tmp_path: Path) -> None:
     sidecar = start_sidecar(tmp_path, "ftp://nope", "BAD_BUCKET", tmp_path / "s.log", metrics=False)
     assert sidecar.process.wait(30) == 2
     assert "endpoint" in sidecar.log and "bucket" in sidecar.log
+
+
+def test_polling_mode_mirrors_without_inotify(
+    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    sidecar = start_sidecar(
+        source,
+        s3_server.endpoint,
+        bucket,
+        tmp_path / "s.log",
+        "--force-polling",
+        "--poll-interval",
+        "0.1",
+        "--rescan-interval",
+        "3600",  # so only the poller can see the change
+    )
+    sidecar.wait_ready()
+    body = write_json(source / "nfs-run" / "RunLog.json", {"polled": True})
+    wait_until(
+        lambda: object_body(s3_client, bucket, "nfs-run/RunLog") == body, what="polled upload"
+    )
+    rewritten = write_json(source / "nfs-run" / "RunLog.json", {"polled": "again"})
+    wait_until(
+        lambda: object_body(s3_client, bucket, "nfs-run/RunLog") == rewritten, what="rewrite"
+    )
+    assert sidecar.terminate() == 0, sidecar.log
+
+
+def test_metrics_reflect_the_write_and_sync_activity(
+    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    sidecar = start_sidecar(source, s3_server.endpoint, bucket, tmp_path / "s.log")
+    sidecar.wait_ready()
+    sizes = []
+    for run in ("run-a", "run-b"):
+        for name in ("RunLog", "BranchLog-x"):
+            sizes.append(len(write_json(source / run / f"{name}.json", {"run": run, "name": name})))
+    wait_until(
+        lambda: sidecar.metric("runlog_relay_uploads_total", result="success") == 4,
+        what="4 uploads",
+    )
+    samples = sidecar.metrics()
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), -1.0)
+
+    assert value("runlog_relay_fs_write_bytes_total") == sum(sizes)
+    assert value("runlog_relay_upload_bytes_total") == sum(sizes)
+    assert value("runlog_relay_fs_versions_total") == 4
+    assert value("runlog_relay_fs_events_total") >= 4
+    assert value("runlog_relay_sync_lag_seconds_count") == 4
+    assert 0 < value("runlog_relay_sync_lag_seconds_sum") < 4 * 5.0
+    assert value("runlog_relay_pending_files") == 0
+    assert value("runlog_relay_runs_tracked") == 2
+    assert value("runlog_relay_files_tracked") == 4
+    assert value("runlog_relay_sidecar_store_ready") == 1
+    assert value("runlog_relay_uploads_total", result="retry") == 0
+    assert value("runlog_relay_last_sync_timestamp_seconds") > 1.7e9
+    # Bounded label values: no path, key or run id anywhere in a label.
+    for _, labels in samples:
+        for _, label_value in labels:
+            assert "run-a" not in label_value and "/" not in label_value
+    assert sidecar.terminate() == 0, sidecar.log

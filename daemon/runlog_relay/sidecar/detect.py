@@ -255,6 +255,7 @@ class Detector:
         started = time.monotonic()
         self._next_rescan = started + self.settings.sync.rescan_interval_seconds
         seen: set[str] = set()
+        changed = 0  # files new or changed since their last trustworthy read
         layout = self.settings.layout
         for entry in scan(self.root, layout):
             if isinstance(entry, Skipped):
@@ -271,6 +272,7 @@ class Detector:
                 # Unchanged since a trustworthy read: the common case, one lstat total.
                 state.first_seen_change = None
                 continue
+            changed += 1
             item = to_candidate(entry, layout)
             if isinstance(item, Skipped):
                 self._skip(item)
@@ -279,6 +281,9 @@ class Detector:
         # Files deleted locally: forget them (their objects stay: run logs are records).
         for relative in [r for r in self._files if r not in seen]:
             del self._files[relative]
+        if reason == "poll":
+            # In polling mode the poll is the event source: count what it found.
+            self._metrics.fs_events.inc(changed)
         self._update_gauges()
         if self._bytes_read >= RELEASE_AFTER_BYTES:
             # A big first sync reads the whole folder once; give that memory back.

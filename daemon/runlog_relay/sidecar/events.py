@@ -1,9 +1,15 @@
 """Events stage: turns filesystem activity under the source folder into messages.
 
-The only module that imports watchfiles. It uses inotify by default and polling when
-``sync.forcePolling`` is set (NFS, CIFS and some CSI volumes deliver no inotify events).
-watchfiles already coalesces a burst of events into one batch (``step`` of quiet, at most
-``debounce``), which is the per-file debounce the sidecar promises.
+The only module that imports watchfiles. It uses inotify by default; watchfiles already
+coalesces a burst of events into one batch (``step`` of quiet, at most ``debounce``),
+which is the per-file debounce the sidecar promises.
+
+With ``sync.forcePolling`` (NFS, CIFS and some CSI volumes deliver no inotify events) it
+does not use watchfiles' poller: that one compares modification times in whole seconds,
+so a file rewritten twice within a second (runnable does that) would keep its first
+version until the next safety-net rescan. Instead it asks the detector for a rescan every
+poll interval; a rescan compares size, mtime and ctime in nanoseconds and inode, with one
+``lstat`` per file.
 
 The folder may not exist yet when the sidecar starts (an empty volume that runnable
 creates later), and it may vanish and come back; in both cases the watcher waits,
@@ -80,6 +86,9 @@ class FolderWatcher:
             if not self._wait_for_root():
                 return
             try:
+                if self.sync.force_polling:
+                    self._poll()
+                    continue
                 self._watch()
             except FileNotFoundError:
                 log.warning("source folder %s disappeared; waiting for it", self.root)
@@ -87,6 +96,16 @@ class FolderWatcher:
                 # A watcher failure must not kill the sidecar: re-arm after a pause.
                 log.error("file watcher failed (%s: %s); re-arming", type(exc).__name__, exc)
                 self._stop.wait(1.0)
+
+    def _poll(self) -> None:
+        """Post a rescan every poll interval until stopped or the folder disappears."""
+        while not self._stop.wait(self.sync.poll_interval_seconds):
+            if not self.root.is_dir():
+                return
+            # Only rescans are posted in this mode: a non-empty inbox means one is still
+            # waiting, so a slow detector is not buried under a backlog of polls.
+            if self._inbox.qsize() == 0:
+                self._inbox.put(Rescan(reason="poll"))
 
     def _watch(self) -> None:
         debounce_ms = max(1, int(self.sync.debounce_seconds * 1000))
@@ -100,8 +119,7 @@ class FolderWatcher:
             rust_timeout=STOP_CHECK_MS,
             # The first yield (changes or a timeout) proves the watch is armed.
             yield_on_timeout=True,
-            force_polling=self.sync.force_polling,
-            poll_delay_ms=int(self.sync.poll_interval_seconds * 1000),
+            force_polling=False,
             recursive=True,
             ignore_permission_denied=True,
             raise_interrupt=False,
