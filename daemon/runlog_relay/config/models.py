@@ -11,7 +11,7 @@ description ends up in the CRD, so write them for users.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_BUCKET",
     "DEFAULT_ENDPOINT",
     "DEFAULT_LOG_FOLDER",
+    "BucketParts",
     "BucketRef",
     "CredentialsSecretRef",
     "Layout",
@@ -111,6 +112,24 @@ Endpoint = Annotated[
 ]
 
 
+class BucketParts:
+    """``bucket_name`` and ``prefix`` of a model with runnable's ``bucket[/prefix]`` field.
+
+    The field itself is declared by each model (a class annotation here would become a
+    pydantic field and reorder the generated CRD)."""
+
+    if TYPE_CHECKING:
+        bucket: str
+
+    @property
+    def bucket_name(self) -> str:
+        return parse_bucket(self.bucket)[0]
+
+    @property
+    def prefix(self) -> str:
+        return parse_bucket(self.bucket)[1]
+
+
 class WireModel(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are errors."""
 
@@ -186,7 +205,7 @@ class SyncSpec(WireModel):
     flat during a first sync of a large folder; one larger file is always admitted."""
 
 
-class StoreSpec(WireModel):
+class StoreSpec(BucketParts, WireModel):
     """Where and how run logs are mirrored: the `spec` of a RunLogStore."""
 
     endpoint: Endpoint = DEFAULT_ENDPOINT
@@ -216,11 +235,3 @@ class StoreSpec(WireModel):
         ):
             raise ValueError("tls options need an https:// endpoint")
         return self
-
-    @property
-    def bucket_name(self) -> str:
-        return parse_bucket(self.bucket)[0]
-
-    @property
-    def prefix(self) -> str:
-        return parse_bucket(self.bucket)[1]

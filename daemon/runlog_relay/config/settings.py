@@ -27,12 +27,12 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from runlog_relay.config.models import (
     DEFAULT_BUCKET,
     DEFAULT_ENDPOINT,
+    BucketParts,
     BucketRef,
     Endpoint,
     Layout,
     SyncSpec,
     WireModel,
-    parse_bucket,
 )
 from runlog_relay.errors import ConfigError
 
@@ -64,7 +64,7 @@ class SidecarTLS(WireModel):
     """PEM CA bundle to trust, e.g. mounted from the Secret named in the RunLogStore."""
 
 
-class SidecarSettings(BaseSettings):
+class SidecarSettings(BucketParts, BaseSettings):
     """Everything the sidecar needs; see ``runlog-relay sidecar --help``."""
 
     model_config = SettingsConfigDict(
@@ -128,14 +128,6 @@ class SidecarSettings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("log level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
-
-    @property
-    def bucket_name(self) -> str:
-        return parse_bucket(self.bucket)[0]
-
-    @property
-    def prefix(self) -> str:
-        return parse_bucket(self.bucket)[1]
 
     def credentials(self) -> tuple[str, str]:
         """The access key pair, files first (re-read on every call, for rotation)."""

@@ -49,6 +49,33 @@ _SYNC_OPTIONS = {
 }
 
 
+#: flag, argparse dest (a key of _SYNC_OPTIONS), type, help text.
+_TUNING_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
+    ("--debounce", "debounce", float, "coalesce bursts of writes to a file for at most this long"),
+    (
+        "--rescan-interval",
+        "rescan_interval",
+        float,
+        "full rescan as a safety net for missed events",
+    ),
+    ("--concurrency", "concurrency", int, "uploads in flight at once"),
+    (
+        "--force-polling",
+        "force_polling",
+        bool,
+        "poll instead of inotify (NFS, CIFS, some CSI volumes)",
+    ),
+    ("--poll-interval", "poll_interval", float, "polling period with --force-polling"),
+    ("--torn-grace", "torn_grace", float, "report a file that stays half-written longer than this"),
+    (
+        "--drain-timeout",
+        "drain_timeout",
+        float,
+        "on SIGTERM, keep uploading pending files this long",
+    ),
+)
+
+
 def _tuning_help(text: str, dest: str) -> str:
     """A tuning option's help with its variable and default, both taken from SyncSpec."""
     field = _SYNC_OPTIONS[dest]
@@ -115,48 +142,16 @@ def register(subparsers: Any, summary: str) -> None:
     tuning = parser.add_argument_group(
         "sync tuning", f"Also as {ENV_PREFIX}SYNC__<FIELD> variables or the config's sync: map."
     )
-    tuning.add_argument(
-        "--debounce",
-        type=float,
-        metavar="SECONDS",
-        help=_tuning_help("coalesce bursts of writes to a file for at most this long", "debounce"),
-    )
-    tuning.add_argument(
-        "--rescan-interval",
-        type=float,
-        metavar="SECONDS",
-        help=_tuning_help("full rescan as a safety net for missed events", "rescan_interval"),
-    )
-    tuning.add_argument(
-        "--concurrency",
-        type=int,
-        metavar="N",
-        help=_tuning_help("uploads in flight at once", "concurrency"),
-    )
-    tuning.add_argument(
-        "--force-polling",
-        action="store_const",
-        const=True,
-        help=_tuning_help("poll instead of inotify (NFS, CIFS, some CSI volumes)", "force_polling"),
-    )
-    tuning.add_argument(
-        "--poll-interval",
-        type=float,
-        metavar="SECONDS",
-        help=_tuning_help("polling period with --force-polling", "poll_interval"),
-    )
-    tuning.add_argument(
-        "--torn-grace",
-        type=float,
-        metavar="SECONDS",
-        help=_tuning_help("report a file that stays half-written longer than this", "torn_grace"),
-    )
-    tuning.add_argument(
-        "--drain-timeout",
-        type=float,
-        metavar="SECONDS",
-        help=_tuning_help("on SIGTERM, keep uploading pending files this long", "drain_timeout"),
-    )
+    for flag, dest, kind, text in _TUNING_OPTIONS:
+        if kind is bool:
+            tuning.add_argument(
+                flag, dest=dest, action="store_const", const=True, help=_tuning_help(text, dest)
+            )
+        else:
+            metavar = "N" if kind is int else "SECONDS"
+            tuning.add_argument(
+                flag, dest=dest, type=kind, metavar=metavar, help=_tuning_help(text, dest)
+            )
     parser.set_defaults(handler=run)
 
 
