@@ -62,3 +62,22 @@ crd: $(BIN)/.installed-test ## Regenerate the committed CRD from the pydantic mo
 .PHONY: clean
 clean: ## Remove the virtualenv and caches.
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: manifests
+manifests: $(BIN)/.installed-test ## Regenerate the chart's CRD copy and values table, and manifests/install.yaml, from the chart.
+	$(BIN)/python hack/render_manifests.py
+
+.PHONY: helm-lint
+helm-lint: $(BIN)/.installed-test ## helm lint --strict the chart with every ci/ values file (Helm's Go SDK; no helm binary needed).
+	$(BIN)/python -m pytest tests/integration/test_helm.py -k lint $(PYTEST_ARGS)
+
+.PHONY: lock
+lock: $(BIN)/.installed-test ## Rewrite requirements/runtime.lock (the image's pins) from the versions installed in .venv.
+	$(BIN)/python hack/lock_requirements.py
+
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= runlog-relay:$(VERSION)
+
+.PHONY: image
+image: ## Build the container image with docker (IMAGE=registry/name:tag).
+	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) -t $(IMAGE) .
