@@ -17,12 +17,22 @@ Triggers → controller:
   without anyone touching it.
 - Every ``recheck_interval`` → all known stores, from one background task; with peering,
   only where this replica leads (:mod:`.leadership`), since kopf does not pause our task.
+
+With webhooks on (an :class:`~.admission.Admission` and a webhook server given), also:
+
+- Pod CREATE, labelled ``runlog-relay.dev/store`` → ``mutate-pods``: served by kopf's
+  webhook server at ``/mutate-pods`` (kopf routes ``/<handler id>``); the stores come from
+  the ``stores_by_name`` index. Never raises: any failure lets the pod through.
+- RunLogStore CREATE/UPDATE → ``validate-runlogstores`` at ``/validate-runlogstores``:
+  denies a spec the model rejects, warns about missing Secrets.
+- In self-signed TLS mode, a background task keeps the webhook configurations' caBundle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +40,25 @@ import kopf
 
 from runlog_relay.config.crd import GROUP, PLURAL, VERSION
 from runlog_relay.errors import RetryableError
+from runlog_relay.operator import webhook as wh
+from runlog_relay.operator.admission import Admission
 from runlog_relay.operator.controller import StoreController
 from runlog_relay.operator.kubeapi import KubeApi
 from runlog_relay.operator.leadership import Gate, always
 from runlog_relay.operator.reconcile import referenced_secret_names
+from runlog_relay.operator.webhook_tls import CaBundleKeeper
 
-__all__ = ["HandlerOptions", "configure_settings", "register_handlers"]
+__all__ = [
+    "MUTATE_PODS",
+    "VALIDATE_STORES",
+    "HandlerOptions",
+    "configure_settings",
+    "register_handlers",
+]
+
+#: Webhook handler ids; kopf's server serves each at ``/<id>``, the chart points there.
+MUTATE_PODS = "mutate-pods"
+VALIDATE_STORES = "validate-runlogstores"
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,18 @@ def _is_referenced(namespace: str | None, name: str, **kwargs: Any) -> bool:
     return bool(_stores_referencing(namespace, name, kwargs))
 
 
+def _plain(body: Any) -> dict[str, Any]:
+    """A kopf body as plain JSON data (the pure code gets no kopf views)."""
+    return json.loads(json.dumps(dict(body)))
+
+
+def _replace_with(raw: Any, ops: list[dict[str, Any]]) -> None:
+    """A kopf patch function: turn the body kopf diffs against into our patched pod."""
+    patched = wh.apply_json_patch(_plain(raw), ops)
+    raw.clear()
+    raw.update(patched)
+
+
 def register_handlers(
     registry: kopf.OperatorRegistry,
     *,
@@ -92,13 +127,19 @@ def register_handlers(
     api: KubeApi,
     options: HandlerOptions,
     recheck_gate: Gate = always,
+    admission: Admission | None = None,
+    webhook_server: kopf.WebhookServer | None = None,
+    ca_keeper: CaBundleKeeper | None = None,
 ) -> None:
     """Put the operator's handlers on ``registry``.
 
     Explicit ids: kopf derives them from qualified names (``register_handlers.<locals>...``)
     otherwise, and the index id is also the name of the handler argument that receives it.
+    The admission handlers are registered only with both ``admission`` and
+    ``webhook_server`` (kopf refuses to start with admission handlers and no server).
     """
     recheck_task: list[asyncio.Task[None]] = []
+    webhooks = admission is not None and webhook_server is not None
 
     @kopf.on.startup(registry=registry, id="startup")
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -109,6 +150,15 @@ def register_handlers(
                     controller.recheck_forever(recheck_gate), name="runlog-relay recheck"
                 )
             )
+        if webhooks:
+            # kopf serves the handlers; the chart owns the webhook configurations, so
+            # kopf's `managed` mode (which rewrites their webhooks) stays off.
+            settings.admission.server = webhook_server
+            settings.admission.managed = None
+            if ca_keeper is not None:
+                recheck_task.append(
+                    asyncio.create_task(ca_keeper.run(), name="runlog-relay caBundle")
+                )
 
     @kopf.on.cleanup(registry=registry, id="cleanup")
     async def cleanup(**_: Any) -> None:
@@ -117,6 +167,8 @@ def register_handlers(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         recheck_task.clear()
+        if admission is not None:
+            await admission.close()
         await api.close()
 
     @kopf.on.login(registry=registry, id="login")
@@ -156,3 +208,67 @@ def register_handlers(
         await controller.secret_changed(
             str(namespace), name, None if type == "DELETED" else body, stores
         )
+
+    if not webhooks:
+        return
+    assert admission is not None  # for mypy: `webhooks` says so
+
+    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="stores_by_name")
+    def stores_by_name(
+        namespace: str | None, name: str, body: kopf.Body, **_: Any
+    ) -> dict[tuple[str, str], wh.StoreInfo]:
+        return {(str(namespace), name): wh.StoreInfo.from_body(_plain(body))}
+
+    @kopf.on.mutate(
+        "v1",
+        "pods",
+        registry=registry,
+        id=MUTATE_PODS,
+        operations=["CREATE"],
+        labels={wh.STORE_LABEL: kopf.PRESENT},
+        side_effects=True,  # Events, skipped on dry runs
+        ignore_failures=True,
+    )
+    async def mutate_pods(
+        body: kopf.Body,
+        namespace: str | None,
+        patch: kopf.Patch,
+        warnings: list[str],
+        dryrun: bool,
+        **kwargs: Any,
+    ) -> None:
+        # Admission.mutate_pod never raises; a denial here would block the user's pod.
+        decision = await admission.mutate_pod(
+            _plain(body),
+            namespace=str(namespace or ""),
+            stores=kwargs.get("stores_by_name"),
+            dryrun=dryrun,
+        )
+        if decision.ops:
+            ops = decision.ops
+            patch.fns.append(lambda raw: _replace_with(raw, ops))
+        warnings.extend(decision.warnings)
+
+    @kopf.on.validate(
+        GROUP,
+        VERSION,
+        PLURAL,
+        registry=registry,
+        id=VALIDATE_STORES,
+        operations=["CREATE", "UPDATE"],
+        ignore_failures=True,
+    )
+    async def validate_runlogstores(
+        body: kopf.Body, namespace: str | None, name: str, warnings: list[str], **kwargs: Any
+    ) -> None:
+        old = kwargs.get("old")
+        denial, notes = await admission.validate_store(
+            _plain(body.get("spec") or {}),
+            _plain(old.get("spec") or {}) if old is not None else None,
+            operation=str(kwargs.get("operation") or ""),
+            namespace=str(namespace or ""),
+            name=str(name or ""),
+        )
+        warnings.extend(notes)
+        if denial is not None:
+            raise kopf.AdmissionError(denial, code=422)

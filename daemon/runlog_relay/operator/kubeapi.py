@@ -1,13 +1,15 @@
 """The few Kubernetes REST calls the operator makes besides kopf's own.
 
 kopf watches and patches the RunLogStores, but ships no general client, and the
-operator needs five more calls: read a Secret, create/patch/delete a ConfigMap, patch a
-store's ``/status``. Rather than a second Kubernetes client library (kubernetes,
-kubernetes_asyncio and pykube-ng each pull in a stack and their own config loading, and
-the official client reads ``KUBECONFIG`` at import time), this module speaks REST over
-aiohttp, which kopf already depends on, with the *same* :class:`kopf.ConnectionInfo` the
-operator logs in with (:func:`default_login`: in-cluster service account, else
-``KUBECONFIG``). A 401 triggers one fresh login (service-account tokens rotate).
+operator needs a few more calls: read a Secret, create/patch/delete a ConfigMap, patch a
+store's ``/status``, read a store, post an Event, and (self-signed webhook TLS) read and
+JSON-patch the webhook configurations' ``caBundle``. Rather than a second Kubernetes
+client library (kubernetes, kubernetes_asyncio and pykube-ng each pull in a stack and
+their own config loading, and the official client reads ``KUBECONFIG`` at import time),
+this module speaks REST over aiohttp, which kopf already depends on, with the *same*
+:class:`kopf.ConnectionInfo` the operator logs in with (:func:`default_login`:
+in-cluster service account, else ``KUBECONFIG``). A 401 triggers one fresh login
+(service-account tokens rotate).
 
 Every failure leaves here as the project's own error (:mod:`runlog_relay.errors`):
 ``NotFoundError`` for 404, ``RetryableError`` for timeouts, refused connections, 429 and
@@ -18,7 +20,7 @@ bodies are returned to the caller and never logged here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -41,6 +43,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 #: Returns the credentials to use, or None when there are none.
 Login = Callable[[], kopf.ConnectionInfo | None]
@@ -131,10 +134,16 @@ class KubeApi:
         method: str,
         path: str,
         *,
-        body: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        """One call; the decoded JSON answer, or one of the project's errors."""
+        """One call; the decoded JSON answer, or one of the project's errors. ``body`` is
+        an object, or a list of operations for a JSON patch."""
+        payload: Any = None
+        if isinstance(body, Mapping):
+            payload = dict(body)
+        elif body is not None:
+            payload = [dict(item) for item in body]
         for attempt in (0, 1):
             info = self._info or self.login()
             session = await self._session_for(info)
@@ -144,7 +153,7 @@ class KubeApi:
                 async with session.request(
                     method,
                     url,
-                    json=dict(body) if body is not None else None,
+                    json=payload,
                     headers={"Content-Type": content_type} if body is not None else None,
                 ) as response:
                     if response.status == 401 and attempt == 0:
@@ -176,6 +185,10 @@ class KubeApi:
 
     async def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+
+    async def json_patch(self, path: str, ops: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """An RFC 6902 patch (its ``test`` operations guard against concurrent edits)."""
+        return await self.request("PATCH", path, body=ops, content_type=JSON_PATCH)
 
     async def delete(self, path: str) -> bool:
         """True when deleted, False when it was already gone."""

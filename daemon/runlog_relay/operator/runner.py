@@ -20,6 +20,7 @@ import kopf
 from prometheus_client import CollectorRegistry, start_http_server
 
 from runlog_relay.metrics import OperatorMetrics
+from runlog_relay.operator.admission import Admission
 from runlog_relay.operator.controller import (
     BucketCheck,
     ControllerOptions,
@@ -29,6 +30,13 @@ from runlog_relay.operator.controller import (
 from runlog_relay.operator.handlers import HandlerOptions, register_handlers
 from runlog_relay.operator.kubeapi import KubeApi, Login, default_login
 from runlog_relay.operator.leadership import Gate, PeeringGate, always
+from runlog_relay.operator.webhook import InjectionOptions
+from runlog_relay.operator.webhook_tls import (
+    CaBundleKeeper,
+    RelayWebhookServer,
+    WebhookOptions,
+    build_webhook_server,
+)
 
 __all__ = ["Operator", "OperatorOptions", "build_operator", "operate", "run"]
 
@@ -58,6 +66,10 @@ class OperatorOptions:
     priority: int | None = None
     """Peering priority; None picks a random one (replicas must differ)."""
     controller: ControllerOptions = field(default_factory=ControllerOptions)
+    webhook: WebhookOptions | None = None
+    """Serve the admission webhooks (pod injection, RunLogStore validation); None: off."""
+    injection: InjectionOptions = field(default_factory=InjectionOptions)
+    """What the pod webhook injects."""
 
     @property
     def clusterwide(self) -> bool:
@@ -76,6 +88,11 @@ class Operator:
     handler_options: HandlerOptions
     identity: str
     """This replica's name among kopf peers (the peering gate looks for it)."""
+    admission: Admission | None = None
+    """The webhooks' logic, when they are served."""
+    webhook_server: RelayWebhookServer | None = None
+    ca_keeper: CaBundleKeeper | None = None
+    """Keeps the webhook configurations' caBundle (self-signed TLS only)."""
 
 
 def build_operator(
@@ -112,9 +129,28 @@ def build_operator(
             priority=handler_options.priority,
             clusterwide=options.clusterwide,
         )
+    admission = webhook_server = ca_keeper = None
+    if options.webhook is not None:
+        admission = Admission(
+            api, metrics, options=options.injection, instance=controller_options.instance
+        )
+        if options.webhook.self_signed:
+            ca_keeper = CaBundleKeeper(
+                api, name=options.webhook.config_name, interval=options.webhook.ca_recheck_interval
+            )
+        webhook_server = build_webhook_server(
+            options.webhook, on_ca=ca_keeper.offer if ca_keeper is not None else None
+        )
     registry = kopf.OperatorRegistry()
     register_handlers(
-        registry, controller=controller, api=api, options=handler_options, recheck_gate=gate
+        registry,
+        controller=controller,
+        api=api,
+        options=handler_options,
+        recheck_gate=gate,
+        admission=admission,
+        webhook_server=webhook_server,
+        ca_keeper=ca_keeper,
     )
     return Operator(
         registry=registry,
@@ -124,6 +160,9 @@ def build_operator(
         prometheus=prometheus,
         handler_options=handler_options,
         identity=identity,
+        admission=admission,
+        webhook_server=webhook_server,
+        ca_keeper=ca_keeper,
     )
 
 
@@ -173,6 +212,15 @@ def run(options: OperatorOptions) -> int:
         scope,
         f"peering {options.peering!r}" if options.peering else "standalone",
     )
+    if options.webhook is not None:
+        log.info(
+            "admission webhooks on https://%s:%s (/mutate-pods, /validate-runlogstores), %s",
+            options.webhook.host,
+            options.webhook.port,
+            f"certificate from {options.webhook.cert_dir}"
+            if options.webhook.cert_dir
+            else "self-signed certificate",
+        )
     try:
         asyncio.run(operate(operator, options))
     except KeyboardInterrupt:

@@ -1,0 +1,248 @@
+"""The admission webhooks' I/O: find the store, read Secrets, post Events, count.
+
+:mod:`.handlers` registers kopf's admission handlers (``mutate-pods`` and
+``validate-runlogstores``) and delegates to :class:`Admission`; the decisions themselves
+are pure (:mod:`.webhook`). Like :mod:`.controller`, this module imports no kopf, so the
+unit tests drive it with a fake API.
+
+Never in the way: nothing here raises into a denial. A bug, a slow or failing API call
+lets the pod through unchanged, annotated with what went wrong, with a Warning Event and
+``runlog_relay_operator_injections_total{result="failed"}``. The only denial is a
+RunLogStore spec the model rejects (see :func:`.webhook.store_spec_denial`).
+
+Stores come from the operator's kopf index (no API call per pod); a store missing there
+is looked up once through the API before the pod is declared store-less, because the
+index lags a store created a moment before its pods, and is empty for a moment after
+the operator starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from runlog_relay.errors import RelayError
+from runlog_relay.metrics import OperatorMetrics
+from runlog_relay.operator import reconcile as rc
+from runlog_relay.operator import webhook as wh
+from runlog_relay.operator.kubeapi import configmap_path, event_path, secret_path, store_path
+
+__all__ = ["Admission", "AdmissionApi", "StoreIndex"]
+
+log = logging.getLogger(__name__)
+
+#: ``(namespace, name)`` → the indexed stores (kopf's index: a collection per key).
+StoreIndex = Mapping[tuple[str, str], Iterable[wh.StoreInfo]]
+
+
+class AdmissionApi(Protocol):
+    """What the webhooks need from :class:`~.kubeapi.KubeApi` (tests pass a fake)."""
+
+    async def get(self, path: str) -> dict[str, Any] | None: ...
+    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _summary(exc: BaseException) -> str:
+    """An error for an annotation or Event: our own errors say what failed; anything else
+    is a bug, named by its type only (its text could quote the pod)."""
+    if isinstance(exc, RelayError):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return "the Kubernetes API did not answer in time"
+    return f"internal error ({type(exc).__name__}); see the operator log"
+
+
+class Admission:
+    def __init__(
+        self,
+        api: AdmissionApi,
+        metrics: OperatorMetrics,
+        *,
+        options: wh.InjectionOptions | None = None,
+        instance: str = "runlog-relay-operator",
+        lookup_timeout: float = 5.0,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._api = api
+        self._metrics = metrics
+        self.options = options or wh.InjectionOptions()
+        self._instance = instance
+        self._timeout = lookup_timeout
+        self._clock = clock
+        self._pending: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ pods
+
+    async def mutate_pod(
+        self,
+        pod: Mapping[str, Any],
+        *,
+        namespace: str,
+        stores: StoreIndex | None = None,
+        dryrun: bool = False,
+    ) -> wh.Decision:
+        """The decision for one pod CREATE; Events are posted in the background."""
+        name: str | None = None
+        try:
+            name = wh.store_label(pod)
+            if name is None or wh.already_injected(pod):
+                return wh.Decision(outcome=wh.Outcome.UNCHANGED, store=name)
+            store, missing = await asyncio.wait_for(
+                self._find_store(namespace, name, stores), self._timeout
+            )
+            decision = wh.decide_injection(
+                pod, namespace=namespace, store=store, options=self.options, missing=missing
+            )
+            wh.apply_json_patch(pod, decision.ops)  # it must apply, or it is not sent
+        except Exception as exc:
+            if isinstance(exc, RelayError | TimeoutError):
+                log.warning(
+                    "pod in %s: could not decide on the runlog-relay sidecar: %s",
+                    namespace,
+                    _summary(exc),
+                    extra={"namespace": namespace, "store": name},
+                )
+            else:
+                log.exception(
+                    "pod in %s: deciding on the runlog-relay sidecar failed",
+                    namespace,
+                    extra={"namespace": namespace, "store": name},
+                )
+            decision = wh.failure_decision(
+                pod, name, f"the sidecar was not injected: {_summary(exc)}"
+            )
+        if decision.outcome is not wh.Outcome.UNCHANGED and not dryrun:
+            self._metrics.injections.labels(result=decision.outcome.value).inc()
+            self._log(decision, pod, namespace)
+            if decision.wants_event:
+                self._post_later(decision, pod, namespace)
+        return decision
+
+    async def _find_store(
+        self, namespace: str, name: str, stores: StoreIndex | None
+    ) -> tuple[wh.StoreInfo | None, list[str]]:
+        """The store, and what its sidecar would miss at start (checked only when the
+        store's status does not already say the ConfigMap and Secrets are there)."""
+        # Another namespace's store is never even looked at: the key has the pod's own.
+        info = next(iter((stores or {}).get((namespace, name), ())), None)
+        if info is None:
+            body = await self._api.get(store_path(namespace, name))
+            info = None if body is None else wh.StoreInfo.from_body(body)
+        if info is None or info.files_ready:
+            return info, []
+        try:
+            spec = rc.parse_spec(info.spec)
+        except rc.SpecError:
+            return info, []  # decide_injection says so
+        configmap = await self._api.get(configmap_path(namespace, rc.configmap_name(name)))
+        secrets = {
+            secret: rc.decode_secret(await self._api.get(secret_path(namespace, secret)))
+            for secret in sorted(rc.referenced_secret_names(spec.wire()))
+        }
+        return info, wh.missing_files(spec, store=name, configmap=configmap, secrets=secrets)
+
+    def _log(self, decision: wh.Decision, pod: Mapping[str, Any], namespace: str) -> None:
+        meta = pod.get("metadata") or {}
+        pod_name = meta.get("name") or f"{meta.get('generateName') or ''}<generated>"
+        extra = {"namespace": namespace, "store": decision.store, "reason": decision.reason}
+        if decision.outcome is wh.Outcome.INJECTED:
+            log.info("pod %s/%s: %s", namespace, pod_name, decision.message, extra=extra)
+        else:
+            log.warning("pod %s/%s: %s", namespace, pod_name, decision.message, extra=extra)
+
+    def _post_later(self, decision: wh.Decision, pod: Mapping[str, Any], namespace: str) -> None:
+        """Post the Event without holding up the admission answer (the API server waits
+        for it, and the pod with it)."""
+        try:
+            manifest = wh.pod_event_manifest(
+                decision, pod, namespace=namespace, now=self._clock(), instance=self._instance
+            )
+        except Exception:
+            log.exception("could not build an Event for a pod in %s", namespace)
+            return
+        task = asyncio.create_task(self._post(manifest, namespace), name="runlog-relay event")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _post(self, manifest: Mapping[str, Any], namespace: str) -> None:
+        try:
+            await asyncio.wait_for(self._api.create(event_path(namespace), manifest), 10.0)
+        except (RelayError, TimeoutError) as exc:  # the annotation is the record
+            log.warning("could not post Event %s: %s", manifest.get("reason"), _summary(exc))
+        except Exception:
+            log.exception("could not post Event %s", manifest.get("reason"))
+
+    async def drain(self) -> None:
+        """Wait for the Events being posted (tests; and the operator's cleanup)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        for task in list(self._pending):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ------------------------------------------------------------------ stores
+
+    async def validate_store(
+        self,
+        spec: Mapping[str, Any] | None,
+        old_spec: Mapping[str, Any] | None,
+        *,
+        operation: str,
+        namespace: str,
+        name: str,
+    ) -> tuple[str | None, list[str]]:
+        """``(denial, warnings)`` for a RunLogStore CREATE/UPDATE: denied only for a spec
+        the model rejects; warned about Secrets and keys that do not exist (yet) and a
+        ConfigMap the operator could not take over."""
+        denial = wh.store_spec_denial(spec, old_spec, operation=operation, name=name)
+        if denial is not None or operation not in ("CREATE", "UPDATE"):
+            return denial, []
+        if operation == "UPDATE" and dict(spec or {}) == dict(old_spec or {}):
+            return None, []
+        try:
+            warnings = await asyncio.wait_for(
+                self._store_warnings(spec, namespace=namespace, name=name), self._timeout
+            )
+        except Exception as exc:
+            if not isinstance(exc, RelayError | TimeoutError):
+                log.exception("checking RunLogStore %s/%s failed", namespace, name)
+            warnings = [f"could not check the referenced Secrets: {_summary(exc)}"]
+        return None, warnings
+
+    async def _store_warnings(
+        self, raw_spec: Mapping[str, Any] | None, *, namespace: str, name: str
+    ) -> list[str]:
+        spec = rc.parse_spec(raw_spec)
+        fetched: dict[str, Mapping[str, bytes] | Exception | None] = {}
+        for secret in sorted(rc.referenced_secret_names(spec.wire())):
+            try:
+                fetched[secret] = rc.decode_secret(
+                    await self._api.get(secret_path(namespace, secret))
+                )
+            except RelayError as exc:
+                fetched[secret] = exc
+        warnings = wh.store_warnings(spec, namespace=namespace, secrets=fetched)
+        if name:
+            configmap = rc.configmap_name(name)
+            try:
+                existing = await self._api.get(configmap_path(namespace, configmap))
+            except RelayError:
+                existing = None
+            if existing is not None and not rc.owned_by(existing, name):
+                warnings.append(
+                    f"ConfigMap {configmap!r} exists and is not owned by a RunLogStore; the"
+                    " operator cannot manage it until it is deleted or renamed"
+                )
+        return warnings

@@ -1,0 +1,276 @@
+"""The webhooks' I/O (:class:`Admission`) with a fake API: store lookup, Events, metrics,
+and the promise that nothing ever raises into a denial of a pod."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from runlog_relay.errors import PermanentError, RetryableError
+from runlog_relay.metrics import OperatorMetrics
+from runlog_relay.operator import webhook as wh
+from runlog_relay.operator.admission import Admission
+from runlog_relay.operator.kubeapi import configmap_path, secret_path, store_path
+
+NS = "team-a"
+NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+SPEC = {"endpoint": "http://minio:9000", "credentialsSecretRef": {"name": "creds"}}
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.created: list[tuple[str, dict[str, Any]]] = []
+        self.fail: dict[tuple[str, str], Exception] = {}
+        self.delay = 0.0
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        self.calls.append(("GET", path))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if ("GET", path) in self.fail:
+            raise self.fail[("GET", path)]
+        obj = self.objects.get(path)
+        return copy.deepcopy(obj) if obj is not None else None
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        self.calls.append(("POST", path))
+        if ("POST", path) in self.fail:
+            raise self.fail[("POST", path)]
+        self.created.append((path, copy.deepcopy(dict(body))))
+        return dict(body)
+
+
+class World:
+    def __init__(self, **options: Any) -> None:
+        self.api = FakeApi()
+        self.registry = CollectorRegistry()
+        self.admission = Admission(
+            self.api,
+            OperatorMetrics(self.registry),
+            options=wh.InjectionOptions(**options),
+            instance="op-0",
+            lookup_timeout=0.5,
+            clock=lambda: NOW,
+        )
+
+    def mutate(self, pod: dict[str, Any], stores: Any = None, dryrun: bool = False) -> wh.Decision:
+        async def run() -> wh.Decision:
+            decision = await self.admission.mutate_pod(
+                pod, namespace=NS, stores=stores, dryrun=dryrun
+            )
+            await self.admission.drain()
+            return decision
+
+        return asyncio.run(run())
+
+    def count(self, result: str) -> float:
+        value = self.registry.get_sample_value(
+            "runlog_relay_operator_injections_total", {"result": result}
+        )
+        return value or 0.0
+
+    def events(self) -> list[dict[str, Any]]:
+        return [body for path, body in self.api.created if path.endswith("/events")]
+
+
+def pod(store: str | None = "main") -> dict[str, Any]:
+    labels = {wh.STORE_LABEL: store} if store else {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": NS, "labels": labels},
+        "spec": {"containers": [{"name": "main", "image": "x"}]},
+    }
+
+
+def store_body(name: str = "main", namespace: str = NS) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": SPEC,
+        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}]},
+    }
+
+
+def test_store_from_the_index_needs_no_api_call() -> None:
+    world = World()
+    index = {(NS, "main"): [wh.StoreInfo.from_body(store_body())]}
+    decision = world.mutate(pod(), index)
+    assert decision.outcome is wh.Outcome.INJECTED
+    assert world.api.calls == []
+    assert world.count("injected") == 1 and world.count("skipped") == 0
+
+
+def test_store_missing_from_the_index_is_read_from_the_api_in_the_pods_namespace() -> None:
+    world = World()
+    world.api.objects[store_path(NS, "main")] = store_body()
+    # The index knows a same-named store elsewhere: irrelevant.
+    index = {("team-b", "main"): [wh.StoreInfo.from_body(store_body(namespace="team-b"))]}
+    decision = world.mutate(pod(), index)
+    assert decision.outcome is wh.Outcome.INJECTED
+    assert world.api.calls == [("GET", store_path(NS, "main"))]
+
+
+def not_ready_body(*steps: tuple[str, str]) -> dict[str, Any]:
+    body = store_body()
+    body["status"]["conditions"] = [{"type": "Ready", "status": "False"}] + [
+        {"type": t, "status": v} for t, v in steps
+    ]
+    return body
+
+
+def test_not_ready_store_whose_files_exist_per_status_is_injected_without_api_calls() -> None:
+    world = World()
+    body = not_ready_body(("ConfigRendered", "True"), ("SecretsAvailable", "True"))
+    decision = world.mutate(pod(), {(NS, "main"): [wh.StoreInfo.from_body(body)]})
+    assert decision.outcome is wh.Outcome.INJECTED and world.api.calls == []
+
+
+def test_not_ready_store_is_checked_for_its_configmap_and_secret() -> None:
+    world = World()
+    index = {(NS, "main"): [wh.StoreInfo.from_body(not_ready_body())]}
+    decision = world.mutate(pod(), index)
+    assert decision.outcome is wh.Outcome.SKIPPED and decision.reason == "StoreNotReady"
+    assert "ConfigMap 'runlog-relay-main', Secret 'creds'" in decision.message
+    assert ("GET", configmap_path(NS, "runlog-relay-main")) in world.api.calls
+    # Both there (a store created a moment ago, not reconciled yet): injected.
+    world.api.objects[configmap_path(NS, "runlog-relay-main")] = {"data": {"config.yaml": "x"}}
+    world.api.objects[secret_path(NS, "creds")] = {
+        "data": {"AWS_ACCESS_KEY_ID": b64("a"), "AWS_SECRET_ACCESS_KEY": b64("b")}
+    }
+    assert world.mutate(pod(), index).outcome is wh.Outcome.INJECTED
+
+
+def test_missing_store_posts_one_warning_event_and_counts_skipped() -> None:
+    world = World()
+    decision = world.mutate(pod("ghost"), {})
+    assert decision.outcome is wh.Outcome.SKIPPED and decision.reason == "StoreNotFound"
+    (event,) = world.events()
+    assert event["reason"] == "RunLogRelayStoreNotFound" and event["type"] == "Warning"
+    assert event["involvedObject"]["name"] == "p"
+    assert event["reportingInstance"] == "op-0"
+    assert world.count("skipped") == 1
+
+
+def test_dry_run_posts_no_event_and_counts_nothing_but_answers_the_same() -> None:
+    world = World()
+    decision = world.mutate(pod("ghost"), {}, dryrun=True)
+    assert decision.reason == "StoreNotFound" and decision.ops
+    assert world.events() == [] and world.count("skipped") == 0
+
+
+def test_unlabelled_and_injected_pods_cost_nothing() -> None:
+    world = World()
+    assert world.mutate(pod(None)).outcome is wh.Outcome.UNCHANGED
+    assert world.api.calls == [] and world.count("skipped") == 0
+
+
+def test_api_failure_lets_the_pod_through_annotated() -> None:
+    world = World()
+    world.api.fail[("GET", store_path(NS, "main"))] = RetryableError("Kubernetes API GET: 503")
+    decision = world.mutate(pod(), {})
+    assert decision.outcome is wh.Outcome.FAILED
+    patched = wh.apply_json_patch(pod(), decision.ops)
+    assert patched["spec"] == pod()["spec"]
+    assert "503" in patched["metadata"]["annotations"][wh.SKIPPED_ANNOTATION]
+    assert world.events()[0]["reason"] == "RunLogRelayInjectionFailed"
+    assert world.count("failed") == 1
+
+
+def test_slow_api_times_out_into_a_failure_not_a_hang() -> None:
+    world = World()
+    world.api.delay = 5.0
+    decision = world.mutate(pod(), {})
+    assert decision.outcome is wh.Outcome.FAILED
+    assert "did not answer in time" in decision.message
+
+
+def test_a_bug_is_reported_by_type_only() -> None:
+    class Broken(Mapping[tuple[str, str], Any]):
+        def __getitem__(self, key: tuple[str, str]) -> Any:
+            raise KeyError(key)
+
+        def __iter__(self) -> Any:
+            return iter(())
+
+        def __len__(self) -> int:
+            return 1
+
+        def get(self, key: Any, default: Any = None) -> Any:
+            raise ZeroDivisionError("secret detail")
+
+    world = World()
+    decision = world.mutate(pod(), Broken())
+    assert decision.outcome is wh.Outcome.FAILED
+    assert "ZeroDivisionError" in decision.message and "secret detail" not in decision.message
+
+
+def test_event_post_failure_is_swallowed() -> None:
+    world = World()
+    world.api.fail[("POST", f"/api/v1/namespaces/{NS}/events")] = PermanentError("forbidden")
+    decision = world.mutate(pod("ghost"), {})
+    assert decision.outcome is wh.Outcome.SKIPPED  # and no exception escaped
+
+
+def b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+def validate(world: World, spec: Any, old: Any = None, operation: str = "CREATE") -> Any:
+    return asyncio.run(
+        world.admission.validate_store(spec, old, operation=operation, namespace=NS, name="main")
+    )
+
+
+def test_store_validation_warns_and_denies() -> None:
+    world = World()
+    denial, warnings = validate(world, SPEC)
+    assert denial is None
+    assert warnings == [
+        "Secret 'creds' not found in namespace 'team-a' (spec.credentialsSecretRef.name); the"
+        " store stays NotReady until it exists"
+    ]
+    world.api.objects[secret_path(NS, "creds")] = {
+        "data": {"AWS_ACCESS_KEY_ID": b64("a"), "AWS_SECRET_ACCESS_KEY": b64("b")}
+    }
+    assert validate(world, SPEC) == (None, [])
+    denial, _ = validate(world, {"endpoint": "http://a:b@minio"})
+    assert denial is not None and "spec.endpoint" in denial
+
+
+def test_store_validation_of_an_unchanged_spec_reads_nothing() -> None:
+    world = World()
+    assert validate(world, SPEC, SPEC, "UPDATE") == (None, [])
+    assert world.api.calls == []
+
+
+def test_store_validation_reports_a_foreign_configmap_and_api_errors() -> None:
+    world = World()
+    world.api.objects[secret_path(NS, "creds")] = {
+        "data": {"AWS_ACCESS_KEY_ID": b64("a"), "AWS_SECRET_ACCESS_KEY": b64("b")}
+    }
+    world.api.objects[configmap_path(NS, "runlog-relay-main")] = {"metadata": {"name": "x"}}
+    _, warnings = validate(world, SPEC)
+    assert warnings == [
+        "ConfigMap 'runlog-relay-main' exists and is not owned by a RunLogStore; the operator"
+        " cannot manage it until it is deleted or renamed"
+    ]
+    world.api.fail[("GET", secret_path(NS, "creds"))] = PermanentError("GET secrets: 403 Forbidden")
+    _, warnings = validate(world, SPEC)
+    assert warnings[0] == (
+        "could not check Secret 'creds' (spec.credentialsSecretRef.name):"
+        " GET secrets: 403 Forbidden"
+    )
+    world.api.delay = 5.0
+    denial, warnings = validate(world, SPEC)
+    assert denial is None
+    assert warnings == [
+        "could not check the referenced Secrets: the Kubernetes API did not answer in time"
+    ]
