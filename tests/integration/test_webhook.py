@@ -1,0 +1,854 @@
+"""The admission webhooks, served by the real kopf operator over HTTPS.
+
+The operator is the product's own (``build_operator`` with webhooks on, self-signed
+TLS), run by the harness against the Kubernetes emulator, which holds chart-like
+Mutating/ValidatingWebhookConfigurations named ``runlog-relay``. Each test reads the
+caBundle the operator wrote into them and sends AdmissionReviews as the API server
+would: over HTTPS, trusting only that bundle, checking the certificate for the Service's
+DNS name. The returned JSONPatch is applied to the pod with the ``jsonpatch`` library and
+the result validated against the Kubernetes 1.30 schema (kubernetes-validate, strict).
+
+The end-to-end test then runs the injected container as a real process -- its command,
+args and env; its mounts materialised from the emulator's ConfigMap and Secret into temp
+folders -- next to a real runnable pipeline, and checks the bucket mirrors the run.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kopf
+import kubernetes_validate
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from runlog_relay.config.crd import crd_manifest
+from runlog_relay.operator.controller import ControllerOptions
+from runlog_relay.operator.runner import Operator, OperatorOptions, build_operator
+from runlog_relay.operator.webhook import InjectionOptions
+from runlog_relay.operator.webhook_tls import WebhookOptions, self_signed_certificate
+from runlog_relay.runnable_compat import run_pipeline
+from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness
+from tests.integration.kube.kopf_runner import KopfRunner, RunningOperator
+from tests.support.admission import AdmissionClient, ReviewAnswer, admission_review, pod_review
+from tests.support.mirror import assert_mirror
+from tests.support.s3server import AuthS3, free_port, start_auth_s3_server
+from tests.support.waiting import wait_until
+
+pytest_plugins = ["tests.integration.kube.fixtures"]
+pytestmark = pytest.mark.integration
+
+RLS = "runlog-relay.dev/v1alpha1/runlogstores"
+MUTATING = "admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+VALIDATING = "admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+NS, OTHER_NS = "team-a", "team-b"
+SERVICE, SERVICE_NS = "runlog-relay", "runlog-relay"
+SERVICE_DNS = f"{SERVICE}.{SERVICE_NS}.svc"
+K8S = "1.30"
+WAIT = 15.0
+_buckets = itertools.count()
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthS3]:
+    server = start_auth_s3_server(tmp_path_factory.mktemp("moto-webhook") / "moto.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def kube_resources() -> list[Any]:
+    return [spec for spec in DEFAULT_RESOURCES if spec != RUNLOGSTORE]
+
+
+def webhook_configuration(kind: str) -> dict[str, Any]:
+    """What the chart installs: our Service, our paths, no caBundle (the operator's job)."""
+    mutating = kind == "MutatingWebhookConfiguration"
+    webhook: dict[str, Any] = {
+        "name": ("pods" if mutating else "runlogstores") + ".runlog-relay.dev",
+        "clientConfig": {
+            "service": {
+                "name": SERVICE,
+                "namespace": SERVICE_NS,
+                "path": "/mutate-pods" if mutating else "/validate-runlogstores",
+                "port": 443,
+            }
+        },
+        "rules": [
+            {
+                "apiGroups": [""] if mutating else ["runlog-relay.dev"],
+                "apiVersions": ["v1"] if mutating else ["v1alpha1"],
+                "operations": ["CREATE"] if mutating else ["CREATE", "UPDATE"],
+                "resources": ["pods"] if mutating else ["runlogstores"],
+            }
+        ],
+        "failurePolicy": "Ignore",
+        "sideEffects": "NoneOnDryRun",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": 10,
+    }
+    if mutating:
+        webhook["objectSelector"] = {
+            "matchExpressions": [{"key": "runlog-relay.dev/store", "operator": "Exists"}]
+        }
+        webhook["reinvocationPolicy"] = "Never"
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": "runlog-relay"},
+        "webhooks": [webhook],
+    }
+
+
+@dataclass
+class Cluster:
+    kube: KubeHarness
+    runner: KopfRunner
+    s3: AuthS3
+    operator: Operator | None = None
+    running: RunningOperator | None = None
+    client: AdmissionClient | None = None
+
+    def start(
+        self, *, allow_errors: bool = False, cert_dir: Path | None = None, **injection: Any
+    ) -> Operator:
+        url = self.kube.url
+        options = OperatorOptions(
+            namespaces=(NS, OTHER_NS),
+            controller=ControllerOptions(
+                retry_base_delay=0.2, retry_max_delay=1.0, bucket_timeout=2.0, instance="test"
+            ),
+            webhook=WebhookOptions(
+                host="127.0.0.1",
+                port=None,
+                service_name=SERVICE,
+                service_namespace=SERVICE_NS,
+                ca_recheck_interval=0.3,
+                cert_dir=cert_dir,
+            ),
+            injection=InjectionOptions(**injection),
+        )
+        self.operator = build_operator(
+            options,
+            login=lambda: kopf.ConnectionInfo(server=url, insecure=True),
+            prometheus=CollectorRegistry(),
+            recheck=False,
+        )
+        self.running = self.runner.start(
+            self.operator.registry, namespaces=(NS, OTHER_NS), allow_errors=allow_errors
+        )
+        server = self.operator.webhook_server
+        assert server is not None
+        url_seen = self.wait(lambda: server.url, "the webhook server to listen")
+        if cert_dir is None:
+            bundle = self.wait(self.ca_bundle, "the operator to write the caBundle")
+        else:
+            bundle = (cert_dir / "tls.crt").read_bytes()
+        self.client = AdmissionClient(int(url_seen.rsplit(":", 1)[1]), bundle, SERVICE_DNS)
+        return self.operator
+
+    def ca_bundle(self) -> bytes | None:
+        bundles = set()
+        for resource in (MUTATING, VALIDATING):
+            for webhook in self.kube.get(resource, "runlog-relay")["webhooks"]:
+                bundles.add(webhook["clientConfig"].get("caBundle"))
+        if len(bundles) != 1 or None in bundles:
+            return None
+        return base64.b64decode(bundles.pop())
+
+    def wait(self, predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+        assert self.running is not None
+        return self.running.wait_for(predicate, timeout=timeout, message=what)
+
+    # --- objects ---------------------------------------------------------------------------
+
+    def put_creds(self, name: str = "s3-creds", namespace: str = NS) -> None:
+        data = {
+            "AWS_ACCESS_KEY_ID": self.s3.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
+        }
+        self.kube.create(
+            "v1/secrets",
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": namespace},
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+            },
+            namespace,
+        )
+
+    def create_store(
+        self, name: str, bucket: str, namespace: str = NS, *, wait: bool = True, **extra: Any
+    ) -> None:
+        spec = {
+            "endpoint": self.s3.endpoint,
+            "bucket": f"{bucket}/run-logs",
+            "credentialsSecretRef": {"name": "s3-creds"},
+            **extra,
+        }
+        self.kube.create(
+            RLS,
+            {
+                "apiVersion": "runlog-relay.dev/v1alpha1",
+                "kind": "RunLogStore",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": spec,
+            },
+            namespace,
+        )
+        if wait:
+            self.wait(lambda: self.ready(name, namespace), f"RunLogStore {name} Ready")
+
+    def ready(self, name: str, namespace: str = NS) -> bool:
+        status = self.kube.get(RLS, name, namespace).get("status") or {}
+        return any(
+            c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or []
+        )
+
+    # --- admission -------------------------------------------------------------------------
+
+    def admit(
+        self, pod: dict[str, Any], namespace: str = NS, path: str = "/mutate-pods"
+    ) -> ReviewAnswer:
+        assert self.client is not None
+        kubernetes_validate.validate(pod, K8S, strict=True)
+        answer = self.client.post(path, pod_review(pod, namespace))
+        assert answer.status == 200, answer
+        assert answer.allowed, answer.response
+        return answer
+
+    def metric(self, result: str) -> float:
+        assert self.operator is not None
+        value = self.operator.prometheus.get_sample_value(
+            "runlog_relay_operator_injections_total", {"result": result}
+        )
+        return value or 0.0
+
+
+@pytest.fixture()
+def cluster(kube: KubeHarness, kopf_runner: KopfRunner, s3: AuthS3) -> Cluster:
+    kube.create("apiextensions.k8s.io/v1/customresourcedefinitions", crd_manifest())
+    for namespace in (NS, OTHER_NS):
+        kube.ensure_namespace(namespace)
+    kube.create(MUTATING, webhook_configuration("MutatingWebhookConfiguration"))
+    kube.create(VALIDATING, webhook_configuration("ValidatingWebhookConfiguration"))
+    return Cluster(kube, kopf_runner, s3)
+
+
+@pytest.fixture()
+def bucket(s3: AuthS3) -> str:
+    name = f"webhook-runs-{next(_buckets)}"
+    s3.client().make_bucket(name)
+    return name
+
+
+@pytest.fixture()
+def ready_cluster(cluster: Cluster, bucket: str) -> Cluster:
+    cluster.start()
+    cluster.put_creds()
+    cluster.create_store("main", bucket)
+    return cluster
+
+
+# --------------------------------------------------------------------------- pods
+
+
+def container(name: str = "main", **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": "ghcr.io/example/pipeline:1.0",
+        "command": ["runnable", "execute-single-node"],
+        **extra,
+    }
+
+
+def bare_pod(name: str = "pipeline", store: str = "main", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"runlog-relay.dev/store": store}},
+        "spec": {"restartPolicy": "Never", "containers": [container()], **spec},
+    }
+
+
+def job_pod() -> dict[str, Any]:
+    """A pod as the Job controller creates it for runnable's k8s-job executor: container
+    ``default``, the executor's PVC at /tmp/run_logs and /tmp/catalog."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "runnable-job-",
+            "namespace": NS,
+            "labels": {
+                "runlog-relay.dev/store": "main",
+                "batch.kubernetes.io/job-name": "runnable-job",
+                "job-name": "runnable-job",
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": "runnable-job",
+                    "uid": "6c1c7a3e-3c3e-4f8e-9d7a-0d6f3e3f1a11",
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                container(
+                    "default",
+                    command=["runnable", "execute-job", "job.py", "run-1"],
+                    volumeMounts=[
+                        {"name": "runnable", "mountPath": "/tmp/run_logs/"},
+                        {"name": "runnable", "mountPath": "/tmp/catalog/"},
+                    ],
+                )
+            ],
+            "volumes": [{"name": "runnable", "persistentVolumeClaim": {"claimName": "runnable"}}],
+        },
+    }
+
+
+def argo_pod(
+    *, default_container: bool = True, volume_annotation: str | None = None
+) -> dict[str, Any]:
+    """A pod as Argo's controller makes it for a runnable step with pvc_for_runnable."""
+    annotations = {"workflows.argoproj.io/node-name": "runnable-dag.hello"}
+    if default_container:
+        annotations["kubectl.kubernetes.io/default-container"] = "main"
+    if volume_annotation:
+        annotations["runlog-relay.dev/volume"] = volume_annotation
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "runnable-dag-hello-123",
+            "namespace": NS,
+            "labels": {"runlog-relay.dev/store": "main", "workflows.argoproj.io/workflow": "wf"},
+            "annotations": annotations,
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "initContainers": [
+                container(
+                    "init", volumeMounts=[{"name": "var-run-argo", "mountPath": "/var/run/argo"}]
+                )
+            ],
+            "containers": [
+                container(
+                    "wait",
+                    volumeMounts=[
+                        {"name": "tmp-dir-argo", "mountPath": "/tmp", "subPath": "0"},
+                        {"name": "var-run-argo", "mountPath": "/var/run/argo"},
+                    ],
+                ),
+                container(
+                    "main",
+                    volumeMounts=[
+                        {"name": "runnable", "mountPath": "/tmp"},
+                        {"name": "var-run-argo", "mountPath": "/var/run/argo"},
+                    ],
+                ),
+            ],
+            "volumes": [
+                {"name": "var-run-argo", "emptyDir": {}},
+                {"name": "tmp-dir-argo", "emptyDir": {}},
+                {"name": "runnable", "persistentVolumeClaim": {"claimName": "runnable-pvc"}},
+            ],
+        },
+    }
+
+
+def sidecar_of(pod: dict[str, Any], where: str = "initContainers") -> dict[str, Any]:
+    found = [c for c in pod["spec"].get(where) or [] if c["name"] == "runlog-relay"]
+    assert len(found) == 1, pod["spec"]
+    return found[0]
+
+
+def log_mount(sidecar: dict[str, Any]) -> dict[str, Any]:
+    mounts = [m for m in sidecar["volumeMounts"] if not m["name"].startswith("runlog-relay-")]
+    mounts += [m for m in sidecar["volumeMounts"] if m["name"] == "runlog-relay-logs"]
+    assert len(mounts) == 1, sidecar["volumeMounts"]
+    return mounts[0]
+
+
+def check_injected(
+    answer: ReviewAnswer, pod: dict[str, Any], where: str = "initContainers"
+) -> dict[str, Any]:
+    patched = answer.patched(pod)
+    kubernetes_validate.validate(patched, K8S, strict=True)
+    assert patched["metadata"]["annotations"]["runlog-relay.dev/injected"] == "main"
+    sidecar = sidecar_of(patched, where)
+    assert sidecar["args"] == ["sidecar", "--config", "/etc/runlog-relay/config.yaml"]
+    context = sidecar["securityContext"]
+    assert context["runAsNonRoot"] and context["readOnlyRootFilesystem"]
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert sidecar["ports"] == [{"name": "relay-metrics", "containerPort": 9464, "protocol": "TCP"}]
+    assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert log_mount(sidecar)["readOnly"] is True
+    volumes = {v["name"]: v for v in patched["spec"]["volumes"]}
+    assert volumes["runlog-relay-config"]["configMap"]["name"] == "runlog-relay-main"
+    assert volumes["runlog-relay-credentials"]["secret"]["secretName"] == "s3-creds"
+    return patched
+
+
+# --------------------------------------------------------------------------- tests: pods
+
+
+def test_plain_pod_without_volume_gets_a_native_sidecar_and_an_emptydir(
+    ready_cluster: Cluster,
+) -> None:
+    pod = bare_pod()
+    before = len(ready_cluster.kube.access_log())
+    answer = ready_cluster.admit(pod)
+
+    patched = check_injected(answer, pod)
+    sidecar = patched["spec"]["initContainers"][0]
+    assert sidecar["name"] == "runlog-relay" and sidecar["restartPolicy"] == "Always"
+    assert {"name": "runlog-relay-logs", "emptyDir": {}} in patched["spec"]["volumes"]
+    main = patched["spec"]["containers"][0]
+    assert {"name": "runlog-relay-logs", "mountPath": "/tmp/run_logs"} in main["volumeMounts"]
+    assert log_mount(sidecar) == {
+        "name": "runlog-relay-logs",
+        "mountPath": "/tmp/run_logs",
+        "readOnly": True,
+    }
+    assert not answer.warnings
+    assert ready_cluster.metric("injected") == 1
+    # The store came from the operator's index: the webhook read nothing from the API.
+    during = ready_cluster.kube.access_log()[before:]
+    assert [r for r in during if "/runlogstores/" in r.path and r.method == "GET"] == []
+
+
+def test_job_pod_gets_the_sidecar_first_among_init_containers(ready_cluster: Cluster) -> None:
+    pod = job_pod()
+    pod["spec"]["initContainers"] = [container("fetch-code", command=["git", "clone"])]
+    answer = ready_cluster.admit(pod)
+
+    patched = check_injected(answer, pod)
+    init = patched["spec"]["initContainers"]
+    assert [c["name"] for c in init] == ["runlog-relay", "fetch-code"]
+    assert init[0]["restartPolicy"] == "Always"  # native: the Job completes without it
+    # The executor's PVC holds the log folder: the sidecar reads it there, read-only.
+    assert log_mount(init[0]) == {
+        "name": "runnable",
+        "mountPath": "/tmp/run_logs",
+        "readOnly": True,
+    }
+    assert len(patched["spec"]["volumes"]) == 3  # runnable + config + credentials
+    assert patched["spec"]["containers"] == pod["spec"]["containers"]
+
+
+def test_volume_by_mount_path_and_by_default_container(ready_cluster: Cluster) -> None:
+    pod = argo_pod()
+    answer = ready_cluster.admit(pod)
+
+    patched = check_injected(answer, pod)
+    # Argo's wait container has its own emptyDir at /tmp; the default container is main.
+    assert log_mount(sidecar_of(patched)) == {
+        "name": "runnable",
+        "mountPath": "/tmp",
+        "readOnly": True,
+    }
+
+
+def test_volume_by_annotation(ready_cluster: Cluster) -> None:
+    ambiguous = argo_pod(default_container=False)
+    skipped = ready_cluster.admit(ambiguous).patched(ambiguous)
+    assert skipped["metadata"]["annotations"]["runlog-relay.dev/skipped"].startswith(
+        "VolumeAmbiguous: "
+    )
+
+    pod = argo_pod(default_container=False, volume_annotation="runnable")
+    patched = check_injected(ready_cluster.admit(pod), pod)
+    assert log_mount(sidecar_of(patched))["name"] == "runnable"
+
+
+def test_classic_sidecar_by_annotation(ready_cluster: Cluster) -> None:
+    pod = bare_pod(
+        volumes=[{"name": "logs", "persistentVolumeClaim": {"claimName": "logs"}}],
+        containers=[container(volumeMounts=[{"name": "logs", "mountPath": "/tmp/run_logs"}])],
+    )
+    pod["metadata"]["annotations"] = {"runlog-relay.dev/sidecar-mode": "classic"}
+    answer = ready_cluster.admit(pod)
+
+    patched = check_injected(answer, pod, where="containers")
+    sidecar = patched["spec"]["containers"][-1]
+    assert "restartPolicy" not in sidecar
+    assert "initContainers" not in patched["spec"]
+    assert log_mount(sidecar) == {"name": "logs", "mountPath": "/tmp/run_logs", "readOnly": True}
+
+
+def test_already_injected_pod_is_left_alone(ready_cluster: Cluster) -> None:
+    pod = bare_pod()
+    patched = check_injected(ready_cluster.admit(pod), pod)
+
+    again = ready_cluster.admit(patched)  # a reinvocation, or a pod re-created from it
+
+    assert again.patch == []
+    assert ready_cluster.metric("injected") == 1
+
+
+def test_store_of_another_namespace_is_never_used(ready_cluster: Cluster, bucket: str) -> None:
+    ready_cluster.put_creds(namespace=OTHER_NS)
+    ready_cluster.create_store("elsewhere", bucket, OTHER_NS)
+    pod = bare_pod(store="elsewhere")
+
+    patched = ready_cluster.admit(pod).patched(pod)
+
+    kubernetes_validate.validate(patched, K8S, strict=True)
+    assert "initContainers" not in patched["spec"]
+    assert patched["spec"] == pod["spec"]
+    skipped = patched["metadata"]["annotations"]["runlog-relay.dev/skipped"]
+    assert skipped.startswith("StoreNotFound: ") and "'team-a'" in skipped
+
+
+def test_missing_store_annotates_the_pod_and_posts_an_event(ready_cluster: Cluster) -> None:
+    pod = job_pod()
+    pod["metadata"]["labels"]["runlog-relay.dev/store"] = "nope"
+
+    answer = ready_cluster.admit(pod)
+
+    patched = answer.patched(pod)
+    kubernetes_validate.validate(patched, K8S, strict=True)
+    assert patched["spec"] == pod["spec"]
+    assert patched["metadata"]["annotations"]["runlog-relay.dev/skipped"].startswith(
+        "StoreNotFound: RunLogStore 'nope' not found"
+    )
+    assert any("not injected" in w for w in answer.warnings)
+    # On the Job (the pod has no name or uid yet): `kubectl describe job` shows it.
+    events = ready_cluster.wait(
+        lambda: ready_cluster.kube.events(NS, involved_name="runnable-job", involved_kind="Job"),
+        "the Event about the pod",
+    )
+    assert events[0]["type"] == "Warning"
+    assert events[0]["reason"] == "RunLogRelayStoreNotFound"
+    assert events[0]["involvedObject"]["uid"] == pod["metadata"]["ownerReferences"][0]["uid"]
+    assert "runnable-job-<generated>" in events[0]["message"]
+    assert ready_cluster.metric("skipped") == 1
+
+
+def test_unlabelled_pod_and_wrong_path_get_no_patch(ready_cluster: Cluster) -> None:
+    pod = bare_pod()
+    del pod["metadata"]["labels"]
+    assert ready_cluster.admit(pod).patch == []
+    labelled = bare_pod()
+    # kopf routes /<handler id>: the store validator does not touch pods.
+    assert ready_cluster.admit(labelled, path="/validate-runlogstores").patch == []
+
+
+def wait_reason(cluster: Cluster, name: str, reason: str) -> None:
+    def check() -> bool:
+        status = cluster.kube.get(RLS, name, NS).get("status") or {}
+        ready = [c for c in status.get("conditions") or [] if c["type"] == "Ready"]
+        return bool(ready) and ready[0]["reason"] == reason
+
+    cluster.wait(check, f"RunLogStore {name} Ready reason {reason}")
+
+
+def test_not_ready_store_is_injected_by_default_with_a_warning(cluster: Cluster) -> None:
+    cluster.start()
+    cluster.put_creds()
+    cluster.create_store("waiting", "no-such-bucket-here", wait=False)
+    wait_reason(cluster, "waiting", "BucketNotFound")  # the sidecar can start, and wait
+    pod = bare_pod(store="waiting")
+
+    answer = cluster.admit(pod)
+
+    patched = answer.patched(pod)
+    kubernetes_validate.validate(patched, K8S, strict=True)
+    assert patched["metadata"]["annotations"]["runlog-relay.dev/injected"] == "waiting"
+    assert any("is not Ready (Ready=False (BucketNotFound))" in w for w in answer.warnings)
+    secret = {v["name"]: v for v in patched["spec"]["volumes"]}["runlog-relay-credentials"]
+    assert secret["secret"]["optional"] is True
+
+
+def test_store_without_its_secret_is_not_injected(cluster: Cluster) -> None:
+    """A native sidecar that cannot start (no credentials) would hold the pod back."""
+    cluster.start()
+    cluster.create_store("early", "some-bucket", wait=False)  # its Secret comes later
+    wait_reason(cluster, "early", "SecretNotFound")
+    pod = bare_pod(store="early")
+
+    patched = cluster.admit(pod).patched(pod)
+
+    assert patched["spec"] == pod["spec"]
+    skipped = patched["metadata"]["annotations"]["runlog-relay.dev/skipped"]
+    assert skipped.startswith("StoreNotReady: ") and "Secret 's3-creds'" in skipped
+
+    cluster.put_creds()  # the store's next pods get the sidecar
+    wait_reason(cluster, "early", "BucketNotFound")
+    assert cluster.admit(pod).patched(pod)["metadata"]["annotations"] == {
+        "runlog-relay.dev/injected": "early"
+    }
+
+
+def test_not_ready_store_is_skipped_when_so_configured(cluster: Cluster) -> None:
+    cluster.start(inject_when_not_ready=False)
+    cluster.put_creds()
+    cluster.create_store("waiting", "no-such-bucket-here", wait=False)
+    wait_reason(cluster, "waiting", "BucketNotFound")
+    pod = bare_pod(store="waiting")
+
+    patched = cluster.admit(pod).patched(pod)
+
+    assert patched["spec"] == pod["spec"]
+    skipped = patched["metadata"]["annotations"]["runlog-relay.dev/skipped"]
+    assert skipped.startswith("StoreNotReady: ") and "--no-inject-when-not-ready" in skipped
+
+
+# --------------------------------------------------------------------------- tests: TLS
+
+
+def test_ca_bundle_is_written_and_kept_in_both_configurations(cluster: Cluster) -> None:
+    cluster.start()
+    first = cluster.ca_bundle()
+    assert first is not None and b"BEGIN CERTIFICATE" in first
+    # The rest of the chart's objects is untouched.
+    for resource, kind in (
+        (MUTATING, "MutatingWebhookConfiguration"),
+        (VALIDATING, "ValidatingWebhookConfiguration"),
+    ):
+        stored = cluster.kube.get(resource, "runlog-relay")["webhooks"][0]
+        expected = webhook_configuration(kind)["webhooks"][0]
+        stored["clientConfig"].pop("caBundle")
+        assert stored == expected
+
+    # A `helm upgrade` resets it: the operator puts it back.
+    cluster.kube.patch(
+        MUTATING,
+        "runlog-relay",
+        [{"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}],
+        type="json",
+    )
+    assert cluster.wait(cluster.ca_bundle, "the caBundle to be restored") == first
+
+    # The server presents a certificate for the Service that this bundle verifies
+    # (AdmissionClient checks both), on the path the chart points at.
+    pod = bare_pod()
+    pod["metadata"]["labels"]["runlog-relay.dev/store"] = "absent"
+    assert cluster.admit(pod).allowed
+
+
+def test_certificate_directory_mode_serves_that_certificate_and_leaves_the_ca_bundle(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """cert-manager mode: tls.crt/tls.key from a directory; its CA injector, not the
+    operator, owns the caBundle."""
+    cert, key = self_signed_certificate([SERVICE_DNS])
+    (tmp_path / "tls.crt").write_bytes(cert)
+    (tmp_path / "tls.key").write_bytes(key)
+    cluster.start(cert_dir=tmp_path)  # the client trusts only this certificate
+
+    pod = bare_pod()
+    pod["metadata"]["labels"]["runlog-relay.dev/store"] = "absent"
+    assert cluster.admit(pod).patch  # served (an annotation) over HTTPS with that cert
+    assert cluster.operator is not None and cluster.operator.ca_keeper is None
+    time.sleep(0.5)  # longer than the keeper's interval, were it running
+    webhooks = cluster.kube.get(MUTATING, "runlog-relay")["webhooks"]
+    assert "caBundle" not in webhooks[0]["clientConfig"]
+
+
+# --------------------------------------------------------------------------- tests: stores
+
+
+def store_review(
+    spec: dict[str, Any], operation: str = "CREATE", old: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    def body(spec: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": "runlog-relay.dev/v1alpha1",
+            "kind": "RunLogStore",
+            "metadata": {"name": "new", "namespace": NS},
+            "spec": spec,
+        }
+
+    return admission_review(
+        body(spec),
+        group="runlog-relay.dev",
+        version="v1alpha1",
+        resource="runlogstores",
+        kind="RunLogStore",
+        namespace=NS,
+        operation=operation,
+        old=body(old) if old is not None else None,
+        name="new",
+    )
+
+
+def test_store_validation_warns_about_secrets_and_denies_what_the_schema_cannot(
+    cluster: Cluster,
+) -> None:
+    cluster.start(allow_errors=True)  # kopf logs each denial as a failed handler
+    assert cluster.client is not None
+    missing = {"endpoint": "http://minio:9000", "credentialsSecretRef": {"name": "later"}}
+
+    answer = cluster.client.post("/validate-runlogstores", store_review(missing))
+
+    assert answer.allowed  # a store before its Secret is a normal GitOps order
+    assert answer.warnings == [
+        "Secret 'later' not found in namespace 'team-a' (spec.credentialsSecretRef.name);"
+        " the store stays NotReady until it exists"
+    ]
+
+    cluster.put_creds("later")
+    wrong_key = {**missing, "credentialsSecretRef": {"name": "later", "accessKeyIdKey": "id"}}
+    answer = cluster.client.post("/validate-runlogstores", store_review(wrong_key))
+    assert answer.allowed
+    assert answer.warnings == [
+        "Secret 'later' has no key 'id' (spec.credentialsSecretRef.accessKeyIdKey); the store"
+        " stays NotReady until it does"
+    ]
+    assert not cluster.client.post("/validate-runlogstores", store_review(missing)).warnings
+
+    # The schema's pattern lets user:password@ through; the model does not.
+    leaky = {"endpoint": "http://user:secret@minio:9000"}
+    answer = cluster.client.post("/validate-runlogstores", store_review(leaky))
+    assert not answer.allowed
+    assert answer.response["status"]["code"] == 422
+    message = answer.response["status"]["message"]
+    assert (
+        "spec.endpoint" in message
+        and "credentials" in message
+        and "secret" not in message.replace("a Secret", "")
+    )
+
+    # An update that leaves a (bad) spec alone is not refused: metadata writes go through.
+    answer = cluster.client.post("/validate-runlogstores", store_review(leaky, "UPDATE", old=leaky))
+    assert answer.allowed
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@dataclass
+class Materialised:
+    """The sidecar container's filesystem view, as temp folders on this machine."""
+
+    mounts: dict[str, Path]  # mountPath in the container → folder here
+
+    def host_path(self, container_path: str) -> str:
+        for mount_path in sorted(self.mounts, key=len, reverse=True):
+            if container_path == mount_path or container_path.startswith(
+                mount_path.rstrip("/") + "/"
+            ):
+                rest = container_path[len(mount_path) :].lstrip("/")
+                return str(self.mounts[mount_path] / rest) if rest else str(self.mounts[mount_path])
+        return container_path
+
+    def translate(self, value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("/"):
+            return self.host_path(value)
+        if isinstance(value, dict):
+            return {k: self.translate(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.translate(v) for v in value]
+        return value
+
+
+def materialise(
+    kube: KubeHarness, pod: dict[str, Any], sidecar: dict[str, Any], root: Path
+) -> Materialised:
+    """Fill a folder per volumeMount as the kubelet would: ConfigMap keys and Secret items
+    as files; the run-log volume an empty folder shared with the pipeline."""
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts: dict[str, Path] = {}
+    for index, mount in enumerate(sidecar["volumeMounts"]):
+        folder = root / f"mount-{index}-{mount['name']}"
+        folder.mkdir(parents=True)
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            data = kube.get("v1/configmaps", volume["configMap"]["name"], NS)["data"]
+            for key, value in data.items():
+                (folder / key).write_text(value)
+        elif "secret" in volume:
+            data = kube.get("v1/secrets", volume["secret"]["secretName"], NS)["data"]
+            for item in volume["secret"]["items"]:
+                (folder / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
+        mounts[mount["mountPath"]] = folder
+    view = Materialised(mounts)
+    # config.yaml names container paths (the log folder, the credential files): in this
+    # process's "mount namespace" they are the folders above.
+    for folder in mounts.values():
+        for file in folder.glob("*.yaml"):
+            config = yaml.safe_load(file.read_text())
+            file.write_text(yaml.safe_dump(view.translate(config)))
+    return view
+
+
+def test_injected_sidecar_runs_and_mirrors_a_real_runnable_run(
+    ready_cluster: Cluster, bucket: str, tmp_path: Path
+) -> None:
+    pod = job_pod()
+    patched = check_injected(ready_cluster.admit(pod), pod)
+    sidecar = sidecar_of(patched)
+    view = materialise(ready_cluster.kube, patched, sidecar, tmp_path / "pod")
+
+    command = sidecar["command"] + view.translate(sidecar["args"])
+    assert command[0] == "runlog-relay"
+    command[0] = str(Path(sys.executable).with_name("runlog-relay"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNLOG_RELAY_"))}
+    env.update({e["name"]: e["value"] for e in sidecar["env"]})
+    assert env["RUNLOG_RELAY_METRICS_PORT"] == "9464"
+    port = free_port()  # this machine's network is shared: not 9464 itself
+    env["RUNLOG_RELAY_METRICS_PORT"] = str(port)
+    env["RUNLOG_RELAY_METRICS_HOST"] = "127.0.0.1"
+    log_path = tmp_path / "sidecar.log"
+
+    def probe(path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return 0
+
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+
+        def ready() -> bool:
+            assert process.poll() is None, log_path.read_text()
+            return probe(sidecar["readinessProbe"]["httpGet"]["path"]) == 200
+
+        wait_until(ready, timeout=30, what="the sidecar's readiness probe")
+        assert probe(sidecar["livenessProbe"]["httpGet"]["path"]) == 200
+
+        log_folder = Path(view.host_path("/tmp/run_logs"))  # the store's logFolder
+        run_pipeline(log_folder, "webhook-run-1", layout="chunked")
+        time.sleep(0.2)  # let a few writes land while it runs, as in a pod
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # the kubelet stopping the native sidecar
+        code = process.wait(60)
+    assert code == 0, log_path.read_text()  # 0: the mirror was complete at exit
+    assert ready_cluster.s3.secret_key not in log_path.read_text()
+    assert_mirror(ready_cluster.s3.client(), bucket, "run-logs", log_folder, layout="chunked")
+    assert any(log_folder.glob("webhook-run-1/RunLog.json"))
