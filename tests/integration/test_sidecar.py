@@ -356,7 +356,9 @@ def test_metrics_reflect_the_write_and_sync_activity(
     assert value("runlog_relay_fs_write_bytes_total") == sum(sizes)
     assert value("runlog_relay_upload_bytes_total") == sum(sizes)
     assert value("runlog_relay_fs_versions_total") == 4
-    assert value("runlog_relay_fs_events_total") >= 4
+    # At least one event per new run folder; files written before inotify armed the new
+    # folder's watch arrive through the folder scan instead of their own events.
+    assert value("runlog_relay_fs_events_total") >= 2
     assert value("runlog_relay_sync_lag_seconds_count") == 4
     assert 0 < value("runlog_relay_sync_lag_seconds_sum") < 4 * 5.0
     assert value("runlog_relay_pending_files") == 0

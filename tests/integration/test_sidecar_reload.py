@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from minio import Minio
 
 from tests.support.mirror import assert_mirror
 from tests.support.mounts import AtomicMount
-from tests.support.s3server import AuthS3, start_auth_s3_server
+from tests.support.s3server import AuthS3, S3Server, start_auth_s3_server
 from tests.support.sidecar import start_sidecar
 from tests.support.waiting import wait_until
 
@@ -103,8 +104,45 @@ def test_config_and_credentials_reload_without_restart(
     assert auth_s3.secret_key not in sidecar.log and "old-secret-value" not in sidecar.log
 
 
-def _keys(client, bucket: str, prefix: str) -> set[str]:  # type: ignore[no-untyped-def]
+def _keys(client: Minio, bucket: str, prefix: str) -> set[str]:
+    start = f"{prefix}/" if prefix else ""
     return {
-        obj.object_name.removeprefix(prefix + "/")
-        for obj in client.list_objects(bucket, prefix=prefix + "/", recursive=True)
+        str(obj.object_name).removeprefix(start)
+        for obj in client.list_objects(bucket, prefix=start, recursive=True)
     }
+
+
+def test_waits_for_a_configmap_and_secret_that_do_not_exist_yet(
+    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    """Optional volumes of a native sidecar: the pod starts before its ConfigMap exists;
+    the sidecar must stay up (or the pod's containers never start) and catch up later."""
+    config, secret = AtomicMount(tmp_path / "config"), AtomicMount(tmp_path / "secret")
+    (source / "early").mkdir()
+    (source / "early" / "RunLog.json").write_bytes(b'{"written": "before the config existed"}')
+    sidecar = start_sidecar(
+        source, None, None, tmp_path / "s.log", "--config", str(config.path("config.yaml"))
+    )
+    wait_until(lambda: "waiting for" in sidecar.get("/readyz")[1], what="waiting for config")
+    assert sidecar.get("/readyz")[0] == 503
+    assert sidecar.get("/healthz")[0] == 200
+    # The ConfigMap arrives, naming credentials files that do not exist yet.
+    config.write({"config.yaml": config_yaml(s3_server.endpoint, bucket, secret.root)})
+    wait_until(
+        lambda: "AWS_ACCESS_KEY_ID" in sidecar.get("/readyz")[1], what="waiting for the Secret"
+    )
+    secret.write({"AWS_ACCESS_KEY_ID": "minioadmin", "AWS_SECRET_ACCESS_KEY": "minioadmin"})
+    sidecar.wait_ready()
+    wait_until(
+        lambda: "early/RunLog" in _keys(s3_client, bucket, ""), what="mirrored once configured"
+    )
+    assert sidecar.terminate() == 0, sidecar.log
+
+
+def test_stopped_while_waiting_for_config_exits_1(source: Path, tmp_path: Path) -> None:
+    sidecar = start_sidecar(
+        source, None, None, tmp_path / "s.log", "--config", str(tmp_path / "never.yaml")
+    )
+    wait_until(lambda: sidecar.get("/readyz")[0] == 503, what="waiting")
+    assert sidecar.terminate() == 1
+    assert "nothing mirrored" in sidecar.log

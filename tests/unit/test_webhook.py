@@ -149,12 +149,25 @@ def test_store_not_ready_injects_with_a_warning_unless_configured_not_to() -> No
     assert refused.reason == "StoreNotReady" and "--no-inject-when-not-ready" in refused.message
 
 
-def test_missing_configmap_or_secret_is_skipped_even_when_not_ready_is_injected() -> None:
+def test_missing_configmap_or_secret_is_injected_with_a_warning() -> None:
+    # The sidecar waits for optional volumes to be filled, so the pod is not held back.
     decision = wh.decide_injection(
         pod(),
         namespace=NS,
         store=store(ready="False"),
         options=wh.InjectionOptions(),
+        missing=["Secret 'creds'"],
+    )
+    assert decision.outcome is wh.Outcome.INJECTED
+    assert any("Secret 'creds' does not exist yet" in w for w in decision.warnings)
+
+
+def test_missing_configmap_or_secret_is_skipped_when_not_ready_stores_are_not_injected() -> None:
+    decision = wh.decide_injection(
+        pod(),
+        namespace=NS,
+        store=store(ready="False"),
+        options=wh.InjectionOptions(inject_when_not_ready=False),
         missing=["Secret 'creds'"],
     )
     assert decision.outcome is wh.Outcome.SKIPPED and decision.reason == "StoreNotReady"

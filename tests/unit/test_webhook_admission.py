@@ -137,8 +137,9 @@ def test_not_ready_store_is_checked_for_its_configmap_and_secret() -> None:
     world = World()
     index = {(NS, "main"): [wh.StoreInfo.from_body(not_ready_body())]}
     decision = world.mutate(pod(), index)
-    assert decision.outcome is wh.Outcome.SKIPPED and decision.reason == "StoreNotReady"
-    assert "ConfigMap 'runlog-relay-main', Secret 'creds'" in decision.message
+    # Injected all the same (the sidecar waits for them), with a warning naming both.
+    assert decision.outcome is wh.Outcome.INJECTED
+    assert any("ConfigMap 'runlog-relay-main', Secret 'creds'" in w for w in decision.warnings)
     assert ("GET", configmap_path(NS, "runlog-relay-main")) in world.api.calls
     # Both there (a store created a moment ago, not reconciled yet): injected.
     world.api.objects[configmap_path(NS, "runlog-relay-main")] = {"data": {"config.yaml": "x"}}

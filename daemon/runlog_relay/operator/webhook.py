@@ -652,9 +652,10 @@ def decide_injection(
     ``missing`` what the sidecar needs and does not exist (:func:`missing_files`).
 
     A store that is not Ready is injected (by default): the sidecar waits for the
-    bucket and retries, nothing is lost. But not when its ConfigMap or Secret is missing:
-    a sidecar without them exits at once, and a native sidecar that never starts holds
-    back every container of the pod (the kubelet starts them only after it)."""
+    bucket and retries, nothing is lost. That includes a store whose ConfigMap or Secret
+    does not exist yet: their volumes are optional, and the sidecar, started without
+    them, stays up (so the kubelet starts the pod's other containers) and begins
+    mirroring once the kubelet delivers them."""
     name = store_label(pod)
     if name is None or already_injected(pod):
         return Decision(outcome=Outcome.UNCHANGED, store=name)
@@ -683,13 +684,18 @@ def decide_injection(
         )
     warnings: list[str] = []
     if missing:
-        return _skipped(
-            pod,
-            "StoreNotReady",
-            f"RunLogStore {name!r} is not ready for sidecars: {', '.join(missing)} does not"
-            " exist (yet), and a sidecar that cannot start would hold the pod back",
-            store=name,
-            outcome=Outcome.SKIPPED,
+        if not options.inject_when_not_ready:
+            return _skipped(
+                pod,
+                "StoreNotReady",
+                f"RunLogStore {name!r} is not ready for sidecars: {', '.join(missing)} does"
+                " not exist (yet) and the operator runs with --no-inject-when-not-ready",
+                store=name,
+                outcome=Outcome.SKIPPED,
+            )
+        warnings.append(
+            f"RunLogStore {name!r}: {', '.join(missing)} does not exist yet; the"
+            " runlog-relay sidecar waits for it and starts mirroring once it exists"
         )
     if store.ready != rc.ConditionStatus.TRUE.value:
         state = f"Ready={store.ready or 'Unknown'}" + (

@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,17 +185,22 @@ def _settings(overrides: dict[str, Any], config_file: Path | None) -> SidecarSet
 
 def run(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
+    waiting: list[Path] = []
     try:
-        settings = _settings(overrides, args.config)
+        settings: SidecarSettings | None = _settings(overrides, args.config)
     except ConfigError as exc:
-        print(f"runlog-relay sidecar: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    logs.configure(settings.log_level, settings.log_format.value)
-    registry = CollectorRegistry()
-    metrics = SidecarMetrics(registry)
-    pipeline = Pipeline(settings, metrics, open_store, once=args.once)
-    log.info("starting: %s", settings.describe())
+        # A ConfigMap or Secret that does not exist yet (optional volumes, GitOps
+        # ordering) is worth waiting for; anything else is a usage error.
+        waiting = (
+            [] if args.once or args.config is None else _missing_mounts(args.config, overrides)
+        )
+        if not waiting:
+            print(f"runlog-relay sidecar: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        settings = None
     if args.once:
+        assert settings is not None
+        logs.configure(settings.log_level, settings.log_format.value)
         assert settings.source is not None
         if not settings.source.is_dir():
             print(
@@ -202,7 +208,96 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
+        pipeline = Pipeline(settings, SidecarMetrics(CollectorRegistry()), open_store, once=True)
+        log.info("starting: %s", settings.describe())
         return _finish(pipeline.run_once(timeout=max(settings.sync.drain_timeout_seconds, 60.0)))
+    return _serve(args, overrides, settings, waiting)
+
+
+class _Probes:
+    """What /healthz and /readyz report; replaced as the process moves from waiting for
+    its mounted files to running the pipeline."""
+
+    def __init__(self, waiting_for: str) -> None:
+        self.live: Callable[[], tuple[bool, str]] = lambda: (True, "")
+        self.ready: Callable[[], tuple[bool, str]] = _not_ready(waiting_for)
+
+
+def _serve(
+    args: argparse.Namespace,
+    overrides: dict[str, Any],
+    settings: SidecarSettings | None,
+    waiting: list[Path],
+) -> int:
+    # Until the config is there, serve health on the address the command line and
+    # environment give (the config file cannot be read yet).
+    early = settings or load_sidecar_settings({k: v for k, v in overrides.items() if k != "source"})
+    logs.configure(early.log_level, early.log_format.value)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s: draining", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    registry = CollectorRegistry()
+    metrics = SidecarMetrics(registry)
+    probes = _Probes("waiting for " + ", ".join(str(p) for p in waiting))
+    try:
+        server = HealthServer(
+            registry,
+            live=lambda: probes.live(),
+            ready=lambda: probes.ready(),
+            host=early.metrics_host,
+            port=early.metrics_port,
+        )
+    except OSError as exc:
+        print(
+            f"runlog-relay sidecar: error: cannot serve metrics on {early.metrics_host}:"
+            f"{early.metrics_port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    server.start()
+    log.info("serving /metrics, /healthz, /readyz on port %d", server.port)
+    try:
+        if settings is None:
+            settings = _wait_for_mounts(args.config, overrides, stop, probes)
+            if settings is None:
+                log.error("stopped before the config and credentials appeared; nothing mirrored")
+                return EXIT_INCOMPLETE
+            logs.configure(settings.log_level, settings.log_format.value)
+            if (settings.metrics_host, settings.metrics_port) != (
+                early.metrics_host,
+                early.metrics_port,
+            ):
+                log.warning("the config file's metrics address takes effect at the next restart")
+        return _run_pipeline(args, overrides, settings, metrics, probes, stop)
+    finally:
+        server.stop()
+
+
+def _run_pipeline(
+    args: argparse.Namespace,
+    overrides: dict[str, Any],
+    settings: SidecarSettings,
+    metrics: SidecarMetrics,
+    probes: _Probes,
+    stop: threading.Event,
+) -> int:
+    pipeline = Pipeline(settings, metrics, open_store)
+    log.info("starting: %s", settings.describe())
+
+    def ready() -> tuple[bool, str]:
+        if not pipeline.synced_once:
+            return False, pipeline.store_health.problem or "first sync not finished"
+        if not pipeline.store_health.ok:
+            return False, pipeline.store_health.problem or "object store not ready"
+        return True, ""
+
+    probes.live = lambda: (pipeline.alive, "a sidecar stage stopped")
+    probes.ready = ready
     watcher = None
     if args.config is not None:
         # The mounted ConfigMap/Secret may change under us: apply valid changes live.
@@ -213,48 +308,6 @@ def run(args: argparse.Namespace) -> int:
             initial=settings,
             metrics=metrics,
         )
-    return _serve(settings, pipeline, registry, watcher)
-
-
-def _serve(
-    settings: SidecarSettings,
-    pipeline: Pipeline,
-    registry: CollectorRegistry,
-    watcher: ConfigWatcher | None,
-) -> int:
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        log.info("received %s: draining", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-
-    def ready() -> tuple[bool, str]:
-        if not pipeline.synced_once:
-            return False, pipeline.store_health.problem or "first sync not finished"
-        if not pipeline.store_health.ok:
-            return False, pipeline.store_health.problem or "object store not ready"
-        return True, ""
-
-    try:
-        server = HealthServer(
-            registry,
-            live=lambda: (pipeline.alive, "a sidecar stage stopped"),
-            ready=ready,
-            host=settings.metrics_host,
-            port=settings.metrics_port,
-        )
-    except OSError as exc:
-        print(
-            f"runlog-relay sidecar: error: cannot serve metrics on {settings.metrics_host}:"
-            f"{settings.metrics_port}: {exc.strerror}",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    server.start()
-    log.info("serving /metrics, /healthz, /readyz on port %d", server.port)
     pipeline.start()
     if watcher is not None:
         watcher.start()
@@ -262,9 +315,53 @@ def _serve(
         pass
     if watcher is not None:
         watcher.stop()
-    report = pipeline.shutdown()
-    server.stop()
-    return _finish(report)
+    return _finish(pipeline.shutdown())
+
+
+def _missing_mounts(config: Path, overrides: dict[str, Any]) -> list[Path]:
+    """Files the settings need that do not exist (yet): the config file itself, or the
+    credential and CA files it names. Empty when the problem is something else."""
+    if not config.exists():
+        return [config]
+    try:
+        settings = load_sidecar_settings(overrides, config)
+    except ConfigError:
+        return []
+    named = (
+        settings.access_key_id_file,
+        settings.secret_access_key_file,
+        settings.tls.ca_file,
+    )
+    return [path for path in named if path is not None and not path.exists()]
+
+
+def _not_ready(reason: str) -> Callable[[], tuple[bool, str]]:
+    return lambda: (False, reason)
+
+
+def _wait_for_mounts(
+    config: Path, overrides: dict[str, Any], stop: threading.Event, probes: _Probes
+) -> SidecarSettings | None:
+    """Block until the mounted files exist and load; None when asked to stop first.
+
+    Native sidecars must start for the pod's other containers to start, so waiting here
+    (rather than exiting) lets the pipeline run, and the mirror catch up, as soon as the
+    kubelet delivers the ConfigMap or Secret."""
+    reported = ""
+    while not stop.wait(1.0):
+        missing = _missing_mounts(config, overrides)
+        if missing:
+            problem = "waiting for " + ", ".join(str(p) for p in missing)
+        else:
+            try:
+                return _settings(overrides, config)
+            except ConfigError as exc:
+                problem = str(exc)  # present but invalid: wait for a fixed version
+        probes.ready = _not_ready(problem)
+        if problem != reported:
+            log.warning("not mirroring yet: %s", problem)
+            reported = problem
+    return None
 
 
 def _finish(report: DrainReport) -> int:
