@@ -675,9 +675,11 @@ def test_the_webhook_configurations_follow_the_contract() -> None:
     assert inject["objectSelector"] == {
         "matchExpressions": [{"key": "runlog-relay.dev/store", "operator": "Exists"}]
     }
+    # NoneOnDryRun rather than None: the pod webhook posts an Event when it cannot inject
+    # (never on a dry run; docs/injection.md).
     assert (inject["failurePolicy"], inject["sideEffects"], inject["timeoutSeconds"]) == (
         "Ignore",
-        "None",
+        "NoneOnDryRun",
         5,
     )
     assert inject["admissionReviewVersions"] == ["v1"]
@@ -699,6 +701,7 @@ def test_the_webhook_configurations_follow_the_contract() -> None:
     }
     (validate_store,) = validating["webhooks"]
     assert validate_store["failurePolicy"] == "Ignore"
+    assert validate_store["sideEffects"] == "None"  # it only reads
     assert validate_store["rules"][0]["resources"] == ["runlogstores"]
     assert validate_store["rules"][0]["operations"] == ["CREATE", "UPDATE"]
     for webhook, path in ((inject, "/mutate-pods"), (validate_store, "/validate-runlogstores")):
