@@ -62,23 +62,18 @@ def closure(extras: tuple[str, ...] = EXTRAS) -> dict[str, str]:
         except PackageNotFoundError as exc:
             raise SystemExit(f"{name} is required but not installed here") from exc
         key = _canonical(dist.metadata["Name"])
-        environments = [{"extra": extra} for extra in ("", *wanted_extras)]
-        for extra in ("", *wanted_extras):
-            if (key, extra) in seen:
-                continue
-            seen.add((key, extra))
+        new = [extra for extra in ("", *wanted_extras) if (key, extra) not in seen]
+        if not new:
+            return
+        seen.update((key, extra) for extra in new)
         found[key] = dist.version
         for line in dist.requires or []:
             requirement = Requirement(line)
             if requirement.marker is not None and not any(
-                requirement.marker.evaluate(env) for env in environments
+                requirement.marker.evaluate({"extra": extra}) for extra in new
             ):
                 continue
-            child = _canonical(requirement.name)
-            child_extras = tuple(sorted(requirement.extras))
-            if child in found and all((child, e) in seen for e in ("", *child_extras)):
-                continue
-            visit(requirement.name, child_extras)
+            visit(requirement.name, tuple(sorted(requirement.extras)))
 
     for requirement in root_requirements(extras):
         if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):

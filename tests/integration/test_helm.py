@@ -213,7 +213,7 @@ _NAMESPACE_SELECTOR = {
 }
 
 
-def _endpoint(port_key: str) -> dict[str, Any]:
+def _endpoint() -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["port"],
@@ -259,7 +259,7 @@ FOREIGN_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
             "properties": {
                 "selector": _LABEL_SELECTOR,
                 "namespaceSelector": _NAMESPACE_SELECTOR,
-                "endpoints": {"type": "array", "minItems": 1, "items": _endpoint("port")},
+                "endpoints": {"type": "array", "minItems": 1, "items": _endpoint()},
             },
             "additionalProperties": False,
         },
@@ -273,7 +273,7 @@ FOREIGN_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
             "properties": {
                 "selector": _LABEL_SELECTOR,
                 "namespaceSelector": _NAMESPACE_SELECTOR,
-                "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": _endpoint("port")},
+                "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": _endpoint()},
             },
             "additionalProperties": False,
         },

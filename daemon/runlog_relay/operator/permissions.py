@@ -28,7 +28,7 @@ Pure data, no kopf: the chart tests import it without the ``operator`` extra.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from runlog_relay.config.crd import GROUP, PLURAL
@@ -45,7 +45,8 @@ class Rule:
     api_groups: tuple[str, ...]
     resources: tuple[str, ...]
     verbs: tuple[str, ...]
-    why: str
+    why: str = field(compare=False)
+    """Who needs it and what for (not part of the rule: equal rules may differ here)."""
     resource_names: tuple[str, ...] = ()
 
     def manifest(self) -> dict[str, Any]:
