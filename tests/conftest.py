@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from minio import Minio
 
+from tests.support import sidecar as sidecar_support
 from tests.support.s3server import S3Server, start_s3_server
 
 _bucket_numbers = itertools.count()
@@ -42,3 +43,10 @@ def source(tmp_path: Path) -> Path:
     path = tmp_path / "run_logs"
     path.mkdir()
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_sidecars() -> Iterator[None]:
+    """A test that fails half-way must not leave its sidecar process running."""
+    yield
+    sidecar_support.reap()

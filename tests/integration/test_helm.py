@@ -581,8 +581,8 @@ def test_rbac_is_exactly_what_the_operator_needs(values: dict[str, Any]) -> None
 
 
 def test_rbac_matches_the_docs() -> None:
-    """docs/helm.md's RBAC section lists the same namespaced rules."""
-    text = (REPO / "docs" / "helm.md").read_text(encoding="utf-8")
+    """The README's RBAC section lists the same namespaced rules."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     block = text.split("### RBAC", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
     documented = yaml.safe_load(block)["rules"]
     expected = permissions.required(clusterwide=True).namespaced
@@ -676,7 +676,7 @@ def test_the_webhook_configurations_follow_the_contract() -> None:
         "matchExpressions": [{"key": "runlog-relay.dev/store", "operator": "Exists"}]
     }
     # NoneOnDryRun rather than None: the pod webhook posts an Event when it cannot inject
-    # (never on a dry run; docs/injection.md).
+    # (never on a dry run; see the README).
     assert (inject["failurePolicy"], inject["sideEffects"], inject["timeoutSeconds"]) == (
         "Ignore",
         "NoneOnDryRun",

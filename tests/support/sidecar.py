@@ -20,6 +20,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.waiting import wait_until
 
+#: Every sidecar started by a test, so a failing test cannot leave one running.
+STARTED: list[SidecarProcess] = []
+
+
+def reap() -> None:
+    """Kill the sidecars a test left running (called after every test)."""
+    while STARTED:
+        sidecar = STARTED.pop()
+        if sidecar.process.poll() is None:
+            sidecar.kill()
+
 
 @dataclass
 class SidecarProcess:
@@ -108,6 +119,7 @@ def start_sidecar(
     with log_path.open("ab") as log_file:  # the child keeps its own descriptor
         process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
     sidecar = SidecarProcess(process=process, log_path=log_path)
+    STARTED.append(sidecar)
     if metrics and "--once" not in extra:
 
         def port() -> int | None:

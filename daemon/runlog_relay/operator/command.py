@@ -61,7 +61,8 @@ def _add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "admission webhooks",
         "The operator serves the pod-injection and RunLogStore-validation webhooks over"
-        " HTTPS at /mutate-pods and /validate-runlogstores (see docs/injection.md).",
+        " HTTPS at /mutate-pods and /validate-runlogstores (see the README, 'Getting the"
+        " sidecar into pods').",
     )
     group.add_argument(
         "--webhook-port",

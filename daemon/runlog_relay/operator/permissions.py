@@ -1,7 +1,7 @@
 """The Kubernetes API permissions the operator needs, and why: the one source for RBAC.
 
 The Helm chart's Role/ClusterRole rules (``charts/runlog-relay/templates/_helpers.tpl``)
-and docs/operator.md's RBAC section are written from this; tests keep them equal
+and the README's RBAC section are written from this; tests keep them equal
 (``tests/integration/test_helm.py``) and check that every request the real operator makes
 against the Kubernetes emulator is covered by these rules and nothing more is granted
 (``tests/integration/test_helm_rbac.py``). A new API call in the operator therefore fails

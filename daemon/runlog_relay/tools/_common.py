@@ -1,6 +1,6 @@
 """What the read-side tools share: exit codes, one-line errors, store access, output.
 
-Exit codes (the same for every tool; documented in ``docs/tools.md``)::
+Exit codes (the same for every tool; documented in the README, "Reading run logs from the bucket")::
 
     0  success / in sync
     1  differences found, or only part of the work done (a run missing, a file refused,
