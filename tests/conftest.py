@@ -10,7 +10,7 @@ import pytest
 from minio import Minio
 
 from tests.support import sidecar as sidecar_support
-from tests.support.s3server import S3Server, start_s3_server
+from tests.support.s3server import AuthS3, S3Server, start_auth_s3_server, start_s3_server
 
 _bucket_numbers = itertools.count()
 
@@ -19,6 +19,15 @@ _bucket_numbers = itertools.count()
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto's S3 server in its own process on 127.0.0.1 (one per test session)."""
     server = start_s3_server(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def auth_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthS3]:
+    """moto with signature checks and one IAM key allowed everything on S3 (a server per
+    test module: moto's auth switch is process-wide)."""
+    server = start_auth_s3_server(tmp_path_factory.mktemp("moto-auth") / "moto.log")
     yield server
     server.stop()
 

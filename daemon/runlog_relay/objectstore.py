@@ -64,6 +64,10 @@ _PERMANENT_CODES = frozenset(
 )
 
 
+#: Everything the SDK and its transport raise; each call translates them with classify().
+_SDK_ERRORS = (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError)
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteObject:
     """One object under the prefix, as listing reports it."""
@@ -186,21 +190,18 @@ class ObjectStore:
         Raises PermanentError(code="NoSuchBucket") when missing and not to be created.
         """
         try:
-            if self._client.bucket_exists(self.bucket):
-                return False
-            if not create:
-                raise PermanentError(
-                    f"NoSuchBucket: bucket {self.bucket!r} does not exist at {self.endpoint}"
-                    " (create it, or enable createBucket / --create-bucket)",
-                    code="NoSuchBucket",
-                )
-            return self.make_bucket()
-        except S3Error as exc:
-            if exc.code in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
-                return False
+            exists = self._client.bucket_exists(self.bucket)
+        except _SDK_ERRORS as exc:
             raise classify(exc, what=f"checking bucket {self.bucket!r}") from exc
-        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-            raise classify(exc, what=f"checking bucket {self.bucket!r}") from exc
+        if exists:
+            return False
+        if not create:
+            raise PermanentError(
+                f"NoSuchBucket: bucket {self.bucket!r} does not exist at {self.endpoint}"
+                " (create it, or enable createBucket / --create-bucket)",
+                code="NoSuchBucket",
+            )
+        return self.make_bucket()
 
     def make_bucket(self) -> bool:
         """Create the bucket; False when it already existed."""
@@ -211,7 +212,7 @@ class ObjectStore:
             if exc.code in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
                 return False
             raise classify(exc, what=f"creating bucket {self.bucket!r}") from exc
-        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        except _SDK_ERRORS as exc:
             raise classify(exc, what=f"creating bucket {self.bucket!r}") from exc
 
     def list(self, sub_prefix: str = "") -> Iterator[RemoteObject]:
@@ -229,7 +230,7 @@ class ObjectStore:
                     size=obj.size or 0,
                     last_modified=obj.last_modified,
                 )
-        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        except _SDK_ERRORS as exc:
             raise classify(exc, what=f"listing {self.location}") from exc
 
     def put(self, key: str, body: bytes, *, content_type: str = "application/json") -> str:
@@ -250,7 +251,7 @@ class ObjectStore:
                 else max(len(body), 5 * 1024 * 1024),
                 num_parallel_uploads=1,
             )
-        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        except _SDK_ERRORS as exc:
             raise classify(exc, what=f"uploading {self.full_key(key)}") from exc
         return (result.etag or "").strip('"')
 
@@ -260,7 +261,7 @@ class ObjectStore:
         try:
             response = self._client.get_object(self.bucket, self.full_key(key))
             return response.read()
-        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        except _SDK_ERRORS as exc:
             raise classify(exc, what=f"downloading {self.full_key(key)}") from exc
         finally:
             if response is not None:

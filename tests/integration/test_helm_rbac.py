@@ -35,7 +35,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from runlog_relay.operator import permissions
-from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness, ResourceSpec
+from tests.integration.kube import (
+    DEFAULT_RESOURCES,
+    RUNLOGSTORE,
+    WEBHOOK_CONFIGS,
+    KubeHarness,
+)
 from tests.integration.kube import wait_for as _wait_for
 from tests.support.s3server import S3Server, free_port
 
@@ -59,28 +64,11 @@ NOT_EXERCISED: dict[tuple[str, str, str], str] = {
     ("", "configmaps", "delete"): "cleaning up a deleted store's ConfigMap",
 }
 
-WEBHOOK_CONFIGS = [
-    ResourceSpec(
-        "admissionregistration.k8s.io",
-        "v1",
-        "mutatingwebhookconfigurations",
-        "MutatingWebhookConfiguration",
-        namespaced=False,
-    ),
-    ResourceSpec(
-        "admissionregistration.k8s.io",
-        "v1",
-        "validatingwebhookconfigurations",
-        "ValidatingWebhookConfiguration",
-        namespaced=False,
-    ),
-]
-
 
 @pytest.fixture()
 def kube_resources() -> list[Any]:
     # RunLogStore comes from installing the chart's CRD, as in a real cluster.
-    return [spec for spec in DEFAULT_RESOURCES if spec != RUNLOGSTORE] + WEBHOOK_CONFIGS
+    return [spec for spec in DEFAULT_RESOURCES if spec != RUNLOGSTORE] + list(WEBHOOK_CONFIGS)
 
 
 # --------------------------------------------------------------------------- requests → RBAC

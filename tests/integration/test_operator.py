@@ -14,7 +14,7 @@ import base64
 import itertools
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from runlog_relay.operator.controller import ControllerOptions
 from runlog_relay.operator.runner import Operator, OperatorOptions, build_operator
 from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness
 from tests.integration.kube.kopf_runner import KopfRunner, RunningOperator
-from tests.support.s3server import AuthS3, start_auth_s3_server
+from tests.support.s3server import AuthS3
 
 pytest_plugins = ["tests.integration.kube.fixtures"]
 pytestmark = pytest.mark.integration
@@ -44,11 +44,9 @@ _buckets = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthS3]:
-    """moto with auth enforced, and one IAM key allowed to do anything with S3."""
-    server = start_auth_s3_server(tmp_path_factory.mktemp("moto-auth") / "moto.log")
-    yield server
-    server.stop()
+def s3(auth_s3: AuthS3) -> AuthS3:
+    """The signature-checking S3 server (tests/conftest.py), under this module's name."""
+    return auth_s3
 
 
 @pytest.fixture()

@@ -5,7 +5,6 @@ server that checks signatures. No restart, nothing pending lost."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,18 +12,11 @@ from minio import Minio
 
 from tests.support.mirror import assert_mirror
 from tests.support.mounts import AtomicMount
-from tests.support.s3server import AuthS3, S3Server, start_auth_s3_server
+from tests.support.s3server import AuthS3, S3Server
 from tests.support.sidecar import start_sidecar
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def auth_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthS3]:
-    server = start_auth_s3_server(tmp_path_factory.mktemp("moto-auth") / "moto.log")
-    yield server
-    server.stop()
 
 
 def config_yaml(endpoint: str, bucket: str, secret_dir: Path) -> str:

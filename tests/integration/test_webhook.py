@@ -24,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness
 from tests.integration.kube.kopf_runner import KopfRunner, RunningOperator
 from tests.support.admission import AdmissionClient, ReviewAnswer, admission_review, pod_review
 from tests.support.mirror import assert_mirror
-from tests.support.s3server import AuthS3, free_port, start_auth_s3_server
+from tests.support.s3server import AuthS3, free_port
 from tests.support.waiting import wait_until
 
 pytest_plugins = ["tests.integration.kube.fixtures"]
@@ -66,12 +66,9 @@ _buckets = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthS3]:
-    server = start_auth_s3_server(tmp_path_factory.mktemp("moto-webhook") / "moto.log")
-    try:
-        yield server
-    finally:
-        server.stop()
+def s3(auth_s3: AuthS3) -> AuthS3:
+    """The signature-checking S3 server (tests/conftest.py), under this module's name."""
+    return auth_s3
 
 
 @pytest.fixture()

@@ -107,6 +107,23 @@ class ResourceSpec:
         )
 
 
+WEBHOOK_CONFIGS: tuple[ResourceSpec, ...] = (
+    ResourceSpec(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+        namespaced=False,
+    ),
+    ResourceSpec(
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+        namespaced=False,
+    ),
+)
+
 RUNLOGSTORE = ResourceSpec(
     "runlog-relay.dev",
     "v1alpha1",
@@ -189,20 +206,7 @@ DEFAULT_RESOURCES: tuple[ResourceSpec, ...] = (
         subresources=("status", "scale"),
     ),
     # Admission webhooks (kopf manages these when it serves webhooks).
-    ResourceSpec(
-        "admissionregistration.k8s.io",
-        "v1",
-        "mutatingwebhookconfigurations",
-        "MutatingWebhookConfiguration",
-        namespaced=False,
-    ),
-    ResourceSpec(
-        "admissionregistration.k8s.io",
-        "v1",
-        "validatingwebhookconfigurations",
-        "ValidatingWebhookConfiguration",
-        namespaced=False,
-    ),
+    *WEBHOOK_CONFIGS,
     # CRDs themselves (kopf watches them to notice new resources).
     ResourceSpec(
         "apiextensions.k8s.io",
