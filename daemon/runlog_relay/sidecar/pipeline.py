@@ -180,11 +180,15 @@ class Pipeline:
             credentials = new.credentials()
             if new.model_dump() == old.model_dump() and credentials == self._store_credentials:
                 return
-            connection = (new.endpoint, new.bucket, new.region, new.tls)
-            connection_changed = (
-                connection != (old.endpoint, old.bucket, old.region, old.tls)
-                or credentials != self._store_credentials
-            )
+            connection_changed = (new.endpoint, new.bucket, new.region, new.tls) != (
+                old.endpoint,
+                old.bucket,
+                old.region,
+                old.tls,
+            ) or credentials != self._store_credentials
+            # Only a new place (or a new way of naming files) needs the bucket listed
+            # again; a rotated credential just swaps the client, and uploads it failed
+            # are still queued and retried with the new one.
             target_changed = (new.endpoint, new.bucket, new.layout, new.source) != (
                 old.endpoint,
                 old.bucket,
@@ -207,7 +211,7 @@ class Pipeline:
                 logging.getLogger().setLevel(new.log_level)
             if (new.metrics_host, new.metrics_port) != (old.metrics_host, old.metrics_port):
                 log.warning("a new metrics address takes effect at the next restart")
-            self._inbox.put(Reconfigure(settings=new, relist=target_changed or connection_changed))
+            self._inbox.put(Reconfigure(settings=new, relist=target_changed))
             log.info("configuration reloaded: %s", new.describe())
 
     def shutdown(self, drain_timeout: float | None = None) -> DrainReport:

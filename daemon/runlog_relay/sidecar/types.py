@@ -63,7 +63,9 @@ class Rescan:
 
 @dataclass(frozen=True, slots=True)
 class Reconfigure:
-    """New settings took effect; the detector adopts them (and re-lists if the target moved)."""
+    """New settings took effect; the detector adopts them, and with ``relist`` (a new
+    endpoint or bucket; a new layout or source always counts) forgets what it knew and
+    compares again."""
 
     settings: SidecarSettings
     relist: bool
