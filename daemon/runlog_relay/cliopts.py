@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from runlog_relay.config.credentials import CredentialSource
 from runlog_relay.config.models import DEFAULT_BUCKET, DEFAULT_ENDPOINT
 from runlog_relay.config.settings import ENV_PREFIX, SidecarSettings, load_sidecar_settings
 from runlog_relay.layout import Layout
@@ -25,16 +26,28 @@ __all__ = [
 ]
 
 #: argparse dest → settings field, for the options added by add_store_options.
-STORE_OPTION_NAMES = ("endpoint", "bucket", "layout", "region", "create_bucket")
+STORE_OPTION_NAMES = (
+    "endpoint",
+    "bucket",
+    "layout",
+    "region",
+    "create_bucket",
+    "credential_source",
+    "sts_endpoint",
+)
 
 
 def add_store_options(parser: argparse.ArgumentParser) -> None:
-    """--endpoint, --bucket, --layout, --region, --config and TLS options."""
+    """--endpoint, --bucket, --layout, --region, credentials, --config and TLS options."""
     group = parser.add_argument_group(
         "object store",
-        "Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or"
-        f" {ENV_PREFIX}ACCESS_KEY_ID_FILE / {ENV_PREFIX}SECRET_ACCESS_KEY_FILE naming files"
-        " mounted from a Secret); default minioadmin, like runnable.",
+        "Static keys come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY [/ AWS_SESSION_TOKEN]"
+        f" (or {ENV_PREFIX}ACCESS_KEY_ID_FILE / {ENV_PREFIX}SECRET_ACCESS_KEY_FILE /"
+        f" {ENV_PREFIX}SESSION_TOKEN_FILE naming files mounted from a Secret); default"
+        " minioadmin, like runnable. Web identity (IRSA) reads AWS_WEB_IDENTITY_TOKEN_FILE,"
+        " AWS_ROLE_ARN, AWS_ROLE_SESSION_NAME; container credentials (EKS Pod Identity)"
+        " AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE, as the"
+        " AWS tools do.",
     )
     group.add_argument(
         "--endpoint",
@@ -53,6 +66,21 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
         f" (env {ENV_PREFIX}LAYOUT; default chunked)",
     )
     group.add_argument("--region", help=f"S3 region; unset for MinIO (env {ENV_PREFIX}REGION)")
+    group.add_argument(
+        "--credentials",
+        dest="credential_source",
+        choices=[source.value for source in CredentialSource],
+        help="where credentials come from: static keys, web-identity (IRSA), container (EKS"
+        " Pod Identity, ECS), instance (EC2 IMDSv2); auto picks static keys if given, else web"
+        f" identity, else container credentials, else minioadmin (env {ENV_PREFIX}CREDENTIALS;"
+        " default auto)",
+    )
+    group.add_argument(
+        "--sts-endpoint",
+        metavar="URL",
+        help="STS endpoint for web identity, for private clouds (env"
+        f" {ENV_PREFIX}STS_ENDPOINT or AWS_ENDPOINT_URL_STS; default AWS's regional one)",
+    )
     group.add_argument(
         "--insecure-skip-verify",
         action="store_const",
@@ -95,13 +123,11 @@ def overrides_from_args(args: argparse.Namespace, **extra: Any) -> dict[str, Any
 
 def open_store(settings: SidecarSettings, *, max_connections: int = 10) -> ObjectStore:
     """An ObjectStore for the settings' endpoint, bucket, prefix and credentials."""
-    access_key, secret_key = settings.credentials()
     return ObjectStore(
         endpoint=settings.endpoint,
         bucket=settings.bucket_name,
         prefix=settings.prefix,
-        access_key=access_key,
-        secret_key=secret_key,
+        credentials=settings.credentials(),
         region=settings.region,
         insecure_skip_verify=settings.tls.insecure_skip_verify,
         ca_file=str(settings.tls.ca_file) if settings.tls.ca_file else None,

@@ -19,26 +19,54 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import re
 import ssl
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
+from minio.credentials import Credentials, Provider
+from minio.credentials.providers import (
+    IamAwsProvider,
+    StaticProvider,
+    WebIdentityProvider,
+)
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
-from runlog_relay.errors import NotFoundError, PermanentError, RelayError, RetryableError
+from runlog_relay.config.credentials import (
+    ContainerCredentials,
+    CredentialPlan,
+    InstanceProfile,
+    StaticKeys,
+    WebIdentity,
+)
+from runlog_relay.errors import (
+    CredentialsError,
+    NotFoundError,
+    PermanentError,
+    RelayError,
+    RetryableError,
+)
 
 __all__ = [
     "MULTIPART_THRESHOLD",
     "PART_SIZE",
     "ObjectStore",
+    "RefreshingProvider",
     "RemoteObject",
     "classify",
+    "credentials_provider",
     "expected_etag",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Bodies larger than this are uploaded in parts (S3's single-PUT limit is far above it,
 #: but parts keep retries of huge files cheap).
@@ -129,8 +157,219 @@ def classify(exc: BaseException, *, what: str) -> RelayError:
     return RetryableError(f"{what}: unexpected {type(exc).__name__}")
 
 
+# --------------------------------------------------------------------------- credentials
+
+#: Temporary credentials are renewed this long before they expire at most (the AWS SDKs
+#: use 5-15 minutes), and at half their lifetime for short-lived ones.
+REFRESH_AHEAD_SECONDS = 300.0
+#: Credentials this close to expiry are not used to sign: a request signed now must still
+#: be valid when the server reads it (the minio SDK's own margin).
+EXPIRY_MARGIN_SECONDS = 10.0
+#: After a failed early renewal, wait this long before the next attempt (the credentials
+#: in hand are still good, so there is no hurry and no reason to hammer STS).
+RENEW_RETRY_SECONDS = 10.0
+
+
+class RefreshingProvider(Provider):
+    """Credentials from ``fetch``, cached and renewed ahead of their expiry.
+
+    The minio client asks its provider before every request; this answers from the cache
+    until the renewal point, then fetches once (one thread at a time). A failed renewal
+    keeps the credentials in hand while they are valid (one WARNING line), and raises
+    :class:`~runlog_relay.errors.CredentialsError` (retryable, readiness false) once they
+    are not. Uploads that fail meanwhile stay queued and are retried, so nothing is lost.
+    Messages name the source and the failure, never a token or the URL that carries one.
+    """
+
+    def __init__(
+        self, source: str, fetch: Callable[[], Credentials], *, clock: Callable[[], float]
+    ) -> None:
+        self.source = source
+        self._fetch = fetch
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._credentials: Credentials | None = None
+        self._renew_at = 0.0
+        self._usable_until = 0.0
+        self._next_attempt = 0.0
+        self._failing: str | None = None
+        self.fetches = 0  #: credential requests made (for tests and the benchmark)
+
+    def retrieve(self) -> Credentials:
+        with self._lock:
+            now = self._clock()
+            held = self._credentials
+            if held is not None and (
+                now < self._renew_at or (now < self._usable_until and now < self._next_attempt)
+            ):
+                return held
+            try:
+                self.fetches += 1
+                fresh = self._fetch()
+            except Exception as exc:  # the SDK raises ValueError, urllib3 errors, KeyError …
+                problem = _credential_problem(exc)
+                if held is not None and now < self._usable_until:
+                    self._next_attempt = now + RENEW_RETRY_SECONDS
+                    if self._failing != problem:
+                        log.warning(
+                            "renewing credentials (%s) failed: %s; the current ones are valid"
+                            " for %.0fs more",
+                            self.source,
+                            problem,
+                            self._usable_until - now,
+                        )
+                    self._failing = problem
+                    return held
+                self._failing = problem
+                raise CredentialsError(
+                    f"obtaining credentials ({self.source}) failed: {problem}",
+                    code="CredentialsUnavailable",
+                ) from None
+            self._adopt(fresh, now)
+            return fresh
+
+    def _adopt(self, fresh: Credentials, now: float) -> None:
+        if self._failing is not None:
+            log.info("credentials (%s) obtained again", self.source)
+        self._failing = None
+        self._credentials = fresh
+        self._next_attempt = 0.0
+        if fresh.expiration is None:  # not temporary: keep for good
+            self._renew_at = self._usable_until = float("inf")
+            return
+        expires = fresh.expiration.replace(tzinfo=UTC).timestamp()
+        lifetime = max(0.0, expires - now)
+        self._usable_until = expires - EXPIRY_MARGIN_SECONDS
+        self._renew_at = min(expires - min(REFRESH_AHEAD_SECONDS, lifetime / 2), self._usable_until)
+        log.info(
+            "credentials (%s) obtained, valid until %s; renewing in %.0fs",
+            self.source,
+            fresh.expiration.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            max(0.0, self._renew_at - now),
+        )
+
+
+_HTTP_STATUS = re.compile(r"HTTP status code (\d+)")
+
+
+def _credential_problem(exc: BaseException) -> str:
+    """What went wrong, without the SDK's message: its URLs carry the web identity token."""
+    if isinstance(exc, CredentialsError):
+        return str(exc)
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        inner = getattr(exc, "reason", None)
+        reason = type(inner if isinstance(inner, BaseException) else exc).__name__
+        return f"endpoint unreachable ({reason})"
+    status = _HTTP_STATUS.search(str(exc)) if isinstance(exc, ValueError) else None
+    if status:
+        return f"the endpoint answered HTTP {status.group(1)}"
+    return f"unexpected answer ({type(exc).__name__})"
+
+
+def _read_token(path: Path, what: str) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise CredentialsError(
+            f"cannot read the {what} file {path}: {exc.strerror}", code="CredentialsUnavailable"
+        ) from None
+    if not token:
+        raise CredentialsError(f"the {what} file {path} is empty", code="CredentialsUnavailable")
+    return token
+
+
+def _credentials_http(
+    *, ca_file: str | None, insecure_skip_verify: bool, timeout: float
+) -> urllib3.PoolManager:
+    """The pool for STS / container / IMDS requests: no retries of its own (the caller's
+    backoff decides), and the system's CAs plus ``ca_file`` (a private CA that signed the
+    S3 endpoint usually signed its STS too)."""
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(ca_file)
+    if insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=min(5.0, timeout), read=timeout),
+        retries=False,
+        ssl_context=context,
+        maxsize=1,
+    )
+
+
+def credentials_provider(
+    plan: CredentialPlan,
+    *,
+    ca_file: str | None = None,
+    insecure_skip_verify: bool = False,
+    timeout: float = 10.0,
+    clock: Callable[[], float] = time.time,
+) -> Provider:
+    """The minio SDK provider for ``plan``; temporary credentials wrapped in
+    :class:`RefreshingProvider`. Builds no connection: the first request fetches."""
+    if isinstance(plan, StaticKeys):
+        return StaticProvider(plan.access_key, plan.secret_key, plan.session_token)
+    http = _credentials_http(
+        ca_file=ca_file, insecure_skip_verify=insecure_skip_verify, timeout=timeout
+    )
+    if isinstance(plan, WebIdentity):
+        return RefreshingProvider("web identity", _web_identity(plan, http), clock=clock)
+    if isinstance(plan, ContainerCredentials):
+        return RefreshingProvider("container credentials", _container(plan, http), clock=clock)
+    return RefreshingProvider("instance profile", _instance(plan, http), clock=clock)
+
+
+def _web_identity(plan: WebIdentity, http: urllib3.PoolManager) -> Callable[[], Credentials]:
+    def fetch() -> Credentials:
+        # A fresh SDK provider per renewal (it caches until its own 10 s margin), with
+        # the projected token read again: the kubelet rotates it.
+        token = _read_token(plan.token_file, "web identity token")
+        return WebIdentityProvider(
+            jwt_provider_func=lambda: {"access_token": token, "expires_in": "0"},
+            sts_endpoint=plan.sts_endpoint,
+            role_arn=plan.role_arn,
+            role_session_name=plan.role_session_name,
+            http_client=http,
+        ).retrieve()
+
+    return fetch
+
+
+def _container(plan: ContainerCredentials, http: urllib3.PoolManager) -> Callable[[], Credentials]:
+    def fetch() -> Credentials:
+        token = (
+            _read_token(plan.token_file, "container authorization token")
+            if plan.token_file
+            else plan.token
+        )
+        headers: dict[str, str | list[str] | tuple[str]] | None = (
+            {"Authorization": token} if token else None
+        )
+        # IamAwsProvider.fetch is the SDK's GET-and-parse of a credentials endpoint; its
+        # retrieve() would prefer web identity variables over the URI asked for.
+        return IamAwsProvider(http_client=http).fetch(plan.uri, headers=headers)
+
+    return fetch
+
+
+def _instance(plan: InstanceProfile, http: urllib3.PoolManager) -> Callable[[], Credentials]:
+    def fetch() -> Credentials:
+        # IMDSv2: token PUT, role name, credentials, all done by the SDK.
+        return IamAwsProvider(custom_endpoint=plan.endpoint, http_client=http).retrieve()
+
+    return fetch
+
+
+# --------------------------------------------------------------------------- the store
+
+
 class ObjectStore:
-    """A bucket and prefix on an S3-compatible endpoint."""
+    """A bucket and prefix on an S3-compatible endpoint.
+
+    Credentials: a :data:`~runlog_relay.config.credentials.CredentialPlan` (what the
+    settings resolve), or a plain ``access_key``/``secret_key`` pair.
+    """
 
     def __init__(
         self,
@@ -138,8 +377,9 @@ class ObjectStore:
         endpoint: str,
         bucket: str,
         prefix: str,
-        access_key: str,
-        secret_key: str,
+        credentials: CredentialPlan | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
         region: str | None = None,
         insecure_skip_verify: bool = False,
         ca_file: str | None = None,
@@ -147,6 +387,10 @@ class ObjectStore:
         read_timeout: float = 60.0,
         max_connections: int = 10,
     ) -> None:
+        if credentials is None:
+            if access_key is None or secret_key is None:
+                raise ValueError("ObjectStore needs credentials or an access key pair")
+            credentials = StaticKeys(access_key, secret_key)
         parts = urlsplit(endpoint)
         self.endpoint = endpoint
         self.bucket = bucket
@@ -160,10 +404,15 @@ class ObjectStore:
             cert_reqs="CERT_NONE" if insecure_skip_verify else "CERT_REQUIRED",
             ca_certs=ca_file,
         )
+        self.credentials = credentials_provider(
+            credentials,
+            ca_file=ca_file,
+            insecure_skip_verify=insecure_skip_verify,
+            timeout=read_timeout,
+        )
         self._client = Minio(
             parts.netloc,
-            access_key=access_key,
-            secret_key=secret_key,
+            credentials=self.credentials,
             secure=parts.scheme == "https",
             region=region,
             http_client=http,

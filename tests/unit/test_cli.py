@@ -102,6 +102,13 @@ SIDECAR_OPTIONS: dict[str, tuple[str, str, str, str | None]] = {
     "--bucket": ("RUNLOG_RELAY_BUCKET", "bucket", "logs/team", "runnable/run-logs"),
     "--layout": ("RUNLOG_RELAY_LAYOUT", "layout", "single", "chunked"),
     "--region": ("RUNLOG_RELAY_REGION", "region", "eu-west-1", None),
+    "--credentials": ("RUNLOG_RELAY_CREDENTIALS", "credential_source", "web-identity", "auto"),
+    "--sts-endpoint": (
+        "RUNLOG_RELAY_STS_ENDPOINT",
+        "sts_endpoint",
+        "https://sts.internal:8443",
+        None,
+    ),
     "--insecure-skip-verify": (
         "RUNLOG_RELAY_TLS__INSECURE_SKIP_VERIFY",
         "tls.insecure_skip_verify",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.support.credentials import key_pair
 
 from runlog_relay.config.models import StoreSpec
 from runlog_relay.config.settings import load_sidecar_settings
@@ -117,7 +118,7 @@ def test_configmap_without_secret_ref_uses_defaults(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(cm["data"]["config.yaml"], encoding="utf-8")
     settings = load_sidecar_settings({}, path)
-    assert settings.credentials() == ("minioadmin", "minioadmin")
+    assert key_pair(settings) == ("minioadmin", "minioadmin")
     assert str(settings.source) == "/tmp/run_logs"
 
 

@@ -6,11 +6,14 @@ layout, create_bucket) and the embedded ``tls``/``sync`` groups use the same typ
 :class:`~runlog_relay.config.models.StoreSpec`, so the ConfigMap the operator renders
 from a RunLogStore (camelCase) is a valid config file here too.
 
-Credentials: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (like runnable and the AWS
-tools) or ``RUNLOG_RELAY_ACCESS_KEY_ID`` / ``RUNLOG_RELAY_SECRET_ACCESS_KEY``, or files
-(``*_file``) mounted from a Secret, which are re-read on reload so a rotated Secret takes
-effect without a restart. Default ``minioadmin`` like runnable. They are ``SecretStr``:
-never printed, logged or put in ``--help``.
+Credentials (:mod:`runlog_relay.config.credentials` has the table): ``credentials``
+chooses the source, ``auto`` by default. Static keys come from ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` [/ ``AWS_SESSION_TOKEN``] (like runnable and the AWS tools), the
+``RUNLOG_RELAY_*`` variables of the same names, or files (``*_file``) mounted from a Secret,
+which are re-read on reload so a rotated Secret takes effect without a restart; default
+``minioadmin`` like runnable. Web identity and container credentials are read from the
+standard AWS variables, exactly as the AWS tools read them. Secret values are
+``SecretStr``: never printed, logged or put in ``--help``.
 """
 
 from __future__ import annotations
@@ -18,12 +21,25 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic.alias_generators import to_snake
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from runlog_relay.config.credentials import (
+    CONTAINER_CREDENTIALS_HOST,
+    ContainerCredentials,
+    CredentialPlan,
+    CredentialSource,
+    InstanceProfile,
+    StaticKeys,
+    WebIdentity,
+    check_container_uri,
+    sts_endpoint_for,
+)
+from runlog_relay.config.credentials import describe as describe_credentials
 from runlog_relay.config.models import (
     DEFAULT_BUCKET,
     DEFAULT_ENDPOINT,
@@ -93,15 +109,15 @@ class SidecarSettings(BucketParts, BaseSettings):
     sync: SyncSpec = SyncSpec()
     """Watch/upload tuning."""
 
-    access_key_id: SecretStr = Field(
-        default=SecretStr(DEFAULT_MINIO_CREDENTIAL),
+    access_key_id: SecretStr | None = Field(
+        default=None,
         validation_alias=AliasChoices(
             "access_key_id", f"{ENV_PREFIX}ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"
         ),
     )
-    """S3 access key id."""
-    secret_access_key: SecretStr = Field(
-        default=SecretStr(DEFAULT_MINIO_CREDENTIAL),
+    """S3 access key id (default: runnable's minioadmin, when no other source applies)."""
+    secret_access_key: SecretStr | None = Field(
+        default=None,
         validation_alias=AliasChoices(
             "secret_access_key", f"{ENV_PREFIX}SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"
         ),
@@ -111,6 +127,82 @@ class SidecarSettings(BucketParts, BaseSettings):
     """File holding the access key id (a mounted Secret key); wins over the variable."""
     secret_access_key_file: Path | None = None
     """File holding the secret access key (a mounted Secret key); wins over the variable."""
+    session_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "session_token", f"{ENV_PREFIX}SESSION_TOKEN", "AWS_SESSION_TOKEN"
+        ),
+    )
+    """Session token of temporary static credentials (STS, `aws sts get-session-token`)."""
+    session_token_file: Path | None = None
+    """File holding the session token (a mounted Secret key); wins over the variable."""
+
+    credential_source: CredentialSource = Field(
+        default=CredentialSource.AUTO,
+        validation_alias=AliasChoices(
+            "credentials", "credential_source", f"{ENV_PREFIX}CREDENTIALS"
+        ),
+    )
+    """auto, static, web-identity, container or instance (see --help)."""
+    sts_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "sts_endpoint", f"{ENV_PREFIX}STS_ENDPOINT", "AWS_ENDPOINT_URL_STS"
+        ),
+    )
+    """STS endpoint for web identity; default AWS's regional one (AWS_REGION)."""
+    web_identity_token_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("web_identity_token_file", "AWS_WEB_IDENTITY_TOKEN_FILE"),
+    )
+    """The projected service-account token (IRSA injects AWS_WEB_IDENTITY_TOKEN_FILE)."""
+    role_arn: str | None = Field(
+        default=None, validation_alias=AliasChoices("role_arn", "AWS_ROLE_ARN")
+    )
+    """Role to assume with the web identity token (AWS_ROLE_ARN)."""
+    role_session_name: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("role_session_name", "AWS_ROLE_SESSION_NAME"),
+    )
+    """Session name in CloudTrail (AWS_ROLE_SESSION_NAME); default a timestamp."""
+    aws_region: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("aws_region", "AWS_REGION", "AWS_DEFAULT_REGION"),
+    )
+    """The pod's AWS region, for the regional STS endpoint (not the bucket's region)."""
+    container_credentials_full_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "container_credentials_full_uri", "AWS_CONTAINER_CREDENTIALS_FULL_URI"
+        ),
+    )
+    """Container credentials endpoint (EKS Pod Identity injects it)."""
+    container_credentials_relative_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "container_credentials_relative_uri", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
+        ),
+    )
+    """ECS task role: a path on the ECS agent (169.254.170.2)."""
+    container_authorization_token_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "container_authorization_token_file", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"
+        ),
+    )
+    """Token for the container credentials endpoint, re-read on every refresh."""
+    container_authorization_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "container_authorization_token", "AWS_CONTAINER_AUTHORIZATION_TOKEN"
+        ),
+    )
+    """Token for the container credentials endpoint, when not in a file."""
+    ec2_metadata_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ec2_metadata_endpoint", "AWS_EC2_METADATA_SERVICE_ENDPOINT"),
+    )
+    """IMDS address for --credentials instance; default the SDK's 169.254.169.254."""
 
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
     """Address the metrics/health server binds to."""
@@ -121,6 +213,16 @@ class SidecarSettings(BucketParts, BaseSettings):
     log_format: LogFormat = LogFormat.PLAIN
     """plain for people, json for log pipelines."""
 
+    @field_validator("sts_endpoint", "ec2_metadata_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname or "@" in parts.netloc:
+            raise ValueError("must be an http(s)://HOST[:PORT] URL without credentials")
+        return value.rstrip("/")
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -129,33 +231,158 @@ class SidecarSettings(BucketParts, BaseSettings):
             raise ValueError("log level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
 
-    def credentials(self) -> tuple[str, str]:
-        """The access key pair, files first (re-read on every call, for rotation)."""
-        return (
-            _read_secret_file(self.access_key_id_file) or self.access_key_id.get_secret_value(),
-            _read_secret_file(self.secret_access_key_file)
-            or self.secret_access_key.get_secret_value(),
+    def credential_files(self) -> list[Path]:
+        """The mounted files holding static credentials (re-read for rotation)."""
+        files = (self.access_key_id_file, self.secret_access_key_file, self.session_token_file)
+        return [path for path in files if path is not None]
+
+    def mounted_files(self) -> list[Path]:
+        """Every file these settings name that a Secret mount provides: the static
+        credential files and the CA bundle (waited for at start, watched for changes)."""
+        return self.credential_files() + ([self.tls.ca_file] if self.tls.ca_file else [])
+
+    def _static_keys_given(self) -> bool:
+        return bool(
+            self.access_key_id_file
+            or self.secret_access_key_file
+            or _secret(self.access_key_id)
+            or _secret(self.secret_access_key)
         )
+
+    def credentials(self) -> CredentialPlan:
+        """Where the credentials come from (``auto`` resolved); ConfigError naming what is
+        missing or contradictory. Static keys are read now: files are re-read on every
+        call, so comparing two results tells whether a mounted Secret was rotated."""
+        source = self.credential_source
+        if source is CredentialSource.AUTO:
+            source = self._auto_source()
+        if source is CredentialSource.STATIC:
+            return self._static_keys()
+        if source is CredentialSource.WEB_IDENTITY:
+            if self.web_identity_token_file is None:
+                raise ConfigError(
+                    "--credentials web-identity needs AWS_WEB_IDENTITY_TOKEN_FILE (IRSA sets it"
+                    " with AWS_ROLE_ARN on pods whose ServiceAccount has the"
+                    " eks.amazonaws.com/role-arn annotation)"
+                )
+            return WebIdentity(
+                token_file=self.web_identity_token_file,
+                sts_endpoint=self.sts_endpoint or sts_endpoint_for(self.aws_region),
+                role_arn=self.role_arn,
+                role_session_name=self.role_session_name,
+            )
+        if source is CredentialSource.CONTAINER:
+            return self._container_credentials()
+        for name, value in self._federation_variables().items():
+            if value:
+                # The SDK's instance provider would quietly prefer these over IMDS.
+                raise ConfigError(
+                    f"--credentials instance, but {name} is set; unset it, or choose"
+                    " --credentials web-identity or container"
+                )
+        return InstanceProfile(endpoint=self.ec2_metadata_endpoint)
+
+    def _auto_source(self) -> CredentialSource:
+        if self._static_keys_given():
+            return CredentialSource.STATIC
+        if self.web_identity_token_file and self.role_arn:
+            return CredentialSource.WEB_IDENTITY
+        if self.container_credentials_full_uri or self.container_credentials_relative_uri:
+            return CredentialSource.CONTAINER
+        return CredentialSource.STATIC  # runnable's default minioadmin pair
+
+    def _static_keys(self) -> StaticKeys:
+        access = _read_secret_file(self.access_key_id_file) or _secret(self.access_key_id)
+        secret = _read_secret_file(self.secret_access_key_file) or _secret(self.secret_access_key)
+        token = _read_secret_file(self.session_token_file) or _secret(self.session_token)
+        if bool(access) != bool(secret):
+            have, lack = (
+                ("access key id", "secret access key")
+                if access
+                else ("secret access key", "access key id")
+            )
+            raise ConfigError(
+                f"a {have} is given but no {lack} (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,"
+                " or their *_FILE settings): give both"
+            )
+        if not access:
+            origin = "default"
+        elif self.access_key_id_file or self.secret_access_key_file:
+            origin = "files"
+        else:
+            origin = "environment"
+        return StaticKeys(
+            access or DEFAULT_MINIO_CREDENTIAL,
+            secret or DEFAULT_MINIO_CREDENTIAL,
+            token or None,
+            origin=origin,
+        )
+
+    def _container_credentials(self) -> ContainerCredentials:
+        full, relative = (
+            self.container_credentials_full_uri,
+            self.container_credentials_relative_uri,
+        )
+        if not full and not relative:
+            raise ConfigError(
+                "--credentials container needs AWS_CONTAINER_CREDENTIALS_FULL_URI (EKS Pod"
+                " Identity sets it) or AWS_CONTAINER_CREDENTIALS_RELATIVE_URI (ECS)"
+            )
+        if relative:  # ECS's agent address is fixed; the AWS SDKs give it precedence too
+            uri = CONTAINER_CREDENTIALS_HOST + "/" + relative.lstrip("/")
+        else:
+            assert full is not None
+            try:
+                uri = check_container_uri(full)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        return ContainerCredentials(
+            uri=uri,
+            token_file=self.container_authorization_token_file,
+            token=_secret(self.container_authorization_token) or None,
+        )
+
+    def _federation_variables(self) -> dict[str, object]:
+        return {
+            "AWS_WEB_IDENTITY_TOKEN_FILE": self.web_identity_token_file,
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI": self.container_credentials_full_uri,
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": self.container_credentials_relative_uri,
+        }
 
     def describe(self) -> dict[str, Any]:
         """A loggable summary: no secret values, only where they come from."""
+        try:
+            credentials = describe_credentials(self.credentials())
+        except ConfigError as exc:
+            credentials = f"invalid: {exc}"
         return {
             "source": str(self.source),
             "endpoint": self.endpoint,
             "bucket": self.bucket,
             "layout": self.layout.value,
-            "credentials": "file" if self.access_key_id_file else "env/default",
+            "credentials": credentials,
             "polling": self.sync.force_polling,
         }
 
 
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value().strip() if value is not None else ""
+
+
 def _read_secret_file(path: Path | None) -> str | None:
+    """A credential file's content; ConfigError when it cannot be read or is empty (an
+    empty file must not silently fall back to other credentials)."""
     if path is None:
         return None
     try:
-        return path.read_text(encoding="utf-8").strip()
+        content = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"cannot read credentials file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"credentials file {path} is not UTF-8 text") from None
+    if not content:
+        raise ConfigError(f"credentials file {path} is empty")
+    return content
 
 
 def _snake_keys(value: Any) -> Any:
@@ -182,7 +409,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} must hold a mapping of settings")
     data = _snake_keys(data)
     # Keys that are credentials must not come from a ConfigMap-style file.
-    for forbidden in ("access_key_id", "secret_access_key"):
+    for forbidden in (
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "container_authorization_token",
+    ):
         if forbidden in data:
             raise ConfigError(
                 f"config file {path} must not contain {forbidden}: use the environment or"

@@ -327,12 +327,7 @@ def _missing_mounts(config: Path, overrides: dict[str, Any]) -> list[Path]:
         settings = load_sidecar_settings(overrides, config)
     except ConfigError:
         return []
-    named = (
-        settings.access_key_id_file,
-        settings.secret_access_key_file,
-        settings.tls.ca_file,
-    )
-    return [path for path in named if path is not None and not path.exists()]
+    return [path for path in settings.mounted_files() if not path.exists()]
 
 
 def _not_ready(reason: str) -> Callable[[], tuple[bool, str]]:
