@@ -310,7 +310,9 @@ def _code_identities(value: Any) -> tuple[CodeIdentity, ...]:
 
 
 def _attempts(step: dict[str, Any], what: str) -> tuple[Attempt, ...]:
-    raw = step.get("attempts") or []
+    raw = step.get("attempts")
+    if raw is None:
+        raw = []
     if not isinstance(raw, list):
         raise RunShapeError(f"{what}.attempts is not a list")
     # runnable before 0.48 kept the code identities on the step, not on each attempt.

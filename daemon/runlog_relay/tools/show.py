@@ -167,14 +167,13 @@ def render_run(run: Run, console: Console) -> None:
 
     console.print(Text("\nParameters", style="bold"))
     if run.parameters:
-        params = Table(box=None, show_header=False, pad_edge=False, padding=(0, 2, 0, 2))
-        params.add_column(style="cyan", no_wrap=True)
-        params.add_column(overflow="fold")
-        params.add_column(style="dim")
+        # Plain lines, not a table: values can be long and should wrap under themselves.
+        pad = max(len(name) for name in run.parameters)
         for name, parameter in run.parameters.items():
-            kind = "" if parameter.kind == "json" else parameter.kind
-            params.add_row(name, _value(parameter.value), kind)
-        console.print(params)
+            line = Text.assemble("  ", (name.ljust(pad), "cyan"), "  ", _value(parameter.value))
+            if parameter.kind != "json":
+                line.append(f"  ({parameter.kind})", style="dim")
+            console.print(line, overflow="fold")
     else:
         console.print("  (none)")
 
