@@ -145,7 +145,9 @@ def render_page(run: Run) -> str:
                 f'<div class="bar{" open" if segment.open_ended else ""}"'
                 f' data-status="{escape(segment.status)}" title="{escape(what)}:'
                 f' {escape(segment.status)}, {escape(format_seconds(segment.length))}"'
-                f' style="left:{_percent(left)};width:{_percent(min(width, 100 - left))};'
+                # min(): a bar of no length at the very end keeps its 2px inside the track.
+                f' style="left:min({_percent(left)}, 100% - 2px);'
+                f'width:{_percent(min(width, 100 - left))};'
                 f'background:{_colour(segment.status)}"></div>'
             )
         bar = "".join(bars)

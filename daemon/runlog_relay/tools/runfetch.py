@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -109,7 +108,7 @@ def fetch_run(
     run_id: str,
     *,
     partial: bool = False,
-    catalog: Callable[[], Catalog] | None = None,
+    catalog: Catalog | None = None,
 ) -> Run:
     """Read ``run_id`` from the bucket. ToolError (exit 1) for a missing, torn, partial
     or foreign run; store errors propagate (exit 2/3)."""
@@ -179,9 +178,8 @@ def traceback_of(log_text: str) -> str:
     return "\n".join(kept)
 
 
-def _with_tracebacks(run: Run, catalog_factory: Callable[[], Catalog]) -> Run:
+def _with_tracebacks(run: Run, catalog: Catalog) -> Run:
     try:
-        catalog = catalog_factory()
         logs = [
             obj
             for obj in list_objects(catalog.store, f"{run.run_id}/")

@@ -12,7 +12,6 @@ plain ASCII at a fixed width, so it can be pasted into an issue or a chat.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -241,7 +240,8 @@ def read_run(args: argparse.Namespace, run_id: str) -> Run:
     ctx = open_context(args)
     catalog = None
     if not args.no_catalog:
-        catalog = functools.partial(catalog_for, ctx, args.catalog)
+        # Built (and --catalog checked) up front; read only when the run has failures.
+        catalog = catalog_for(ctx, args.catalog)
     return fetch_run(ctx, run_id, partial=args.partial, catalog=catalog)
 
 
