@@ -540,3 +540,25 @@ def test_html_page_renders_the_timeline_in_chromium(
         (tmp_path / "retried.png").write_bytes(png)
     finally:
         session.__exit__(None, None, None)
+
+
+# ---------------------------------------------------------------------------------- demo
+
+
+def test_demo_ends_by_showing_the_run_and_its_timeline(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "runlog_relay.cli", "demo", "--run-id", "demo-show"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    out = result.stdout
+    shown = out[out.index("7. The run from the bucket") : out.index("8. Key metrics")]
+    assert "run demo-show  SUCCESS" in shown and "Timeline" in shown
+    for step in ("prepare", "parallel.left.left_task", "map.c.process", "summarise"):
+        row = next(line for line in shown.splitlines() if f" {step} " in line)
+        assert "SUCCESS" in row and "=" in row
+    assert "Done: the bucket mirrors the run exactly." in out

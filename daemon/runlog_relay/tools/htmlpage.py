@@ -147,7 +147,7 @@ def render_page(run: Run) -> str:
                 f' {escape(segment.status)}, {escape(format_seconds(segment.length))}"'
                 # min(): a bar of no length at the very end keeps its 2px inside the track.
                 f' style="left:min({_percent(left)}, 100% - 2px);'
-                f'width:{_percent(min(width, 100 - left))};'
+                f"width:{_percent(min(width, 100 - left))};"
                 f'background:{_colour(segment.status)}"></div>'
             )
         bar = "".join(bars)
