@@ -32,10 +32,7 @@ from typing import Any
 import pytest
 from moto.server import ThreadedMotoServer
 
-from runlog_relay.cli import main
-from runlog_relay.layout import Layout, encode_body
-from runlog_relay.localtree import Candidate, walk
-from runlog_relay.objectstore import ObjectStore
+from runlog_relay.layout import Layout
 from runlog_relay.runnable_compat import (
     FAIL_ITEM_VARIABLE,
     PipelineFailedError,
@@ -45,10 +42,11 @@ from runlog_relay.runnable_compat import (
 from runlog_relay.tools.htmlpage import STATUS_COLOURS
 from tests.support import browser
 from tests.support.s3server import free_port
+from tests.support.toolcli import ACCESS_KEY, Result, bucket_store, cli, upload_like_the_sidecar
 
 pytestmark = [pytest.mark.integration]
 
-KEY = "minioadmin"
+KEY = ACCESS_KEY
 BUCKET = f"show-{os.getpid()}-{time.time_ns() % 10**9}"
 LOGS = f"{BUCKET}/run-logs"  # runnable's bucket[/prefix] for the run-log store
 SINGLE = f"{BUCKET}/single"
@@ -58,35 +56,10 @@ SECOND = {"label": "second", "threshold": 0.5}
 
 
 @dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-@dataclass(frozen=True)
 class World:
     endpoint: str
     folder: Path  # the chunked log folder
     single_folder: Path
-
-
-def store(endpoint: str, location: str) -> ObjectStore:
-    bucket, _, prefix = location.partition("/")
-    return ObjectStore(
-        endpoint=endpoint, bucket=bucket, prefix=prefix, access_key=KEY, secret_key=KEY
-    )
-
-
-def upload_like_the_sidecar(endpoint: str, location: str, folder: Path, layout: Layout) -> None:
-    """STAND-IN FOR THE SIDECAR: every run-log file of ``folder`` to ``location``."""
-    target = store(endpoint, location)
-    for item in walk(folder, layout):
-        assert isinstance(item, Candidate), item
-        target.put(item.mapping.key, encode_body(item.path.read_bytes(), layout))
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +75,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    store(endpoint, LOGS).check_bucket(create=True)
+    bucket_store(endpoint, LOGS).check_bucket(create=True)
     base = tmp_path_factory.mktemp("show-runs")
     folder, single = base / "chunked", base / "single"
     catalog = {
@@ -139,16 +112,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     upload_like_the_sidecar(endpoint, SINGLE, single, Layout.SINGLE)
     yield World(endpoint=endpoint, folder=folder, single_folder=single)
     server.stop()
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
-    capsys.readouterr()
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse usage errors
-        code = exc.code if isinstance(exc.code, int) else 2
-    out, err = capsys.readouterr()
-    return Result(code, out, err)
 
 
 def at(world: World, location: str = LOGS, *more: str) -> list[str]:
@@ -375,7 +338,7 @@ def test_diff_of_a_run_with_itself_and_of_a_failed_and_retried_run(
 
 
 def put(world: World, key: str, body: bytes, location: str = LOGS) -> None:
-    store(world.endpoint, location).put(key, body)
+    bucket_store(world.endpoint, location).put(key, body)
 
 
 def copy_run(world: World, source: str, target: str, *, skip: tuple[str, ...] = ()) -> None:

@@ -98,7 +98,7 @@ def _side(step: Step | None) -> dict[str, Any] | None:
 
 
 def _identity_keys(run: Run) -> set[tuple[Any, ...]]:
-    return {(i.type, i.identifier, i.dependable, i.url) for i in run.code_identities}
+    return {identity.key for identity in run.code_identities}
 
 
 def compare_runs(a: Run, b: Run) -> RunDiff:

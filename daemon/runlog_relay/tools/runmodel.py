@@ -58,6 +58,7 @@ __all__ = [
     "RunShapeError",
     "Step",
     "build_run",
+    "parse_time",
 ]
 
 #: runnable's terminal run statuses (runnable/defaults.py).
@@ -85,6 +86,11 @@ class CodeIdentity:
     dependable: bool  #: git: the tree was clean
     url: str | None
     message: str = ""
+
+    @property
+    def key(self) -> tuple[str, str | None, bool, str | None]:
+        """What makes two identities the same code (the message is commentary)."""
+        return (self.type, self.identifier, self.dependable, self.url)
 
     def describe(self) -> str:
         text = f"{self.type or 'code'}:{self.identifier or '(unknown)'}"
@@ -252,7 +258,8 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return max(0.0, (end - start).total_seconds())
 
 
-def _time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
+    """A runnable timestamp (``str(datetime.now())`` or ISO 8601); None when absent or odd."""
     if not isinstance(value, str) or not value:
         return None
     try:
@@ -325,8 +332,8 @@ def _attempts(step: dict[str, Any], what: str) -> tuple[Attempt, ...]:
             Attempt(
                 number=number if isinstance(number, int) else index,
                 status=_text(attempt.get("status")) or "UNKNOWN",
-                started_at=_time(attempt.get("start_time")),
-                ended_at=_time(attempt.get("end_time")),
+                started_at=parse_time(attempt.get("start_time")),
+                ended_at=parse_time(attempt.get("end_time")),
                 message=_text(attempt.get("message")),
                 retry_indicator=_text(attempt.get("retry_indicator")),
                 code_identities=_code_identities(attempt.get("code_identities")) or step_identities,
@@ -349,20 +356,21 @@ class _Pieces:
     order: dict[str, tuple[int, int]] = field(default_factory=dict)  #: (creation ns, seen)
 
     def add_step(self, key: str, document: dict[str, Any], what: str, ns: int = 0) -> None:
-        name = document.get("internal_name")
-        name = name if isinstance(name, str) and name else key
-        self.order.setdefault(name, (ns, len(self.order)))
-        self.steps[name] = document
+        self.steps[self._name(key, document, ns)] = document
         for branch_key, branch in _objects(document.get("branches"), f"{what}.branches").items():
             self.add_branch(branch_key, branch, f"{what}.branches[{branch_key!r}]")
 
     def add_branch(self, key: str, document: dict[str, Any], what: str, ns: int = 0) -> None:
+        self.branches[self._name(key, document, ns)] = document
+        for step_key, step in _objects(document.get("steps"), f"{what}.steps").items():
+            self.add_step(step_key, step, f"{what}.steps[{step_key!r}]")
+
+    def _name(self, key: str, document: dict[str, Any], ns: int) -> str:
+        """The document's own internal name (its key where it has none); remembers order."""
         name = document.get("internal_name")
         name = name if isinstance(name, str) and name else key
         self.order.setdefault(name, (ns, len(self.order)))
-        self.branches[name] = document
-        for step_key, step in _objects(document.get("steps"), f"{what}.steps").items():
-            self.add_step(step_key, step, f"{what}.steps[{step_key!r}]")
+        return name
 
 
 def build_run(run_id: str, documents: Mapping[str, Any]) -> Run:
@@ -421,19 +429,12 @@ def build_run(run_id: str, documents: Mapping[str, Any]) -> Run:
                 and not any(branch.step == step.name for branch in branches)
             ):
                 problems.append(f"{step.name} finished but none of its branch logs is there")
-    identities: dict[tuple[Any, ...], CodeIdentity] = {}
-    for step in steps:
-        for attempt in step.attempts:
-            for identity in attempt.code_identities:
-                identities.setdefault(
-                    (identity.type, identity.identifier, identity.dependable, identity.url),
-                    identity,
-                )
+    found = [i for step in steps for attempt in step.attempts for i in attempt.code_identities]
     if isinstance(job, dict):
-        for identity in _code_identities(job.get("code_identities")):
-            identities.setdefault(
-                (identity.type, identity.identifier, identity.dependable, identity.url), identity
-            )
+        found += _code_identities(job.get("code_identities"))
+    identities: dict[tuple[Any, ...], CodeIdentity] = {}
+    for identity in found:  # once each, in the order first seen
+        identities.setdefault(identity.key, identity)
     return Run(
         run_id=run_id,
         status=status,
