@@ -15,7 +15,7 @@ from runlog_relay.layout import Layout, encode_body
 from runlog_relay.localtree import Candidate, walk
 from runlog_relay.objectstore import ObjectStore
 
-#: The tools' default credentials; moto's default server accepts anything.
+#: The tools' default credentials: moto accepts anything, SeaweedFS knows them as its admin key.
 ACCESS_KEY = SECRET_KEY = "minioadmin"
 
 
