@@ -35,6 +35,7 @@ from runlog_relay import __version__
 from runlog_relay.cli import build_parser
 from runlog_relay.config.crd import crd_manifest, crd_yaml
 from runlog_relay.operator import permissions
+from runlog_relay.operator import settings as operator_settings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "runlog-relay"
@@ -651,8 +652,10 @@ def test_the_operator_arguments_follow_the_contract() -> None:
 
 def test_the_sidecar_defaults_are_the_webhooks() -> None:
     webhook = pytest.importorskip("runlog_relay.operator.webhook")
-    assert _merged({})["injection"]["sidecar"]["resources"] == dict(webhook.DEFAULT_RESOURCES)
-    assert _merged({})["image"]["repository"] == webhook.DEFAULT_IMAGE.rsplit(":", 1)[0]
+    assert _merged({})["injection"]["sidecar"]["resources"] == dict(
+        operator_settings.DEFAULT_RESOURCES
+    )
+    assert _merged({})["image"]["repository"] == operator_settings.DEFAULT_IMAGE.rsplit(":", 1)[0]
     podmonitor = one(render({"prometheus": {"podMonitor": {"enabled": True}}}), "PodMonitor")
     assert podmonitor["spec"]["podMetricsEndpoints"][0]["port"] == webhook.METRICS_PORT_NAME
     assert webhook.CONTAINER_NAME == "runlog-relay"

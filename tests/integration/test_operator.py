@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry
 
 from runlog_relay.config.crd import crd_manifest
 from runlog_relay.config.settings import load_sidecar_settings
-from runlog_relay.operator.controller import ControllerOptions
-from runlog_relay.operator.runner import Operator, OperatorOptions, build_operator
+from runlog_relay.operator.runner import Operator, build_operator
+from runlog_relay.operator.settings import OperatorSettings
 from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness
 from tests.integration.kube.kopf_runner import KopfRunner, RunningOperator
 from tests.support.s3server import AuthS3
@@ -76,16 +76,15 @@ class Cluster:
     def start(
         self, *, allow_errors: bool = False, namespaces: tuple[str, ...] = (NS,), **options: Any
     ) -> Operator:
-        controller = ControllerOptions(
-            retry_base_delay=0.2,
-            retry_max_delay=1.0,
-            bucket_timeout=2.0,
-            instance="test-operator",
-            **options,
-        )
+        reconcile = {"retry_base_delay": 0.2, "retry_max_delay": 1.0, "bucket_timeout": 2.0}
         url = self.kube.url
         self.operator = build_operator(
-            OperatorOptions(namespaces=namespaces, controller=controller),
+            OperatorSettings(
+                namespaces=list(namespaces),
+                instance="test-operator",
+                reconcile={**reconcile, **options},
+                webhook={"port": 0},
+            ),
             login=lambda: kopf.ConnectionInfo(server=url, insecure=True),
             prometheus=CollectorRegistry(),
             recheck="recheck_interval" in options,

@@ -36,10 +36,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from runlog_relay.config.crd import crd_manifest
-from runlog_relay.operator.controller import ControllerOptions
-from runlog_relay.operator.runner import Operator, OperatorOptions, build_operator
-from runlog_relay.operator.webhook import InjectionOptions
-from runlog_relay.operator.webhook_tls import WebhookOptions, self_signed_certificate
+from runlog_relay.operator.runner import Operator, build_operator
+from runlog_relay.operator.settings import OperatorSettings
+from runlog_relay.operator.webhook_tls import self_signed_certificate
 from runlog_relay.runnable_compat import run_pipeline
 from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness
 from tests.integration.kube.kopf_runner import KopfRunner, RunningOperator
@@ -128,20 +127,19 @@ class Cluster:
         self, *, allow_errors: bool = False, cert_dir: Path | None = None, **injection: Any
     ) -> Operator:
         url = self.kube.url
-        options = OperatorOptions(
-            namespaces=(NS, OTHER_NS),
-            controller=ControllerOptions(
-                retry_base_delay=0.2, retry_max_delay=1.0, bucket_timeout=2.0, instance="test"
-            ),
-            webhook=WebhookOptions(
-                host="127.0.0.1",
-                port=None,
-                service_name=SERVICE,
-                service_namespace=SERVICE_NS,
-                ca_recheck_interval=0.3,
-                cert_dir=cert_dir,
-            ),
-            injection=InjectionOptions(**injection),
+        options = OperatorSettings(
+            namespaces=[NS, OTHER_NS],
+            instance="test",
+            reconcile={"retry_base_delay": 0.2, "retry_max_delay": 1.0, "bucket_timeout": 2.0},
+            webhook={
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "service_name": SERVICE,
+                "service_namespace": SERVICE_NS,
+                "cert_check_interval": 0.3,
+                "cert_dir": cert_dir,
+            },
+            injection=injection,
         )
         self.operator = build_operator(
             options,

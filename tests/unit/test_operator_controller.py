@@ -23,7 +23,8 @@ from runlog_relay.config.models import StoreSpec
 from runlog_relay.errors import NotFoundError, PermanentError, RetryableError
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator import reconcile as rc
-from runlog_relay.operator.controller import ControllerOptions, StoreController
+from runlog_relay.operator.controller import StoreController
+from runlog_relay.operator.settings import ReconcileSettings
 
 NS = "team"
 STORE_PATH = f"/apis/runlog-relay.dev/v1alpha1/namespaces/{NS}/runlogstores/main"
@@ -127,7 +128,8 @@ class World:
             self.api,
             OperatorMetrics(self.registry),
             bucket_check=self.bucket,
-            options=ControllerOptions(retry_base_delay=2, retry_max_delay=30, instance="test"),
+            options=ReconcileSettings(retry_base_delay=2, retry_max_delay=30),
+            instance="test",
             clock=lambda: datetime(2025, 1, 1, tzinfo=UTC),
         )
 
@@ -424,7 +426,7 @@ def test_recheck_loop_survives_a_failing_round(world: World) -> None:
         world.api,
         OperatorMetrics(CollectorRegistry()),
         bucket_check=world.bucket,
-        options=ControllerOptions(recheck_interval=0.01),
+        options=ReconcileSettings(recheck_interval=0.01),
     )
     asyncio.run(controller.reconcile(copy.deepcopy(world.api.objects[STORE_PATH])))
     rounds: list[int] = []

@@ -17,6 +17,7 @@ from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator import webhook as wh
 from runlog_relay.operator.admission import Admission
 from runlog_relay.operator.kubeapi import configmap_path, secret_path, store_path
+from runlog_relay.operator.settings import InjectionSettings
 
 NS = "team-a"
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -55,7 +56,7 @@ class World:
         self.admission = Admission(
             self.api,
             OperatorMetrics(self.registry),
-            options=wh.InjectionOptions(**options),
+            options=InjectionSettings(**options),
             instance="op-0",
             lookup_timeout=0.5,
             clock=lambda: NOW,

@@ -21,14 +21,18 @@ from prometheus_client import CollectorRegistry
 
 from runlog_relay import cli
 from runlog_relay.errors import PermanentError
-from runlog_relay.operator.command import options_from_args
+from runlog_relay.operator.command import settings_from_args
 from runlog_relay.operator.handlers import MUTATE_PODS, VALIDATE_STORES
-from runlog_relay.operator.runner import OperatorOptions, build_operator
-from runlog_relay.operator.webhook import DEFAULT_IMAGE, DEFAULT_RESOURCES
+from runlog_relay.operator.runner import build_operator
+from runlog_relay.operator.settings import (
+    DEFAULT_IMAGE,
+    DEFAULT_RESOURCES,
+    OperatorSettings,
+    WebhookSettings,
+)
 from runlog_relay.operator.webhook_tls import (
     CaBundleKeeper,
     RelayWebhookServer,
-    WebhookOptions,
     build_webhook_server,
     ca_bundle_ops,
     configuration_path,
@@ -62,11 +66,11 @@ def test_self_signed_certificate_names_the_service_and_loads(tmp_path: Path) -> 
 
 
 def test_server_modes() -> None:
-    signed = build_webhook_server(WebhookOptions(service_namespace="ops"), on_ca=lambda _: None)
+    signed = build_webhook_server(WebhookSettings(service_namespace="ops"), on_ca=lambda _: None)
     assert isinstance(signed, RelayWebhookServer) and signed.certfile is None
     assert "runlog-relay.ops.svc" in list(signed.extra_sans)
     assert signed.port == 9443 and signed.addr == "0.0.0.0"
-    mounted = build_webhook_server(WebhookOptions(cert_dir=Path("/certs"), port=8443))
+    mounted = build_webhook_server(WebhookSettings(cert_dir=Path("/certs"), port=8443))
     assert (mounted.certfile, mounted.pkeyfile) == (Path("/certs/tls.crt"), Path("/certs/tls.key"))
     assert mounted.port == 8443
     with pytest.raises(ValueError, match="never encrypted"):
@@ -173,9 +177,9 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_webhook_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POD_NAMESPACE", "relay-system")
-    options = options_from_args(parse())
+    options = settings_from_args(parse())
     webhook = options.webhook
-    assert webhook == WebhookOptions(
+    assert webhook == WebhookSettings(
         host="0.0.0.0",
         port=9443,
         cert_dir=None,
@@ -185,13 +189,13 @@ def test_webhook_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     injection = options.injection
     assert injection.image == DEFAULT_IMAGE and injection.image.endswith(":0.1.0")
-    assert injection.resources == DEFAULT_RESOURCES
+    assert injection.resources == dict(DEFAULT_RESOURCES)
     assert injection.inject_when_not_ready and not injection.scrape_annotations
 
 
 def test_webhook_options() -> None:
     resources = {"requests": {"cpu": "5m"}, "limits": {"memory": "96Mi"}}
-    options = options_from_args(
+    options = settings_from_args(
         parse(
             "--webhook-port",
             "8443",
@@ -213,7 +217,7 @@ def test_webhook_options() -> None:
             "--scrape-annotations",
         )
     )
-    assert options.webhook == WebhookOptions(
+    assert options.webhook == WebhookSettings(
         host="127.0.0.1",
         port=8443,
         cert_dir=Path("/certs"),
@@ -224,7 +228,7 @@ def test_webhook_options() -> None:
     assert options.injection.image == "registry.local/relay:1"
     assert options.injection.resources == resources
     assert not options.injection.inject_when_not_ready and options.injection.scrape_annotations
-    assert options_from_args(parse("--webhook-port", "0")).webhook is None
+    assert settings_from_args(parse("--webhook-port", "0")).webhook.port == 0
 
 
 @pytest.mark.parametrize(
@@ -238,7 +242,7 @@ def test_bad_sidecar_resources_are_rejected(value: str, capsys: pytest.CaptureFi
 
 def test_registry_serves_the_webhooks_at_the_contract_ids() -> None:
     operator = build_operator(
-        OperatorOptions(webhook=WebhookOptions(port=None)), prometheus=CollectorRegistry()
+        OperatorSettings(webhook=WebhookSettings(port=9443)), prometheus=CollectorRegistry()
     )
     webhooks = {h.id: h for h in operator.registry._webhooks.get_all_handlers()}
     assert (
@@ -255,11 +259,11 @@ def test_registry_serves_the_webhooks_at_the_contract_ids() -> None:
     }
     assert operator.ca_keeper is not None and operator.admission is not None
     # Without webhooks: neither handlers nor index (kopf needs a server for the former).
-    plain = build_operator(OperatorOptions(), prometheus=CollectorRegistry())
+    plain = build_operator(OperatorSettings(webhook={"port": 0}), prometheus=CollectorRegistry())
     assert not plain.registry._webhooks.get_all_handlers()
     assert plain.admission is None and plain.webhook_server is None
     mounted = build_operator(
-        OperatorOptions(webhook=WebhookOptions(cert_dir=Path("/certs"))),
+        OperatorSettings(webhook=WebhookSettings(cert_dir=Path("/certs"))),
         prometheus=CollectorRegistry(),
     )
     assert mounted.ca_keeper is None  # cert-manager's CA injector owns the caBundle then

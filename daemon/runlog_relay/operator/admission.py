@@ -30,6 +30,7 @@ from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator import reconcile as rc
 from runlog_relay.operator import webhook as wh
 from runlog_relay.operator.kubeapi import configmap_path, event_path, secret_path, store_path
+from runlog_relay.operator.settings import InjectionSettings
 
 __all__ = ["Admission", "AdmissionApi", "StoreIndex"]
 
@@ -66,14 +67,14 @@ class Admission:
         api: AdmissionApi,
         metrics: OperatorMetrics,
         *,
-        options: wh.InjectionOptions | None = None,
+        options: InjectionSettings | None = None,
         instance: str = "runlog-relay-operator",
         lookup_timeout: float = 5.0,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._api = api
         self._metrics = metrics
-        self.options = options or wh.InjectionOptions()
+        self.options = options or InjectionSettings()
         self._instance = instance
         self._timeout = lookup_timeout
         self._clock = clock

@@ -45,10 +45,10 @@ from runlog_relay.objectstore import ObjectStore
 from runlog_relay.operator import reconcile as rc
 from runlog_relay.operator.kubeapi import configmap_path, event_path, secret_path, store_path
 from runlog_relay.operator.leadership import Gate, always
+from runlog_relay.operator.settings import ReconcileSettings
 
 __all__ = [
     "BucketCheck",
-    "ControllerOptions",
     "KubeClient",
     "Result",
     "StoreController",
@@ -98,23 +98,6 @@ def check_bucket(spec: StoreSpec, secrets: rc.ResolvedSecrets, timeout: float) -
 
 
 @dataclass(frozen=True)
-class ControllerOptions:
-    bucket_timeout: float = 10.0
-    """Seconds for the bucket check's requests (connect at most 5)."""
-    retry_base_delay: float = 5.0
-    """First retry of a transient failure after this many seconds, doubling each time."""
-    retry_max_delay: float = 300.0
-    """Upper bound of the retry delay."""
-    recheck_interval: float = 300.0
-    """Seconds between rechecks of every known store (bucket still there, credentials
-    still valid, endpoint back)."""
-    recheck_concurrency: int = 8
-    """Stores rechecked at once."""
-    instance: str = "runlog-relay-operator"
-    """This operator's name in Events (``reportingInstance``): the pod name in a cluster."""
-
-
-@dataclass(frozen=True)
 class Result:
     """What one reconcile concluded, for the handler to act on."""
 
@@ -147,13 +130,15 @@ class StoreController:
         metrics: OperatorMetrics,
         *,
         bucket_check: BucketCheck = check_bucket,
-        options: ControllerOptions | None = None,
+        options: ReconcileSettings | None = None,
+        instance: str = "runlog-relay-operator",
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._api = api
         self._metrics = metrics
         self._bucket_check = bucket_check
-        self._options = options or ControllerOptions()
+        self._options = options or ReconcileSettings()
+        self._instance = instance
         self._clock = clock
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._states: dict[tuple[str, str], _State] = {}
@@ -376,7 +361,7 @@ class StoreController:
             store=name,
             uid=uid,
             now=self._clock(),
-            instance=self._options.instance,
+            instance=self._instance,
         )
         try:
             await self._api.create(event_path(namespace), manifest)

@@ -13,7 +13,7 @@ import os
 import random
 import secrets
 import socket
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
@@ -21,59 +21,31 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator.admission import Admission
-from runlog_relay.operator.controller import (
-    BucketCheck,
-    ControllerOptions,
-    StoreController,
-    check_bucket,
-)
+from runlog_relay.operator.controller import BucketCheck, StoreController, check_bucket
 from runlog_relay.operator.handlers import HandlerOptions, register_handlers
 from runlog_relay.operator.kubeapi import KubeApi, Login, default_login
 from runlog_relay.operator.leadership import Gate, PeeringGate, always
-from runlog_relay.operator.webhook import InjectionOptions
+from runlog_relay.operator.settings import OperatorSettings
 from runlog_relay.operator.webhook_tls import (
     CaBundleKeeper,
     RelayWebhookServer,
-    WebhookOptions,
     build_webhook_server,
 )
 
-__all__ = ["Operator", "OperatorOptions", "build_operator", "operate", "run"]
+__all__ = ["Operator", "build_operator", "operate", "run"]
 
 log = logging.getLogger(__name__)
 
-#: kopf peering priorities are plain integers; a wide random range makes two replicas
-#: picking the same one (which pauses both) practically impossible.
-_RANDOM_PRIORITY_MAX = 2**31 - 1
+#: kopf peering priorities are plain integers, and kopf freezes every replica when two
+#: live ones have the same. The configured priority is the class (high bits); a random
+#: tie-breaker below it tells apart replicas of one pod template (one Deployment, same
+#: arguments). 2**31 values keep a collision out of reach and the sum a safe JSON number.
+_TIEBREAK_RANGE = 2**31
 
 
-@dataclass(frozen=True)
-class OperatorOptions:
-    """Everything ``runlog-relay operator`` takes on its command line."""
-
-    namespaces: tuple[str, ...] = ()
-    """Namespaces (or kopf globs like ``team-*``) to serve; empty with
-    ``all_namespaces`` False also means all."""
-    all_namespaces: bool = False
-    """Serve every namespace (needs cluster-wide RBAC)."""
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
-    metrics_port: int | None = 9464
-    """Prometheus ``/metrics`` port; None serves none (tests), 0 picks a free port."""
-    liveness_port: int | None = 8080
-    """kopf's liveness endpoint, ``http://0.0.0.0:PORT/healthz``; None disables it."""
-    peering: str | None = None
-    """kopf peering name for several replicas; None runs standalone."""
-    priority: int | None = None
-    """Peering priority; None picks a random one (replicas must differ)."""
-    controller: ControllerOptions = field(default_factory=ControllerOptions)
-    webhook: WebhookOptions | None = None
-    """Serve the admission webhooks (pod injection, RunLogStore validation); None: off."""
-    injection: InjectionOptions = field(default_factory=InjectionOptions)
-    """What the pod webhook injects."""
-
-    @property
-    def clusterwide(self) -> bool:
-        return self.all_namespaces or not self.namespaces
+def effective_priority(priority: int) -> int:
+    """kopf's priority for a replica of priority class ``priority``."""
+    return priority * _TIEBREAK_RANGE + random.randrange(1, _TIEBREAK_RANGE)  # noqa: S311
 
 
 @dataclass
@@ -96,7 +68,7 @@ class Operator:
 
 
 def build_operator(
-    options: OperatorOptions,
+    options: OperatorSettings,
     *,
     login: Login = default_login,
     bucket_check: BucketCheck = check_bucket,
@@ -106,37 +78,35 @@ def build_operator(
     prometheus = prometheus if prometheus is not None else CollectorRegistry()
     metrics = OperatorMetrics(prometheus)
     api = KubeApi(login)
-    controller_options = options.controller
-    if controller_options.instance == ControllerOptions().instance:
-        # The pod name, so Events say which replica reported them.
-        controller_options = replace(controller_options, instance=socket.gethostname())
     controller = StoreController(
-        api, metrics, bucket_check=bucket_check, options=controller_options
+        api,
+        metrics,
+        bucket_check=bucket_check,
+        options=options.reconcile,
+        instance=options.instance,
     )
-    priority = options.priority
-    if options.peering and priority is None:
-        priority = random.randint(1, _RANDOM_PRIORITY_MAX)  # noqa: S311 - not security
+    peering = options.peering.name
     handler_options = HandlerOptions(
-        peering=options.peering, priority=priority or 0, recheck=recheck
+        peering=peering,
+        priority=effective_priority(options.peering.priority) if peering else 0,
+        recheck=recheck,
     )
     identity = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
     gate: Gate = always
-    if options.peering:
+    if peering:
         gate = PeeringGate(
             api,
-            name=options.peering,
+            name=peering,
             identity=identity,
             priority=handler_options.priority,
             clusterwide=options.clusterwide,
         )
     admission = webhook_server = ca_keeper = None
-    if options.webhook is not None:
-        admission = Admission(
-            api, metrics, options=options.injection, instance=controller_options.instance
-        )
+    if options.webhook.port:
+        admission = Admission(api, metrics, options=options.injection, instance=options.instance)
         if options.webhook.self_signed:
             ca_keeper = CaBundleKeeper(
-                api, name=options.webhook.config_name, interval=options.webhook.ca_recheck_interval
+                api, name=options.webhook.config_name, interval=options.webhook.cert_check_interval
             )
         webhook_server = build_webhook_server(
             options.webhook, on_ca=ca_keeper.offer if ca_keeper is not None else None
@@ -168,17 +138,13 @@ def build_operator(
 
 async def operate(
     operator: Operator,
-    options: OperatorOptions,
+    options: OperatorSettings,
     *,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
 ) -> None:
     """Run kopf with the operator's registry until ``stop_flag`` (or a signal)."""
-    liveness = (
-        f"http://0.0.0.0:{options.liveness_port}/healthz"
-        if options.liveness_port is not None
-        else None
-    )
+    liveness = f"http://0.0.0.0:{options.liveness_port}/healthz" if options.liveness_port else None
     await kopf.operator(
         registry=operator.registry,
         clusterwide=options.clusterwide,
@@ -193,7 +159,7 @@ async def operate(
     )
 
 
-def run(options: OperatorOptions) -> int:
+def run(options: OperatorSettings) -> int:
     """Blocking: serve metrics, run the operator until SIGINT/SIGTERM; the exit code."""
     operator = build_operator(options)
     server = None
@@ -210,9 +176,9 @@ def run(options: OperatorOptions) -> int:
     log.info(
         "runlog-relay operator starting: %s, %s",
         scope,
-        f"peering {options.peering!r}" if options.peering else "standalone",
+        f"peering {options.peering.name!r}" if options.peering.name else "standalone",
     )
-    if options.webhook is not None:
+    if options.webhook.port:
         log.info(
             "admission webhooks on https://%s:%s (/mutate-pods, /validate-runlogstores), %s",
             options.webhook.host,

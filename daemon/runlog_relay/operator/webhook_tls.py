@@ -34,8 +34,6 @@ import datetime
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -47,12 +45,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from runlog_relay.errors import NotFoundError, RelayError
 from runlog_relay.operator.kubeapi import KubeApi
+from runlog_relay.operator.settings import WebhookSettings
 
 __all__ = [
     "CONFIGURATION_KINDS",
     "CaBundleKeeper",
     "RelayWebhookServer",
-    "WebhookOptions",
     "build_webhook_server",
     "ca_bundle_ops",
     "configuration_path",
@@ -68,29 +66,6 @@ _ADMISSION_API = "/apis/admissionregistration.k8s.io/v1"
 #: A self-signed certificate lives as long as the process that made it; this only has to
 #: outlast any realistic uptime.
 CERTIFICATE_DAYS = 3650
-
-
-@dataclass(frozen=True)
-class WebhookOptions:
-    """How the operator serves its admission webhooks (``--webhook-*``)."""
-
-    host: str = "0.0.0.0"  # noqa: S104 - the API server calls in from outside the pod
-    """Address the HTTPS server binds to."""
-    port: int | None = 9443
-    """HTTPS port; None picks a free one (tests)."""
-    cert_dir: Path | None = None
-    """``tls.crt``/``tls.key`` here (cert-manager mode); None: self-signed."""
-    service_name: str = "runlog-relay"
-    """The webhook Service: its DNS names go into the self-signed certificate."""
-    service_namespace: str = "runlog-relay"
-    config_name: str = "runlog-relay"
-    """Mutating/ValidatingWebhookConfiguration whose caBundle is kept (self-signed mode)."""
-    ca_recheck_interval: float = 60.0
-    """Seconds between checks that the configurations still carry our caBundle."""
-
-    @property
-    def self_signed(self) -> bool:
-        return self.cert_dir is None
 
 
 def service_names(service: str, namespace: str) -> list[str]:
@@ -196,9 +171,10 @@ class RelayWebhookServer(kopf.WebhookServer):
 
 
 def build_webhook_server(
-    options: WebhookOptions, on_ca: Callable[[bytes], None] | None = None
+    options: WebhookSettings, on_ca: Callable[[bytes], None] | None = None
 ) -> RelayWebhookServer:
     """kopf's server for ``options``: a certificate directory, or self-signed."""
+    namespace = options.service_namespace or "runlog-relay"
     if options.cert_dir is not None:
         return RelayWebhookServer(
             addr=options.host,
@@ -209,8 +185,8 @@ def build_webhook_server(
     return RelayWebhookServer(
         addr=options.host,
         port=options.port,
-        host=f"{options.service_name}.{options.service_namespace}.svc",
-        extra_sans=service_names(options.service_name, options.service_namespace),
+        host=f"{options.service_name}.{namespace}.svc",
+        extra_sans=service_names(options.service_name, namespace),
         on_ca=on_ca,
     )
 
