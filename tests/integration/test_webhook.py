@@ -222,14 +222,30 @@ class Cluster:
     # --- admission -------------------------------------------------------------------------
 
     def admit(
-        self, pod: dict[str, Any], namespace: str = NS, path: str = "/mutate-pods"
+        self,
+        pod: dict[str, Any],
+        namespace: str = NS,
+        path: str = "/mutate-pods",
+        *,
+        dry_run: bool = False,
     ) -> ReviewAnswer:
         assert self.client is not None
         kubernetes_validate.validate(pod, K8S, strict=True)
-        answer = self.client.post(path, pod_review(pod, namespace))
+        answer = self.client.post(path, pod_review(pod, namespace, dry_run=dry_run))
         assert answer.status == 200, answer
         assert answer.allowed, answer.response
         return answer
+
+    def wait_webhook_warns(self, pod: dict[str, Any], text: str) -> None:
+        """Wait until the webhook's own view of the pod's store -- kopf's in-memory index,
+        which follows the API object's status a moment later -- makes it warn ``text``.
+        Asked with dry-run reviews: the webhook decides as for real, but posts no Event
+        and counts nothing."""
+
+        def warns() -> bool:
+            return any(text in w for w in self.admit(pod, dry_run=True).warnings)
+
+        self.wait(warns, f"the webhook to warn {text!r}")
 
     def metric(self, result: str) -> float:
         assert self.operator is not None
@@ -571,8 +587,10 @@ def test_not_ready_store_is_injected_by_default_with_a_warning(cluster: Cluster)
     cluster.start()
     cluster.put_creds()
     cluster.create_store("waiting", "no-such-bucket-here", wait=False)
-    wait_reason(cluster, "waiting", "BucketNotFound")  # the sidecar can start, and wait
     pod = bare_pod(store="waiting")
+    # The store's reconcile ends at BucketNotFound (the sidecar can start, and wait); the
+    # status reaches the webhook's index a moment after the API object.
+    cluster.wait_webhook_warns(pod, "Ready=False (BucketNotFound)")
 
     answer = cluster.admit(pod)
 
