@@ -148,8 +148,8 @@ def test_registry_has_the_handlers_and_no_finalizer_needing_ones() -> None:
     indexing = {h.id for h in registry._indexing.get_all_handlers()}
     activities = {h.id for h in registry._activities.get_all_handlers()}
     assert changing == {"reconcile", "reconcile/spec"}  # kopf suffixes field handlers
-    assert watching == {"store_event", "secret_event"}
-    assert indexing == {"stores_by_secret"}
+    assert watching == {"store_event"}  # never Secrets: they are read by name
+    assert indexing == set()
     assert {"startup", "cleanup", "login"} <= activities
     # No timers, daemons or non-optional deletion handlers: kopf adds no finalizer, so a
     # RunLogStore can always be deleted, operator running or not.

@@ -253,10 +253,7 @@ def test_registry_serves_the_webhooks_at_the_contract_ids() -> None:
         webhooks["mutate-pods"].ignore_failures
         and webhooks["validate-runlogstores"].ignore_failures
     )
-    assert {h.id for h in operator.registry._indexing.get_all_handlers()} == {
-        "stores_by_secret",
-        "stores_by_name",
-    }
+    assert {h.id for h in operator.registry._indexing.get_all_handlers()} == {"stores_by_name"}
     assert operator.ca_keeper is not None and operator.admission is not None
     # Without webhooks: neither handlers nor index (kopf needs a server for the former).
     plain = build_operator(OperatorSettings(webhook={"port": 0}), prometheus=CollectorRegistry())

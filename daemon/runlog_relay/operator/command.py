@@ -42,6 +42,7 @@ FLAGS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("liveness_port",): ("--liveness-port",),
     ("log_level",): ("--log-level",),
     ("log_format",): ("--log-format",),
+    ("list_chunk_size",): ("--list-chunk-size",),
     ("instance",): ("--instance",),
     ("reconcile", "recheck_interval"): ("--recheck-interval",),
     ("reconcile", "bucket_timeout"): ("--bucket-timeout",),

@@ -78,18 +78,13 @@ def build_operator(
     prometheus = prometheus if prometheus is not None else CollectorRegistry()
     metrics = OperatorMetrics(prometheus)
     api = KubeApi(login)
-    controller = StoreController(
-        api,
-        metrics,
-        bucket_check=bucket_check,
-        options=options.reconcile,
-        instance=options.instance,
-    )
     peering = options.peering.name
     handler_options = HandlerOptions(
         peering=peering,
         priority=effective_priority(options.peering.priority) if peering else 0,
+        lifetime=options.peering.lifetime,
         recheck=recheck,
+        chunk_size=options.list_chunk_size,
     )
     identity = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
     gate: Gate = always
@@ -101,6 +96,14 @@ def build_operator(
             priority=handler_options.priority,
             clusterwide=options.clusterwide,
         )
+    controller = StoreController(
+        api,
+        metrics,
+        bucket_check=bucket_check,
+        options=options.reconcile,
+        instance=options.instance,
+        gate=gate,
+    )
     admission = webhook_server = ca_keeper = None
     if options.webhook.port:
         admission = Admission(api, metrics, options=options.injection, instance=options.instance)
@@ -117,7 +120,6 @@ def build_operator(
         controller=controller,
         api=api,
         options=handler_options,
-        recheck_gate=gate,
         admission=admission,
         webhook_server=webhook_server,
         ca_keeper=ca_keeper,

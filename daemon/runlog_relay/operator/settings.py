@@ -219,6 +219,9 @@ class OperatorSettings(BaseSettings):
     """Log level."""
     log_format: LogFormat = LogFormat.PLAIN
     """plain for people, json for log pipelines."""
+    list_chunk_size: int = Field(default=500, ge=1, le=10000)
+    """Objects per page when the operator lists a resource (limit/continue), so a big
+    first listing never arrives as one response held in memory."""
     instance: str = Field(default_factory=_own_instance)
     """This replica's name in Events and logs; default: the host (pod) name."""
     reconcile: ReconcileSettings = ReconcileSettings()
