@@ -27,15 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness, wait_for
-from tests.integration.kube.processes import OperatorProcess, operator_requests
+from tests.integration.kube.processes import (
+    OperatorProcess,
+    operator_requests,
+    settled_leader,
+)
 
 from runlog_relay.config.crd import crd_manifest
 
 RLS = "runlog-relay.dev/v1alpha1/runlogstores"
 STORE_NS = "team-a"
-PEERING_CRDS = (
-    Path(__file__).resolve().parents[1] / "charts/runlog-relay/files/crds/kopf-peering.yaml"
-)
+PEERING_CRDS = Path(__file__).resolve().parents[1] / "charts/runlog-relay/crds/kopf-peering.yaml"
 
 
 def seed_secrets(kube: KubeHarness, count: int, size: int, namespaces: int) -> None:
@@ -161,7 +163,9 @@ def failover(args: argparse.Namespace, workdir: Path) -> None:
         processes = [OperatorProcess(kube, same, workdir, name=f"replica-{i}") for i in (1, 2)]
         a_store(kube, "before")
         wait_for(lambda: reconciled(kube, "before"), 120, message="the first store reconciled")
-        active = wait_for(lambda: leader(kube, processes), 120, message="one active replica")
+        active = wait_for(
+            lambda: settled_leader(kube, processes, "relay"), 120, message="one active replica"
+        )
         time.sleep(args.settle)
         active.kill()
         killed = time.monotonic()
@@ -173,12 +177,6 @@ def failover(args: argparse.Namespace, workdir: Path) -> None:
             if process.alive:
                 process.stop()
         kube.stop()
-
-
-def leader(kube: KubeHarness, processes: list[OperatorProcess]) -> OperatorProcess | None:
-    """The replica whose log says it reconciled the first store."""
-    found = [p for p in processes if "RunLogStore team-a/before" in p.log()]
-    return found[0] if len(found) == 1 else None
 
 
 def yaml_documents(path: Path) -> list[dict[str, Any]]:

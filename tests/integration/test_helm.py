@@ -102,12 +102,12 @@ def test_the_ci_files_cover_what_the_issue_asks_for() -> None:
         "cert-manager-values.yaml",
     }
     everything = render(ci_values(CHART / "ci" / "all-enabled-values.yaml"))
-    # Every optional template renders something with all-enabled.
+    # Every optional template renders something with all-enabled, but the shared
+    # self-signed certificate's Secret, the default's alternative to cert-manager.
     templates = {
         t
-        for t, _ in render_manifests.rendered_objects(
-            render_of(ci_values(CHART / "ci" / "all-enabled-values.yaml"))
-        )
+        for values in (ci_values(CHART / "ci" / "all-enabled-values.yaml"), {})
+        for t, _ in render_manifests.rendered_objects(render_of(values))
     }
     sources = {
         f"runlog-relay/{p.relative_to(CHART)}" for p in (CHART / "templates").rglob("*.yaml")
@@ -152,13 +152,50 @@ def test_several_replicas_need_peering() -> None:
         render_of({"operator": {"replicaCount": 2}})
     objects = render({"operator": {"replicaCount": 2}, "peering": {"enabled": True}})
     deployment = one(objects, "Deployment")
-    assert deployment["spec"]["replicas"] == 2
-    assert "strategy" not in deployment["spec"]  # rolling: the peering keeps one active
-    assert (
-        "--peering=runlog-relay" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    )
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    # Peered replicas may overlap; a new one serves the webhook before an old one goes.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    args = spec["template"]["spec"]["containers"][0]["args"]
+    assert "--peering=runlog-relay" in args and "--peering-lifetime=30" in args
     assert one(objects, "ClusterKopfPeering")["metadata"]["name"] == "runlog-relay"
     assert one(render({}), "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    # A drain never takes both; a node's loss is a failover.
+    budget = one(objects, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"] == spec["selector"]
+    anti = spec["template"]["spec"]["affinity"]["podAntiAffinity"]
+    term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["labelSelector"] == spec["selector"] and term["topologyKey"].endswith("hostname")
+    assert not kinds(render({}), "PodDisruptionBudget")
+    assert "affinity" not in one(render({}), "Deployment")["spec"]["template"]["spec"]
+
+
+def test_unsafe_ha_combinations_are_refused_or_warned_about() -> None:
+    # Peering keeps a KopfPeering per watched namespace: names only (the schema says so).
+    with pytest.raises(helm_python.HelmError, match="does not match pattern"):
+        render_of({"peering": {"enabled": True}, "watchNamespaces": ["team-*"]})
+    # failurePolicy Fail with one replica: every opted-in pod waits for its restarts.
+    notes = render_of({"webhook": {"failurePolicy": "Fail"}})["runlog-relay/templates/NOTES.txt"]
+    assert "WARNING" in notes and "replicaCount" in notes
+    ha = {"webhook": {"failurePolicy": "Fail"}, "operator": {"replicaCount": 2}}
+    ha_notes = render_of({**ha, "peering": {"enabled": True}})["runlog-relay/templates/NOTES.txt"]
+    assert "WARNING" not in ha_notes
+
+
+def test_kopfs_peering_crds_come_from_the_crds_folder() -> None:
+    """Shared with other kopf operators: Helm installs them first, skips them when they
+    exist and never deletes them."""
+    with helm_python.Chart.load(str(CHART)) as chart:
+        (crds,) = [c["data"] for c in chart.crds]  # what Helm installs before the templates
+    documents = [d for d in yaml.safe_load_all(crds) if d]
+    names = {d["metadata"]["name"] for d in documents}
+    assert names == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    for document in documents:
+        kubernetes_validate.validate(document, KUBE_VERSION, strict=True)
 
 
 # --------------------------------------------------------------------------- schemas
@@ -539,7 +576,9 @@ def _expected_permissions(values: dict[str, Any]) -> permissions.Permissions:
         webhook=webhook["enabled"],
         self_signed=not webhook["certManager"]["enabled"],
     )
-    return permissions.required(flags, {"webhook_config_name": RELEASE})
+    return permissions.required(
+        flags, {"webhook_config_name": RELEASE, "webhook_cert_secret": f"{RELEASE}-webhook-cert"}
+    )
 
 
 def _merged(values: dict[str, Any]) -> dict[str, Any]:

@@ -247,6 +247,9 @@ def start_operator(kube: KubeHarness, tmp_path: Path) -> Iterator[Any]:
             elif obj["kind"] == "ValidatingWebhookConfiguration":
                 kube.create("admissionregistration.k8s.io/v1/validatingwebhookconfigurations", obj)
         kube.ensure_namespace(NAMESPACE)
+        for obj in _chart_objects(values):
+            if obj["kind"] == "Secret":  # the webhook certificate's, created empty
+                kube.create("v1/secrets", obj, obj["metadata"]["namespace"])
         kube.ensure_namespace(SERVED)
         kube.ensure_namespace("team-other")
         args = _operator_args(values)
@@ -428,7 +431,8 @@ def test_the_operator_needs_exactly_what_the_chart_grants(
     assert operator.process.wait(30) == 0, operator.log.read_text()
     granted = _granted_by_the_chart(values)
     flags = permissions.flags_for(clusterwide=served is None)
-    assert granted == permissions.required(flags, {"webhook_config_name": RELEASE})
+    names = {"webhook_config_name": RELEASE, "webhook_cert_secret": f"{RELEASE}-webhook-cert"}
+    assert granted == permissions.required(flags, names)
     accesses = _operator_accesses(kube)
     assert accesses, "no request of the operator was seen"
     denied = sorted({str(a) for a in accesses if not allowed(a, granted, served)})

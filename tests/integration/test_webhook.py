@@ -16,6 +16,7 @@ folders -- next to a real runnable pipeline, and checks the bucket mirrors the r
 from __future__ import annotations
 
 import base64
+import datetime
 import itertools
 import os
 import signal
@@ -38,7 +39,7 @@ from prometheus_client import CollectorRegistry
 from runlog_relay.config.crd import crd_manifest
 from runlog_relay.operator.runner import Operator, build_operator
 from runlog_relay.operator.settings import OperatorSettings
-from runlog_relay.operator.webhook_tls import self_signed_certificate
+from runlog_relay.operator.webhook_tls import issue_certificate, make_ca
 from runlog_relay.runnable_compat import run_pipeline
 from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness
 from tests.integration.kube.kopf_runner import KopfRunner, RunningOperator
@@ -156,7 +157,7 @@ class Cluster:
         if cert_dir is None:
             bundle = self.wait(self.ca_bundle, "the operator to write the caBundle")
         else:
-            bundle = (cert_dir / "tls.crt").read_bytes()
+            bundle = (cert_dir / "ca.crt").read_bytes()
         self.client = AdmissionClient(int(url_seen.rsplit(":", 1)[1]), bundle, SERVICE_DNS)
         return self.operator
 
@@ -676,10 +677,15 @@ def test_certificate_directory_mode_serves_that_certificate_and_leaves_the_ca_bu
 ) -> None:
     """cert-manager mode: tls.crt/tls.key from a directory; its CA injector, not the
     operator, owns the caBundle."""
-    cert, key = self_signed_certificate([SERVICE_DNS])
+    now = datetime.datetime.now(datetime.UTC)
+    ca, ca_key = make_ca("cert-manager's CA", now=now, validity=datetime.timedelta(days=1))
+    cert, key = issue_certificate(
+        ca, ca_key, [SERVICE_DNS], now=now, validity=datetime.timedelta(hours=1)
+    )
     (tmp_path / "tls.crt").write_bytes(cert)
     (tmp_path / "tls.key").write_bytes(key)
-    cluster.start(cert_dir=tmp_path)  # the client trusts only this certificate
+    (tmp_path / "ca.crt").write_bytes(ca)
+    cluster.start(cert_dir=tmp_path)  # the client trusts only this CA
 
     pod = bare_pod()
     pod["metadata"]["labels"]["runlog-relay.dev/store"] = "absent"

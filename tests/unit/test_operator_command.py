@@ -60,6 +60,11 @@ def test_environment_variables_set_every_kind_of_option(monkeypatch: pytest.Monk
     assert options.injection.resources == {"requests": {"cpu": "5m"}}
 
 
+def test_peering_with_namespace_patterns_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="peering needs the served namespaces by name"):
+        settings_from_args(parse("-n", "team-*", "--peering", "relay"))
+
+
 def test_a_bad_environment_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNLOG_RELAY_OPERATOR_WEBHOOK__PORT", "99999")
     with pytest.raises(ValueError, match="RUNLOG_RELAY_OPERATOR_WEBHOOK__PORT"):
@@ -72,7 +77,7 @@ def test_namespaces_ports_peering_and_tuning() -> None:
             "-n",
             "team-a",
             "--namespace",
-            "team-*",
+            "team-b",
             "--metrics-port",
             "0",
             "--liveness-port",
@@ -89,7 +94,7 @@ def test_namespaces_ports_peering_and_tuning() -> None:
             "json",
         )
     )
-    assert options.namespaces == ["team-a", "team-*"] and not options.clusterwide
+    assert options.namespaces == ["team-a", "team-b"] and not options.clusterwide
     assert options.metrics_port == 0 and options.liveness_port == 0
     assert (options.peering.name, options.peering.priority) == ("runlog-relay", 7)
     assert options.reconcile.recheck_interval == 30

@@ -93,6 +93,11 @@ app.kubernetes.io/component: operator
 {{- printf "%s-webhook-tls" (include "runlog-relay.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The Secret the replicas share the self-signed webhook CA and certificate through. */}}
+{{- define "runlog-relay.webhookSharedCertSecret" -}}
+{{- printf "%s-webhook-cert" (include "runlog-relay.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "runlog-relay.webhookCertificate" -}}
 {{- printf "%s-webhook" (include "runlog-relay.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}

@@ -13,7 +13,8 @@ RunLogStore spec the model rejects (see :func:`.webhook.store_spec_denial`).
 Stores come from the operator's kopf index (no API call per pod); a store missing there
 is looked up once through the API before the pod is declared store-less, because the
 index lags a store created a moment before its pods, and is empty for a moment after
-the operator starts.
+the operator starts. A standby replica (kopf peering) has a frozen index: it answers
+from the API, and so does a replica just promoted, for entries older than its promotion.
 """
 
 from __future__ import annotations
@@ -70,13 +71,17 @@ class Admission:
         options: InjectionSettings | None = None,
         instance: str = "runlog-relay-operator",
         lookup_timeout: float = 5.0,
+        fresh: Callable[[float], bool] = lambda indexed_at: True,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
+        """``fresh(indexed_at)``: whether an index entry reflects the cluster
+        (:meth:`~.leadership.Leadership.fresh`); a stale one is read from the API."""
         self._api = api
         self._metrics = metrics
         self.options = options or InjectionSettings()
         self._instance = instance
         self._timeout = lookup_timeout
+        self._fresh = fresh
         self._clock = clock
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -134,6 +139,8 @@ class Admission:
         store's status does not already say the ConfigMap and Secrets are there)."""
         # Another namespace's store is never even looked at: the key has the pod's own.
         info = next(iter((stores or {}).get((namespace, name), ())), None)
+        if info is not None and not self._fresh(info.indexed_at):
+            info = None  # a standby's frozen index: the API says how things are now
         if info is None:
             body = await self._api.get(store_path(namespace, name))
             info = None if body is None else wh.StoreInfo.from_body(body)

@@ -26,7 +26,7 @@ from pydantic.fields import FieldInfo
 from runlog_relay import logs
 from runlog_relay.operator.settings import OperatorSettings, env_name, iter_fields
 
-__all__ = ["FLAGS", "register", "run", "settings_from_args"]
+__all__ = ["FLAGS", "GROUPS", "register", "run", "settings_from_args"]
 
 #: Where a pod's namespace is, for the default of the webhook's service namespace.
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -59,6 +59,12 @@ FLAGS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("webhook", "service_name"): ("--webhook-service-name",),
     ("webhook", "service_namespace"): ("--webhook-service-namespace",),
     ("webhook", "config_name"): ("--webhook-config-name",),
+    ("webhook", "cert_secret"): ("--webhook-cert-secret",),
+    ("webhook", "cert_validity_hours"): ("--webhook-cert-validity-hours",),
+    ("webhook", "cert_renew_before_hours"): ("--webhook-cert-renew-before-hours",),
+    ("webhook", "ca_validity_hours"): ("--webhook-ca-validity-hours",),
+    ("webhook", "ca_renew_before_hours"): ("--webhook-ca-renew-before-hours",),
+    ("webhook", "ca_propagation_seconds"): ("--webhook-ca-propagation-seconds",),
     ("webhook", "cert_check_interval"): ("--webhook-cert-check-interval",),
     ("injection", "image"): ("--sidecar-image",),
     ("injection", "resources"): ("--sidecar-resources",),
@@ -66,7 +72,7 @@ FLAGS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("injection", "scrape_annotations"): ("--scrape-annotations",),
 }
 
-_GROUPS = {
+GROUPS = {
     "reconcile": ("reconciling", "How stores are reconciled and rechecked."),
     "peering": (
         "high availability",
@@ -176,7 +182,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         target: Any = parser
         if len(path) > 1:
             if path[0] not in groups:
-                title, description = _GROUPS[path[0]]
+                title, description = GROUPS[path[0]]
                 groups[path[0]] = parser.add_argument_group(title, description)
             target = groups[path[0]]
         _add(target, path, field)
@@ -208,7 +214,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         problems = []
         for error in exc.errors(include_input=False, include_url=False):
             location = tuple(str(p) for p in error["loc"])
-            problems.append(f"{env_name(location)} / {location[-1]}: {error['msg']}")
+            where = f"{env_name(location)} / {location[-1]}: " if location else ""
+            problems.append(where + error["msg"].removeprefix("Value error, "))
         raise ValueError("invalid operator settings: " + "; ".join(problems)) from None
     if settings.webhook.service_namespace is None:
         webhook = settings.webhook.model_copy(update={"service_namespace": _own_namespace()})

@@ -26,7 +26,8 @@ With webhooks on (an :class:`~.admission.Admission` and a webhook server given),
   the ``stores_by_name`` index. Never raises: any failure lets the pod through.
 - RunLogStore CREATE/UPDATE → ``validate-runlogstores`` at ``/validate-runlogstores``:
   denies a spec the model rejects, warns about missing Secrets.
-- In self-signed TLS mode, a background task keeps the webhook configurations' caBundle.
+- Background tasks: this replica's leadership, the webhook certificate (shared Secret or
+  directory) and, on the active replica, the webhook configurations' caBundle.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +48,6 @@ from runlog_relay.operator import webhook as wh
 from runlog_relay.operator.admission import Admission
 from runlog_relay.operator.controller import StoreController
 from runlog_relay.operator.kubeapi import KubeApi
-from runlog_relay.operator.webhook_tls import CaBundleKeeper
 
 __all__ = [
     "MUTATE_PODS",
@@ -121,9 +123,9 @@ def register_handlers(
     controller: StoreController,
     api: KubeApi,
     options: HandlerOptions,
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     admission: Admission | None = None,
     webhook_server: kopf.WebhookServer | None = None,
-    ca_keeper: CaBundleKeeper | None = None,
 ) -> None:
     """Put the operator's handlers on ``registry``.
 
@@ -131,34 +133,30 @@ def register_handlers(
     otherwise, and the index id is also the name of the handler argument that receives it.
     The admission handlers are registered only with both ``admission`` and
     ``webhook_server`` (kopf refuses to start with admission handlers and no server).
+    ``background``: the operator's own loops (leadership, recheck, webhook certificate,
+    caBundle), run as tasks from start-up to cleanup.
     """
-    recheck_task: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = []
     webhooks = admission is not None and webhook_server is not None
 
     @kopf.on.startup(registry=registry, id="startup")
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_settings(settings, options)
-        if options.recheck:
-            recheck_task.append(
-                asyncio.create_task(controller.recheck_forever(), name="runlog-relay recheck")
-            )
+        for loop in background:
+            tasks.append(asyncio.create_task(loop(), name=f"runlog-relay {loop.__qualname__}"))
         if webhooks:
             # kopf serves the handlers; the chart owns the webhook configurations, so
             # kopf's `managed` mode (which rewrites their webhooks) stays off.
             settings.admission.server = webhook_server
             settings.admission.managed = None
-            if ca_keeper is not None:
-                recheck_task.append(
-                    asyncio.create_task(ca_keeper.run(), name="runlog-relay caBundle")
-                )
 
     @kopf.on.cleanup(registry=registry, id="cleanup")
     async def cleanup(**_: Any) -> None:
-        for task in recheck_task:
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        recheck_task.clear()
+        tasks.clear()
         await controller.close()
         if admission is not None:
             await admission.close()
@@ -194,7 +192,9 @@ def register_handlers(
     def stores_by_name(
         namespace: str | None, name: str, body: kopf.Body, **_: Any
     ) -> dict[tuple[str, str], wh.StoreInfo]:
-        return {(str(namespace), name): wh.StoreInfo.from_body(_plain(body))}
+        # Stamped, so a replica that stood by (kopf paused, index frozen) can tell.
+        info = wh.StoreInfo.from_body(_plain(body), indexed_at=time.monotonic())
+        return {(str(namespace), name): info}
 
     @kopf.on.mutate(
         "v1",

@@ -70,6 +70,7 @@ FLAGS: dict[str, str] = {
 #: The names in ``resource_names``, as :func:`required` takes them.
 PLACEHOLDERS: dict[str, str] = {
     "webhook_config_name": "the webhook configurations' name (`--webhook-config-name`)",
+    "webhook_cert_secret": "the Secret of the shared webhook certificate (`--webhook-cert-secret`)",
 }
 
 
@@ -141,6 +142,17 @@ RULES: tuple[Rule, ...] = (
         ("events",),
         ("create",),
         "one Event per change of a store's readiness, and on pods the webhook cannot inject",
+    ),
+    Rule(
+        ("",),
+        ("secrets",),
+        ("get", "update"),
+        "the webhook's CA and certificate, shared by the replicas: all read it, the active"
+        " one renews it (compare-and-swap); the chart creates it empty, so no right to"
+        " create Secrets is needed",
+        scope=Scope.OWN,
+        when=("selfSignedWebhook",),
+        resource_names=("{webhook_cert_secret}",),
     ),
     Rule(
         (PEERING_GROUP,),

@@ -13,6 +13,7 @@ import os
 import random
 import secrets
 import socket
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -24,12 +25,16 @@ from runlog_relay.operator.admission import Admission
 from runlog_relay.operator.controller import BucketCheck, StoreController, check_bucket
 from runlog_relay.operator.handlers import HandlerOptions, register_handlers
 from runlog_relay.operator.kubeapi import KubeApi, Login, default_login
-from runlog_relay.operator.leadership import Gate, PeeringGate, always
+from runlog_relay.operator.leadership import Leadership
 from runlog_relay.operator.settings import OperatorSettings
 from runlog_relay.operator.webhook_tls import (
     CaBundleKeeper,
+    CertificateFiles,
+    CertPolicy,
     RelayWebhookServer,
+    SharedCertificate,
     build_webhook_server,
+    service_names,
 )
 
 __all__ = ["Operator", "build_operator", "operate", "run"]
@@ -59,12 +64,15 @@ class Operator:
     prometheus: CollectorRegistry
     handler_options: HandlerOptions
     identity: str
-    """This replica's name among kopf peers (the peering gate looks for it)."""
+    """This replica's name among kopf peers (the peering objects' status keys)."""
+    leadership: Leadership
     admission: Admission | None = None
     """The webhooks' logic, when they are served."""
     webhook_server: RelayWebhookServer | None = None
+    certificates: SharedCertificate | CertificateFiles | None = None
+    """Where the webhook server's certificate comes from."""
     ca_keeper: CaBundleKeeper | None = None
-    """Keeps the webhook configurations' caBundle (self-signed TLS only)."""
+    """Keeps the webhook configurations' caBundle (shared self-signed TLS only)."""
 
 
 def build_operator(
@@ -87,42 +95,83 @@ def build_operator(
         chunk_size=options.list_chunk_size,
     )
     identity = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
-    gate: Gate = always
-    if peering:
-        gate = PeeringGate(
-            api,
-            name=peering,
-            identity=identity,
-            priority=handler_options.priority,
-            clusterwide=options.clusterwide,
-        )
+    on_change: list[Callable[[bool], None]] = [lambda leading: metrics.leading.set(leading)]
+
+    def leadership_changed(leading: bool) -> None:
+        for callback in on_change:
+            callback(leading)
+
+    leadership = Leadership(
+        api,
+        name=peering,
+        identity=identity,
+        priority=handler_options.priority,
+        namespaces=None if options.clusterwide else options.namespaces,
+        interval=options.peering.leadership_check_interval,
+        on_change=leadership_changed,
+    )
+    metrics.leading.set(1 if leadership.leading else 0)
     controller = StoreController(
         api,
         metrics,
         bucket_check=bucket_check,
         options=options.reconcile,
         instance=options.instance,
-        gate=gate,
+        gate=leadership.gate,
     )
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = [leadership.run]
     admission = webhook_server = ca_keeper = None
-    if options.webhook.port:
-        admission = Admission(api, metrics, options=options.injection, instance=options.instance)
-        if options.webhook.self_signed:
-            ca_keeper = CaBundleKeeper(
-                api, name=options.webhook.config_name, interval=options.webhook.cert_check_interval
-            )
-        webhook_server = build_webhook_server(
-            options.webhook, on_ca=ca_keeper.offer if ca_keeper is not None else None
+    certificates: SharedCertificate | CertificateFiles | None = None
+    webhook = options.webhook
+    if webhook.port:
+        admission = Admission(
+            api,
+            metrics,
+            options=options.injection,
+            instance=options.instance,
+            fresh=leadership.fresh,
         )
+        namespace = webhook.service_namespace or "runlog-relay"
+        if webhook.self_signed:
+            keeper = ca_keeper = CaBundleKeeper(
+                api,
+                name=webhook.config_name,
+                interval=webhook.cert_check_interval,
+                leadership=leadership,
+            )
+            shared = certificates = SharedCertificate(
+                api,
+                namespace=namespace,
+                name=webhook.cert_secret,
+                policy=CertPolicy.from_settings(
+                    webhook, service_names(webhook.service_name, namespace)
+                ),
+                leadership=leadership,
+                interval=webhook.cert_check_interval,
+            )
+            shared.subscribe(lambda material: keeper.offer(material.ca_bundle))
+            on_change.append(lambda leading: keeper.wake() if leading else None)
+            background.append(keeper.run)
+        else:
+            assert webhook.cert_dir is not None  # not self-signed
+            certificates = CertificateFiles(webhook.cert_dir, interval=webhook.cert_check_interval)
+        background.append(certificates.run)
+        webhook_server = build_webhook_server(
+            webhook,
+            certificates,
+            on_material=lambda m: metrics.webhook_certificate_expiry.set(m.not_after.timestamp()),
+        )
+    if recheck:
+        background.append(controller.recheck_forever)
     registry = kopf.OperatorRegistry()
     register_handlers(
         registry,
         controller=controller,
         api=api,
         options=handler_options,
+        background=background,
         admission=admission,
         webhook_server=webhook_server,
-        ca_keeper=ca_keeper,
     )
     return Operator(
         registry=registry,
@@ -132,8 +181,10 @@ def build_operator(
         prometheus=prometheus,
         handler_options=handler_options,
         identity=identity,
+        leadership=leadership,
         admission=admission,
         webhook_server=webhook_server,
+        certificates=certificates,
         ca_keeper=ca_keeper,
     )
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -165,13 +165,42 @@ class WebhookSettings(_Group):
     """Namespace of that Service and of the certificate Secret; default: the operator's."""
     config_name: str = "runlog-relay"
     """Mutating- and ValidatingWebhookConfiguration whose caBundle the operator keeps."""
+    cert_secret: str = "runlog-relay-webhook-cert"  # noqa: S105 - a name, not a secret
+    """Secret (in the service namespace) holding the webhook's CA and certificate, shared
+    by all replicas; the chart creates it empty and the active replica fills it."""
+    cert_validity_hours: float = Field(default=2160.0, gt=0)
+    """Lifetime of the webhook's serving certificate (90 days)."""
+    cert_renew_before_hours: float = Field(default=720.0, gt=0)
+    """Renew the certificate this long before it expires (30 days)."""
+    ca_validity_hours: float = Field(default=87600.0, gt=0)
+    """Lifetime of the CA that signs it (10 years)."""
+    ca_renew_before_hours: float = Field(default=8760.0, gt=0)
+    """Replace the CA this long before it expires (1 year): the new one joins the bundle
+    next to the old one first."""
+    ca_propagation_seconds: float = Field(default=600.0, ge=0)
+    """How long a new CA is in the caBundle before certificates are issued from it, so
+    API servers trust it first."""
     cert_check_interval: float = Field(default=60.0, gt=0)
-    """Seconds between checks that the webhook configurations carry the CA (a helm
-    upgrade may reset it)."""
+    """Seconds between reads of the certificate Secret (renewal by the active replica,
+    pick-up by the others) and checks that the webhook configurations carry the CA (a
+    helm upgrade may reset it); a certificate directory is re-read as often."""
 
     @property
     def self_signed(self) -> bool:
         return self.cert_dir is None
+
+    @model_validator(mode="after")
+    def _renewal_before_expiry(self) -> WebhookSettings:
+        if self.cert_renew_before_hours >= self.cert_validity_hours:
+            raise ValueError("cert_renew_before_hours must be less than cert_validity_hours")
+        if self.ca_renew_before_hours >= self.ca_validity_hours:
+            raise ValueError("ca_renew_before_hours must be less than ca_validity_hours")
+        if self.cert_validity_hours > self.ca_validity_hours - self.ca_renew_before_hours:
+            raise ValueError(
+                "cert_validity_hours must fit in the CA's life before its renewal"
+                " (ca_validity_hours - ca_renew_before_hours)"
+            )
+        return self
 
 
 class InjectionSettings(_Group):
@@ -233,6 +262,16 @@ class OperatorSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _peering_needs_named_namespaces(self) -> OperatorSettings:
+        patterns = [ns for ns in self.namespaces if any(c in ns for c in "*?!,")]
+        if self.peering.name and patterns and not self.all_namespaces:
+            raise ValueError(
+                "peering needs the served namespaces by name: kopf keeps a KopfPeering in"
+                f" each, and the operator reads them; got the patterns {patterns}"
+            )
+        return self
 
     @property
     def clusterwide(self) -> bool:

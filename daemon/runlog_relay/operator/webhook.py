@@ -119,9 +119,12 @@ class StoreInfo:
     files_ready: bool = False
     """The last reconcile found the ConfigMap written and the Secrets present
     (``ConfigRendered`` and ``SecretsAvailable`` True): a sidecar can start."""
+    indexed_at: float = 0.0
+    """When kopf's index took this entry (monotonic seconds): a standby replica's index
+    is frozen, so the webhook uses an entry only if it is newer than the last standby."""
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> StoreInfo:
+    def from_body(cls, body: Mapping[str, Any], *, indexed_at: float = 0.0) -> StoreInfo:
         meta = body.get("metadata") or {}
         conditions = (body.get("status") or {}).get("conditions")
         ready = rc.condition(conditions, rc.READY)
@@ -137,6 +140,7 @@ class StoreInfo:
                 rc.condition(conditions, kind).get("status") == true
                 for kind in (rc.CONFIG_RENDERED, rc.SECRETS_AVAILABLE)
             ),
+            indexed_at=indexed_at,
         )
 
 

@@ -9,10 +9,13 @@ their User-Agent (kopf's and the operator's own client both say who they are).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,13 @@ from tests.support.s3server import free_port
 
 from .harness import KubeHarness
 
-__all__ = ["OPERATOR_AGENTS", "OperatorProcess", "operator_requests", "proc_status_kib"]
+__all__ = [
+    "OPERATOR_AGENTS",
+    "OperatorProcess",
+    "operator_requests",
+    "proc_status_kib",
+    "settled_leader",
+]
 
 #: User-Agent prefixes of the operator's requests: kopf's client and the operator's own.
 OPERATOR_AGENTS = ("kopf/", "runlog-relay-operator")
@@ -113,6 +122,20 @@ class OperatorProcess:
             self.process.wait(10)
             raise
 
+    def leading(self) -> bool | None:
+        """Its own ``runlog_relay_operator_leading`` gauge; None while it does not answer."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
+            ) as answer:
+                text = answer.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("runlog_relay_operator_leading "):
+                return float(line.split()[1]) == 1.0
+        return None
+
     def kill(self) -> None:
         """SIGKILL: the pod's node died, or the OOM killer came. No goodbye to the peers."""
         if self.alive:
@@ -124,6 +147,36 @@ def operator_requests(kube: KubeHarness, since: int = 0) -> list[Any]:
     """The emulator's requests (kmock ``Request``) made by operators, from index ``since``."""
     requests = kube.call(lambda: list(kube.emulator)[since:])
     return [r for r in requests if r.headers.get("User-Agent", "").startswith(OPERATOR_AGENTS)]
+
+
+def _lastseen(info: dict[str, Any]) -> float:
+    text = str(info.get("lastseen", "")).replace("Z", "+00:00")
+    return datetime.datetime.fromisoformat(text).timestamp()
+
+
+def settled_leader(
+    kube: KubeHarness, processes: Sequence[OperatorProcess], peering: str
+) -> OperatorProcess | None:
+    """The active replica once the election has settled, else None: every live process
+    is registered in the ClusterKopfPeering (kopf's identity for a replica starts with
+    ``<host>/<pid>/``), and the one with the highest priority there -- and only it --
+    says it leads."""
+    live = {p.pid: p for p in processes if p.alive}
+    status = kube.get("kopf.dev/v1/clusterkopfpeerings", peering).get("status") or {}
+    now = time.time()
+    peers = {
+        int(identity.split("/")[1]): info
+        for identity, info in status.items()
+        if isinstance(info, dict)
+        and identity.count("/") == 2
+        and _lastseen(info) + int(info.get("lifetime", 60)) > now
+    }
+    if not peers or set(peers) != set(live):
+        return None
+    top = max(peers, key=lambda pid: int(peers[pid]["priority"]))
+    if any(process.leading() is not (pid == top) for pid, process in live.items()):
+        return None
+    return live[top]
 
 
 def stop_all(processes: Iterator[OperatorProcess] | list[OperatorProcess]) -> None:
