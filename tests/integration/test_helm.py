@@ -361,7 +361,17 @@ FOREIGN_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
         "Issuer",
         {
             "type": "object",
-            "properties": {"selfSigned": {"type": "object"}},
+            "properties": {
+                "selfSigned": {"type": "object"},
+                "ca": {
+                    "type": "object",
+                    "required": ["secretName"],
+                    "properties": {"secretName": {"type": "string"}},
+                    "additionalProperties": False,
+                },
+            },
+            "minProperties": 1,
+            "maxProperties": 1,
             "additionalProperties": False,
         },
     ),
@@ -373,6 +383,7 @@ FOREIGN_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
             "required": ["secretName", "issuerRef"],
             "properties": {
                 "secretName": {"type": "string"},
+                "isCA": {"type": "boolean"},
                 "duration": {"type": "string"},
                 "renewBefore": {"type": "string"},
                 "commonName": {"type": "string", "maxLength": 64},
@@ -691,7 +702,11 @@ def test_the_operator_arguments_follow_the_contract() -> None:
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "webhook-tls")
     assert mount["mountPath"] == cert_dir.split("=", 1)[1] and mount["readOnly"] is True
     volume = next(v for v in pod["volumes"] if v["name"] == "webhook-tls")
-    certificate = one(render(ci_values(CHART / "ci" / "cert-manager-values.yaml")), "Certificate")
+    (certificate,) = [
+        c
+        for c in kinds(render(ci_values(CHART / "ci" / "cert-manager-values.yaml")), "Certificate")
+        if not c["spec"].get("isCA")
+    ]
     assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
 
     everything = operator_args(ci_values(CHART / "ci" / "all-enabled-values.yaml"))
@@ -775,17 +790,30 @@ def test_the_webhook_configurations_follow_the_contract() -> None:
         assert "annotations" not in config["metadata"]
 
 
-def test_cert_manager_mode_injects_the_ca() -> None:
+def test_cert_manager_mode_signs_the_serving_certificate_with_a_ca() -> None:
+    """Self-signed root → CA Issuer → serving certificate: the caBundle is the CA, which the
+    serving certificate's renewals leave alone (a self-signed Issuer signing the serving
+    certificate directly made the caBundle the leaf: TLS failures at every renewal)."""
     objects = render(ci_values(CHART / "ci" / "cert-manager-values.yaml"))
-    certificate = one(objects, "Certificate")
-    issuer = one(objects, "Issuer")
-    assert certificate["spec"]["issuerRef"]["name"] == issuer["metadata"]["name"]
-    assert f"{RELEASE}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
+    issuers = {i["metadata"]["name"]: i["spec"] for i in kinds(objects, "Issuer")}
+    certificates = {c["metadata"]["name"]: c["spec"] for c in kinds(objects, "Certificate")}
+    (ca_name,) = [name for name, spec in certificates.items() if spec.get("isCA")]
+    (serving_name,) = [name for name in certificates if name != ca_name]
+    ca, serving = certificates[ca_name], certificates[serving_name]
+    assert "selfSigned" in issuers[ca["issuerRef"]["name"]]
+    assert issuers[serving["issuerRef"]["name"]] == {"ca": {"secretName": ca["secretName"]}}
+    assert not serving.get("isCA")
+    assert f"{RELEASE}.{NAMESPACE}.svc" in serving["dnsNames"]
+    assert ca["duration"] == "87600h" and serving["duration"] == "8760h"
+    # cainjector takes ca.crt of the serving certificate's Secret: the CA.
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         config = one(objects, kind)
         assert config["metadata"]["annotations"] == {
-            "cert-manager.io/inject-ca-from": f"{NAMESPACE}/{certificate['metadata']['name']}"
+            "cert-manager.io/inject-ca-from": f"{NAMESPACE}/{serving_name}"
         }
+    deployment = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in deployment["volumes"] if v["name"] == "webhook-tls"]
+    assert volume["secret"]["secretName"] == serving["secretName"]
     everything = render(ci_values(CHART / "ci" / "all-enabled-values.yaml"))
     assert not kinds(everything, "Issuer")  # an existing ClusterIssuer is used instead
     assert one(everything, "Certificate")["spec"]["issuerRef"]["kind"] == "ClusterIssuer"

@@ -70,11 +70,14 @@ class Admission:
         *,
         options: InjectionSettings | None = None,
         instance: str = "runlog-relay-operator",
-        lookup_timeout: float = 5.0,
+        lookup_timeout: float = 3.0,
         fresh: Callable[[float], bool] = lambda indexed_at: True,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
-        """``fresh(indexed_at)``: whether an index entry reflects the cluster
+        """``lookup_timeout``: seconds for the API calls of one admission request, below
+        the API server's own timeout (:attr:`~.settings.WebhookSettings.lookup_budget`),
+        so a slow API still gets the pod its ``InjectionFailed`` annotation.
+        ``fresh(indexed_at)``: whether an index entry reflects the cluster
         (:meth:`~.leadership.Leadership.fresh`); a stale one is read from the API."""
         self._api = api
         self._metrics = metrics

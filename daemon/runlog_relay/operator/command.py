@@ -59,6 +59,7 @@ FLAGS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("webhook", "service_name"): ("--webhook-service-name",),
     ("webhook", "service_namespace"): ("--webhook-service-namespace",),
     ("webhook", "config_name"): ("--webhook-config-name",),
+    ("webhook", "timeout_seconds"): ("--webhook-timeout",),
     ("webhook", "cert_secret"): ("--webhook-cert-secret",),
     ("webhook", "cert_validity_hours"): ("--webhook-cert-validity-hours",),
     ("webhook", "cert_renew_before_hours"): ("--webhook-cert-renew-before-hours",),

@@ -129,6 +129,7 @@ def build_operator(
             metrics,
             options=options.injection,
             instance=options.instance,
+            lookup_timeout=webhook.lookup_budget,
             fresh=leadership.fresh,
         )
         namespace = webhook.service_namespace or "runlog-relay"

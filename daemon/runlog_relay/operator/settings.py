@@ -165,6 +165,10 @@ class WebhookSettings(_Group):
     """Namespace of that Service and of the certificate Secret; default: the operator's."""
     config_name: str = "runlog-relay"
     """Mutating- and ValidatingWebhookConfiguration whose caBundle the operator keeps."""
+    timeout_seconds: int = Field(default=5, ge=1, le=30)
+    """The webhook configurations' timeoutSeconds: how long the API server waits. The
+    webhook's own API lookups get 60% of it, so its answer -- with the reason when it
+    could not decide -- always arrives before the API server gives up."""
     cert_secret: str = "runlog-relay-webhook-cert"  # noqa: S105 - a name, not a secret
     """Secret (in the service namespace) holding the webhook's CA and certificate, shared
     by all replicas; the chart creates it empty and the active replica fills it."""
@@ -188,6 +192,11 @@ class WebhookSettings(_Group):
     @property
     def self_signed(self) -> bool:
         return self.cert_dir is None
+
+    @property
+    def lookup_budget(self) -> float:
+        """Seconds the webhook may spend on API calls for one admission request."""
+        return round(self.timeout_seconds * 0.6, 3)
 
     @model_validator(mode="after")
     def _renewal_before_expiry(self) -> WebhookSettings:
