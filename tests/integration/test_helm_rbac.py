@@ -59,9 +59,6 @@ OPERATOR_AGENTS = ("kopf/", "runlog-relay-operator")
 NOT_EXERCISED: dict[tuple[str, str, str], str] = {
     # The controller re-reads a store only in its periodic recheck (--recheck-interval).
     ("runlog-relay.dev", "runlogstores", "get"): "the recheck loop and the webhook's fallback",
-    # forget() deletes a deleted store's ConfigMap at once; the emulator's garbage collector
-    # is synchronous and always removes it first (in a cluster the operator usually wins).
-    ("", "configmaps", "delete"): "cleaning up a deleted store's ConfigMap",
 }
 
 
@@ -143,17 +140,20 @@ def test_requests_map_to_rbac_attributes() -> None:
 
 
 def allowed(access: Access, granted: permissions.Permissions, served: list[str] | None) -> bool:
-    """Whether the chart's grants (Role per served namespace, or ClusterRole) allow it."""
+    """Whether the chart's grants (Role per served namespace or ClusterRole; the Role in
+    the release namespace; the ClusterRole) allow it."""
     cluster_scoped = {"namespaces", "customresourcedefinitions", "clusterkopfpeerings"} | {
         spec.plural for spec in WEBHOOK_CONFIGS
     }
     base = access.resource.split("/")[0]
     if base in cluster_scoped:
         rules = granted.cluster
-    elif served is None:  # cluster-wide: the namespaced rules are in the ClusterRole
-        rules = granted.all_rules()
+    elif served is None:  # cluster-wide: the served rules are in the ClusterRole
+        rules = granted.served + (granted.own if access.namespace == NAMESPACE else ())
     elif access.namespace in served:
-        rules = granted.namespaced
+        rules = granted.served
+    elif access.namespace == NAMESPACE:
+        rules = granted.own
     else:
         return False  # another namespace, or all namespaces at once: no Role grants that
     return any(r.allows(access.group, access.resource, access.verb, access.name) for r in rules)
@@ -188,22 +188,27 @@ def _rules(manifest: dict[str, Any]) -> tuple[permissions.Rule, ...]:
 
 
 def _granted_by_the_chart(values: dict[str, Any]) -> permissions.Permissions:
-    """The rules the rendered chart grants, as namespaced (a Role per served namespace;
-    none apart with a ClusterRole for all) and cluster (the ClusterRole)."""
+    """The rules the rendered chart grants, by scope: served (a Role per served
+    namespace, or the ClusterRole's namespaced rules), own (the Role in the release
+    namespace) and cluster (the ClusterRole's cluster-scoped rules)."""
     objects = _chart_objects(values)
     (cluster_role,) = [o for o in objects if o["kind"] == "ClusterRole"]
-    roles = {_rules(o) for o in objects if o["kind"] == "Role"}
+    own_roles = [
+        o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-own")
+    ]
+    own = _rules(own_roles[0]) if own_roles else ()
+    roles = {_rules(o) for o in objects if o["kind"] == "Role" and o not in own_roles}
     assert len(roles) <= 1, "the served namespaces get different Roles"
+    cluster = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"} | {
+        spec.plural for spec in WEBHOOK_CONFIGS
+    }
+    everything = _rules(cluster_role)
+    cluster_rules = tuple(r for r in everything if set(r.resources) & cluster)
     if not roles:  # cluster-wide: one ClusterRole, split as permissions.py does
-        everything = _rules(cluster_role)
-        cluster = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"} | {
-            spec.plural for spec in WEBHOOK_CONFIGS
-        }
-        namespaced = tuple(r for r in everything if not set(r.resources) & cluster)
-        return permissions.Permissions(
-            namespaced, tuple(r for r in everything if r not in namespaced)
-        )
-    return permissions.Permissions(roles.pop(), _rules(cluster_role))
+        served = tuple(r for r in everything if r not in cluster_rules)
+        return permissions.Permissions(served, own, cluster_rules)
+    assert cluster_rules == everything
+    return permissions.Permissions(roles.pop(), own, cluster_rules)
 
 
 def _chart_objects(values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -242,6 +247,9 @@ def start_operator(kube: KubeHarness, tmp_path: Path) -> Iterator[Any]:
             elif obj["kind"] == "ValidatingWebhookConfiguration":
                 kube.create("admissionregistration.k8s.io/v1/validatingwebhookconfigurations", obj)
         kube.ensure_namespace(NAMESPACE)
+        for obj in _chart_objects(values):
+            if obj["kind"] == "Secret":  # the webhook certificate's, created empty
+                kube.create("v1/secrets", obj, obj["metadata"]["namespace"])
         kube.ensure_namespace(SERVED)
         kube.ensure_namespace("team-other")
         args = _operator_args(values)
@@ -393,15 +401,8 @@ def _run_a_typical_life(
     injected = json.loads(base64.b64decode(response["patch"]))
     assert any("runlog-relay" in json.dumps(op) for op in injected), injected
 
-    def configmap_requests() -> int:
-        return sum(a.resource == "configmaps" for a in _operator_accesses(kube))
-
-    before = configmap_requests()
     kube.delete(RLS, "main", namespace)
-    kube.wait_gone("v1/configmaps", "runlog-relay-main", namespace)
-    # The operator forgets the store and deletes its ConfigMap if the garbage collector
-    # has not yet (the emulator's is synchronous, so it always has): wait for its look.
-    wait(lambda: configmap_requests() > before, "the operator to clean up the ConfigMap")
+    kube.wait_gone("v1/configmaps", "runlog-relay-main", namespace)  # the GC's, not ours
 
 
 def _operator_accesses(kube: KubeHarness) -> list[Access]:
@@ -429,7 +430,9 @@ def test_the_operator_needs_exactly_what_the_chart_grants(
     operator.process.send_signal(signal.SIGTERM)
     assert operator.process.wait(30) == 0, operator.log.read_text()
     granted = _granted_by_the_chart(values)
-    assert granted == permissions.required(clusterwide=served is None, webhook_config_name=RELEASE)
+    flags = permissions.flags_for(clusterwide=served is None)
+    names = {"webhook_config_name": RELEASE, "webhook_cert_secret": f"{RELEASE}-webhook-cert"}
+    assert granted == permissions.required(flags, names)
     accesses = _operator_accesses(kube)
     assert accesses, "no request of the operator was seen"
     denied = sorted({str(a) for a in accesses if not allowed(a, granted, served)})

@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry
 
 from runlog_relay.config.crd import crd_manifest
 from runlog_relay.config.settings import load_sidecar_settings
-from runlog_relay.operator.controller import ControllerOptions
-from runlog_relay.operator.runner import Operator, OperatorOptions, build_operator
+from runlog_relay.operator.runner import Operator, build_operator
+from runlog_relay.operator.settings import OperatorSettings
 from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness
 from tests.integration.kube.kopf_runner import KopfRunner, RunningOperator
 from tests.support.s3server import AuthS3
@@ -76,16 +76,15 @@ class Cluster:
     def start(
         self, *, allow_errors: bool = False, namespaces: tuple[str, ...] = (NS,), **options: Any
     ) -> Operator:
-        controller = ControllerOptions(
-            retry_base_delay=0.2,
-            retry_max_delay=1.0,
-            bucket_timeout=2.0,
-            instance="test-operator",
-            **options,
-        )
+        reconcile = {"retry_base_delay": 0.2, "retry_max_delay": 1.0, "bucket_timeout": 2.0}
         url = self.kube.url
         self.operator = build_operator(
-            OperatorOptions(namespaces=namespaces, controller=controller),
+            OperatorSettings(
+                namespaces=list(namespaces),
+                instance="test-operator",
+                reconcile={**reconcile, **options},
+                webhook={"port": 0},
+            ),
             login=lambda: kopf.ConnectionInfo(server=url, insecure=True),
             prometheus=CollectorRegistry(),
             recheck="recheck_interval" in options,
@@ -291,7 +290,7 @@ def test_delete_removes_the_configmap_and_the_metric(cluster: Cluster, bucket: s
 def test_missing_secret_then_created_turns_ready_without_touching_the_store(
     cluster: Cluster, bucket: str
 ) -> None:
-    cluster.start()
+    cluster.start(recheck_interval=0.5)  # the deletion below is seen by the recheck
     cluster.create_store("main", cluster.spec(bucket))
 
     waiting = cluster.wait_ready("main", "False", "SecretNotFound")
@@ -313,7 +312,7 @@ def test_missing_secret_then_created_turns_ready_without_touching_the_store(
         "one Event per transition",
     )
 
-    # Deleting the Secret is noticed too.
+    # Deleting the Secret is noticed too, by the recheck: Secrets are not watched.
     cluster.kube.delete("v1/secrets", "s3-creds", NS)
     cluster.wait_ready("main", "False", "SecretNotFound")
 
@@ -327,7 +326,7 @@ def test_missing_key_names_the_secret_and_key(cluster: Cluster, bucket: str) -> 
 
 
 def test_wrong_credentials_then_rotated_secret(cluster: Cluster, bucket: str) -> None:
-    cluster.start()
+    cluster.start(recheck_interval=0.5)  # a rotation is seen by the recheck
     cluster.put_creds(AWS_ACCESS_KEY_ID="AKIAWRONGWRONGWRONG0")
     cluster.create_store("main", cluster.spec(bucket))
 
@@ -435,7 +434,7 @@ def test_secret_values_never_reach_status_events_configmaps_or_logs(
     cluster: Cluster, bucket: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    cluster.start()
+    cluster.start(recheck_interval=0.5)
     cluster.put_creds(AWS_ACCESS_KEY_ID="AKIAWRONGWRONGWRONG0")  # a failure path first
     cluster.create_store("main", cluster.spec(bucket))
     cluster.wait_ready("main", "False", "InvalidCredentials")

@@ -25,9 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from runlog_relay.cli import main
-from runlog_relay.layout import Layout, encode_body
-from runlog_relay.localtree import Candidate, walk
+from runlog_relay.layout import Layout
 from runlog_relay.objectstore import MULTIPART_THRESHOLD, ObjectStore
 from runlog_relay.runnable_compat import (
     read_run_log_from_bucket,
@@ -35,11 +33,10 @@ from runlog_relay.runnable_compat import (
     run_pipeline,
 )
 from tests.support.s3server import S3Endpoint, start_auth_s3_server
+from tests.support.toolcli import ACCESS_KEY, SECRET_KEY, cli, upload_like_the_sidecar
 
 pytestmark = [pytest.mark.integration]
 
-ACCESS_KEY = "minioadmin"  # the tools' default; moto accepts anything, SeaweedFS's admin key
-SECRET_KEY = "minioadmin"
 CHUNKED_RUNS = ("tools-a", "tools-b")
 FAILED_RUN = "tools-failed"  # a copy of tools-b whose run log says FAIL
 SINGLE_RUN = "tools-s"
@@ -54,35 +51,6 @@ SINGLE_AT = f"{BUCKET}/single"
 class Runs:
     chunked: Path  # log folder with CHUNKED_RUNS and FAILED_RUN (chunked-fs)
     single: Path  # log folder with SINGLE_RUN (file-system)
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> dict:
-        return json.loads(self.out)
-
-
-def upload_like_the_sidecar(endpoint: str, location: str, folder: Path, layout: Layout) -> int:
-    """STAND-IN FOR THE SIDECAR: every run-log file of ``folder`` to ``location``."""
-    bucket, _, prefix = location.partition("/")
-    store = ObjectStore(
-        endpoint=endpoint,
-        bucket=bucket,
-        prefix=prefix,
-        access_key=ACCESS_KEY,
-        secret_key=SECRET_KEY,
-    )
-    store.check_bucket(create=True)
-    count = 0
-    for item in walk(folder, layout):
-        assert isinstance(item, Candidate), item
-        store.put(item.mapping.key, encode_body(item.path.read_bytes(), layout))
-        count += 1
-    return count
 
 
 @pytest.fixture(autouse=True)
@@ -121,16 +89,6 @@ def runs(local_runs: Runs, endpoint: str) -> Runs:
     assert upload_like_the_sidecar(endpoint, CHUNKED_AT, local_runs.chunked, Layout.CHUNKED) == 18
     assert upload_like_the_sidecar(endpoint, SINGLE_AT, local_runs.single, Layout.SINGLE) == 1
     return local_runs
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
-    capsys.readouterr()
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse usage errors
-        code = exc.code if isinstance(exc.code, int) else 2
-    out, err = capsys.readouterr()
-    return Result(code, out, err)
 
 
 def store_args(endpoint: str, location: str = CHUNKED_AT, *more: str) -> list[str]:

@@ -16,6 +16,7 @@ folders -- next to a real runnable pipeline, and checks the bucket mirrors the r
 from __future__ import annotations
 
 import base64
+import datetime
 import itertools
 import os
 import signal
@@ -36,10 +37,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from runlog_relay.config.crd import crd_manifest
-from runlog_relay.operator.controller import ControllerOptions
-from runlog_relay.operator.runner import Operator, OperatorOptions, build_operator
-from runlog_relay.operator.webhook import InjectionOptions
-from runlog_relay.operator.webhook_tls import WebhookOptions, self_signed_certificate
+from runlog_relay.operator.runner import Operator, build_operator
+from runlog_relay.operator.settings import OperatorSettings
+from runlog_relay.operator.webhook_tls import issue_certificate, make_ca
 from runlog_relay.runnable_compat import run_pipeline
 from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness
 from tests.integration.kube.kopf_runner import KopfRunner, RunningOperator
@@ -128,20 +128,19 @@ class Cluster:
         self, *, allow_errors: bool = False, cert_dir: Path | None = None, **injection: Any
     ) -> Operator:
         url = self.kube.url
-        options = OperatorOptions(
-            namespaces=(NS, OTHER_NS),
-            controller=ControllerOptions(
-                retry_base_delay=0.2, retry_max_delay=1.0, bucket_timeout=2.0, instance="test"
-            ),
-            webhook=WebhookOptions(
-                host="127.0.0.1",
-                port=None,
-                service_name=SERVICE,
-                service_namespace=SERVICE_NS,
-                ca_recheck_interval=0.3,
-                cert_dir=cert_dir,
-            ),
-            injection=InjectionOptions(**injection),
+        options = OperatorSettings(
+            namespaces=[NS, OTHER_NS],
+            instance="test",
+            reconcile={"retry_base_delay": 0.2, "retry_max_delay": 1.0, "bucket_timeout": 2.0},
+            webhook={
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "service_name": SERVICE,
+                "service_namespace": SERVICE_NS,
+                "cert_check_interval": 0.3,
+                "cert_dir": cert_dir,
+            },
+            injection=injection,
         )
         self.operator = build_operator(
             options,
@@ -158,7 +157,7 @@ class Cluster:
         if cert_dir is None:
             bundle = self.wait(self.ca_bundle, "the operator to write the caBundle")
         else:
-            bundle = (cert_dir / "tls.crt").read_bytes()
+            bundle = (cert_dir / "ca.crt").read_bytes()
         self.client = AdmissionClient(int(url_seen.rsplit(":", 1)[1]), bundle, SERVICE_DNS)
         return self.operator
 
@@ -224,14 +223,30 @@ class Cluster:
     # --- admission -------------------------------------------------------------------------
 
     def admit(
-        self, pod: dict[str, Any], namespace: str = NS, path: str = "/mutate-pods"
+        self,
+        pod: dict[str, Any],
+        namespace: str = NS,
+        path: str = "/mutate-pods",
+        *,
+        dry_run: bool = False,
     ) -> ReviewAnswer:
         assert self.client is not None
         kubernetes_validate.validate(pod, K8S, strict=True)
-        answer = self.client.post(path, pod_review(pod, namespace))
+        answer = self.client.post(path, pod_review(pod, namespace, dry_run=dry_run))
         assert answer.status == 200, answer
         assert answer.allowed, answer.response
         return answer
+
+    def wait_webhook_warns(self, pod: dict[str, Any], text: str) -> None:
+        """Wait until the webhook's own view of the pod's store -- kopf's in-memory index,
+        which follows the API object's status a moment later -- makes it warn ``text``.
+        Asked with dry-run reviews: the webhook decides as for real, but posts no Event
+        and counts nothing."""
+
+        def warns() -> bool:
+            return any(text in w for w in self.admit(pod, dry_run=True).warnings)
+
+        self.wait(warns, f"the webhook to warn {text!r}")
 
     def metric(self, result: str) -> float:
         assert self.operator is not None
@@ -573,8 +588,10 @@ def test_not_ready_store_is_injected_by_default_with_a_warning(cluster: Cluster)
     cluster.start()
     cluster.put_creds()
     cluster.create_store("waiting", "no-such-bucket-here", wait=False)
-    wait_reason(cluster, "waiting", "BucketNotFound")  # the sidecar can start, and wait
     pod = bare_pod(store="waiting")
+    # The store's reconcile ends at BucketNotFound (the sidecar can start, and wait); the
+    # status reaches the webhook's index a moment after the API object.
+    cluster.wait_webhook_warns(pod, "Ready=False (BucketNotFound)")
 
     answer = cluster.admit(pod)
 
@@ -660,10 +677,15 @@ def test_certificate_directory_mode_serves_that_certificate_and_leaves_the_ca_bu
 ) -> None:
     """cert-manager mode: tls.crt/tls.key from a directory; its CA injector, not the
     operator, owns the caBundle."""
-    cert, key = self_signed_certificate([SERVICE_DNS])
+    now = datetime.datetime.now(datetime.UTC)
+    ca, ca_key = make_ca("cert-manager's CA", now=now, validity=datetime.timedelta(days=1))
+    cert, key = issue_certificate(
+        ca, ca_key, [SERVICE_DNS], now=now, validity=datetime.timedelta(hours=1)
+    )
     (tmp_path / "tls.crt").write_bytes(cert)
     (tmp_path / "tls.key").write_bytes(key)
-    cluster.start(cert_dir=tmp_path)  # the client trusts only this certificate
+    (tmp_path / "ca.crt").write_bytes(ca)
+    cluster.start(cert_dir=tmp_path)  # the client trusts only this CA
 
     pod = bare_pod()
     pod["metadata"]["labels"]["runlog-relay.dev/store"] = "absent"

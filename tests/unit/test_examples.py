@@ -22,6 +22,7 @@ from runlog_relay.config.crd import crd_manifest
 from runlog_relay.config.settings import load_sidecar_settings
 from runlog_relay.operator import reconcile as rc
 from runlog_relay.operator import webhook as wh
+from runlog_relay.operator.settings import InjectionSettings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
 K8S = "1.30"
@@ -82,7 +83,7 @@ def test_examples_share_one_namespace_store_and_secret() -> None:
 
 def inject(pod: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     decision = wh.decide_injection(
-        pod, namespace="team-a", store=store_info(), options=wh.InjectionOptions()
+        pod, namespace="team-a", store=store_info(), options=InjectionSettings()
     )
     assert decision.outcome is wh.Outcome.INJECTED, decision
     assert not decision.warnings, decision.warnings

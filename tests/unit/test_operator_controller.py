@@ -23,7 +23,8 @@ from runlog_relay.config.models import StoreSpec
 from runlog_relay.errors import NotFoundError, PermanentError, RetryableError
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator import reconcile as rc
-from runlog_relay.operator.controller import ControllerOptions, StoreController
+from runlog_relay.operator.controller import StoreController
+from runlog_relay.operator.settings import ReconcileSettings
 
 NS = "team"
 STORE_PATH = f"/apis/runlog-relay.dev/v1alpha1/namespaces/{NS}/runlogstores/main"
@@ -41,6 +42,7 @@ class FakeApi:
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, Any]] = {}
         self.writes: list[tuple[str, str, Any]] = []
+        self.reads: list[tuple[str, str]] = []
         self.fail: dict[tuple[str, str], Exception] = {}
 
     def _check(self, verb: str, path: str) -> None:
@@ -50,6 +52,7 @@ class FakeApi:
 
     async def get(self, path: str) -> dict[str, Any] | None:
         self._check("GET", path)
+        self.reads.append(("GET", path))
         obj = self.objects.get(path)
         return copy.deepcopy(obj) if obj is not None else None
 
@@ -75,11 +78,6 @@ class FakeApi:
             else:
                 obj[key] = copy.deepcopy(value)
         return obj
-
-    async def delete(self, path: str) -> bool:
-        self._check("DELETE", path)
-        self.writes.append(("DELETE", path, None))
-        return self.objects.pop(path, None) is not None
 
     # helpers
     def events(self) -> list[dict[str, Any]]:
@@ -127,9 +125,18 @@ class World:
             self.api,
             OperatorMetrics(self.registry),
             bucket_check=self.bucket,
-            options=ControllerOptions(retry_base_delay=2, retry_max_delay=30, instance="test"),
+            options=ReconcileSettings(retry_base_delay=2, retry_max_delay=30),
+            instance="test",
+            gate=self.gate,
             clock=lambda: datetime(2025, 1, 1, tzinfo=UTC),
         )
+        self.leading = True
+
+    async def gate(self) -> Any:
+        async def leads(namespace: str) -> bool:
+            return self.leading
+
+        return leads
 
     def put_store(self, spec: dict[str, Any], **kw: Any) -> dict[str, Any]:
         body = store(spec, **kw)
@@ -195,42 +202,77 @@ def test_unchanged_state_writes_nothing(world: World) -> None:
     assert world.metric("runlog_relay_operator_reconciles_total", {"result": "ready"}) == 2
 
 
-def test_missing_secret_then_created_turns_ready_through_secret_changed(world: World) -> None:
+def test_missing_secret_is_retried_quietly_until_it_appears(world: World) -> None:
     world.put_store(CREDS_SPEC)
-    result = world.reconcile()
+    controller = StoreController(
+        world.api,
+        OperatorMetrics(CollectorRegistry()),
+        bucket_check=world.bucket,
+        options=ReconcileSettings(retry_base_delay=0.01, retry_max_delay=0.05),
+        gate=world.gate,
+    )
 
-    assert not result.ready.ok and not result.retry  # the Secret watch wakes us, no backoff
-    conditions = world.conditions()
-    assert conditions["Ready"]["reason"] == "SecretNotFound"
-    assert "'creds'" in conditions["Ready"]["message"]
-    assert conditions["Connected"]["status"] == "Unknown"
-    assert world.bucket.calls == []
-    assert world.api.objects[CM_PATH]  # the sidecar config does not wait for the Secret
-    assert world.api.events()[-1]["reason"] == "SecretNotFound"
-    assert world.metric("runlog_relay_store_ready", {"namespace": NS, "store": "main"}) == 0
+    async def scenario() -> None:
+        result = await controller.reconcile(copy.deepcopy(world.api.objects[STORE_PATH]))
+        # Waiting for a Secret is not a failure for kopf to retry (and log as an error):
+        # the controller reconciles again by itself, with backoff.
+        assert not result.ready.ok and not result.retry
+        assert controller.pending_retries() == [(NS, "main")]
+        conditions = world.conditions()
+        assert conditions["Ready"]["reason"] == "SecretNotFound"
+        assert "'creds'" in conditions["Ready"]["message"]
+        assert conditions["Connected"]["status"] == "Unknown"
+        assert world.bucket.calls == []
+        assert world.api.objects[CM_PATH]  # the sidecar config does not wait for the Secret
+        await asyncio.sleep(0.1)  # a few retries, still waiting
+        assert world.conditions()["Ready"]["reason"] == "SecretNotFound"
+        assert len([e for e in world.api.events() if e["reason"] == "SecretNotFound"]) == 1
 
-    world.api.objects[SECRET_PATH] = SECRET_BODY
-    results = asyncio.run(world.controller.secret_changed(NS, "creds", SECRET_BODY, ["main"]))
+        world.api.objects[SECRET_PATH] = SECRET_BODY
+        while world.conditions()["Ready"]["status"] != "True":
+            await asyncio.sleep(0.01)
+        assert controller.pending_retries() == []
+        await controller.close()
 
-    assert results["main"] is not None and results["main"].ready.ok
-    assert world.conditions()["Ready"]["status"] == "True"
+    asyncio.run(asyncio.wait_for(scenario(), 5))
     assert world.api.events()[-1]["reason"] == "Ready"
-
-    # The same Secret content again (a resync, a label change): nothing to do.
-    again = asyncio.run(world.controller.secret_changed(NS, "creds", SECRET_BODY, ["main"]))
-    assert again == {}
-    assert len(world.bucket.calls) == 1
+    # Only the referenced Secret was ever read, and never listed.
+    assert {path for method, path in world.api.reads if "/secrets" in path} == {SECRET_PATH}
 
 
-def test_deleted_secret_turns_the_store_not_ready(world: World) -> None:
+def test_retries_stop_when_the_store_is_deleted_or_another_replica_leads(world: World) -> None:
+    body = world.put_store(CREDS_SPEC)
+    controller = StoreController(
+        world.api,
+        OperatorMetrics(CollectorRegistry()),
+        bucket_check=world.bucket,
+        options=ReconcileSettings(retry_base_delay=0.01, retry_max_delay=0.01),
+        gate=world.gate,
+    )
+
+    async def scenario() -> None:
+        await controller.reconcile(copy.deepcopy(body))
+        world.leading = False
+        reads = len(world.api.reads)
+        await asyncio.sleep(0.1)
+        assert len(world.api.reads) == reads  # a standby does not reconcile
+        world.leading = True
+        await controller.reconcile(copy.deepcopy(body))
+        await controller.forget(body)
+        assert controller.pending_retries() == []
+        await controller.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+def test_deleted_secret_is_seen_by_the_recheck(world: World) -> None:
     world.api.objects[SECRET_PATH] = SECRET_BODY
     world.put_store(CREDS_SPEC)
     world.reconcile()
     del world.api.objects[SECRET_PATH]
 
-    results = asyncio.run(world.controller.secret_changed(NS, "creds", None, ["main"]))
+    asyncio.run(world.controller.recheck_all())
 
-    assert results["main"] is not None and not results["main"].ready.ok
     assert world.conditions()["SecretsAvailable"]["reason"] == "SecretNotFound"
 
 
@@ -343,7 +385,9 @@ def test_event_post_failure_does_not_fail_the_reconcile(world: World) -> None:
     assert world.reconcile().ready.ok
 
 
-def test_forget_removes_metric_state_and_owned_configmap(world: World) -> None:
+def test_forget_removes_metric_and_state_and_leaves_the_configmap_to_the_gc(
+    world: World,
+) -> None:
     body = world.put_store({})
     world.reconcile()
     labels = {"namespace": NS, "store": "main"}
@@ -352,8 +396,9 @@ def test_forget_removes_metric_state_and_owned_configmap(world: World) -> None:
     asyncio.run(world.controller.forget(body))
 
     assert world.metric("runlog_relay_store_ready", labels) is None
-    assert CM_PATH not in world.api.objects
     assert world.controller.known_stores() == []
+    # Owned by the store: the garbage collector deletes it; the operator may not.
+    assert not [w for w in world.api.writes if w[0] == "DELETE"]
 
 
 def test_forget_of_an_older_incarnation_leaves_the_new_one_alone(world: World) -> None:
@@ -405,13 +450,8 @@ def test_recheck_skips_namespaces_where_another_replica_leads(world: World) -> N
     world.reconcile()
     world.bucket.error = PermanentError("no bucket", code="NoSuchBucket")
 
-    async def not_leading() -> Any:
-        async def leads(namespace: str) -> bool:
-            return False
-
-        return leads
-
-    asyncio.run(world.controller.recheck_all(not_leading))
+    world.leading = False
+    asyncio.run(world.controller.recheck_all())
 
     assert world.conditions()["Ready"]["status"] == "True"  # untouched
     assert len(world.bucket.calls) == 1
@@ -420,13 +460,6 @@ def test_recheck_skips_namespaces_where_another_replica_leads(world: World) -> N
 def test_recheck_loop_survives_a_failing_round(world: World) -> None:
     world.put_store({})
     world.reconcile()
-    controller = StoreController(
-        world.api,
-        OperatorMetrics(CollectorRegistry()),
-        bucket_check=world.bucket,
-        options=ControllerOptions(recheck_interval=0.01),
-    )
-    asyncio.run(controller.reconcile(copy.deepcopy(world.api.objects[STORE_PATH])))
     rounds: list[int] = []
 
     async def flaky_gate() -> Any:
@@ -439,8 +472,17 @@ def test_recheck_loop_survives_a_failing_round(world: World) -> None:
 
         return leads
 
+    controller = StoreController(
+        world.api,
+        OperatorMetrics(CollectorRegistry()),
+        bucket_check=world.bucket,
+        options=ReconcileSettings(recheck_interval=0.01),
+        gate=flaky_gate,
+    )
+    asyncio.run(controller.reconcile(copy.deepcopy(world.api.objects[STORE_PATH])))
+
     async def scenario() -> None:
-        task = asyncio.create_task(controller.recheck_forever(flaky_gate))
+        task = asyncio.create_task(controller.recheck_forever())
         while len(rounds) < 3:
             await asyncio.sleep(0.01)
         task.cancel()

@@ -233,16 +233,11 @@ def test_ca_secret_is_resolved() -> None:
     assert found.step.ok and found.ca_pem == b"-----BEGIN"
 
 
-def test_decode_and_fingerprint() -> None:
+def test_decode_secret() -> None:
     body = {"data": {"a": b64("one"), "bad": "!!not-base64!!"}}
     assert rc.decode_secret(body) == {"a": b"one"}
     assert rc.decode_secret(None) is None
     assert rc.decode_secret({}) == {}
-    one = rc.secret_fingerprint({"a": b"one"})
-    assert one == rc.secret_fingerprint({"a": b"one"})
-    assert one != rc.secret_fingerprint({"a": b"two"})
-    assert one != rc.secret_fingerprint(None)
-    assert "one" not in one
 
 
 # --------------------------------------------------------------------------- bucket

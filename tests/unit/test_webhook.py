@@ -17,6 +17,12 @@ import pytest
 
 from runlog_relay.operator import reconcile as rc
 from runlog_relay.operator import webhook as wh
+from runlog_relay.operator.settings import (
+    DEFAULT_IMAGE,
+    DEFAULT_RESOURCES,
+    InjectionSettings,
+    validate_resources,
+)
 
 NS = "team-a"
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -72,7 +78,7 @@ def decide(body: dict[str, Any], info: wh.StoreInfo | None = None, **options: An
         body,
         namespace=NS,
         store=store() if info is None else info,
-        options=wh.InjectionOptions(**options),
+        options=InjectionSettings(**options),
     )
 
 
@@ -123,7 +129,7 @@ def test_pods_not_opted_in_or_already_injected_are_unchanged() -> None:
 
 
 def test_missing_store_and_other_namespaces_store_are_skipped() -> None:
-    decision = wh.decide_injection(pod(), namespace=NS, store=None, options=wh.InjectionOptions())
+    decision = wh.decide_injection(pod(), namespace=NS, store=None, options=InjectionSettings())
     assert decision.outcome is wh.Outcome.SKIPPED and decision.reason == "StoreNotFound"
     assert "'main' not found in namespace 'team-a'" in decision.message
     # A store object from elsewhere is never used, even if handed over by mistake.
@@ -155,7 +161,7 @@ def test_missing_configmap_or_secret_is_injected_with_a_warning() -> None:
         pod(),
         namespace=NS,
         store=store(ready="False"),
-        options=wh.InjectionOptions(),
+        options=InjectionSettings(),
         missing=["Secret 'creds'"],
     )
     assert decision.outcome is wh.Outcome.INJECTED
@@ -167,7 +173,7 @@ def test_missing_configmap_or_secret_is_skipped_when_not_ready_stores_are_not_in
         pod(),
         namespace=NS,
         store=store(ready="False"),
-        options=wh.InjectionOptions(inject_when_not_ready=False),
+        options=InjectionSettings(inject_when_not_ready=False),
         missing=["Secret 'creds'"],
     )
     assert decision.outcome is wh.Outcome.SKIPPED and decision.reason == "StoreNotReady"
@@ -255,9 +261,7 @@ def test_sidecar_container_shape() -> None:
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     _, default = injected(pod())
-    assert default["image"] == wh.DEFAULT_IMAGE and default["resources"] == dict(
-        wh.DEFAULT_RESOURCES
-    )
+    assert default["image"] == DEFAULT_IMAGE and default["resources"] == dict(DEFAULT_RESOURCES)
 
 
 def test_config_and_credentials_are_mounted_where_the_configmap_says() -> None:
@@ -535,7 +539,7 @@ def test_event_goes_to_the_controller_of_a_pod_without_a_name() -> None:
     body["metadata"]["ownerReferences"] = [
         {"apiVersion": "batch/v1", "kind": "Job", "name": "job-x", "uid": "u-1", "controller": True}
     ]
-    decision = wh.decide_injection(body, namespace=NS, store=None, options=wh.InjectionOptions())
+    decision = wh.decide_injection(body, namespace=NS, store=None, options=InjectionSettings())
     event = wh.pod_event_manifest(decision, body, namespace=NS, now=NOW, instance="op-0")
     kubernetes_validate.validate(event, "1.30", strict=True)
     assert event["involvedObject"] == {
@@ -551,7 +555,7 @@ def test_event_goes_to_the_controller_of_a_pod_without_a_name() -> None:
 
 
 def test_event_goes_to_a_bare_pod_by_name() -> None:
-    decision = wh.decide_injection(pod(), namespace=NS, store=None, options=wh.InjectionOptions())
+    decision = wh.decide_injection(pod(), namespace=NS, store=None, options=InjectionSettings())
     event = wh.pod_event_manifest(decision, pod(), namespace=NS, now=NOW, instance="op-0")
     kubernetes_validate.validate(event, "1.30", strict=True)
     assert event["involvedObject"] == {
@@ -609,7 +613,7 @@ def test_store_warnings_name_each_missing_secret_and_key_once() -> None:
 
 def test_validate_resources() -> None:
     good = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": 1073741824}}
-    assert wh.validate_resources(good) == {
+    assert validate_resources(good) == {
         "requests": {"cpu": "10m", "memory": "64Mi"},
         "limits": {"memory": "1073741824"},
     }
@@ -621,7 +625,7 @@ def test_validate_resources() -> None:
         ({"limits": {"cpu": True}}, "limits.cpu"),
     ):
         with pytest.raises(ValueError, match=match):
-            wh.validate_resources(bad)
+            validate_resources(bad)
 
 
 def test_store_info_from_body() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator import webhook as wh
 from runlog_relay.operator.admission import Admission
 from runlog_relay.operator.kubeapi import configmap_path, secret_path, store_path
+from runlog_relay.operator.settings import InjectionSettings, WebhookSettings
 
 NS = "team-a"
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -49,15 +51,15 @@ class FakeApi:
 
 
 class World:
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, lookup_timeout: float = 0.5, **options: Any) -> None:
         self.api = FakeApi()
         self.registry = CollectorRegistry()
         self.admission = Admission(
             self.api,
             OperatorMetrics(self.registry),
-            options=wh.InjectionOptions(**options),
+            options=InjectionSettings(**options),
             instance="op-0",
-            lookup_timeout=0.5,
+            lookup_timeout=lookup_timeout,
             clock=lambda: NOW,
         )
 
@@ -191,6 +193,20 @@ def test_slow_api_times_out_into_a_failure_not_a_hang() -> None:
     decision = world.mutate(pod(), {})
     assert decision.outcome is wh.Outcome.FAILED
     assert "did not answer in time" in decision.message
+
+
+def test_the_answer_beats_the_api_servers_timeout() -> None:
+    """On a slow API the pod must still get its InjectionFailed annotation: the lookups'
+    budget is below the configurations' timeoutSeconds, with room for the answer."""
+    webhook = WebhookSettings(timeout_seconds=1)
+    assert webhook.lookup_budget <= 0.6 * webhook.timeout_seconds
+    world = World(lookup_timeout=webhook.lookup_budget)
+    world.api.delay = 5.0
+    started = time.monotonic()
+    decision = world.mutate(pod(), {})
+    assert time.monotonic() - started < webhook.timeout_seconds
+    patched = wh.apply_json_patch(pod(), decision.ops)
+    assert patched["metadata"]["annotations"][wh.SKIPPED_ANNOTATION].startswith("InjectionFailed")
 
 
 def test_a_bug_is_reported_by_type_only() -> None:

@@ -13,7 +13,8 @@ RunLogStore spec the model rejects (see :func:`.webhook.store_spec_denial`).
 Stores come from the operator's kopf index (no API call per pod); a store missing there
 is looked up once through the API before the pod is declared store-less, because the
 index lags a store created a moment before its pods, and is empty for a moment after
-the operator starts.
+the operator starts. A standby replica (kopf peering) has a frozen index: it answers
+from the API, and so does a replica just promoted, for entries older than its promotion.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator import reconcile as rc
 from runlog_relay.operator import webhook as wh
 from runlog_relay.operator.kubeapi import configmap_path, event_path, secret_path, store_path
+from runlog_relay.operator.settings import InjectionSettings
 
 __all__ = ["Admission", "AdmissionApi", "StoreIndex"]
 
@@ -66,16 +68,23 @@ class Admission:
         api: AdmissionApi,
         metrics: OperatorMetrics,
         *,
-        options: wh.InjectionOptions | None = None,
+        options: InjectionSettings | None = None,
         instance: str = "runlog-relay-operator",
-        lookup_timeout: float = 5.0,
+        lookup_timeout: float = 3.0,
+        fresh: Callable[[float], bool] = lambda indexed_at: True,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
+        """``lookup_timeout``: seconds for the API calls of one admission request, below
+        the API server's own timeout (:attr:`~.settings.WebhookSettings.lookup_budget`),
+        so a slow API still gets the pod its ``InjectionFailed`` annotation.
+        ``fresh(indexed_at)``: whether an index entry reflects the cluster
+        (:meth:`~.leadership.Leadership.fresh`); a stale one is read from the API."""
         self._api = api
         self._metrics = metrics
-        self.options = options or wh.InjectionOptions()
+        self.options = options or InjectionSettings()
         self._instance = instance
         self._timeout = lookup_timeout
+        self._fresh = fresh
         self._clock = clock
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -133,6 +142,8 @@ class Admission:
         store's status does not already say the ConfigMap and Secrets are there)."""
         # Another namespace's store is never even looked at: the key has the pod's own.
         info = next(iter((stores or {}).get((namespace, name), ())), None)
+        if info is not None and not self._fresh(info.indexed_at):
+            info = None  # a standby's frozen index: the API says how things are now
         if info is None:
             body = await self._api.get(store_path(namespace, name))
             info = None if body is None else wh.StoreInfo.from_body(body)

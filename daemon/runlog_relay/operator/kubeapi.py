@@ -71,8 +71,9 @@ def _name(value: str) -> str:
     return quote(value, safe="")
 
 
-def secret_path(namespace: str, name: str) -> str:
-    return f"/api/v1/namespaces/{_name(namespace)}/secrets/{_name(name)}"
+def secret_path(namespace: str, name: str | None = None) -> str:
+    base = f"/api/v1/namespaces/{_name(namespace)}/secrets"
+    return f"{base}/{_name(name)}" if name else base
 
 
 def configmap_path(namespace: str, name: str | None = None) -> str:
@@ -182,6 +183,11 @@ class KubeApi:
 
     async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("POST", path, body=body)
+
+    async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """A PUT: with the body's ``metadata.resourceVersion`` it is compare-and-swap
+        (409 Conflict when the object changed since it was read)."""
+        return await self.request("PUT", path, body=body)
 
     async def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -73,7 +72,6 @@ __all__ = [
     "referenced_secret_names",
     "render_sidecar_config",
     "resolve_secrets",
-    "secret_fingerprint",
     "transition_event",
     "unknown_after",
 ]
@@ -353,17 +351,6 @@ def decode_secret(body: Mapping[str, Any] | None) -> dict[str, bytes] | None:
         except (binascii.Error, ValueError):
             continue
     return decoded
-
-
-def secret_fingerprint(data: Mapping[str, bytes] | None) -> str:
-    """A digest of a Secret's data, to tell whether a Secret event changed anything this
-    store uses. Kept in memory only; never written anywhere."""
-    if data is None:
-        return "absent"
-    digest = hashlib.sha256()
-    for key in sorted(data):
-        digest.update(key.encode() + b"\0" + hashlib.sha256(data[key]).digest())
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,15 +32,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from runlog_relay import __version__
 from runlog_relay.config.crd import API_VERSION
 from runlog_relay.config.models import StoreSpec
 from runlog_relay.operator import reconcile as rc
+from runlog_relay.operator.settings import InjectionSettings
 
 __all__ = [
     "CONTAINER_NAME",
-    "DEFAULT_IMAGE",
-    "DEFAULT_RESOURCES",
     "DEFAULT_USER",
     "INJECTED_ANNOTATION",
     "LOGS_VOLUME",
@@ -51,7 +49,6 @@ __all__ = [
     "STORE_LABEL",
     "VOLUME_ANNOTATION",
     "Decision",
-    "InjectionOptions",
     "Outcome",
     "SidecarMode",
     "StoreInfo",
@@ -65,7 +62,6 @@ __all__ = [
     "pod_event_manifest",
     "store_spec_denial",
     "store_warnings",
-    "validate_resources",
 ]
 
 STORE_LABEL = rc.STORE_LABEL
@@ -81,14 +77,9 @@ METRICS_PORT_NAME = "relay-metrics"
 METRICS_PORT = 9464
 #: The emptyDir added when no volume of the pod holds the log folder.
 LOGS_VOLUME = "runlog-relay-logs"
-DEFAULT_IMAGE = f"ghcr.io/runlog-relay/runlog-relay:{__version__}"
 #: The conventional "nonroot" uid/gid of distroless-style images; used when the pod does
 #: not run its writer as a non-root user we could share.
 DEFAULT_USER = 65532
-DEFAULT_RESOURCES: Mapping[str, Any] = {
-    "requests": {"cpu": "10m", "memory": "64Mi"},
-    "limits": {"memory": "128Mi"},
-}
 #: Seconds the kubelet needs besides the sidecar's own drain budget, to stop it cleanly.
 _GRACE_MARGIN = 5.0
 _DEFAULT_GRACE = 30.0
@@ -115,21 +106,6 @@ class Outcome(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class InjectionOptions:
-    """What the operator's command line says about injected sidecars."""
-
-    image: str = DEFAULT_IMAGE
-    """The sidecar's image (``--sidecar-image``)."""
-    resources: Mapping[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_RESOURCES))
-    """The sidecar's ResourceRequirements (``--sidecar-resources``)."""
-    inject_when_not_ready: bool = True
-    """Inject into pods of a store that is not Ready (yet): the sidecar waits and
-    retries, so nothing written meanwhile is lost."""
-    scrape_annotations: bool = False
-    """Add ``prometheus.io/scrape|port|path`` to injected pods that have none."""
-
-
-@dataclass(frozen=True)
 class StoreInfo:
     """What the webhook needs to know about one RunLogStore (from the index or the API)."""
 
@@ -143,9 +119,12 @@ class StoreInfo:
     files_ready: bool = False
     """The last reconcile found the ConfigMap written and the Secrets present
     (``ConfigRendered`` and ``SecretsAvailable`` True): a sidecar can start."""
+    indexed_at: float = 0.0
+    """When kopf's index took this entry (monotonic seconds): a standby replica's index
+    is frozen, so the webhook uses an entry only if it is newer than the last standby."""
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> StoreInfo:
+    def from_body(cls, body: Mapping[str, Any], *, indexed_at: float = 0.0) -> StoreInfo:
         meta = body.get("metadata") or {}
         conditions = (body.get("status") or {}).get("conditions")
         ready = rc.condition(conditions, rc.READY)
@@ -161,6 +140,7 @@ class StoreInfo:
                 rc.condition(conditions, kind).get("status") == true
                 for kind in (rc.CONFIG_RENDERED, rc.SECRETS_AVAILABLE)
             ),
+            indexed_at=indexed_at,
         )
 
 
@@ -515,7 +495,7 @@ def sidecar_container(
     plan: VolumePlan,
     pod: Mapping[str, Any],
     mode: SidecarMode,
-    options: InjectionOptions,
+    options: InjectionSettings,
 ) -> dict[str, Any]:
     """The ``runlog-relay`` container for ``pod``."""
     _, config_mounts = rc.pod_volumes(spec, store=store)
@@ -644,7 +624,7 @@ def decide_injection(
     *,
     namespace: str,
     store: StoreInfo | None,
-    options: InjectionOptions,
+    options: InjectionSettings,
     missing: Sequence[str] = (),
 ) -> Decision:
     """The patch for an admitted pod. ``store`` is the RunLogStore named by the pod's
@@ -917,37 +897,3 @@ def store_warnings(
                 " stays NotReady until it does"
             )
     return warnings
-
-
-# --------------------------------------------------------------------------- options
-
-_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
-
-
-def validate_resources(value: Any) -> dict[str, Any]:
-    """A ResourceRequirements object (``--sidecar-resources``), checked for shape and
-    quantity syntax; ValueError naming the bad part."""
-    if not isinstance(value, Mapping):
-        raise ValueError('must be a JSON object like {"requests": {"cpu": "10m"}}')
-    unknown = set(value) - {"requests", "limits"}
-    if unknown:
-        raise ValueError(f"unknown field(s) {sorted(unknown)}; expected requests, limits")
-    result: dict[str, Any] = {}
-    for part in ("requests", "limits"):
-        amounts = value.get(part)
-        if amounts is None:
-            continue
-        if not isinstance(amounts, Mapping):
-            raise ValueError(f"{part} must be an object of resource name to quantity")
-        checked = {}
-        for resource, quantity in amounts.items():
-            text = (
-                str(quantity)
-                if isinstance(quantity, int | float | str) and not isinstance(quantity, bool)
-                else None
-            )
-            if text is None or not _QUANTITY.match(text):
-                raise ValueError(f"{part}.{resource} is not a Kubernetes quantity: {quantity!r}")
-            checked[str(resource)] = text
-        result[part] = checked
-    return result

@@ -9,17 +9,22 @@ Use them from a test module (or a conftest) with::
 with a sync client (see :class:`~tests.integration.kube.harness.KubeHarness`).
 ``kopf_runner``: starts operators against ``kube``; stops them after the test.
 ``kube_resources``: override it to serve other/extra resource kinds.
+``operator_processes``: starts ``runlog-relay operator`` processes logged into ``kube``;
+stops what is still running after the test.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from .emulator import DEFAULT_RESOURCES, ResourceSpec
 from .harness import KubeHarness
 from .kopf_runner import KopfRunner
+from .processes import OperatorProcess, stop_all
 
 
 @pytest.fixture()
@@ -55,3 +60,22 @@ def kopf_runner(kube: KubeHarness) -> Iterator[KopfRunner]:
         yield runner
     finally:
         runner.stop_all()
+
+
+@pytest.fixture()
+def operator_processes(
+    kube: KubeHarness, tmp_path: Path
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """``operator_processes(args, name=..., env=...)``: a started operator process."""
+    started: list[OperatorProcess] = []
+
+    def start(args: Sequence[str], **kwargs: Any) -> OperatorProcess:
+        kwargs.setdefault("name", f"operator-{len(started) + 1}")
+        process = OperatorProcess(kube, args, tmp_path, **kwargs)
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        stop_all(started)
