@@ -59,11 +59,18 @@ HEADER = (
     f"# change the model and run `runlog-relay crd > {CRD_FILE}`.\n"
 )
 
-# The one cross-field rule of StoreSpec (`_https_only_options`), as CEL so the API server
-# enforces it too. Guarded with has() because defaults may not have been applied.
+# The cross-field rules of StoreSpec, as CEL so the API server enforces them too.
+# `_https_only_options`: Guarded with has() because defaults may not have been applied.
 _TLS_NEEDS_HTTPS = (
     "!(has(self.tls) && ((has(self.tls.insecureSkipVerify) && self.tls.insecureSkipVerify)"
     " || has(self.tls.caSecretRef))) || (has(self.endpoint) && self.endpoint.startsWith('https://'))"
+)
+
+# StoreSpec._one_credentials_field and CredentialsSpec._exactly_one, as CEL.
+_ONE_CREDENTIALS_FIELD = "!(has(self.credentials) && has(self.credentialsSecretRef))"
+_EXACTLY_ONE_CREDENTIALS_SOURCE = (
+    "!has(self.credentials) || has(self.credentials.secretRef) !="
+    " has(self.credentials.serviceAccount)"
 )
 
 # Emit keys in the order people read schemas: what it is, what it means, its limits, then
@@ -253,7 +260,15 @@ def crd_manifest() -> dict[str, Any]:
     """The CustomResourceDefinition object."""
     spec = structural_schema(spec_schema())
     spec["x-kubernetes-validations"] = [
-        {"rule": _TLS_NEEDS_HTTPS, "message": "tls options need an https:// endpoint"}
+        {"rule": _TLS_NEEDS_HTTPS, "message": "tls options need an https:// endpoint"},
+        {
+            "rule": _ONE_CREDENTIALS_FIELD,
+            "message": "set credentials or the deprecated credentialsSecretRef, not both",
+        },
+        {
+            "rule": _EXACTLY_ONE_CREDENTIALS_SOURCE,
+            "message": "credentials: set exactly one of secretRef and serviceAccount",
+        },
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -17,6 +17,8 @@ lets ``auto`` be tested as a table and lets the log say which source is used.
                         ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` (or ``…_RELATIVE_URI``) with
                         ``AWS_CONTAINER_AUTHORIZATION_TOKEN[_FILE]``
 ``instance``            the EC2 instance profile through IMDSv2; only when asked for
+``service-account``     the pod's own identity: web identity, else container credentials,
+                        else an error naming both (``spec.credentials.serviceAccount``)
 ``auto`` (default)      static keys if any were given, else web identity if
                         ``AWS_WEB_IDENTITY_TOKEN_FILE`` and ``AWS_ROLE_ARN`` are set, else
                         container credentials if their URI is set, else runnable's default
@@ -53,6 +55,9 @@ class CredentialSource(enum.StrEnum):
     WEB_IDENTITY = "web-identity"
     CONTAINER = "container"
     INSTANCE = "instance"
+    #: The pod's own identity: web identity, else container credentials, else an error
+    #: (what a RunLogStore with ``credentials.serviceAccount`` renders; never static keys).
+    SERVICE_ACCOUNT = "service-account"
 
 
 #: Where ECS serves ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI``.

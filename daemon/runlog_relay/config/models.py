@@ -26,8 +26,10 @@ __all__ = [
     "BucketParts",
     "BucketRef",
     "CredentialsSecretRef",
+    "CredentialsSpec",
     "Layout",
     "SecretKeyRef",
+    "ServiceAccountIdentity",
     "StoreSpec",
     "SyncSpec",
     "TLSSpec",
@@ -168,6 +170,31 @@ class CredentialsSecretRef(WireModel):
         default="AWS_SECRET_ACCESS_KEY", pattern=_SECRET_DATA_KEY, max_length=253
     )
     """Key in the Secret holding the secret access key."""
+    session_token_key: str | None = Field(default=None, pattern=_SECRET_DATA_KEY, max_length=253)
+    """Key in the Secret holding a session token, for temporary keys (unset: none)."""
+
+
+class ServiceAccountIdentity(WireModel):
+    """The pods' own AWS identity: IRSA (a role-arn annotation on their ServiceAccount) or
+    EKS Pod Identity (an association for it). Nothing secret is stored or mounted."""
+
+
+class CredentialsSpec(WireModel):
+    """Where the sidecars get their S3 credentials: exactly one of the fields."""
+
+    secret_ref: CredentialsSecretRef | None = None
+    """A Secret in the RunLogStore's own namespace with an access key pair (and optionally a
+    session token), mounted into the sidecar as files."""
+    service_account: ServiceAccountIdentity | None = None
+    """`{}`: the pods' own identity (IRSA web identity or EKS Pod Identity, as EKS injects it
+    into every container). The operator checks the bucket with its own identity if it has
+    one; otherwise `BucketReady` is `Unknown` (reason `CheckedBySidecars`)."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CredentialsSpec:
+        if (self.secret_ref is None) == (self.service_account is None):
+            raise ValueError("set exactly one of secretRef and serviceAccount")
+        return self
 
 
 class TLSSpec(WireModel):
@@ -216,9 +243,13 @@ class StoreSpec(BucketParts, WireModel):
     """S3 region; leave unset for MinIO."""
     tls: TLSSpec = TLSSpec()
     """TLS options for https endpoints."""
+    credentials: CredentialsSpec | None = None
+    """Where the sidecars' S3 credentials come from: `secretRef` (a Secret in this
+    namespace) or `serviceAccount` (the pods' IRSA / EKS Pod Identity). Unset (and no
+    `credentialsSecretRef`): runnable's default `minioadmin` credentials."""
     credentials_secret_ref: CredentialsSecretRef | None = None
-    """Secret (same namespace) with the access key pair. Unset: runnable's default
-    `minioadmin` credentials."""
+    """Deprecated spelling of `credentials.secretRef`, still honoured; set one or the
+    other, not both."""
     layout: Layout = Layout.CHUNKED
     """`chunked` (runnable chunked-fs → chunked-minio) or `single` (file-system → minio)."""
     log_folder: str = Field(default=DEFAULT_LOG_FOLDER, pattern=r"^/[^\n]*$")
@@ -227,6 +258,33 @@ class StoreSpec(BucketParts, WireModel):
     """Create the bucket when it does not exist."""
     sync: SyncSpec = SyncSpec()
     """Sidecar sync tuning."""
+
+    @property
+    def secret_ref(self) -> CredentialsSecretRef | None:
+        """The credentials Secret reference, whichever field names it."""
+        if self.credentials is not None:
+            return self.credentials.secret_ref
+        return self.credentials_secret_ref
+
+    @property
+    def secret_ref_field(self) -> str:
+        """Where that reference is in the spec, for messages."""
+        if self.credentials_secret_ref is not None:
+            return "spec.credentialsSecretRef"
+        return "spec.credentials.secretRef"
+
+    @property
+    def uses_service_account(self) -> bool:
+        return self.credentials is not None and self.credentials.service_account is not None
+
+    @model_validator(mode="after")
+    def _one_credentials_field(self) -> StoreSpec:
+        if self.credentials is not None and self.credentials_secret_ref is not None:
+            raise ValueError(
+                "set credentials or the deprecated credentialsSecretRef, not both"
+                " (credentials.secretRef replaces credentialsSecretRef)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _https_only_options(self) -> StoreSpec:

@@ -57,6 +57,7 @@ __all__ = [
     "LogFormat",
     "SidecarSettings",
     "SidecarTLS",
+    "ambient_identity",
     "load_sidecar_settings",
     "read_config_file",
 ]
@@ -143,7 +144,7 @@ class SidecarSettings(BucketParts, BaseSettings):
             "credentials", "credential_source", f"{ENV_PREFIX}CREDENTIALS"
         ),
     )
-    """auto, static, web-identity, container or instance (see --help)."""
+    """auto, static, web-identity, container, instance or service-account (see --help)."""
     sts_endpoint: str | None = Field(
         default=None,
         validation_alias=AliasChoices(
@@ -256,6 +257,8 @@ class SidecarSettings(BucketParts, BaseSettings):
         source = self.credential_source
         if source is CredentialSource.AUTO:
             source = self._auto_source()
+        elif source is CredentialSource.SERVICE_ACCOUNT:
+            source = self._pod_identity_source()
         if source is CredentialSource.STATIC:
             return self._static_keys()
         if source is CredentialSource.WEB_IDENTITY:
@@ -290,6 +293,18 @@ class SidecarSettings(BucketParts, BaseSettings):
         if self.container_credentials_full_uri or self.container_credentials_relative_uri:
             return CredentialSource.CONTAINER
         return CredentialSource.STATIC  # runnable's default minioadmin pair
+
+    def _pod_identity_source(self) -> CredentialSource:
+        if self.web_identity_token_file:
+            return CredentialSource.WEB_IDENTITY
+        if self.container_credentials_full_uri or self.container_credentials_relative_uri:
+            return CredentialSource.CONTAINER
+        raise ConfigError(
+            "credentials: service-account, but this pod has no AWS identity: neither IRSA"
+            " (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, from an eks.amazonaws.com/role-arn"
+            " annotation on its ServiceAccount) nor EKS Pod Identity"
+            " (AWS_CONTAINER_CREDENTIALS_FULL_URI, from a pod identity association) is set"
+        )
 
     def _static_keys(self) -> StaticKeys:
         access = _read_secret_file(self.access_key_id_file) or _secret(self.access_key_id)
@@ -363,6 +378,16 @@ class SidecarSettings(BucketParts, BaseSettings):
             "credentials": credentials,
             "polling": self.sync.force_polling,
         }
+
+
+def ambient_identity() -> CredentialPlan | None:
+    """The identity this process has from its environment (the operator's own IRSA, Pod
+    Identity or static keys), or None when it has none beyond runnable's default keys.
+    ConfigError when the environment names one inconsistently."""
+    plan = load_sidecar_settings().credentials()
+    if isinstance(plan, StaticKeys) and plan.origin == "default":
+        return None
+    return plan
 
 
 def _secret(value: SecretStr | None) -> str:
