@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from runlog_relay.config.credentials import CredentialSource
-from runlog_relay.config.models import DEFAULT_BUCKET, DEFAULT_ENDPOINT
+from runlog_relay.config.models import DEFAULT_BUCKET, DEFAULT_ENDPOINT, SSEMode
 from runlog_relay.config.settings import ENV_PREFIX, SidecarSettings, load_sidecar_settings
 from runlog_relay.layout import Layout
 from runlog_relay.objectstore import ObjectStore
@@ -34,7 +34,15 @@ STORE_OPTION_NAMES = (
     "create_bucket",
     "credential_source",
     "sts_endpoint",
+    "storage_class",
 )
+#: argparse dest → field of the ``sse`` settings group.
+SSE_OPTION_NAMES = {
+    "sse": "mode",
+    "sse_kms_key_id": "kms_key_id",
+    "sse_kms_context": "kms_context",
+    "sse_c_key_file": "c_key_file",
+}
 
 
 def add_store_options(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +90,37 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
         f" {ENV_PREFIX}STS_ENDPOINT or AWS_ENDPOINT_URL_STS; default AWS's regional one)",
     )
     group.add_argument(
+        "--sse",
+        choices=[mode.value for mode in SSEMode],
+        help="server-side encryption of what is written: s3 (SSE-S3), kms (SSE-KMS), c (SSE-C,"
+        f" your own key) (env {ENV_PREFIX}SSE__MODE; default the bucket's)",
+    )
+    group.add_argument(
+        "--sse-kms-key-id",
+        metavar="KEY",
+        help=f"KMS key id, alias or ARN for --sse kms (env {ENV_PREFIX}SSE__KMS_KEY_ID;"
+        " default the bucket's KMS key)",
+    )
+    group.add_argument(
+        "--sse-kms-context",
+        metavar="JSON",
+        help='KMS encryption context for --sse kms, a JSON object such as {"team": "data"}'
+        f" (env {ENV_PREFIX}SSE__KMS_CONTEXT)",
+    )
+    group.add_argument(
+        "--sse-c-key-file",
+        type=Path,
+        metavar="FILE",
+        help="file with the 32-byte SSE-C key, raw or base64, for --sse c; needed to read"
+        f" such objects too (env {ENV_PREFIX}SSE__C_KEY_FILE)",
+    )
+    group.add_argument(
+        "--storage-class",
+        metavar="CLASS",
+        help="S3 storage class of what is written, e.g. STANDARD_IA or INTELLIGENT_TIERING"
+        f" (env {ENV_PREFIX}STORAGE_CLASS; default the bucket's)",
+    )
+    group.add_argument(
         "--insecure-skip-verify",
         action="store_const",
         const=True,
@@ -117,6 +156,13 @@ def overrides_from_args(args: argparse.Namespace, **extra: Any) -> dict[str, Any
         tls["ca_file"] = args.ca_file
     if tls:
         overrides["tls"] = tls
+    sse = {
+        field: getattr(args, dest)
+        for dest, field in SSE_OPTION_NAMES.items()
+        if getattr(args, dest, None) is not None
+    }
+    if sse:
+        overrides["sse"] = sse
     overrides.update(extra)
     return {key: value for key, value in overrides.items() if value is not None}
 
@@ -128,6 +174,8 @@ def open_store(settings: SidecarSettings, *, max_connections: int = 10) -> Objec
         bucket=settings.bucket_name,
         prefix=settings.prefix,
         credentials=settings.credentials(),
+        encryption=settings.encryption(),
+        storage_class=settings.storage_class,
         region=settings.region,
         insecure_skip_verify=settings.tls.insecure_skip_verify,
         ca_file=str(settings.tls.ca_file) if settings.tls.ca_file else None,

@@ -17,8 +17,10 @@ metadata (``x-amz-meta-runlog-relay-md5``) for other tools.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import json
 import logging
 import re
 import ssl
@@ -39,10 +41,12 @@ from minio.credentials.providers import (
     WebIdentityProvider,
 )
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+from minio.sse import Sse, SseCustomerKey, SseKMS, SseS3
 
 from runlog_relay.config.credentials import (
     ContainerCredentials,
     CredentialPlan,
+    Encryption,
     InstanceProfile,
     StaticKeys,
     WebIdentity,
@@ -88,6 +92,13 @@ _PERMANENT_CODES = frozenset(
         "MethodNotAllowed",
         "NotImplemented",
         "XMinioStorageFull",
+        # Requests the server will refuse again as they are: a missing or wrong SSE-C
+        # key, an encryption or storage class it does not support.
+        "InvalidArgument",
+        "InvalidRequest",
+        "BadRequest",
+        "InvalidEncryptionAlgorithmError",
+        "InvalidStorageClass",
     }
 )
 
@@ -128,7 +139,8 @@ def classify(exc: BaseException, *, what: str) -> RelayError:
         message = f"{what}: {code}" + (f" ({exc.message})" if exc.message else "")
         if code in {"NoSuchKey", "NoSuchUpload"}:
             return NotFoundError(message, code=code)
-        if code in _PERMANENT_CODES or status in {401, 403}:
+        # KMS.NotFoundException, KMS.DisabledException …: the key needs a human.
+        if code in _PERMANENT_CODES or code.startswith("KMS.") or status in {401, 403}:
             return PermanentError(message, code=code)
         if status == 404:
             return NotFoundError(message, code=code)
@@ -361,6 +373,39 @@ def _instance(plan: InstanceProfile, http: urllib3.PoolManager) -> Callable[[], 
     return fetch
 
 
+# --------------------------------------------------------------------------- encryption
+
+
+class _SseKmsBucketKey(Sse):
+    """SSE-KMS with the bucket's default KMS key: the SDK's SseKMS always names a key."""
+
+    def __init__(self, context: dict[str, str]) -> None:
+        self._headers = {"X-Amz-Server-Side-Encryption": "aws:kms"}
+        if context:  # encoded as SseKMS encodes it
+            encoded = base64.b64encode(json.dumps(context).encode()).decode()
+            self._headers["X-Amz-Server-Side-Encryption-Context"] = encoded
+
+    def headers(self) -> dict[str, str]:
+        return dict(self._headers)
+
+
+def _sse(encryption: Encryption | None) -> Sse | None:
+    """The SDK's encryption object for a plan (headers on every PUT, and for SSE-C on
+    every GET and HEAD too)."""
+    if encryption is None:
+        return None
+    if encryption.mode == "s3":
+        return SseS3()
+    if encryption.mode == "kms":
+        context = dict(encryption.kms_context)
+        if encryption.kms_key_id:
+            return SseKMS(encryption.kms_key_id, context)
+        return _SseKmsBucketKey(context)
+    if encryption.customer_key is None:
+        raise ValueError("SSE-C without a customer key")
+    return SseCustomerKey(encryption.customer_key)
+
+
 # --------------------------------------------------------------------------- the store
 
 
@@ -381,6 +426,8 @@ class ObjectStore:
         access_key: str | None = None,
         secret_key: str | None = None,
         region: str | None = None,
+        encryption: Encryption | None = None,
+        storage_class: str | None = None,
         insecure_skip_verify: bool = False,
         ca_file: str | None = None,
         connect_timeout: float = 5.0,
@@ -392,6 +439,11 @@ class ObjectStore:
                 raise ValueError("ObjectStore needs credentials or an access key pair")
             credentials = StaticKeys(access_key, secret_key)
         parts = urlsplit(endpoint)
+        # What every upload asks for: encryption headers and storage class (the SSE-C
+        # key also goes with every read of an object's body or metadata).
+        self._sse = _sse(encryption)
+        self._ssec = self._sse if isinstance(self._sse, SseCustomerKey) else None
+        self._put_headers = {"x-amz-storage-class": storage_class} if storage_class else {}
         self.endpoint = endpoint
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -492,7 +544,8 @@ class ObjectStore:
                 io.BytesIO(body),
                 len(body),
                 content_type=content_type,
-                metadata={MD5_METADATA: md5},
+                metadata={MD5_METADATA: md5, **self._put_headers},
+                sse=self._sse,
                 # Above the threshold minio splits into parts of exactly PART_SIZE, which
                 # is what expected_etag assumes; at or below, one PUT.
                 part_size=PART_SIZE
@@ -508,7 +561,7 @@ class ObjectStore:
         """The body of the object at ``key``; NotFoundError when it does not exist."""
         response = None
         try:
-            response = self._client.get_object(self.bucket, self.full_key(key))
+            response = self._client.get_object(self.bucket, self.full_key(key), ssec=self._ssec)
             return response.read()
         except _SDK_ERRORS as exc:
             raise classify(exc, what=f"downloading {self.full_key(key)}") from exc

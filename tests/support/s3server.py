@@ -364,8 +364,14 @@ def start_seaweedfs(workdir: Path, *, timeout: float = 60.0) -> SeaweedFS:
     return server
 
 
+#: SeaweedFS's SSE-S3 key (hex, 256 bits): without one it refuses SSE-S3 uploads.
+_SSE_S3_KEY = "5e" * 32
+
+
 def _server_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "WEED_"))}
+    env["WEED_S3_SSE_KEY"] = _SSE_S3_KEY
+    return env
 
 
 def _wait_writable(server: SeaweedFS, timeout: float) -> None:

@@ -105,6 +105,11 @@ def s3_error(code: str, status: int, message: str = "details") -> S3Error:
         ("SlowDown", 503, RetryableError),
         ("ServiceUnavailable", 503, RetryableError),
         ("RequestTimeout", 400, RetryableError),
+        ("InvalidArgument", 400, PermanentError),  # e.g. an SSE-C object read without its key
+        ("BadRequest", 400, PermanentError),  # the same for a HEAD (no body to say more)
+        ("InvalidStorageClass", 400, PermanentError),
+        ("KMS.NotFoundException", 400, PermanentError),
+        ("KMS.DisabledException", 400, PermanentError),
     ],
 )
 def test_s3_errors_by_code_and_status(code: str, status: int, kind: type[RelayError]) -> None:

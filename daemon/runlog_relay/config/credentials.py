@@ -40,6 +40,7 @@ __all__ = [
     "ContainerCredentials",
     "CredentialPlan",
     "CredentialSource",
+    "Encryption",
     "InstanceProfile",
     "StaticKeys",
     "WebIdentity",
@@ -121,6 +122,25 @@ class InstanceProfile:
 
 
 CredentialPlan = StaticKeys | WebIdentity | ContainerCredentials | InstanceProfile
+
+
+@dataclass(frozen=True)
+class Encryption:
+    """Server-side encryption of what is written: ``mode`` s3, kms or c (an SSEMode
+    value), with its KMS key and context or the 32-byte customer key."""
+
+    mode: str
+    kms_key_id: str | None = None
+    kms_context: tuple[tuple[str, str], ...] = ()
+    customer_key: bytes | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        if self.mode == "kms":
+            key = self.kms_key_id or "the bucket's default key"
+            return f"SSE-KMS with {key}" + (
+                " and an encryption context" if self.kms_context else ""
+            )
+        return {"s3": "SSE-S3", "c": "SSE-C with a customer key"}.get(self.mode, self.mode)
 
 
 def sts_endpoint_for(region: str | None) -> str:

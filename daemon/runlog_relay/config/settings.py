@@ -18,13 +18,24 @@ standard AWS variables, exactly as the AWS tools read them. Secret values are
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import ipaddress
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_snake
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -33,6 +44,7 @@ from runlog_relay.config.credentials import (
     ContainerCredentials,
     CredentialPlan,
     CredentialSource,
+    Encryption,
     InstanceProfile,
     StaticKeys,
     WebIdentity,
@@ -43,18 +55,23 @@ from runlog_relay.config.credentials import describe as describe_credentials
 from runlog_relay.config.models import (
     DEFAULT_BUCKET,
     DEFAULT_ENDPOINT,
+    KMS_KEY_PATTERN,
+    STORAGE_CLASS_PATTERN,
     BucketParts,
     BucketRef,
     Endpoint,
     Layout,
+    SSEMode,
     SyncSpec,
     WireModel,
+    check_sse_fields,
 )
 from runlog_relay.errors import ConfigError
 
 __all__ = [
     "ENV_PREFIX",
     "LogFormat",
+    "SidecarSSE",
     "SidecarSettings",
     "SidecarTLS",
     "ambient_identity",
@@ -79,6 +96,42 @@ class SidecarTLS(WireModel):
     """Skip certificate verification (test setups only)."""
     ca_file: Path | None = None
     """PEM CA bundle to trust, e.g. mounted from the Secret named in the RunLogStore."""
+
+
+class SidecarSSE(WireModel):
+    """Server-side encryption, as the sidecar and the tools see it (the SSE-C key is a
+    mounted file)."""
+
+    mode: SSEMode | None = None
+    """s3, kms or c; unset: the bucket's default encryption."""
+    kms_key_id: str | None = Field(default=None, pattern=KMS_KEY_PATTERN)
+    """KMS key id, alias or ARN (mode kms); unset: the bucket's default KMS key."""
+    kms_context: dict[str, str] | None = None
+    """KMS encryption context (mode kms): a mapping, or its JSON text."""
+    c_key_file: Path | None = None
+    """File with the 32-byte customer key, raw or base64 (mode c), mounted from a Secret."""
+
+    @field_validator("kms_context", mode="before")
+    @classmethod
+    def _json_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(
+                    'must be a JSON object of strings, e.g. {"team": "data"}'
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _fields_of_the_mode(self) -> SidecarSSE:
+        check_sse_fields(
+            self.mode,
+            kms_key_id=self.kms_key_id,
+            kms_context=self.kms_context,
+            customer_key=self.c_key_file,
+        )
+        return self
 
 
 class SidecarSettings(BucketParts, BaseSettings):
@@ -109,6 +162,10 @@ class SidecarSettings(BucketParts, BaseSettings):
     """TLS options."""
     sync: SyncSpec = SyncSpec()
     """Watch/upload tuning."""
+    sse: SidecarSSE = SidecarSSE()
+    """Server-side encryption of the objects written (and the SSE-C key to read them)."""
+    storage_class: str | None = Field(default=None, pattern=STORAGE_CLASS_PATTERN)
+    """S3 storage class of the objects written; unset: the bucket's default."""
 
     access_key_id: SecretStr | None = Field(
         default=None,
@@ -239,8 +296,28 @@ class SidecarSettings(BucketParts, BaseSettings):
 
     def mounted_files(self) -> list[Path]:
         """Every file these settings name that a Secret mount provides: the static
-        credential files and the CA bundle (waited for at start, watched for changes)."""
-        return self.credential_files() + ([self.tls.ca_file] if self.tls.ca_file else [])
+        credential files, the CA bundle and the SSE-C key (waited for at start, watched
+        for changes)."""
+        extra = [path for path in (self.tls.ca_file, self.sse.c_key_file) if path is not None]
+        return self.credential_files() + extra
+
+    def encryption(self) -> Encryption | None:
+        """The server-side encryption to ask for (the SSE-C key read now); None: the
+        bucket's default. ConfigError when the key file is unusable (never its content)."""
+        sse = self.sse
+        if sse.mode is None:
+            return None
+        if sse.mode is SSEMode.C and not _customer_key_may_travel(self.endpoint):
+            raise ConfigError(
+                "sse mode c sends the key with every request: it needs an https:// endpoint"
+                " (or a loopback one)"
+            )
+        return Encryption(
+            mode=sse.mode.value,
+            kms_key_id=sse.kms_key_id,
+            kms_context=tuple(sorted((sse.kms_context or {}).items())),
+            customer_key=_read_customer_key(sse.c_key_file) if sse.c_key_file else None,
+        )
 
     def _static_keys_given(self) -> bool:
         return bool(
@@ -370,14 +447,58 @@ class SidecarSettings(BucketParts, BaseSettings):
             credentials = describe_credentials(self.credentials())
         except ConfigError as exc:
             credentials = f"invalid: {exc}"
-        return {
+        try:
+            encryption = self.encryption()
+            sse = encryption.describe() if encryption else "bucket default"
+        except ConfigError as exc:
+            sse = f"invalid: {exc}"
+        summary = {
             "source": str(self.source),
             "endpoint": self.endpoint,
             "bucket": self.bucket,
             "layout": self.layout.value,
             "credentials": credentials,
+            "encryption": sse,
             "polling": self.sync.force_polling,
         }
+        if self.storage_class:
+            summary["storage_class"] = self.storage_class
+        return summary
+
+
+def _customer_key_may_travel(endpoint: str) -> bool:
+    """SSE-C keys go in request headers: https only, or a loopback endpoint (a local
+    proxy, the tests), which never leaves the machine."""
+    parts = urlsplit(endpoint)
+    if parts.scheme == "https":
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_customer_key(path: Path) -> bytes:
+    """A 32-byte SSE-C key from a file: the raw bytes, or their base64 text."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the SSE-C key file {path}: {exc.strerror}") from None
+    if len(data) == 32:
+        return data
+    try:
+        decoded = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if len(decoded) != 32:
+        raise ConfigError(
+            f"the SSE-C key file {path} must hold 32 bytes, raw or base64-encoded"
+            f" ({len(data)} bytes found)"
+        )
+    return decoded
 
 
 def ambient_identity() -> CredentialPlan | None:

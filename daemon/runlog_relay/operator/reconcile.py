@@ -55,6 +55,7 @@ __all__ = [
     "SECRET_ACCESS_KEY_FILE",
     "SESSION_TOKEN_FILE",
     "SPEC_VALID",
+    "SSE_C_KEY_FILE",
     "ConditionStatus",
     "Event",
     "ResolvedSecrets",
@@ -103,6 +104,8 @@ SECRET_ACCESS_KEY_FILE = f"{CREDENTIALS_DIR}/secret-access-key"
 SESSION_TOKEN_FILE = f"{CREDENTIALS_DIR}/session-token"
 CA_DIR = "/var/run/secrets/runlog-relay/ca"
 CA_FILE = f"{CA_DIR}/ca.crt"
+SSE_C_DIR = "/var/run/secrets/runlog-relay/sse-c"
+SSE_C_KEY_FILE = f"{SSE_C_DIR}/key"
 
 MANAGED_BY = "runlog-relay-operator"
 STORE_LABEL = "runlog-relay.dev/store"
@@ -172,10 +175,13 @@ def referenced_secret_names(raw_spec: Mapping[str, Any] | None) -> set[str]:
     ):
         if isinstance(creds, Mapping) and isinstance(creds.get("name"), str):
             names.add(creds["name"])
-    tls = spec.get("tls")
-    ca = tls.get("caSecretRef") if isinstance(tls, Mapping) else None
-    if isinstance(ca, Mapping) and isinstance(ca.get("name"), str):
-        names.add(ca["name"])
+    tls, sse = spec.get("tls"), spec.get("sse")
+    for ref in (
+        tls.get("caSecretRef") if isinstance(tls, Mapping) else None,
+        sse.get("customerKeySecretRef") if isinstance(sse, Mapping) else None,
+    ):
+        if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
+            names.add(ref["name"])
     return names
 
 
@@ -203,6 +209,17 @@ def sidecar_config(spec: StoreSpec) -> dict[str, Any]:
         tls["caFile"] = CA_FILE
     config["tls"] = tls
     config["sync"] = spec.sync.wire()
+    if spec.sse is not None:
+        sse: dict[str, Any] = {"mode": spec.sse.mode.value}
+        if spec.sse.kms_key_id:
+            sse["kmsKeyId"] = spec.sse.kms_key_id
+        if spec.sse.kms_context:
+            sse["kmsContext"] = dict(spec.sse.kms_context)
+        if spec.sse.customer_key_secret_ref is not None:
+            sse["cKeyFile"] = SSE_C_KEY_FILE
+        config["sse"] = sse
+    if spec.storage_class:
+        config["storageClass"] = spec.storage_class
     creds = spec.secret_ref
     if creds is not None:
         config["credentials"] = CredentialSource.STATIC.value
@@ -352,6 +369,18 @@ def pod_volumes(
             }
         )
         mounts.append({"name": "runlog-relay-ca", "mountPath": CA_DIR, "readOnly": True})
+    customer_key = spec.sse.customer_key_secret_ref if spec.sse is not None else None
+    if customer_key is not None:
+        volumes.append(
+            {
+                "name": "runlog-relay-sse-c",
+                "secret": {
+                    "secretName": customer_key.name,
+                    "items": [{"key": customer_key.key, "path": "key"}],
+                },
+            }
+        )
+        mounts.append({"name": "runlog-relay-sse-c", "mountPath": SSE_C_DIR, "readOnly": True})
     return volumes, mounts
 
 
@@ -434,6 +463,13 @@ def secret_key_uses(spec: StoreSpec) -> list[SecretKeyUse]:
     ca = spec.tls.ca_secret_ref
     if ca is not None:
         uses.append(SecretKeyUse(ca.name, ca.key, "spec.tls.caSecretRef", "key"))
+    customer_key = spec.sse.customer_key_secret_ref if spec.sse is not None else None
+    if customer_key is not None:
+        uses.append(
+            SecretKeyUse(
+                customer_key.name, customer_key.key, "spec.sse.customerKeySecretRef", "key"
+            )
+        )
     return uses
 
 
@@ -468,12 +504,13 @@ def resolve_secrets(
         value = lookup(use.secret, use.key, use.field, use.key_field)
         if isinstance(value, ResolvedSecrets):
             return value
-        found[use.key_field] = value
+        found[f"{use.field}.{use.key_field}"] = value
+    ref = spec.secret_ref_field
     access, secret, token = (
-        found.get(key_field)
+        found.get(f"{ref}.{key_field}")
         for key_field in ("accessKeyIdKey", "secretAccessKeyKey", "sessionTokenKey")
     )
-    ca_pem = found.get("key")
+    ca_pem = found.get("spec.tls.caSecretRef.key")
     creds = spec.secret_ref
     try:
         access_text, secret_text, token_text = (

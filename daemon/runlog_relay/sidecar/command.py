@@ -179,7 +179,9 @@ def _settings(overrides: dict[str, Any], config_file: Path | None) -> SidecarSet
     settings = load_sidecar_settings(overrides, config_file)
     if settings.source is None:
         raise ConfigError(f"--source (or {ENV_PREFIX}SOURCE) is required")
-    settings.credentials()  # a missing credentials file is a start-up error, not a crash later
+    # A missing credentials or SSE-C key file is a start-up error, not a crash later.
+    settings.credentials()
+    settings.encryption()
     return settings
 
 

@@ -114,6 +114,7 @@ class ConfigWatcher:
         # Credential files must be readable, UTF-8 and non-empty, and the source must
         # resolve (a whole key pair): else the last good config stays in force.
         settings.credentials()
+        settings.encryption()
         return settings
 
     def poll(self) -> SidecarSettings | None:
