@@ -177,6 +177,7 @@ def open_store(settings: SidecarSettings, *, max_connections: int = 10) -> Objec
         encryption=settings.encryption(),
         storage_class=settings.storage_class,
         region=settings.region,
+        fallback_region=settings.aws_region,
         insecure_skip_verify=settings.tls.insecure_skip_verify,
         ca_file=str(settings.tls.ca_file) if settings.tls.ca_file else None,
         max_connections=max_connections,

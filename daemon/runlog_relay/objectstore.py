@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
@@ -129,14 +130,35 @@ def expected_etag(body: bytes) -> str:
     return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{parts}"
 
 
-def classify(exc: BaseException, *, what: str) -> RelayError:
-    """Translate an SDK/transport exception into the project's tree (no secrets inside)."""
+#: The S3 operations this module makes, and the IAM permission each one needs: an
+#: AccessDenied names both, so the policy to fix is obvious (issue: a refused location
+#: lookup used to read as a refused listing).
+PERMISSIONS = {
+    "HeadBucket": "s3:ListBucket",
+    "ListObjectsV2": "s3:ListBucket",
+    "PutObject": "s3:PutObject",
+    "GetObject": "s3:GetObject",
+    "HeadObject": "s3:GetObject",
+    "CreateBucket": "s3:CreateBucket",
+    "GetBucketLocation": "s3:GetBucketLocation",
+}
+
+
+def classify(exc: BaseException, *, what: str, operation: str | None = None) -> RelayError:
+    """Translate an SDK/transport exception into the project's tree (no secrets inside).
+
+    ``what`` says what was being done (``listing runnable/run-logs``), ``operation`` the
+    S3 operation (a key of :data:`PERMISSIONS`), both named in the message."""
     if isinstance(exc, RelayError):
         return exc
+    if operation:
+        what = f"{what} ({operation})"
     if isinstance(exc, S3Error):
         code = exc.code or "S3Error"
         status = exc.response.status if exc.response is not None else 0
         message = f"{what}: {code}" + (f" ({exc.message})" if exc.message else "")
+        if operation in PERMISSIONS and (code == "AccessDenied" or status == 403):
+            message += f"; the credentials may lack {PERMISSIONS[operation]}"
         if code in {"NoSuchKey", "NoSuchUpload"}:
             return NotFoundError(message, code=code)
         # KMS.NotFoundException, KMS.DisabledException …: the key needs a human.
@@ -406,6 +428,51 @@ def _sse(encryption: Encryption | None) -> Sse | None:
     return SseCustomerKey(encryption.customer_key)
 
 
+# --------------------------------------------------------------------------- the client
+
+#: Where a refused location lookup falls back to when no better region is known: the
+#: SDK's own default, which MinIO, SeaweedFS and other single-region stores accept.
+DEFAULT_REGION = "us-east-1"
+_REFUSED = frozenset({"AccessDenied", "AllAccessDisabled", "MethodNotAllowed", "NotImplemented"})
+
+
+class _Client(Minio):
+    """The SDK's client with one change: GetBucketLocation may be refused.
+
+    Without ``region`` the SDK asks for the bucket's location before its first request
+    to the bucket. A least-privilege key (list + put) may not have
+    ``s3:GetBucketLocation``: SeaweedFS refuses it, AWS and moto answer AccessDenied. Then
+    the lookup falls back to ``fallback_region`` with one INFO line, instead of failing
+    the listing that triggered it; any other failure of the lookup is named as such.
+    """
+
+    def __init__(self, *args: Any, fallback_region: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fallback_region = fallback_region
+
+    def _get_region(self, bucket_name: str | None = None) -> str:
+        try:
+            return super()._get_region(bucket_name)
+        except S3Error as exc:
+            if exc.code not in _REFUSED and (exc.response is None or exc.response.status != 403):
+                raise classify(
+                    exc,
+                    what=f"looking up the region of bucket {bucket_name!r}",
+                    operation="GetBucketLocation",
+                ) from exc
+            log.info(
+                "GetBucketLocation of bucket %r was refused (%s); using region %s (set"
+                " --region to skip the lookup)",
+                bucket_name,
+                exc.code,
+                self._fallback_region,
+                extra={"bucket": bucket_name},
+            )
+            if bucket_name:  # the SDK's cache of bucket regions, as a lookup fills it
+                self._region_map[bucket_name] = self._fallback_region
+            return self._fallback_region
+
+
 # --------------------------------------------------------------------------- the store
 
 
@@ -413,7 +480,9 @@ class ObjectStore:
     """A bucket and prefix on an S3-compatible endpoint.
 
     Credentials: a :data:`~runlog_relay.config.credentials.CredentialPlan` (what the
-    settings resolve), or a plain ``access_key``/``secret_key`` pair.
+    settings resolve), or a plain ``access_key``/``secret_key`` pair. ``region`` None:
+    the SDK asks for the bucket's location; if that is refused, ``fallback_region``
+    (default :data:`DEFAULT_REGION`) is used.
     """
 
     def __init__(
@@ -426,6 +495,7 @@ class ObjectStore:
         access_key: str | None = None,
         secret_key: str | None = None,
         region: str | None = None,
+        fallback_region: str | None = None,
         encryption: Encryption | None = None,
         storage_class: str | None = None,
         insecure_skip_verify: bool = False,
@@ -462,13 +532,14 @@ class ObjectStore:
             insecure_skip_verify=insecure_skip_verify,
             timeout=read_timeout,
         )
-        self._client = Minio(
+        self._client = _Client(
             parts.netloc,
             credentials=self.credentials,
             secure=parts.scheme == "https",
             region=region,
             http_client=http,
             cert_check=not insecure_skip_verify,
+            fallback_region=fallback_region or DEFAULT_REGION,
         )
 
     def __repr__(self) -> str:  # never shows credentials
@@ -493,7 +564,9 @@ class ObjectStore:
         try:
             exists = self._client.bucket_exists(self.bucket)
         except _SDK_ERRORS as exc:
-            raise classify(exc, what=f"checking bucket {self.bucket!r}") from exc
+            raise classify(
+                exc, what=f"checking bucket {self.bucket!r}", operation="HeadBucket"
+            ) from exc
         if exists:
             return False
         if not create:
@@ -512,9 +585,13 @@ class ObjectStore:
         except S3Error as exc:
             if exc.code in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
                 return False
-            raise classify(exc, what=f"creating bucket {self.bucket!r}") from exc
+            raise classify(
+                exc, what=f"creating bucket {self.bucket!r}", operation="CreateBucket"
+            ) from exc
         except _SDK_ERRORS as exc:
-            raise classify(exc, what=f"creating bucket {self.bucket!r}") from exc
+            raise classify(
+                exc, what=f"creating bucket {self.bucket!r}", operation="CreateBucket"
+            ) from exc
 
     def list(self, sub_prefix: str = "") -> Iterator[RemoteObject]:
         """Every object under ``prefix/sub_prefix`` (one paginated listing, no HEADs)."""
@@ -532,7 +609,7 @@ class ObjectStore:
                     last_modified=obj.last_modified,
                 )
         except _SDK_ERRORS as exc:
-            raise classify(exc, what=f"listing {self.location}") from exc
+            raise classify(exc, what=f"listing {self.location}", operation="ListObjectsV2") from exc
 
     def put(self, key: str, body: bytes, *, content_type: str = "application/json") -> str:
         """Upload ``body`` at ``key``; returns the ETag the server reported."""
@@ -554,7 +631,9 @@ class ObjectStore:
                 num_parallel_uploads=1,
             )
         except _SDK_ERRORS as exc:
-            raise classify(exc, what=f"uploading {self.full_key(key)}") from exc
+            raise classify(
+                exc, what=f"uploading {self.full_key(key)}", operation="PutObject"
+            ) from exc
         return (result.etag or "").strip('"')
 
     def get(self, key: str) -> bytes:
@@ -564,7 +643,9 @@ class ObjectStore:
             response = self._client.get_object(self.bucket, self.full_key(key), ssec=self._ssec)
             return response.read()
         except _SDK_ERRORS as exc:
-            raise classify(exc, what=f"downloading {self.full_key(key)}") from exc
+            raise classify(
+                exc, what=f"downloading {self.full_key(key)}", operation="GetObject"
+            ) from exc
         finally:
             if response is not None:
                 response.close()

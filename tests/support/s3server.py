@@ -137,11 +137,13 @@ def start_s3_server(
 
 @dataclass
 class AuthS3:
-    """A moto server that checks signatures, and the one key pair its IAM knows."""
+    """A moto server that checks signatures, and the key pair its IAM allows everything
+    (plus the keys of the users created with policies of their own, by user name)."""
 
     server: S3Server
     access_key: str
     secret_key: str
+    users: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def endpoint(self) -> str:
@@ -154,12 +156,18 @@ class AuthS3:
         self.server.stop()
 
 
-def start_auth_s3_server(log_path: Path, *, prepare: Callable[[str], None] | None = None) -> AuthS3:
+def start_auth_s3_server(
+    log_path: Path,
+    *,
+    prepare: Callable[[str], None] | None = None,
+    users: dict[str, dict[str, object]] | None = None,
+) -> AuthS3:
     """moto with authentication on, and one IAM user allowed everything on S3.
 
     moto accepts any credentials until ``/moto-api/reset-auth`` switches checks on; the
     switch is process-wide, hence a server process of its own. ``prepare(endpoint)`` runs
-    before the switch, while any key still works (for example to seed objects).
+    before the switch, while any key still works (for example to seed objects). ``users``
+    maps further user names to their IAM policy documents (least-privilege tests).
     """
     import boto3  # comes with moto
 
@@ -179,6 +187,14 @@ def start_auth_s3_server(log_path: Path, *, prepare: Callable[[str], None] | Non
         }
         iam.put_user_policy(UserName="relay", PolicyName="s3", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName="relay")["AccessKey"]
+        more = {}
+        for name, document in (users or {}).items():
+            iam.create_user(UserName=name)
+            iam.put_user_policy(
+                UserName=name, PolicyName="policy", PolicyDocument=json.dumps(document)
+            )
+            created = iam.create_access_key(UserName=name)["AccessKey"]
+            more[name] = (created["AccessKeyId"], created["SecretAccessKey"])
         if prepare is not None:
             prepare(server.endpoint)
         request = urllib.request.Request(
@@ -192,7 +208,7 @@ def start_auth_s3_server(log_path: Path, *, prepare: Callable[[str], None] | Non
     except BaseException:
         server.stop()
         raise
-    return AuthS3(server, key["AccessKeyId"], key["SecretAccessKey"])
+    return AuthS3(server, key["AccessKeyId"], key["SecretAccessKey"], more)
 
 
 # ---------------------------------------------------------------------------- SeaweedFS

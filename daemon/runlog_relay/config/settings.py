@@ -227,7 +227,8 @@ class SidecarSettings(BucketParts, BaseSettings):
         default=None,
         validation_alias=AliasChoices("aws_region", "AWS_REGION", "AWS_DEFAULT_REGION"),
     )
-    """The pod's AWS region, for the regional STS endpoint (not the bucket's region)."""
+    """The pod's AWS region (EKS sets AWS_REGION): the regional STS endpoint, and the bucket's
+    region when GetBucketLocation is refused and --region is not set."""
     container_credentials_full_uri: str | None = Field(
         default=None,
         validation_alias=AliasChoices(
