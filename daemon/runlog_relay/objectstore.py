@@ -12,7 +12,15 @@ ETags: single-part PUTs have the body's MD5 as ETag. Bodies above
 :data:`MULTIPART_THRESHOLD` go up in :data:`PART_SIZE` parts; their ETag is S3's
 composite (MD5 of the part MD5s, ``-N``), which :func:`expected_etag` computes locally so a
 restart compares without a HEAD per object. The whole-body MD5 also rides along as user
-metadata (``x-amz-meta-runlog-relay-md5``) for other tools.
+metadata (``x-amz-meta-runlog-relay-md5``).
+
+Not every bucket's ETags are MD5s: with SSE-KMS and SSE-C they are opaque, and some
+gateways rewrite them. :meth:`ObjectStore.matches` compares by ETag when the bucket's
+ETags are MD5s, and otherwise confirms with one HEAD of that metadata
+(:meth:`ObjectStore.head_md5`). Whether they are is known from the encryption asked for
+(SSE-KMS, SSE-C: opaque), or learned from the first listed ETag that equals a local body's
+MD5. Until then a mismatch is confirmed with a HEAD, so a restart over a synced tree costs
+at most one HEAD per object on any bucket, and none where ETags are MD5s.
 """
 
 from __future__ import annotations
@@ -78,6 +86,8 @@ log = logging.getLogger(__name__)
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 PART_SIZE = MULTIPART_THRESHOLD
 MD5_METADATA = "runlog-relay-md5"
+#: What an S3 ETag of ours looks like when it is an MD5 (single PUT) or S3's composite.
+_MD5_SHAPED = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
 
 _PERMANENT_CODES = frozenset(
     {
@@ -443,7 +453,7 @@ class _Client(Minio):
     to the bucket. A least-privilege key (list + put) may not have
     ``s3:GetBucketLocation``: SeaweedFS refuses it, AWS and moto answer AccessDenied. Then
     the lookup falls back to ``fallback_region`` with one INFO line, instead of failing
-    the listing that triggered it; any other failure of the lookup is named as such.
+    the listing that triggered it. Other failures (NoSuchBucket, 5xx) are the SDK's.
     """
 
     def __init__(self, *args: Any, fallback_region: str, **kwargs: Any) -> None:
@@ -455,11 +465,9 @@ class _Client(Minio):
             return super()._get_region(bucket_name)
         except S3Error as exc:
             if exc.code not in _REFUSED and (exc.response is None or exc.response.status != 403):
-                raise classify(
-                    exc,
-                    what=f"looking up the region of bucket {bucket_name!r}",
-                    operation="GetBucketLocation",
-                ) from exc
+                # NoSuchBucket and the like: the SDK's callers handle these themselves
+                # (bucket_exists answers False), so they must stay SDK errors here.
+                raise
             log.info(
                 "GetBucketLocation of bucket %r was refused (%s); using region %s (set"
                 " --region to skip the lookup)",
@@ -514,6 +522,9 @@ class ObjectStore:
         self._sse = _sse(encryption)
         self._ssec = self._sse if isinstance(self._sse, SseCustomerKey) else None
         self._put_headers = {"x-amz-storage-class": storage_class} if storage_class else {}
+        # None: not known yet (see the module docstring); never learned True under SSE-KMS/C.
+        self._etags_opaque_by_config = encryption is not None and encryption.mode in {"kms", "c"}
+        self._etags_are_md5: bool | None = False if self._etags_opaque_by_config else None
         self.endpoint = endpoint
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -635,6 +646,52 @@ class ObjectStore:
                 exc, what=f"uploading {self.full_key(key)}", operation="PutObject"
             ) from exc
         return (result.etag or "").strip('"')
+
+    # ------------------------------------------------------------------ change detection
+
+    @property
+    def etags_are_md5(self) -> bool | None:
+        """Whether this bucket's ETags are the bodies' MD5s (None: not known yet)."""
+        return self._etags_are_md5
+
+    def head_md5(self, key: str) -> str | None:
+        """One HEAD: the body MD5 the sidecar stored as metadata on ``key``; None when
+        the object has none (written by another tool). NotFoundError when it is gone."""
+        try:
+            stat = self._client.stat_object(self.bucket, self.full_key(key), ssec=self._ssec)
+        except _SDK_ERRORS as exc:
+            raise classify(
+                exc, what=f"reading the metadata of {self.full_key(key)}", operation="HeadObject"
+            ) from exc
+        value = (stat.metadata or {}).get(f"x-amz-meta-{MD5_METADATA}")
+        return str(value).strip().lower() if value else None
+
+    def matches(self, key: str, etag: str, body: bytes) -> bool:
+        """Whether the object at ``key``, listed with ``etag``, holds ``body``.
+
+        By ETag alone where ETags are MD5s (no request); otherwise, or while that is not
+        known, a mismatch is confirmed with one HEAD (:meth:`head_md5`)."""
+        return self.matches_digests(
+            key,
+            etag,
+            expected=expected_etag(body),
+            md5=hashlib.md5(body, usedforsecurity=False).hexdigest(),
+        )
+
+    def matches_digests(self, key: str, etag: str, *, expected: str, md5: str) -> bool:
+        """:meth:`matches` for a caller that kept only the body's :func:`expected_etag`
+        and MD5, not the body."""
+        if etag == expected:
+            if not self._etags_opaque_by_config:
+                self._etags_are_md5 = True  # an opaque ETag never equals the MD5
+            return True
+        if self._etags_are_md5 and _MD5_SHAPED.fullmatch(etag):
+            return False  # an MD5 bucket: a different ETag is different content
+        try:
+            stored = self.head_md5(key)
+        except NotFoundError:
+            return False  # gone since the listing
+        return stored == md5
 
     def get(self, key: str) -> bytes:
         """The body of the object at ``key``; NotFoundError when it does not exist."""
