@@ -464,7 +464,9 @@ class _Client(Minio):
         try:
             return super()._get_region(bucket_name)
         except S3Error as exc:
-            if exc.code not in _REFUSED and (exc.response is None or exc.response.status != 403):
+            # Only a refusal of this call: InvalidAccessKeyId, SignatureDoesNotMatch (also
+            # 403) must surface as they are, so wrong credentials read as such.
+            if exc.code not in _REFUSED:
                 # NoSuchBucket and the like: the SDK's callers handle these themselves
                 # (bucket_exists answers False), so they must stay SDK errors here.
                 raise
