@@ -11,9 +11,6 @@ patched: the sidecar runs as a subprocess with the environment EKS would give a 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +29,7 @@ from tests.support.mirror import assert_mirror
 from tests.support.motosts import ROLE_ARN, StsS3, start_sts_s3_server
 from tests.support.sidecar import start_sidecar
 from tests.support.tcpproxy import TcpProxy
+from tests.support.toolcli import tool_process
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -109,19 +107,10 @@ def test_irsa_web_identity_against_moto_sts(
     secrets_absent(sidecar.log, JWT, JWT[-20:])  # … its token is not
 
     # The tools take the same identity.
-    listing = subprocess.run(
-        [
-            *(sys.executable, "-m", "runlog_relay", "runs", "--json"),
-            *("--endpoint", sts_s3.endpoint, "--bucket", f"{BUCKET}/irsa"),
-            *("--sts-endpoint", sts_s3.sts_endpoint),
-        ],
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNLOG_"))},
-            **{k: v for k, v in env.items() if v is not None},
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
+    listing = tool_process(
+        *("runs", "--json", "--endpoint", sts_s3.endpoint, "--bucket", f"{BUCKET}/irsa"),
+        *("--sts-endpoint", sts_s3.sts_endpoint),
+        env={k: v for k, v in env.items() if v is not None},
     )
     assert listing.returncode == 0, listing.stderr
     assert [r["run_id"] for r in json.loads(listing.stdout)["runs"]] == ["irsa-run"]

@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from minio.sse import SseCustomerKey
 from tests.support.mirror import expected_objects
 from tests.support.s3server import S3Server, SeaweedFS
 from tests.support.sidecar import start_sidecar
+from tests.support.toolcli import tool_process
 
 pytestmark = pytest.mark.integration
 
@@ -41,17 +40,6 @@ def read(client: Minio, bucket: str, key: str, ssec: SseCustomerKey | None = Non
     finally:
         response.close()
         response.release_conn()
-
-
-def tool(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNLOG_RELAY_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "runlog_relay", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_sse_c_on_seaweedfs_encrypts_and_the_tools_need_the_key(
@@ -86,15 +74,15 @@ def test_sse_c_on_seaweedfs_encrypts_and_the_tools_need_the_key(
         assert secret not in sidecar.log
 
     store = ("--endpoint", seaweedfs.endpoint, "--bucket", bucket)
-    with_key = tool(
+    with_key = tool_process(
         "verify", "--source", str(source), *store, "--sse", "c", "--sse-c-key-file", str(key_file)
     )
     assert with_key.returncode == 0, with_key.stdout + with_key.stderr
     pulled = tmp_path / "pulled"
-    without = tool("pull", "secret-run", "--dest", str(pulled), *store)
+    without = tool_process("pull", "secret-run", "--dest", str(pulled), *store)
     assert without.returncode == 3
     assert "downloading secret-run/" in without.stderr and "InvalidArgument" in without.stderr
-    ok = tool(
+    ok = tool_process(
         "pull",
         "secret-run",
         "--dest",

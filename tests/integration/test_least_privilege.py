@@ -10,10 +10,8 @@ the sidecar runs without ``--region``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from tests.support.s3server import (
 )
 from tests.support.sidecar import start_sidecar
 from tests.support.tcpproxy import TcpProxy
+from tests.support.toolcli import tool_process
 
 pytestmark = pytest.mark.integration
 
@@ -130,14 +129,7 @@ def write_run(source: Path, run: str) -> None:
 
 
 def tool(pair: tuple[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNLOG_RELAY_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "runlog_relay", *args],
-        env={**env, "AWS_ACCESS_KEY_ID": pair[0], "AWS_SECRET_ACCESS_KEY": pair[1]},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return tool_process(*args, env={"AWS_ACCESS_KEY_ID": pair[0], "AWS_SECRET_ACCESS_KEY": pair[1]})
 
 
 def test_the_sidecar_mirrors_and_restarts_with_list_and_put_only(

@@ -23,14 +23,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
+
+from tests.support.s3server import enable_moto_auth, free_ports, stop_process, wait_for_moto
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE_NAME = "runlog-relay-sidecar"
@@ -130,18 +129,12 @@ class StsS3:
         }
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_process(self.process)
 
 
 def start_sts_s3_server(log_path: Path, *, buckets: tuple[str, ...] = ()) -> StsS3:
     """Start the pair, create ``buckets``, the role (S3 allowed) and a user allowed to
     assume it, then switch moto's signature checks on."""
-    from tests.support.s3server import free_ports
 
     s3_port, sts_port = free_ports(2)
     with log_path.open("wb") as log:  # the child keeps its own descriptor
@@ -161,7 +154,7 @@ def start_sts_s3_server(log_path: Path, *, buckets: tuple[str, ...] = ()) -> Sts
             env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
         )
     try:
-        _wait_serving(process, s3_port, log_path)
+        wait_for_moto(process, s3_port, log_path)
         user_key, user_secret = _prepare(f"http://127.0.0.1:{s3_port}", buckets)
     except BaseException:
         process.kill()
@@ -170,24 +163,9 @@ def start_sts_s3_server(log_path: Path, *, buckets: tuple[str, ...] = ()) -> Sts
     return StsS3(process, s3_port, sts_port, user_key, user_secret)
 
 
-def _wait_serving(process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto+STS exited with {process.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1):
-                return
-        except urllib.error.HTTPError:
-            return  # it answered
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"moto+STS did not start in 30s; see {log_path}") from None
-            time.sleep(0.1)
-
-
 def _prepare(endpoint: str, buckets: tuple[str, ...]) -> tuple[str, str]:
     """Set-up while moto still accepts anything, then turn its checks on."""
+
     session = {
         "endpoint_url": endpoint,
         "region_name": "us-east-1",
@@ -227,14 +205,7 @@ def _prepare(endpoint: str, buckets: tuple[str, ...]) -> tuple[str, str]:
     s3 = boto3.client("s3", **session)
     for bucket in buckets:
         s3.create_bucket(Bucket=bucket)
-    request = urllib.request.Request(
-        f"{endpoint}/moto-api/reset-auth",
-        data=b"0",
-        method="POST",
-        headers={"Content-Type": "text/plain"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        assert answer.status == 200
+    enable_moto_auth(endpoint)
     return key["AccessKeyId"], key["SecretAccessKey"]
 
 

@@ -19,7 +19,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,18 @@ from typing import Protocol
 
 from minio import Minio
 from minio.error import MinioException
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 def free_port() -> int:
@@ -87,12 +98,7 @@ class S3Server:
         return _client(self.endpoint, self.access_key, self.secret_key)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_process(self.process)
 
 
 def start_s3_server(
@@ -116,23 +122,44 @@ def start_s3_server(
             stderr=subprocess.STDOUT,
             env=env,
         )
+    try:
+        wait_for_moto(process, port, log_path, timeout)
+    except BaseException:
+        process.kill()
+        process.wait(10)
+        raise
+    return S3Server(process=process, port=port)
+
+
+def wait_for_moto(
+    process: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float = 30.0
+) -> None:
+    """Until moto's API answers on ``port`` (or the process exits)."""
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with {process.returncode}; see {log_path}")
+            raise RuntimeError(f"moto exited with {process.returncode}; see {log_path}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1):
-                break
+                return
         except urllib.error.HTTPError:
-            break  # it answered: good enough
+            return  # it answered: good enough
         except OSError:
             if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(
-                    f"moto server did not start in {timeout}s; see {log_path}"
-                ) from None
+                raise RuntimeError(f"moto did not start in {timeout}s; see {log_path}") from None
             time.sleep(0.1)
-    return S3Server(process=process, port=port)
+
+
+def enable_moto_auth(endpoint: str) -> None:
+    """Switch moto's signature and IAM checks on (process-wide, from now on)."""
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/reset-auth",
+        data=b"0",
+        method="POST",
+        headers={"Content-Type": "text/plain"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
 
 
 @dataclass
@@ -197,14 +224,7 @@ def start_auth_s3_server(
             more[name] = (created["AccessKeyId"], created["SecretAccessKey"])
         if prepare is not None:
             prepare(server.endpoint)
-        request = urllib.request.Request(
-            f"{server.endpoint}/moto-api/reset-auth",
-            data=b"0",
-            method="POST",
-            headers={"Content-Type": "text/plain"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            assert answer.status == 200
+        enable_moto_auth(server.endpoint)
     except BaseException:
         server.stop()
         raise
@@ -305,14 +325,7 @@ class SeaweedFS:
 
     def stop(self) -> None:
         """Stop the server and remove the unix sockets it leaves in /tmp."""
-        if self.process.poll() is None:
-            # The data is throw-away: no graceful hand-over to wait for.
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(2)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, grace=2.0)  # throw-away data: no hand-over to wait for
         _remove(self._sockets)
 
 
