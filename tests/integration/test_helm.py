@@ -772,7 +772,16 @@ def test_the_webhook_configurations_follow_the_contract() -> None:
         "values": ["kube-system", NAMESPACE],
     }
     (validate_store,) = validating["webhooks"]
-    assert validate_store["failurePolicy"] == "Ignore"
+    # Fail: the allow-list and the Secret-access check are not skipped while it is down.
+    assert validate_store["failurePolicy"] == "Fail"
+    # ... and the operator's own writes are never sent to the webhook it serves itself.
+    assert validate_store["matchConditions"] == [
+        {
+            "name": "not-the-operator",
+            "expression": "request.userInfo.username !="
+            f" 'system:serviceaccount:{NAMESPACE}:{RELEASE}'",
+        }
+    ]
     assert validate_store["sideEffects"] == "None"  # it only reads
     assert validate_store["rules"][0]["resources"] == ["runlogstores"]
     assert validate_store["rules"][0]["operations"] == ["CREATE", "UPDATE"]

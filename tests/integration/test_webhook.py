@@ -125,7 +125,12 @@ class Cluster:
     client: AdmissionClient | None = None
 
     def start(
-        self, *, allow_errors: bool = False, cert_dir: Path | None = None, **injection: Any
+        self,
+        *,
+        allow_errors: bool = False,
+        cert_dir: Path | None = None,
+        allowed_endpoints: list[str] | None = None,
+        **injection: Any,
     ) -> Operator:
         url = self.kube.url
         options = OperatorSettings(
@@ -141,6 +146,7 @@ class Cluster:
                 "cert_dir": cert_dir,
             },
             injection=injection,
+            allowed_endpoints=allowed_endpoints or [],
         )
         self.operator = build_operator(
             options,
@@ -699,8 +705,41 @@ def test_certificate_directory_mode_serves_that_certificate_and_leaves_the_ca_bu
 # --------------------------------------------------------------------------- tests: stores
 
 
+#: A developer of team-a, allowed to read its Secrets (see grant_secret_reading).
+ALICE = {"username": "alice", "groups": ["team-a-devs", "system:authenticated"]}
+
+
+def grant_secret_reading(kube: KubeHarness, group: str = "team-a-devs") -> None:
+    """RBAC in the emulator: ``group`` may read the Secrets of team-a."""
+    rbac = "rbac.authorization.k8s.io/v1"
+    kube.create(
+        f"{rbac}/roles",
+        {
+            "metadata": {"name": "secret-reader", "namespace": NS},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}],
+        },
+        NS,
+    )
+    kube.create(
+        f"{rbac}/rolebindings",
+        {
+            "metadata": {"name": "devs-read-secrets", "namespace": NS},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "secret-reader",
+            },
+            "subjects": [{"kind": "Group", "name": group}],
+        },
+        NS,
+    )
+
+
 def store_review(
-    spec: dict[str, Any], operation: str = "CREATE", old: dict[str, Any] | None = None
+    spec: dict[str, Any],
+    operation: str = "CREATE",
+    old: dict[str, Any] | None = None,
+    user: dict[str, Any] | None = ALICE,
 ) -> dict[str, Any]:
     def body(spec: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -720,6 +759,7 @@ def store_review(
         operation=operation,
         old=body(old) if old is not None else None,
         name="new",
+        user=user,
     )
 
 
@@ -728,6 +768,7 @@ def test_store_validation_warns_about_secrets_and_denies_what_the_schema_cannot(
 ) -> None:
     cluster.start(allow_errors=True)  # kopf logs each denial as a failed handler
     assert cluster.client is not None
+    grant_secret_reading(cluster.kube)
     missing = {"endpoint": "http://minio:9000", "credentialsSecretRef": {"name": "later"}}
 
     answer = cluster.client.post("/validate-runlogstores", store_review(missing))
@@ -873,3 +914,53 @@ def test_injected_sidecar_runs_and_mirrors_a_real_runnable_run(
     assert ready_cluster.s3.secret_key not in log_path.read_text()
     assert_mirror(ready_cluster.s3.client(), bucket, "run-logs", log_folder, layout="chunked")
     assert any(log_folder.glob("webhook-run-1/RunLog.json"))
+
+
+def test_a_store_may_only_name_secrets_its_author_may_read(cluster: Cluster) -> None:
+    """The confused deputy, end to end: the webhook asks the API server's authorizer
+    (the emulator's RBAC objects) whether the requester may read each named Secret."""
+    cluster.start(allow_errors=True)
+    assert cluster.client is not None
+    grant_secret_reading(cluster.kube)
+    cluster.put_creds()
+    spec = {"endpoint": "http://minio:9000", "credentialsSecretRef": {"name": "s3-creds"}}
+
+    assert cluster.client.post("/validate-runlogstores", store_review(spec)).allowed
+    bob = {"username": "bob", "groups": ["other-team", "system:authenticated"]}
+    refused = cluster.client.post("/validate-runlogstores", store_review(spec, user=bob))
+    assert not refused.allowed and refused.response["status"]["code"] == 403
+    assert "bob may not read Secret 's3-creds'" in refused.response["status"]["message"]
+    # bob may not redirect a store's Secret to his endpoint either ...
+    moved = {**spec, "endpoint": "https://collector.example.com"}
+    answer = cluster.client.post("/validate-runlogstores", store_review(moved, "UPDATE", spec, bob))
+    assert not answer.allowed
+    # ... but may tune one, which sends the keys nowhere new.
+    tuned = {**spec, "sync": {"concurrency": 2}}
+    assert cluster.client.post(
+        "/validate-runlogstores", store_review(tuned, "UPDATE", spec, bob)
+    ).allowed
+    asked = cluster.kube.call(lambda: list(cluster.kube.emulator.access_reviews))
+    assert {(r["spec"]["user"], r["allowed"]) for r in asked} == {("alice", True), ("bob", False)}
+
+
+def test_endpoints_outside_the_allow_list_get_no_store_and_no_sidecar(
+    cluster: Cluster, bucket: str
+) -> None:
+    cluster.start(allow_errors=True, allowed_endpoints=["http://minio.storage.svc:9000"])
+    assert cluster.client is not None
+    grant_secret_reading(cluster.kube)
+    cluster.put_creds()
+    internal = {"endpoint": "http://169.254.169.254", "credentialsSecretRef": {"name": "s3-creds"}}
+    refused = cluster.client.post("/validate-runlogstores", store_review(internal))
+    assert not refused.allowed and "allow-list" in refused.response["status"]["message"]
+    # A store that got in anyway (the webhook was down, say) is not connected to ...
+    cluster.create_store("sneaky", bucket, wait=False)
+    wait_reason(cluster, "sneaky", "EndpointNotAllowed")
+    # ... and its pods get no sidecar carrying its credentials there.
+    pod = bare_pod(store="sneaky")
+    cluster.wait_webhook_warns(pod, "not in the operator's allow-list")
+    patched = cluster.admit(pod).patched(pod)
+    assert patched["spec"] == pod["spec"]
+    assert patched["metadata"]["annotations"]["runlog-relay.dev/skipped"].startswith(
+        "EndpointNotAllowed"
+    )

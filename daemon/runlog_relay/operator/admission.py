@@ -5,10 +5,11 @@
 are pure (:mod:`.webhook`). Like :mod:`.controller`, this module imports no kopf, so the
 unit tests drive it with a fake API.
 
-Never in the way: nothing here raises into a denial. A bug, a slow or failing API call
-lets the pod through unchanged, annotated with what went wrong, with a Warning Event and
-``runlog_relay_operator_injections_total{result="failed"}``. The only denial is a
-RunLogStore spec the model rejects (see :func:`.webhook.store_spec_denial`).
+Never in the way of a pod: nothing here raises into a denial. A bug, a slow or failing
+API call lets the pod through unchanged, annotated with what went wrong, with a Warning
+Event and ``runlog_relay_operator_injections_total{result="failed"}``. RunLogStores are
+denied for a spec the model rejects, an endpoint outside the allow-list, and Secrets
+their author may not read (:meth:`Admission.validate_store`).
 
 Stores come from the operator's kopf index (no API call per pod); a store missing there
 is looked up once through the API before the pod is declared store-less, because the
@@ -23,17 +24,23 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from runlog_relay.config.models import StoreSpec
 from runlog_relay.errors import RelayError
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator import reconcile as rc
 from runlog_relay.operator import webhook as wh
 from runlog_relay.operator.kubeapi import configmap_path, event_path, secret_path, store_path
+from runlog_relay.operator.policy import EndpointPolicy, credential_exposure
 from runlog_relay.operator.settings import InjectionSettings
 
-__all__ = ["Admission", "AdmissionApi", "StoreIndex"]
+__all__ = ["SUBJECT_ACCESS_REVIEWS", "Admission", "AdmissionApi", "Denial", "StoreIndex"]
+
+#: Where a SubjectAccessReview is posted (cluster-scoped, answered, never stored).
+SUBJECT_ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,14 @@ class AdmissionApi(Protocol):
 
     async def get(self, path: str) -> dict[str, Any] | None: ...
     async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Denial:
+    """A refused admission: what the requester reads, and the HTTP code."""
+
+    message: str
+    code: int
 
 
 def _utcnow() -> datetime:
@@ -72,6 +87,7 @@ class Admission:
         instance: str = "runlog-relay-operator",
         lookup_timeout: float = 3.0,
         fresh: Callable[[float], bool] = lambda indexed_at: True,
+        policy: EndpointPolicy | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         """``lookup_timeout``: seconds for the API calls of one admission request, below
@@ -85,6 +101,7 @@ class Admission:
         self._instance = instance
         self._timeout = lookup_timeout
         self._fresh = fresh
+        self._policy = policy or EndpointPolicy()
         self._clock = clock
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -108,7 +125,12 @@ class Admission:
                 self._find_store(namespace, name, stores), self._timeout
             )
             decision = wh.decide_injection(
-                pod, namespace=namespace, store=store, options=self.options, missing=missing
+                pod,
+                namespace=namespace,
+                store=store,
+                options=self.options,
+                missing=missing,
+                policy=self._policy,
             )
             wh.apply_json_patch(pod, decision.ops)  # it must apply, or it is not sent
         except Exception as exc:
@@ -213,24 +235,86 @@ class Admission:
         operation: str,
         namespace: str,
         name: str,
-    ) -> tuple[str | None, list[str]]:
-        """``(denial, warnings)`` for a RunLogStore CREATE/UPDATE: denied only for a spec
-        the model rejects; warned about Secrets and keys that do not exist (yet) and a
-        ConfigMap the operator could not take over."""
-        denial = wh.store_spec_denial(spec, old_spec, operation=operation, name=name)
-        if denial is not None or operation not in ("CREATE", "UPDATE"):
-            return denial, []
+        user: Mapping[str, Any] | None = None,
+    ) -> tuple[Denial | None, list[str]]:
+        """``(denial, warnings)`` for a RunLogStore CREATE/UPDATE.
+
+        Denied: a spec the model rejects (422); an endpoint outside the allow-list (403);
+        a CREATE, or an UPDATE of where credentials go (:func:`~.policy.credential_exposure`),
+        by someone the API server's authorizer does not allow to ``get`` each referenced
+        Secret (403, asked with a SubjectAccessReview for the request's ``userInfo``) --
+        otherwise anyone who may create a store could have the operator carry a Secret
+        of the namespace to an endpoint of their choice. Warned about: Secrets and keys
+        that do not exist (yet), a ConfigMap the operator could not take over."""
+        message = wh.store_spec_denial(spec, old_spec, operation=operation, name=name)
+        if message is not None:
+            return Denial(message, 422), []
+        if operation not in ("CREATE", "UPDATE"):
+            return None, []
         if operation == "UPDATE" and dict(spec or {}) == dict(old_spec or {}):
             return None, []
+        parsed = rc.parse_spec(spec)  # store_spec_denial has accepted it
+        message = self._policy.denial(parsed.endpoint)
+        if message is not None:
+            return Denial(message, 403), []
+        exposed = operation == "CREATE" or credential_exposure(spec) != credential_exposure(
+            old_spec
+        )
         try:
-            warnings = await asyncio.wait_for(
-                self._store_warnings(spec, namespace=namespace, name=name), self._timeout
-            )
+            async with asyncio.timeout(self._timeout):
+                if exposed:
+                    message = await self._may_read_secrets(parsed, namespace, user)
+                    if message is not None:
+                        return Denial(message, 403), []
+                warnings = await self._store_warnings(spec, namespace=namespace, name=name)
         except Exception as exc:
             if not isinstance(exc, RelayError | TimeoutError):
                 log.exception("checking RunLogStore %s/%s failed", namespace, name)
+            if exposed:  # a guard that fails open is no guard
+                return Denial(
+                    f"could not check that the requester may read the Secrets this store"
+                    f" names ({_summary(exc)}); try again",
+                    503,
+                ), []
             warnings = [f"could not check the referenced Secrets: {_summary(exc)}"]
         return None, warnings
+
+    async def _may_read_secrets(
+        self, spec: StoreSpec, namespace: str, user: Mapping[str, Any] | None
+    ) -> str | None:
+        """Why the requester may not name the store's Secrets, or None."""
+        secrets = sorted(rc.referenced_secret_names(spec.wire()))
+        if not secrets:
+            return None
+        if not isinstance(user, Mapping) or not user.get("username"):
+            return "the request names no user, so its access to the Secrets cannot be checked"
+        who = str(user["username"])
+        for secret in secrets:
+            review = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "spec": {
+                    "user": who,
+                    "groups": list(user.get("groups") or []),
+                    "uid": str(user.get("uid") or ""),
+                    "extra": dict(user.get("extra") or {}),
+                    "resourceAttributes": {
+                        "namespace": namespace,
+                        "verb": "get",
+                        "group": "",
+                        "resource": "secrets",
+                        "name": secret,
+                    },
+                },
+            }
+            answer = await self._api.create(SUBJECT_ACCESS_REVIEWS, review)
+            if not (answer.get("status") or {}).get("allowed"):
+                return (
+                    f"{who} may not read Secret {secret!r} in namespace {namespace!r}: a"
+                    " RunLogStore sends the keys of the Secrets it names to spec.endpoint,"
+                    " so it may only name Secrets its author can read"
+                )
+        return None
 
     async def _store_warnings(
         self, raw_spec: Mapping[str, Any] | None, *, namespace: str, name: str

@@ -42,6 +42,7 @@ FLAGS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("liveness_port",): ("--liveness-port",),
     ("log_level",): ("--log-level",),
     ("log_format",): ("--log-format",),
+    ("allowed_endpoints",): ("--allowed-endpoint",),
     ("list_chunk_size",): ("--list-chunk-size",),
     ("instance",): ("--instance",),
     ("reconcile", "recheck_interval"): ("--recheck-interval",),
@@ -96,7 +97,7 @@ def _dest(path: tuple[str, ...]) -> str:
 _JSON_KINDS: dict[tuple[str, ...], str] = {
     ("injection", "resources"): "ResourceRequirements JSON object"
 }
-_METAVARS = {("namespaces",): "NS", ("peering", "name"): "NAME"}
+_METAVARS = {("namespaces",): "NS", ("peering", "name"): "NAME", ("allowed_endpoints",): "URL"}
 
 
 def _metavar(path: tuple[str, ...]) -> str:

@@ -245,7 +245,8 @@ def register_handlers(
             operation=str(kwargs.get("operation") or ""),
             namespace=str(namespace or ""),
             name=str(name or ""),
+            user=kwargs.get("userinfo"),
         )
         warnings.extend(notes)
         if denial is not None:
-            raise kopf.AdmissionError(denial, code=422)
+            raise kopf.AdmissionError(denial.message, code=denial.code)

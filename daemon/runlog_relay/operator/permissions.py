@@ -185,6 +185,15 @@ RULES: tuple[Rule, ...] = (
         when=("peering", "clusterwide"),
     ),
     Rule(
+        ("authorization.k8s.io",),
+        ("subjectaccessreviews",),
+        ("create",),
+        "the validating webhook asks whether the author of a RunLogStore may read the"
+        " Secrets it names (a store sends their keys to its endpoint)",
+        scope=Scope.CLUSTER,
+        when=("webhook",),
+    ),
+    Rule(
         ("admissionregistration.k8s.io",),
         ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"),
         ("get", "patch"),

@@ -516,11 +516,12 @@ def unknown_after(step_type: str, failed: str) -> Step:
     return Step(step_type, ConditionStatus.UNKNOWN, "NotChecked", f"waiting for {failed}")
 
 
-def spec_steps(error: SpecError | None) -> list[Step]:
-    """Steps for a spec that failed validation: nothing else can run."""
+def spec_steps(error: SpecError | None, reason: str = "InvalidSpec") -> list[Step]:
+    """Steps for a spec that failed validation (or the operator's policy, ``reason``):
+    nothing else can run."""
     if error is None:
         return [Step(SPEC_VALID, ConditionStatus.TRUE, "Valid", "spec is valid")]
-    steps = [Step(SPEC_VALID, ConditionStatus.FALSE, "InvalidSpec", str(error))]
+    steps = [Step(SPEC_VALID, ConditionStatus.FALSE, reason, str(error))]
     steps.append(
         Step(
             CONFIG_RENDERED,

@@ -26,6 +26,7 @@ from runlog_relay.operator.controller import BucketCheck, StoreController, check
 from runlog_relay.operator.handlers import HandlerOptions, register_handlers
 from runlog_relay.operator.kubeapi import KubeApi, Login, default_login
 from runlog_relay.operator.leadership import Leadership
+from runlog_relay.operator.policy import EndpointPolicy
 from runlog_relay.operator.settings import OperatorSettings
 from runlog_relay.operator.webhook_tls import (
     CaBundleKeeper,
@@ -111,6 +112,7 @@ def build_operator(
         on_change=leadership_changed,
     )
     metrics.leading.set(1 if leadership.leading else 0)
+    policy = EndpointPolicy.from_patterns(options.allowed_endpoints)
     controller = StoreController(
         api,
         metrics,
@@ -118,6 +120,7 @@ def build_operator(
         options=options.reconcile,
         instance=options.instance,
         gate=leadership.gate,
+        policy=policy,
     )
     background: list[Callable[[], Coroutine[Any, Any, None]]] = [leadership.run]
     admission = webhook_server = ca_keeper = None
@@ -131,6 +134,7 @@ def build_operator(
             instance=options.instance,
             lookup_timeout=webhook.lookup_budget,
             fresh=leadership.fresh,
+            policy=policy,
         )
         namespace = webhook.service_namespace or "runlog-relay"
         if webhook.self_signed:

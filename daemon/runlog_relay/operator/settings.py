@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from runlog_relay import __version__
 from runlog_relay.config.settings import LogFormat
+from runlog_relay.operator.policy import EndpointPolicy
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -257,6 +258,11 @@ class OperatorSettings(BaseSettings):
     """Log level."""
     log_format: LogFormat = LogFormat.PLAIN
     """plain for people, json for log pipelines."""
+    allowed_endpoints: CommaList = Field(default_factory=list)
+    """Endpoints stores may use, as scheme://host[:port] ('*.example.com' for any name
+    under it; no port: the scheme's default; ':*' any port). Empty allows every endpoint.
+    Stores elsewhere are refused by the validating webhook, never connected to by the
+    operator, and get no sidecar."""
     list_chunk_size: int = Field(default=500, ge=1, le=10000)
     """Objects per page when the operator lists a resource (limit/continue), so a big
     first listing never arrives as one response held in memory."""
@@ -271,6 +277,12 @@ class OperatorSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("allowed_endpoints")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        EndpointPolicy.from_patterns(value)  # a clear error naming the bad pattern
+        return value
 
     @model_validator(mode="after")
     def _peering_needs_named_namespaces(self) -> OperatorSettings:

@@ -35,6 +35,7 @@ from typing import Any
 from runlog_relay.config.crd import API_VERSION
 from runlog_relay.config.models import StoreSpec
 from runlog_relay.operator import reconcile as rc
+from runlog_relay.operator.policy import EndpointPolicy
 from runlog_relay.operator.settings import InjectionSettings
 
 __all__ = [
@@ -626,6 +627,7 @@ def decide_injection(
     store: StoreInfo | None,
     options: InjectionSettings,
     missing: Sequence[str] = (),
+    policy: EndpointPolicy | None = None,
 ) -> Decision:
     """The patch for an admitted pod. ``store`` is the RunLogStore named by the pod's
     label, looked up in the pod's own ``namespace`` (None when there is none);
@@ -662,6 +664,9 @@ def decide_injection(
             store=name,
             outcome=Outcome.SKIPPED,
         )
+    denial = (policy or EndpointPolicy()).denial(spec.endpoint)
+    if denial is not None:  # no sidecar sends credentials there either
+        return _skipped(pod, "EndpointNotAllowed", denial, store=name, outcome=Outcome.SKIPPED)
     warnings: list[str] = []
     if missing:
         if not options.inject_when_not_ready:

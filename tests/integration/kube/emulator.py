@@ -25,7 +25,9 @@ stateful part of the emulator while keeping kmock's server, discovery and DSL:
 * watches from a ``resourceVersion`` replay an append-only event log, so nothing
   is lost between a list and the following watch;
 * discovery pre-seeded (see :data:`DEFAULT_RESOURCES`); creating a
-  ``CustomResourceDefinition`` registers its resources, as a real API server does.
+  ``CustomResourceDefinition`` registers its resources, as a real API server does;
+* ``SubjectAccessReview`` answered by RBAC over the stored Roles, ClusterRoles and their
+  bindings (:mod:`.rbac`).
 
 User-defined kmock reactions still work and take priority
 (``emulator['patch', kmock.resource('v1/configmaps')][:1] << 500``); unlike in
@@ -56,6 +58,8 @@ import jsonpointer
 import kmock
 from kmock._internal import rendering as kmock_rendering  # StreamingError: not re-exported
 from typing_extensions import override
+
+from .rbac import authorize
 
 # -----------------------------------------------------------------------------------------------
 # Resources served by the emulator (discovery + per-resource behaviour).
@@ -122,6 +126,16 @@ WEBHOOK_CONFIGS: tuple[ResourceSpec, ...] = (
         "ValidatingWebhookConfiguration",
         namespaced=False,
     ),
+)
+
+#: Answered from the emulator's RBAC objects (:func:`.rbac.authorize`), never stored.
+SUBJECT_ACCESS_REVIEWS = ResourceSpec(
+    "authorization.k8s.io",
+    "v1",
+    "subjectaccessreviews",
+    "SubjectAccessReview",
+    namespaced=False,
+    verbs=("create",),
 )
 
 RUNLOGSTORE = ResourceSpec(
@@ -207,6 +221,20 @@ DEFAULT_RESOURCES: tuple[ResourceSpec, ...] = (
     ),
     # Admission webhooks (kopf manages these when it serves webhooks).
     *WEBHOOK_CONFIGS,
+    # RBAC, so that SubjectAccessReviews are answered from real objects (see .rbac).
+    ResourceSpec("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    ResourceSpec("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    ResourceSpec(
+        "rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False
+    ),
+    ResourceSpec(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        namespaced=False,
+    ),
+    SUBJECT_ACCESS_REVIEWS,
     # CRDs themselves (kopf watches them to notice new resources).
     ResourceSpec(
         "apiextensions.k8s.io",
@@ -523,6 +551,8 @@ class RealisticKubernetesEmulator(kmock.KubernetesEmulator):
         factory=collections.Counter, init=False
     )
     access_log: list[AccessRecord] = attrs.field(factory=list, init=False)
+    #: The SubjectAccessReviews asked, with the answers given.
+    access_reviews: list[dict[str, Any]] = attrs.field(factory=list, init=False)
     internal_errors: list[str] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -1038,6 +1068,14 @@ class RealisticKubernetesEmulator(kmock.KubernetesEmulator):
         if request.subresource is not None or request.name is not None:
             raise _error(
                 405, "MethodNotAllowed", "POST is only supported on collections in this emulator"
+            )
+        if spec.key == SUBJECT_ACCESS_REVIEWS.key:
+            review = self._json_body(request) or {}
+            allowed, reason = authorize(self.live_objects(), review.get("spec") or {})
+            self.access_reviews.append({"spec": review.get("spec"), "allowed": allowed})
+            return kmock.Response(
+                status=201,
+                payload={**review, "status": {"allowed": allowed, "reason": reason}},
             )
         obj = self.create_object(spec, namespace, self._json_body(request))
         return kmock.Response(status=201, payload=obj)
