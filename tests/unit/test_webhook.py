@@ -577,8 +577,16 @@ def test_store_spec_denial() -> None:
     assert wh.store_spec_denial(leaky, leaky, operation="UPDATE", name="s") is None
     assert wh.store_spec_denial(leaky, CREDS, operation="UPDATE", name="s") is not None
     assert wh.store_spec_denial(leaky, None, operation="DELETE", name="s") is None
-    long_name = wh.store_spec_denial(CREDS, None, operation="CREATE", name="s" * 250)
-    assert long_name is not None and "too long" in long_name
+    # A store name is a label value (pods name their store in one): 63 at most.
+    long_name = wh.store_spec_denial(CREDS, None, operation="CREATE", name="s" * 64)
+    assert long_name is not None and "longer than 63" in long_name
+    assert wh.store_spec_denial(CREDS, None, operation="CREATE", name="s" * 63) is None
+    # A log folder the sidecar's mounts would collide with.
+    for folder in ("/", "/etc/runlog-relay", "/var/run/secrets/app", "/data/../etc"):
+        denial = wh.store_spec_denial(
+            {**CREDS, "logFolder": folder}, None, operation="CREATE", name="s"
+        )
+        assert denial is not None and "spec.logFolder" in denial, folder
 
 
 def test_store_warnings_name_each_missing_secret_and_key_once() -> None:

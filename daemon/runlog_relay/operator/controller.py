@@ -409,8 +409,8 @@ class StoreController:
         self, spec: StoreSpec, namespace: str, name: str, uid: str | None
     ) -> rc.Step:
         cm_name = rc.configmap_name(name)
-        if len(cm_name) > 253:
-            return rc.configmap_step(name=cm_name, error=None)
+        if rc.too_long(name):
+            return rc.configmap_step(name=cm_name, error=None, name_too_long=True)
         desired = rc.configmap_manifest(spec, namespace=namespace, store=name, uid=uid)
         path = configmap_path(namespace, cm_name)
         try:

@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from runlog_relay.config.crd import API_VERSION
-from runlog_relay.config.models import StoreSpec
+from runlog_relay.config.models import MAX_STORE_NAME, StoreSpec
 from runlog_relay.operator import reconcile as rc
 from runlog_relay.operator.policy import EndpointPolicy
 from runlog_relay.operator.settings import InjectionSettings
@@ -656,11 +656,11 @@ def decide_injection(
         return _skipped(
             pod, "StoreInvalid", f"RunLogStore {name!r}: {exc}", store=name, outcome=Outcome.SKIPPED
         )
-    if len(rc.configmap_name(name)) > 253:
+    if rc.too_long(name):
         return _skipped(
             pod,
             "StoreInvalid",
-            f"RunLogStore name {name!r} is too long",
+            f"RunLogStore name {name[:70]!r}... is longer than {MAX_STORE_NAME} characters",
             store=name,
             outcome=Outcome.SKIPPED,
         )
@@ -833,17 +833,19 @@ def store_spec_denial(
     """Why a RunLogStore CREATE/UPDATE must be refused, or None.
 
     Only what the CRD's schema cannot say: the model's own validators (no credentials in
-    the endpoint URL, a valid port, no ``..`` in the prefix) and a name short enough for
-    its ConfigMap. An UPDATE that leaves the spec as it was is never refused, so kopf's
-    and kubectl's metadata writes go through even on a store that was invalid already."""
+    the endpoint URL, a valid port, no ``..`` in the prefix, a log folder clear of the
+    sidecar's mounts) and a name short enough to be a label value (pods name their store
+    in one, and its ConfigMap carries it in one). An UPDATE that leaves the spec as it was
+    is never refused, so kopf's and kubectl's metadata writes go through even on a store
+    that was invalid already."""
     if operation not in ("CREATE", "UPDATE"):
         return None
     if operation == "UPDATE" and dict(spec or {}) == dict(old_spec or {}):
         return None
-    if len(rc.configmap_name(name)) > 253:
+    if operation == "CREATE" and rc.too_long(name):
         return (
-            f"RunLogStore name {name!r} is too long: its ConfigMap {rc.configmap_name(name)!r}"
-            " would exceed 253 characters"
+            f"RunLogStore name {name[:70]!r}... is longer than {MAX_STORE_NAME} characters:"
+            " pods name their store in a label, which cannot hold more"
         )
     try:
         rc.parse_spec(spec)
