@@ -27,8 +27,12 @@ install: $(BIN)/.installed-test ## Create .venv with runlog-relay and every extr
 demo: $(BIN)/.installed-test ## Run the main job locally: S3 server, sidecar, a real runnable pipeline, the mirror.
 	$(BIN)/runlog-relay demo
 
+.PHONY: browser
+browser: ## Install Debian's Chromium and ChromeDriver (the HTML timeline test opens pages in them).
+	@hack/install_chromium.sh
+
 .PHONY: test
-test: $(BIN)/.installed-test ## Run the whole test suite (starts its own S3 and Kubernetes API servers on 127.0.0.1).
+test: $(BIN)/.installed-test browser ## Run the whole test suite (starts its own S3 and Kubernetes API servers on 127.0.0.1).
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
@@ -36,7 +40,7 @@ test-unit: $(BIN)/.installed-test ## Unit tests only (seconds).
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test-integration
-test-integration: $(BIN)/.installed-test ## Integration tests only (real servers on 127.0.0.1).
+test-integration: $(BIN)/.installed-test browser ## Integration tests only (real servers on 127.0.0.1).
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 .PHONY: lint

@@ -27,6 +27,8 @@ COMMANDS: dict[str, str] = {
     "verify": "runlog_relay.tools.verify",
     "runs": "runlog_relay.tools.runs",
     "top": "runlog_relay.tools.top",
+    "show": "runlog_relay.tools.show",
+    "diff": "runlog_relay.tools.diff",
 }
 
 
@@ -40,6 +42,8 @@ SUMMARIES: dict[str, str] = {
     "verify": "compare a run-log folder with the bucket",
     "runs": "list the runs in the bucket",
     "top": "live terminal view of one or more sidecars' metrics",
+    "show": "show one run from the bucket: status, parameters, timeline, failures",
+    "diff": "compare two runs from the bucket: parameters, code, step statuses and times",
 }
 
 

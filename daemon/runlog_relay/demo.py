@@ -5,7 +5,8 @@ Starts a local S3-compatible endpoint (moto's server, from the ``demo`` extra) o
 (a parallel node and a map) into that folder, stops the sidecar the way Kubernetes does
 (drain on shutdown), then shows the run's objects in the bucket, proves runnable's own
 chunked-minio (or minio) store reads the run back identical to what its filesystem
-store reads, and prints the key metrics. Everything it starts and creates is removed at
+store reads, shows the run and its timeline as ``runlog-relay show`` draws it from the
+bucket, and prints the key metrics. Everything it starts and creates is removed at
 the end unless ``--keep`` is given.
 """
 
@@ -28,11 +29,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from runlog_relay import logs
 from runlog_relay.cliopts import open_store
-from runlog_relay.config.settings import load_sidecar_settings
+from runlog_relay.config.settings import SidecarSettings, load_sidecar_settings
+from runlog_relay.errors import RelayError
 from runlog_relay.health import HealthServer
 from runlog_relay.layout import Layout
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar.pipeline import Pipeline
+from runlog_relay.tools._common import StoreContext, stdout_console
+from runlog_relay.tools.runfetch import fetch_run
+from runlog_relay.tools.show import render_run
 
 __all__ = ["register", "run"]
 
@@ -166,10 +171,11 @@ def run(args: argparse.Namespace) -> int:
             f" {from_bucket.get('status')}, {len(from_bucket.get('steps', {}))} steps,"
             f" {'identical to' if same else 'DIFFERENT FROM'} what its filesystem store reads"
         )
-        _say("7. Key metrics:")
+        shown = _show_run(settings, run_id)
+        _say("8. Key metrics:")
         for line in _metric_lines(metrics_text):
             _say(f"   {line}")
-        ok = report.complete and same
+        ok = report.complete and same and shown
         _say("Done: " + ("the bucket mirrors the run exactly." if ok else "problems above."))
         return 0 if ok else 1
     finally:
@@ -180,6 +186,19 @@ def run(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
             _say("Cleaned up: S3 server stopped, temporary folder removed.")
+
+
+def _show_run(settings: SidecarSettings, run_id: str) -> bool:
+    """Step 7: the run as ``runlog-relay show`` draws it, read back from the bucket."""
+    _say(f"7. The run from the bucket (runlog-relay show {run_id}):")
+    # When the sidecar seals finished runs (issue 13), the seal is reported here too.
+    try:
+        run = fetch_run(StoreContext(settings=settings, store=open_store(settings)), run_id)
+    except RelayError as exc:
+        _say(f"   could not read the run back: {exc}")
+        return False
+    render_run(run, stdout_console())
+    return run.status == "SUCCESS"
 
 
 def _scrape(port: int) -> str:

@@ -57,6 +57,7 @@ __all__ = [
     "DEMO_BRANCHES",
     "DEMO_MAP_ITEMS",
     "DEMO_STEPS",
+    "FAIL_ITEM_VARIABLE",
     "Layout",
     "PipelineFailedError",
     "build_demo_pipeline",
@@ -113,7 +114,15 @@ def _right() -> int:
     return 2
 
 
+#: Set to a map value to make that iteration of the demo pipeline's map fail (with a real
+#: traceback in runnable's catalog); unset, every iteration succeeds. Tests use it, with
+#: runnable's retry (``RUNNABLE_RETRY_RUN_ID``), to record failed and retried attempts.
+FAIL_ITEM_VARIABLE = "RUNLOG_RELAY_DEMO_FAIL_ITEM"
+
+
 def _process(item: str) -> str:
+    if os.environ.get(FAIL_ITEM_VARIABLE) == item:
+        raise ValueError(f"cannot process {item!r} ({FAIL_ITEM_VARIABLE} asks for a failure)")
     return f"{item}!"
 
 
@@ -160,7 +169,9 @@ def build_demo_pipeline() -> Pipeline:
     )
 
 
-def _config_yaml(log_folder: Path, layout: Layout, catalog: Path) -> str:
+def _config_yaml(
+    log_folder: Path, layout: Layout, catalog: Path, catalog_config: dict[str, Any] | None
+) -> str:
     # JSON is valid YAML and needs no PyYAML here. ``enable_parallel`` makes the local
     # executor run parallel branches and map iterations in a multiprocessing Pool; the
     # ``file-system`` store does not support parallel writes, so for "single" runnable
@@ -174,12 +185,13 @@ def _config_yaml(log_folder: Path, layout: Layout, catalog: Path) -> str:
             "type": "chunked-fs" if layout == "chunked" else "file-system",
             "config": {"log_folder": str(log_folder)},
         },
-        "catalog": {"type": "file-system", "config": {"catalog_location": str(catalog)}},
+        "catalog": catalog_config
+        or {"type": "file-system", "config": {"catalog_location": str(catalog)}},
     }
     return json.dumps(config, indent=2) + "\n"
 
 
-def _script(config_file: Path, run_id: str) -> str:
+def _script(config_file: Path, run_id: str, parameters_file: Path | None) -> str:
     # runnable's SDK finds the pipeline definition by inspecting the caller of
     # ``Pipeline.execute()``: it must be a function in a file under the cwd that
     # *returns* the pipeline (runnable re-imports it, and then execute() is a no-op).
@@ -190,7 +202,11 @@ def _script(config_file: Path, run_id: str) -> str:
 
         def main():
             pipeline = build_demo_pipeline()
-            pipeline.execute(configuration_file={str(config_file)!r}, run_id={run_id!r})
+            pipeline.execute(
+                configuration_file={str(config_file)!r},
+                run_id={run_id!r},
+                parameters_file={str(parameters_file) if parameters_file else ""!r},
+            )
             return pipeline
 
 
@@ -212,6 +228,8 @@ def run_pipeline(
     workdir: Path | None = None,
     timeout: float = 300,
     env: dict[str, str] | None = None,
+    parameters: dict[str, Any] | None = None,
+    catalog: dict[str, Any] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the demo pipeline (:func:`build_demo_pipeline`) with runnable, in a subprocess.
 
@@ -230,7 +248,15 @@ def run_pipeline(
         env: extra environment variables for the subprocess, applied last. The
             caller's ``RUNNABLE_*`` variables are dropped first, because runnable lets
             them override the config file and run id (e.g. ``RUNNABLE_RUN_ID``,
-            ``RUNNABLE_CONFIGURATION_FILE``, ``RUNNABLE_RETRY_RUN_ID``).
+            ``RUNNABLE_CONFIGURATION_FILE``, ``RUNNABLE_RETRY_RUN_ID``). Pass
+            ``RUNNABLE_RETRY_RUN_ID=<run_id>`` here to re-run a failed run (runnable
+            skips what succeeded and adds attempts to what failed), and
+            :data:`FAIL_ITEM_VARIABLE` to make one map iteration fail.
+        parameters: the run's initial parameters (runnable's ``parameters_file``,
+            written as JSON, which is YAML); they end up in the RunLog's
+            ``parameters``.
+        catalog: runnable's ``catalog`` configuration (e.g. ``{"type": "minio",
+            "config": {...}}``); default a ``file-system`` catalog in ``workdir``.
 
     Returns:
         The finished process (text ``stdout``/``stderr``: runnable's console output;
@@ -247,9 +273,9 @@ def run_pipeline(
     log_folder.mkdir(parents=True, exist_ok=True)
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="runlog-relay-runnable-") as tmp:
-            return _run_in(Path(tmp), log_folder, run_id, layout, timeout, env)
+            return _run_in(Path(tmp), log_folder, run_id, layout, timeout, env, parameters, catalog)
     workdir.mkdir(parents=True, exist_ok=True)
-    return _run_in(workdir, log_folder, run_id, layout, timeout, env)
+    return _run_in(workdir, log_folder, run_id, layout, timeout, env, parameters, catalog)
 
 
 def _run_in(
@@ -259,6 +285,8 @@ def _run_in(
     layout: Layout,
     timeout: float,
     env: dict[str, str] | None,
+    parameters: dict[str, Any] | None = None,
+    catalog: dict[str, Any] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     # Resolve so the script path is under Path.cwd() as runnable computes it, even when
     # the temp dir is reached through a symlink.
@@ -266,9 +294,13 @@ def _run_in(
     if workdir == log_folder or log_folder in workdir.parents:
         raise ValueError(f"workdir {workdir} must not be inside log_folder {log_folder}")
     config_file = workdir / f"runnable-config-{layout}.yaml"
-    config_file.write_text(_config_yaml(log_folder, layout, workdir / ".catalog"))
+    config_file.write_text(_config_yaml(log_folder, layout, workdir / ".catalog", catalog))
+    parameters_file = None
+    if parameters is not None:
+        parameters_file = workdir / f"parameters-{run_id}.yaml"
+        parameters_file.write_text(json.dumps(parameters) + "\n")
     script = workdir / _SCRIPT_NAME
-    script.write_text(_script(config_file, run_id))
+    script.write_text(_script(config_file, run_id, parameters_file))
 
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNABLE_")}
     child_env.update(env or {})

