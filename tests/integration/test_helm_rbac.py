@@ -54,12 +54,14 @@ RLS = "runlog-relay.dev/v1alpha1/runlogstores"
 RELEASE = NAMESPACE = "runlog-relay"
 SERVED = "team-a"
 OPERATOR_AGENTS = ("kopf/", "runlog-relay-operator")
+STORE_LABEL = "runlog-relay.dev/store"
 #: The cluster-scoped resources the operator uses (a ClusterRole grants them).
 CLUSTER_SCOPED = {
     "namespaces",
     "customresourcedefinitions",
     "clusterkopfpeerings",
     "subjectaccessreviews",
+    "nodes",
     *(spec.plural for spec in WEBHOOK_CONFIGS),
 }
 
@@ -296,15 +298,16 @@ def _ca_bundle(kube: KubeHarness) -> bytes:
     return base64.b64decode(bundle)
 
 
-def _admit_pod(port: int, ca_pem: bytes, namespace: str, store: str) -> dict[str, Any]:
-    """POST an AdmissionReview for a labelled pod, as the API server would."""
+def _admit_pod(port: int, ca_pem: bytes, namespace: str, store: str | None) -> dict[str, Any]:
+    """POST an AdmissionReview for a pod that names ``store`` (None: its namespace's), as
+    the API server would."""
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": "step",
             "namespace": namespace,
-            "labels": {"runlog-relay.dev/store": store},
+            "labels": {"runlog-relay.dev/store": store} if store else {"app": "step"},
         },
         "spec": {
             "containers": [
@@ -434,6 +437,10 @@ def _run_a_typical_life(
     assert response["allowed"] is True
     injected = json.loads(base64.b64decode(response["patch"]))
     assert any("runlog-relay" in json.dumps(op) for op in injected), injected
+    # A pod of a namespace that names its default store: the webhook reads the namespace.
+    kube.patch("v1/namespaces", namespace, {"metadata": {"labels": {STORE_LABEL: "main"}}})
+    by_namespace = _admit_pod(operator.webhook_port, ca_pem, namespace, None)
+    assert "runlog-relay" in base64.b64decode(by_namespace["patch"]).decode()
     # A store naming a Secret its author may not read: the webhook asks the authorizer.
     spec = {"endpoint": s3.endpoint, "credentialsSecretRef": {"name": "creds"}}
     review = _store_review(namespace, spec, "system:serviceaccount:team-a:deployer")

@@ -183,10 +183,17 @@ def test_dry_run_posts_no_event_and_counts_nothing_but_answers_the_same() -> Non
     assert world.events() == [] and world.count("skipped") == 0
 
 
-def test_unlabelled_and_injected_pods_cost_nothing() -> None:
+def test_unlabelled_injected_and_opted_out_pods_cost_little() -> None:
     world = World()
+    # A pod naming no store is sent only for its namespace's label: one namespace read.
     assert world.mutate(pod(None)).outcome is wh.Outcome.UNCHANGED
-    assert world.api.calls == [] and world.count("skipped") == 0
+    assert world.api.calls == [("GET", "/api/v1/namespaces/team-a")]
+    assert world.count("skipped") == 0
+    out = pod()
+    out["metadata"]["annotations"] = {wh.INJECT_OPT_OUT: "false"}
+    calls = len(world.api.calls)
+    assert world.mutate(out).outcome is wh.Outcome.UNCHANGED
+    assert len(world.api.calls) == calls
 
 
 def test_api_failure_lets_the_pod_through_annotated() -> None:
@@ -380,3 +387,25 @@ def test_store_validation_reports_a_foreign_configmap_and_api_errors() -> None:
     assert warnings == [
         "could not check the referenced Secrets: the Kubernetes API did not answer in time"
     ]
+
+
+def test_a_namespace_label_opts_its_pods_in_and_is_remembered_briefly() -> None:
+    world = World()
+    world.api.objects["/api/v1/namespaces/team-a"] = {
+        "metadata": {"name": NS, "labels": {"runlog-relay.dev/store": "main"}}
+    }
+    info = wh.StoreInfo(namespace=NS, name="main", spec=SPEC, ready="True", files_ready=True)
+    plain = pod()
+    del plain["metadata"]["labels"]  # the pod names no store; its namespace does
+    first = world.mutate(plain, {(NS, "main"): [info]})
+    second = world.mutate(plain, {(NS, "main"): [info]})
+    assert first.outcome is second.outcome is wh.Outcome.INJECTED
+    assert world.api.calls.count(("GET", "/api/v1/namespaces/team-a")) == 1
+    # A pod naming its own store never needs the namespace.
+    calls = len(world.api.calls)
+    assert world.mutate(pod(), {(NS, "main"): [info]}).outcome is wh.Outcome.INJECTED
+    assert len(world.api.calls) == calls
+    # A namespace without the label: nothing to do.
+    empty = World()
+    empty.api.objects["/api/v1/namespaces/team-a"] = {"metadata": {"name": NS}}
+    assert empty.mutate(plain, {}).outcome is wh.Outcome.UNCHANGED

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,12 +34,21 @@ from runlog_relay.errors import RelayError
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator import reconcile as rc
 from runlog_relay.operator import webhook as wh
-from runlog_relay.operator.kubeapi import configmap_path, event_path, secret_path, store_path
+from runlog_relay.operator.cluster import ClusterVersions
+from runlog_relay.operator.kubeapi import (
+    configmap_path,
+    event_path,
+    namespace_path,
+    secret_path,
+    store_path,
+)
 from runlog_relay.operator.policy import EndpointPolicy, credential_exposure
 from runlog_relay.operator.settings import InjectionSettings
 
 __all__ = ["SUBJECT_ACCESS_REVIEWS", "Admission", "AdmissionApi", "Denial", "StoreIndex"]
 
+#: How long a namespace's default store (its label) is remembered, in seconds.
+_NAMESPACE_TTL = 10.0
 #: Where a SubjectAccessReview is posted (cluster-scoped, answered, never stored).
 SUBJECT_ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
@@ -88,7 +98,9 @@ class Admission:
         lookup_timeout: float = 3.0,
         fresh: Callable[[float], bool] = lambda indexed_at: True,
         policy: EndpointPolicy | None = None,
+        cluster: ClusterVersions | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``lookup_timeout``: seconds for the API calls of one admission request, below
         the API server's own timeout (:attr:`~.settings.WebhookSettings.lookup_budget`),
@@ -102,6 +114,9 @@ class Admission:
         self._timeout = lookup_timeout
         self._fresh = fresh
         self._policy = policy or EndpointPolicy()
+        self._cluster = cluster
+        self._monotonic = monotonic
+        self._namespaces: dict[str, tuple[str | None, float]] = {}
         self._clock = clock
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -118,12 +133,15 @@ class Admission:
         """The decision for one pod CREATE; Events are posted in the background."""
         name: str | None = None
         try:
-            name = wh.store_label(pod)
-            if name is None or wh.already_injected(pod):
+            name = wh.pod_opt_in(pod)
+            if wh.already_injected(pod) or wh.opted_out(pod):
                 return wh.Decision(outcome=wh.Outcome.UNCHANGED, store=name)
-            store, missing = await asyncio.wait_for(
-                self._find_store(namespace, name, stores), self._timeout
-            )
+            async with asyncio.timeout(self._timeout):
+                if name is None:  # sent for its namespace's label (webhook `namespace-pods`)
+                    name = await self._namespace_store(namespace)
+                    if name is None:
+                        return wh.Decision(outcome=wh.Outcome.UNCHANGED)
+                store, missing = await self._find_store(namespace, name, stores)
             decision = wh.decide_injection(
                 pod,
                 namespace=namespace,
@@ -131,6 +149,8 @@ class Admission:
                 options=self.options,
                 missing=missing,
                 policy=self._policy,
+                store_name=name,
+                native=self._cluster.native_sidecars if self._cluster is not None else None,
             )
             wh.apply_json_patch(pod, decision.ops)  # it must apply, or it is not sent
         except Exception as exc:
@@ -156,6 +176,20 @@ class Admission:
             if decision.wants_event:
                 self._post_later(decision, pod, namespace)
         return decision
+
+    async def _namespace_store(self, namespace: str) -> str | None:
+        """The default store a namespace names with its ``runlog-relay.dev/store`` label
+        (read at most every few seconds per namespace: they rarely change)."""
+        now = self._monotonic()
+        cached = self._namespaces.get(namespace)
+        if cached is not None and now - cached[1] < _NAMESPACE_TTL:
+            return cached[0]
+        body = await self._api.get(namespace_path(namespace))
+        labels = ((body or {}).get("metadata") or {}).get("labels") or {}
+        value = labels.get(wh.NAMESPACE_STORE_LABEL)
+        store = str(value) if value else None
+        self._namespaces[namespace] = (store, now)
+        return store
 
     async def _find_store(
         self, namespace: str, name: str, stores: StoreIndex | None

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator.admission import Admission
+from runlog_relay.operator.cluster import ClusterVersions
 from runlog_relay.operator.controller import BucketCheck, StoreController, check_bucket
 from runlog_relay.operator.handlers import HandlerOptions, register_handlers
 from runlog_relay.operator.kubeapi import KubeApi, Login, default_login
@@ -127,6 +128,8 @@ def build_operator(
     certificates: SharedCertificate | CertificateFiles | None = None
     webhook = options.webhook
     if webhook.port:
+        cluster = ClusterVersions(api, interval=options.injection.cluster_check_interval)
+        background.append(cluster.run)
         admission = Admission(
             api,
             metrics,
@@ -135,6 +138,7 @@ def build_operator(
             lookup_timeout=webhook.lookup_budget,
             fresh=leadership.fresh,
             policy=policy,
+            cluster=cluster,
         )
         namespace = webhook.service_namespace or "runlog-relay"
         if webhook.self_signed:
@@ -165,6 +169,7 @@ def build_operator(
             webhook,
             certificates,
             on_material=lambda m: metrics.webhook_certificate_expiry.set(m.not_after.timestamp()),
+            ready=[cluster.looked],
         )
     if recheck:
         background.append(controller.recheck_forever)

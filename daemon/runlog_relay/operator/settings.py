@@ -104,6 +104,16 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 Resources = Annotated[dict[str, dict[str, str]], BeforeValidator(validate_resources)]
 
 
+def _quantity(value: Any) -> str:
+    text = str(value)
+    if not _QUANTITY.match(text):
+        raise ValueError(f"not a Kubernetes quantity: {text!r}")
+    return text
+
+
+Quantity = Annotated[str, BeforeValidator(_quantity)]
+
+
 class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -226,6 +236,29 @@ class InjectionSettings(_Group):
     """Inject into pods of a store that is not Ready yet; the sidecar uploads once it is."""
     scrape_annotations: bool = False
     """Add prometheus.io/scrape, port and path to injected pods that have none."""
+    native_sidecar: NativeSidecar = NativeSidecar.AUTO
+    """auto: a native sidecar (an init container with restartPolicy Always, 1.29+) where
+    the API server and every node's kubelet support it, else a classic container that
+    exits once its pod's runs are sealed; always; never. A pod's
+    runlog-relay.dev/sidecar-mode annotation wins."""
+    allowed_images: CommaList = Field(default_factory=list)
+    """Images a pod may ask for with the runlog-relay.dev/sidecar-image annotation (globs);
+    empty: any tag or digest of the configured image's repository."""
+    image_pull_secrets: CommaList = Field(default_factory=list)
+    """Secrets to pull the sidecar image with, added to injected pods' imagePullSecrets
+    (they must exist in each pod's namespace)."""
+    logs_volume_size_limit: Quantity = "1Gi"
+    """sizeLimit of the emptyDir the webhook adds when no volume of the pod holds the log
+    folder."""
+    host_network: bool = False
+    """Inject into hostNetwork pods too (their sidecar's port is on the node); a pod's
+    runlog-relay.dev/host-network: inject annotation asks for it alone."""
+    openshift: bool = False
+    """OpenShift: fix no user or group in the sidecar's securityContext (the namespace's
+    SCC assigns them); the writer's own are still shared."""
+    cluster_check_interval: float = Field(default=300.0, gt=0)
+    """Seconds between reads of the API server's and the nodes' versions (what
+    native_sidecar auto decides from)."""
 
 
 def _own_instance() -> str:

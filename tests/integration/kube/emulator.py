@@ -170,6 +170,7 @@ DEFAULT_RESOURCES: tuple[ResourceSpec, ...] = (
         subresources=("status", "log", "binding", "eviction"),
     ),
     ResourceSpec("", "v1", "secrets", "Secret"),
+    ResourceSpec("", "v1", "nodes", "Node", namespaced=False, subresources=("status",)),
     ResourceSpec("", "v1", "configmaps", "ConfigMap", shortnames=("cm",)),
     ResourceSpec("", "v1", "events", "Event", shortnames=("ev",)),
     ResourceSpec(
@@ -182,6 +183,8 @@ DEFAULT_RESOURCES: tuple[ResourceSpec, ...] = (
         subresources=("status",),
     ),
     ResourceSpec("", "v1", "serviceaccounts", "ServiceAccount", shortnames=("sa",)),
+    # batch/v1: runnable's K8sJobExecutor creates Jobs with the kubernetes client.
+    ResourceSpec("batch", "v1", "jobs", "Job", subresources=("status",)),
     # apps/v1.
     ResourceSpec(
         "apps",
@@ -551,6 +554,8 @@ class RealisticKubernetesEmulator(kmock.KubernetesEmulator):
         factory=collections.Counter, init=False
     )
     access_log: list[AccessRecord] = attrs.field(factory=list, init=False)
+    #: What /version says (kmock's is a fixed 1.26); tests set it to model a cluster.
+    server_version: str = attrs.field(default="v1.30.2", init=False)
     #: The SubjectAccessReviews asked, with the answers given.
     access_reviews: list[dict[str, Any]] = attrs.field(factory=list, init=False)
     internal_errors: list[str] = attrs.field(factory=list, init=False)
@@ -606,6 +611,15 @@ class RealisticKubernetesEmulator(kmock.KubernetesEmulator):
         if not candidates:
             raise LookupError(f"The emulator serves no resource {name!r}.")
         return candidates[0]
+
+    async def _serve_server_version(self, request: Any) -> Any:  # type: ignore[override]
+        major, minor = self.server_version.lstrip("v").split(".")[:2]
+        return {
+            "major": major,
+            "minor": minor,
+            "gitVersion": self.server_version,
+            "platform": "linux/amd64",
+        }
 
     @override
     def _get_resources(self) -> list[kmock.resource]:
