@@ -36,8 +36,6 @@ import pytest
 
 from runlog_relay.operator import permissions
 from tests.integration.kube import (
-    DEFAULT_RESOURCES,
-    RUNLOGSTORE,
     WEBHOOK_CONFIGS,
     KubeHarness,
 )
@@ -73,9 +71,9 @@ NOT_EXERCISED: dict[tuple[str, str, str], str] = {
 
 
 @pytest.fixture()
-def kube_resources() -> list[Any]:
+def kube_resources(kube_resources: list[Any]) -> list[Any]:
     # RunLogStore comes from installing the chart's CRD, as in a real cluster.
-    return [spec for spec in DEFAULT_RESOURCES if spec != RUNLOGSTORE] + list(WEBHOOK_CONFIGS)
+    return [*kube_resources, *WEBHOOK_CONFIGS]
 
 
 # --------------------------------------------------------------------------- requests → RBAC

@@ -15,14 +15,21 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
 import kopf
 import pytest
 
-from tests.integration.kube import KubeApiError, KubeHarness, ResourceSpec, WaitTimeout, wait_for
+from tests.integration.kube import (
+    DEFAULT_RESOURCES,
+    KubeApiError,
+    KubeHarness,
+    ResourceSpec,
+    WaitTimeout,
+    wait_for,
+)
 from tests.integration.kube.emulator import SUBJECT_ACCESS_REVIEWS
 from tests.integration.kube.kopf_runner import KopfRunner, OperatorCrashed
 
@@ -33,6 +40,11 @@ pytestmark = pytest.mark.integration
 GROUP, VERSION, PLURAL = "runlog-relay.dev", "v1alpha1", "runlogstores"
 RLS = f"{GROUP}/{VERSION}/{PLURAL}"
 KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+
+
+@pytest.fixture()
+def kube_resources() -> Sequence[ResourceSpec]:
+    return DEFAULT_RESOURCES  # RunLogStore pre-seeded: these tests are about the emulator
 
 
 def store_body(

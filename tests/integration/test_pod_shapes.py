@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from runlog_relay.operator import podspec as ps
-from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness
+from tests.integration.kube import KubeHarness
 from tests.integration.kube.kopf_runner import KopfRunner
 from tests.integration.kube.webhooks import NS, Cluster, prepare
 from tests.support import podshapes
@@ -37,23 +37,13 @@ SCHEMAS = ("1.28", "1.30")
 _buckets = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def s3(auth_s3: AuthS3) -> AuthS3:
-    return auth_s3
-
-
 @pytest.fixture()
-def kube_resources() -> list[Any]:
-    return [spec for spec in DEFAULT_RESOURCES if spec != RUNLOGSTORE]
-
-
-@pytest.fixture()
-def cluster(kube: KubeHarness, kopf_runner: KopfRunner, s3: AuthS3) -> Cluster:
+def cluster(kube: KubeHarness, kopf_runner: KopfRunner, auth_s3: AuthS3) -> Cluster:
     prepare(kube)
     nodes(kube, "v1.30.2", "v1.29.6")
     bucket = f"pod-shapes-{next(_buckets)}"
-    s3.client().make_bucket(bucket)
-    cluster = Cluster(kube, kopf_runner, s3)
+    auth_s3.client().make_bucket(bucket)
+    cluster = Cluster(kube, kopf_runner, auth_s3)
     cluster.start(cluster_check_interval=0.2)
     cluster.put_creds()
     cluster.create_store("main", bucket)

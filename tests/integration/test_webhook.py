@@ -35,7 +35,7 @@ import yaml
 
 from runlog_relay.operator.webhook_tls import issue_certificate, make_ca
 from runlog_relay.runnable_compat import run_pipeline
-from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness
+from tests.integration.kube import KubeHarness
 from tests.integration.kube.kopf_runner import KopfRunner
 from tests.integration.kube.webhooks import (
     K8S,
@@ -64,11 +64,6 @@ _buckets = itertools.count()
 def s3(auth_s3: AuthS3) -> AuthS3:
     """The signature-checking S3 server (tests/conftest.py), under this module's name."""
     return auth_s3
-
-
-@pytest.fixture()
-def kube_resources() -> list[Any]:
-    return [spec for spec in DEFAULT_RESOURCES if spec != RUNLOGSTORE]
 
 
 @pytest.fixture()

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "EMISSARY",
     "argo_pod",
     "istio_injected",
     "job_controller_pod",
@@ -41,6 +42,10 @@ __all__ = [
 
 ARGOEXEC = "quay.io/argoproj/argoexec:v3.6.2"
 ISTIO_PROXY = "docker.io/istio/proxyv2:1.24.1"
+#: What Argo's controller puts in front of a step's command (the emissary executor).
+EMISSARY = (
+    "/var/run/argo/argoexec", "emissary", "--loglevel", "info", "--log-format", "text", "--"
+)  # fmt: skip
 
 _JOB_SCRIPT = """
 import os
@@ -261,15 +266,7 @@ def argo_pod(
         "image": step["image"],
         "imagePullPolicy": step.get("imagePullPolicy", "IfNotPresent"),
         # The emissary runs the step's command as its own child, after "--".
-        "command": [
-            "/var/run/argo/argoexec",
-            "emissary",
-            "--loglevel",
-            "info",
-            "--log-format",
-            "text",
-            "--",
-        ],
+        "command": list(EMISSARY),
         "args": [*step.get("command", []), *step.get("args", [])],
         "env": [*step.get("env", []), *_executor_env("main", pod_name, template, node_id)],
         "resources": step.get("resources", {}),

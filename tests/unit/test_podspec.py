@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from tests.support.podshapes import EMISSARY
 
 from runlog_relay.errors import PermanentError
 from runlog_relay.operator import podspec as ps
@@ -26,13 +27,7 @@ K8S_JOB = [
     "k8s-job.yaml",
 ]
 ARGO_MAIN = [
-    "/var/run/argo/argoexec",
-    "emissary",
-    "--loglevel",
-    "info",
-    "--log-format",
-    "text",
-    "--",
+    *EMISSARY,
     "runnable",
     "execute-single-node",
     "run-7",
