@@ -22,10 +22,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator.admission import Admission
+from runlog_relay.operator.cluster import ClusterVersions
 from runlog_relay.operator.controller import BucketCheck, StoreController, check_bucket
 from runlog_relay.operator.handlers import HandlerOptions, register_handlers
 from runlog_relay.operator.kubeapi import KubeApi, Login, default_login
 from runlog_relay.operator.leadership import Leadership
+from runlog_relay.operator.policy import EndpointPolicy
 from runlog_relay.operator.settings import OperatorSettings
 from runlog_relay.operator.webhook_tls import (
     CaBundleKeeper,
@@ -111,6 +113,7 @@ def build_operator(
         on_change=leadership_changed,
     )
     metrics.leading.set(1 if leadership.leading else 0)
+    policy = EndpointPolicy.from_patterns(options.allowed_endpoints)
     controller = StoreController(
         api,
         metrics,
@@ -118,12 +121,15 @@ def build_operator(
         options=options.reconcile,
         instance=options.instance,
         gate=leadership.gate,
+        policy=policy,
     )
     background: list[Callable[[], Coroutine[Any, Any, None]]] = [leadership.run]
     admission = webhook_server = ca_keeper = None
     certificates: SharedCertificate | CertificateFiles | None = None
     webhook = options.webhook
     if webhook.port:
+        cluster = ClusterVersions(api, interval=options.injection.cluster_check_interval)
+        background.append(cluster.run)
         admission = Admission(
             api,
             metrics,
@@ -131,6 +137,8 @@ def build_operator(
             instance=options.instance,
             lookup_timeout=webhook.lookup_budget,
             fresh=leadership.fresh,
+            policy=policy,
+            cluster=cluster,
         )
         namespace = webhook.service_namespace or "runlog-relay"
         if webhook.self_signed:
@@ -161,6 +169,7 @@ def build_operator(
             webhook,
             certificates,
             on_material=lambda m: metrics.webhook_certificate_expiry.set(m.not_after.timestamp()),
+            ready=[cluster.looked],
         )
     if recheck:
         background.append(controller.recheck_forever)
