@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import celpy
 import helm_python
 import jsonschema
 import kubernetes_validate
@@ -36,6 +37,7 @@ from runlog_relay.cli import build_parser
 from runlog_relay.config.crd import crd_manifest, crd_yaml
 from runlog_relay.operator import permissions
 from runlog_relay.operator import settings as operator_settings
+from runlog_relay.operator.command import settings_from_args
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "runlog-relay"
@@ -713,14 +715,26 @@ def test_the_operator_arguments_follow_the_contract() -> None:
     assert "--sidecar-image=registry.example.com/runlog-relay-sidecar:0.1.0" in everything
     assert "--no-inject-when-not-ready" in everything and "--scrape-annotations" in everything
     assert "--priority=100" in everything and "--log-level=DEBUG" in everything
+    injection = settings_of(everything).injection
+    assert injection.native_sidecar == "never" and injection.logs_volume_size_limit == "4Gi"
+    assert injection.host_network and injection.openshift
+    assert injection.allowed_images == ["registry.example.com/runlog-relay-sidecar:*"]
+    assert injection.image_pull_secrets == ["regcred"]
 
     digest = "sha256:" + "a" * 64
     pinned = operator_args({"image": {"digest": digest}})
     assert f"--sidecar-image=ghcr.io/runlog-relay/runlog-relay@{digest}" in pinned
 
 
+def settings_of(args: list[str]) -> operator_settings.OperatorSettings:
+    return settings_from_args(build_parser(only="operator").parse_args(args))
+
+
 def test_the_sidecar_defaults_are_the_webhooks() -> None:
     webhook = pytest.importorskip("runlog_relay.operator.webhook")
+    # The chart's defaults are the operator's (written once, in settings.py).
+    charted = settings_of(operator_args()).injection.model_dump(exclude={"image"})
+    assert charted == operator_settings.InjectionSettings().model_dump(exclude={"image"})
     assert _merged({})["injection"]["sidecar"]["resources"] == dict(
         operator_settings.DEFAULT_RESOURCES
     )
@@ -743,10 +757,17 @@ def test_the_webhook_configurations_follow_the_contract() -> None:
     mutating = one(objects, "MutatingWebhookConfiguration")
     validating = one(objects, "ValidatingWebhookConfiguration")
     assert mutating["metadata"]["name"] == validating["metadata"]["name"] == RELEASE
-    (inject,) = mutating["webhooks"]
-    assert inject["objectSelector"] == {
-        "matchExpressions": [{"key": "runlog-relay.dev/store", "operator": "Exists"}]
+    inject, by_namespace = mutating["webhooks"]
+    assert [inject["name"], by_namespace["name"]] == [
+        "inject.pods.runlog-relay.dev",
+        "inject.namespace-pods.runlog-relay.dev",
+    ]
+    assert "objectSelector" not in inject  # matchConditions choose the pods (see below)
+    assert by_namespace["namespaceSelector"]["matchExpressions"][0] == {
+        "key": "runlog-relay.dev/store",
+        "operator": "Exists",
     }
+    assert by_namespace["clientConfig"] == inject["clientConfig"]
     # NoneOnDryRun rather than None: the pod webhook posts an Event when it cannot inject
     # (never on a dry run; see the README).
     assert (inject["failurePolicy"], inject["sideEffects"], inject["timeoutSeconds"]) == (
@@ -772,11 +793,24 @@ def test_the_webhook_configurations_follow_the_contract() -> None:
         "values": ["kube-system", NAMESPACE],
     }
     (validate_store,) = validating["webhooks"]
-    assert validate_store["failurePolicy"] == "Ignore"
+    # Fail: the allow-list and the Secret-access check are not skipped while it is down.
+    assert validate_store["failurePolicy"] == "Fail"
+    # ... and the operator's own writes are never sent to the webhook it serves itself.
+    assert validate_store["matchConditions"] == [
+        {
+            "name": "not-the-operator",
+            "expression": "request.userInfo.username !="
+            f" 'system:serviceaccount:{NAMESPACE}:{RELEASE}'",
+        }
+    ]
     assert validate_store["sideEffects"] == "None"  # it only reads
     assert validate_store["rules"][0]["resources"] == ["runlogstores"]
     assert validate_store["rules"][0]["operations"] == ["CREATE", "UPDATE"]
-    for webhook, path in ((inject, "/mutate-pods"), (validate_store, "/validate-runlogstores")):
+    for webhook, path in (
+        (inject, "/mutate-pods"),
+        (by_namespace, "/mutate-pods"),
+        (validate_store, "/validate-runlogstores"),
+    ):
         client = webhook["clientConfig"]
         assert client["service"] == {
             "name": service["metadata"]["name"],
@@ -788,6 +822,64 @@ def test_the_webhook_configurations_follow_the_contract() -> None:
         assert "caBundle" not in client
     for config in (mutating, validating):
         assert "annotations" not in config["metadata"]
+
+
+def _sent_by(
+    webhook: dict[str, Any], pod: dict[str, Any], namespace_labels: dict[str, str]
+) -> bool:
+    """Whether the API server would send ``pod`` to ``webhook``: its namespaceSelector
+    on the namespace's labels, then its CEL matchConditions on the pod (cel-python)."""
+    labels = {"kubernetes.io/metadata.name": "team-a", **namespace_labels}
+    for expression in webhook["namespaceSelector"]["matchExpressions"]:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        present = key in labels
+        if operator == "Exists" and not present:
+            return False
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+    environment = celpy.Environment()
+    for condition in webhook.get("matchConditions") or []:
+        program = environment.program(environment.compile(condition["expression"]))
+        if not program.evaluate({"object": celpy.json_to_cel(pod)}):
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("metadata", "namespace_labels", "sent_to"),
+    [
+        ({"labels": {"runlog-relay.dev/store": "main"}}, {}, ["pods"]),
+        # runnable's K8sJobExecutor can only set annotations on its pod template.
+        ({"annotations": {"runlog-relay.dev/store": "main"}}, {}, ["pods"]),
+        ({"labels": {"app": "web"}}, {}, []),  # unrelated pods never reach the webhook
+        ({}, {}, []),
+        # A namespace naming a default store: its other pods, once, by the second entry.
+        ({"labels": {"app": "step"}}, {"runlog-relay.dev/store": "main"}, ["namespace-pods"]),
+        (
+            {"labels": {"runlog-relay.dev/store": "other"}},
+            {"runlog-relay.dev/store": "main"},
+            ["pods"],
+        ),
+        (
+            {"annotations": {"runlog-relay.dev/inject": "false"}},
+            {"runlog-relay.dev/store": "main"},
+            [],
+        ),
+    ],
+)
+def test_only_opted_in_pods_are_sent_to_the_webhook_and_only_once(
+    metadata: dict[str, Any], namespace_labels: dict[str, str], sent_to: list[str]
+) -> None:
+    mutating = one(render(), "MutatingWebhookConfiguration")
+    pod = {"metadata": {"name": "p", "namespace": "team-a", **metadata}, "spec": {}}
+    chosen = [
+        w["name"].split(".")[1] for w in mutating["webhooks"] if _sent_by(w, pod, namespace_labels)
+    ]
+    assert chosen == sent_to
+    off = one(render({"webhook": {"namespaceOptIn": False}}), "MutatingWebhookConfiguration")
+    assert [w["name"] for w in off["webhooks"]] == ["inject.pods.runlog-relay.dev"]
 
 
 def test_cert_manager_mode_signs_the_serving_certificate_with_a_ca() -> None:
@@ -821,12 +913,12 @@ def test_cert_manager_mode_signs_the_serving_certificate_with_a_ca() -> None:
 
 def test_namespaced_mode_sends_only_served_namespaces_to_the_webhooks() -> None:
     objects = render(ci_values(CHART / "ci" / "namespaced-values.yaml"))
-    (inject,) = one(objects, "MutatingWebhookConfiguration")["webhooks"]
-    assert {
-        "key": "kubernetes.io/metadata.name",
-        "operator": "In",
-        "values": ["team-a", "team-b"],
-    } in inject["namespaceSelector"]["matchExpressions"]
+    for inject in one(objects, "MutatingWebhookConfiguration")["webhooks"]:
+        assert {
+            "key": "kubernetes.io/metadata.name",
+            "operator": "In",
+            "values": ["team-a", "team-b"],
+        } in inject["namespaceSelector"]["matchExpressions"]
     podmonitor = one(objects, "PodMonitor")
     assert podmonitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
     assert not one(

@@ -36,8 +36,6 @@ import pytest
 
 from runlog_relay.operator import permissions
 from tests.integration.kube import (
-    DEFAULT_RESOURCES,
-    RUNLOGSTORE,
     WEBHOOK_CONFIGS,
     KubeHarness,
 )
@@ -54,6 +52,16 @@ RLS = "runlog-relay.dev/v1alpha1/runlogstores"
 RELEASE = NAMESPACE = "runlog-relay"
 SERVED = "team-a"
 OPERATOR_AGENTS = ("kopf/", "runlog-relay-operator")
+STORE_LABEL = "runlog-relay.dev/store"
+#: The cluster-scoped resources the operator uses (a ClusterRole grants them).
+CLUSTER_SCOPED = {
+    "namespaces",
+    "customresourcedefinitions",
+    "clusterkopfpeerings",
+    "subjectaccessreviews",
+    "nodes",
+    *(spec.plural for spec in WEBHOOK_CONFIGS),
+}
 
 #: Granted, but a short test cannot make the operator use them, and why they are needed.
 NOT_EXERCISED: dict[tuple[str, str, str], str] = {
@@ -63,9 +71,9 @@ NOT_EXERCISED: dict[tuple[str, str, str], str] = {
 
 
 @pytest.fixture()
-def kube_resources() -> list[Any]:
+def kube_resources(kube_resources: list[Any]) -> list[Any]:
     # RunLogStore comes from installing the chart's CRD, as in a real cluster.
-    return [spec for spec in DEFAULT_RESOURCES if spec != RUNLOGSTORE] + list(WEBHOOK_CONFIGS)
+    return [*kube_resources, *WEBHOOK_CONFIGS]
 
 
 # --------------------------------------------------------------------------- requests → RBAC
@@ -142,9 +150,7 @@ def test_requests_map_to_rbac_attributes() -> None:
 def allowed(access: Access, granted: permissions.Permissions, served: list[str] | None) -> bool:
     """Whether the chart's grants (Role per served namespace or ClusterRole; the Role in
     the release namespace; the ClusterRole) allow it."""
-    cluster_scoped = {"namespaces", "customresourcedefinitions", "clusterkopfpeerings"} | {
-        spec.plural for spec in WEBHOOK_CONFIGS
-    }
+    cluster_scoped = CLUSTER_SCOPED
     base = access.resource.split("/")[0]
     if base in cluster_scoped:
         rules = granted.cluster
@@ -199,11 +205,8 @@ def _granted_by_the_chart(values: dict[str, Any]) -> permissions.Permissions:
     own = _rules(own_roles[0]) if own_roles else ()
     roles = {_rules(o) for o in objects if o["kind"] == "Role" and o not in own_roles}
     assert len(roles) <= 1, "the served namespaces get different Roles"
-    cluster = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"} | {
-        spec.plural for spec in WEBHOOK_CONFIGS
-    }
     everything = _rules(cluster_role)
-    cluster_rules = tuple(r for r in everything if set(r.resources) & cluster)
+    cluster_rules = tuple(r for r in everything if set(r.resources) & CLUSTER_SCOPED)
     if not roles:  # cluster-wide: one ClusterRole, split as permissions.py does
         served = tuple(r for r in everything if r not in cluster_rules)
         return permissions.Permissions(served, own, cluster_rules)
@@ -293,15 +296,16 @@ def _ca_bundle(kube: KubeHarness) -> bytes:
     return base64.b64decode(bundle)
 
 
-def _admit_pod(port: int, ca_pem: bytes, namespace: str, store: str) -> dict[str, Any]:
-    """POST an AdmissionReview for a labelled pod, as the API server would."""
+def _admit_pod(port: int, ca_pem: bytes, namespace: str, store: str | None) -> dict[str, Any]:
+    """POST an AdmissionReview for a pod that names ``store`` (None: its namespace's), as
+    the API server would."""
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": "step",
             "namespace": namespace,
-            "labels": {"runlog-relay.dev/store": store},
+            "labels": {"runlog-relay.dev/store": store} if store else {"app": "step"},
         },
         "spec": {
             "containers": [
@@ -332,21 +336,52 @@ def _admit_pod(port: int, ca_pem: bytes, namespace: str, store: str) -> dict[str
             "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
         },
     }
+    return _post_review(port, ca_pem, "/mutate-pods", review)
+
+
+def _post_review(port: int, ca_pem: bytes, path: str, review: dict[str, Any]) -> dict[str, Any]:
+    """POST an AdmissionReview over HTTPS as the API server would; its response."""
     context = ssl.create_default_context(cadata=ca_pem.decode("ascii"))
     server_name = f"{RELEASE}.{NAMESPACE}.svc"
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     connection = http.client.HTTPSConnection(server_name, port, context=context, timeout=10)
     connection.sock = context.wrap_socket(raw, server_hostname=server_name)
     try:
-        connection.request(
-            "POST", "/mutate-pods", json.dumps(review), {"Content-Type": "application/json"}
-        )
+        connection.request("POST", path, json.dumps(review), {"Content-Type": "application/json"})
         answer = connection.getresponse()
         body = json.loads(answer.read())
     finally:
         connection.close()
     assert answer.status == 200, body
     return dict(body["response"])
+
+
+def _store_review(namespace: str, spec: dict[str, Any], user: str) -> dict[str, Any]:
+    gvk = {"group": "runlog-relay.dev", "version": "v1alpha1", "kind": "RunLogStore"}
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": gvk,
+            "resource": {**gvk, "resource": "runlogstores"},
+            "requestKind": gvk,
+            "requestResource": {**gvk, "resource": "runlogstores"},
+            "namespace": namespace,
+            "name": "other",
+            "operation": "CREATE",
+            "userInfo": {"username": user, "groups": ["system:authenticated"]},
+            "object": {
+                "apiVersion": "runlog-relay.dev/v1alpha1",
+                "kind": "RunLogStore",
+                "metadata": {"name": "other", "namespace": namespace},
+                "spec": spec,
+            },
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
 
 
 def _run_a_typical_life(
@@ -400,6 +435,15 @@ def _run_a_typical_life(
     assert response["allowed"] is True
     injected = json.loads(base64.b64decode(response["patch"]))
     assert any("runlog-relay" in json.dumps(op) for op in injected), injected
+    # A pod of a namespace that names its default store: the webhook reads the namespace.
+    kube.patch("v1/namespaces", namespace, {"metadata": {"labels": {STORE_LABEL: "main"}}})
+    by_namespace = _admit_pod(operator.webhook_port, ca_pem, namespace, None)
+    assert "runlog-relay" in base64.b64decode(by_namespace["patch"]).decode()
+    # A store naming a Secret its author may not read: the webhook asks the authorizer.
+    spec = {"endpoint": s3.endpoint, "credentialsSecretRef": {"name": "creds"}}
+    review = _store_review(namespace, spec, "system:serviceaccount:team-a:deployer")
+    refused = _post_review(operator.webhook_port, ca_pem, "/validate-runlogstores", review)
+    assert refused["allowed"] is False and refused["status"]["code"] == 403
 
     kube.delete(RLS, "main", namespace)
     kube.wait_gone("v1/configmaps", "runlog-relay-main", namespace)  # the GC's, not ours

@@ -27,7 +27,7 @@ from runlog_relay.config.crd import crd_manifest
 from runlog_relay.config.settings import load_sidecar_settings
 from runlog_relay.operator.runner import Operator, build_operator
 from runlog_relay.operator.settings import OperatorSettings
-from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness
+from tests.integration.kube import KubeHarness
 from tests.integration.kube.kopf_runner import KopfRunner, RunningOperator
 from tests.support.s3server import AuthS3
 
@@ -57,12 +57,6 @@ def bucket(s3: AuthS3) -> str:
 
 
 # --------------------------------------------------------------------------- Kubernetes
-
-
-@pytest.fixture()
-def kube_resources() -> list[Any]:
-    # The RunLogStore kind comes from installing the generated CRD, as in a real cluster.
-    return [spec for spec in DEFAULT_RESOURCES if spec != RUNLOGSTORE]
 
 
 @dataclass

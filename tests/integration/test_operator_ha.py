@@ -24,7 +24,7 @@ import yaml
 from cryptography import x509
 
 from runlog_relay.config.crd import crd_manifest
-from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness, wait_for
+from tests.integration.kube import KubeHarness, wait_for
 from tests.integration.kube.processes import OperatorProcess, settled_leader
 from tests.support.admission import AdmissionClient, ReviewAnswer, pod_review
 
@@ -49,11 +49,6 @@ SAME_ARGS = [
     "--recheck-interval=600",
 ]
 FAILOVER_LIMIT = 60.0
-
-
-@pytest.fixture()
-def kube_resources() -> list[Any]:
-    return [spec for spec in DEFAULT_RESOURCES if spec != RUNLOGSTORE]
 
 
 def webhook_configuration(kind: str) -> dict[str, Any]:

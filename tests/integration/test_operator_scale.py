@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from runlog_relay.config.crd import crd_manifest
-from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness, wait_for
+from tests.integration.kube import KubeHarness, wait_for
 from tests.integration.kube.processes import OperatorProcess, operator_requests
 
 pytest_plugins = ["tests.integration.kube.fixtures"]
@@ -32,11 +32,6 @@ SETTLE = 2.0
 #: Allowed growth of the peak RSS with the Secrets: the Python heap's noise. The old
 #: operator, which watched Secrets, grew by more than the Secrets' size (40 MB here).
 MARGIN_KIB = 15 * 1024
-
-
-@pytest.fixture()
-def kube_resources() -> list[Any]:
-    return [spec for spec in DEFAULT_RESOURCES if spec != RUNLOGSTORE]
 
 
 def store(kube: KubeHarness, name: str) -> None:

@@ -26,6 +26,7 @@ from runlog_relay.errors import NotFoundError, PermanentError, RetryableError
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator import reconcile as rc
 from runlog_relay.operator.controller import StoreController
+from runlog_relay.operator.policy import EndpointPolicy
 from runlog_relay.operator.settings import ReconcileSettings
 
 NS = "team"
@@ -493,6 +494,24 @@ def test_recheck_loop_survives_a_failing_round(world: World) -> None:
 
     asyncio.run(asyncio.wait_for(scenario(), 5))
     assert len(rounds) >= 3  # the first round's failure did not end the loop
+
+
+def test_an_endpoint_outside_the_allow_list_is_never_connected_to(world: World) -> None:
+    controller = StoreController(
+        world.api,
+        OperatorMetrics(CollectorRegistry()),
+        bucket_check=world.bucket,
+        policy=EndpointPolicy.from_patterns(["https://*.amazonaws.com"]),
+    )
+    world.api.objects[SECRET_PATH] = SECRET_BODY
+    world.put_store(CREDS_SPEC)  # http://s3.local:9000
+    result = asyncio.run(controller.reconcile(copy.deepcopy(world.api.objects[STORE_PATH])))
+    assert result.spec_error is not None  # permanent: no retry until the spec changes
+    ready = world.conditions()["Ready"]
+    assert ready["status"] == "False" and ready["reason"] == "EndpointNotAllowed"
+    assert "allow-list" in ready["message"]
+    assert world.bucket.calls == []  # not a single request to it
+    assert not [path for _, path in world.api.reads if "/secrets/" in path]  # nor a Secret read
 
 
 # --------------------------------------------------------------------------- credentials

@@ -173,8 +173,9 @@ def test_configmap_step_conflict_and_errors() -> None:
     assert transient.retryable and transient.reason == "ConfigMapWriteFailed"
     forbidden = rc.configmap_step(name="cm", error=PermanentError("403 Forbidden"))
     assert not forbidden.retryable and "403 Forbidden" in forbidden.message
-    long = rc.configmap_step(name="x" * 254, error=None)
-    assert long.reason == "NameTooLong"
+    long = rc.configmap_step(name="cm", error=None, name_too_long=True)
+    assert long.reason == "NameTooLong" and "63" in long.message
+    assert rc.too_long("x" * 64) and not rc.too_long("x" * 63)
 
 
 # --------------------------------------------------------------------------- secrets

@@ -25,7 +25,7 @@ import yaml
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from runlog_relay.config.models import StoreSpec
+from runlog_relay.config.models import MAX_STORE_NAME, StoreSpec
 
 __all__ = [
     "API_VERSION",
@@ -42,6 +42,7 @@ __all__ = [
     "crd_yaml",
     "spec_schema",
     "structural_schema",
+    "unbounded_strings",
 ]
 
 GROUP = "runlog-relay.dev"
@@ -125,6 +126,7 @@ _ALLOWED_KEYS = frozenset(
         "minItems",
         "maxItems",
         "uniqueItems",
+        "maxProperties",
         "nullable",
     }
 )
@@ -227,12 +229,30 @@ def structural_schema(schema: dict[str, Any]) -> dict[str, Any]:
 def _status_schema() -> dict[str, Any]:
     condition = {
         "type": "object",
+        "description": "One observation: Ready, or one step of the reconcile.",
         "required": ["type", "status"],
         "properties": {
-            "type": {"type": "string", "description": "Ready, or the step this reports on."},
-            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-            "reason": {"type": "string", "description": "CamelCase reason, for machines."},
-            "message": {"type": "string", "description": "What happened, for people."},
+            "type": {
+                "type": "string",
+                "description": "Ready, or the step this reports on (SpecValid, ConfigRendered,"
+                " SecretsAvailable, Connected, BucketReady).",
+                "maxLength": 316,
+            },
+            "status": {
+                "type": "string",
+                "description": "True, False, or Unknown when an earlier step failed.",
+                "enum": ["True", "False", "Unknown"],
+            },
+            "reason": {
+                "type": "string",
+                "description": "CamelCase reason, for machines.",
+                "maxLength": 1024,
+            },
+            "message": {
+                "type": "string",
+                "description": "What happened, for people.",
+                "maxLength": 32768,
+            },
             "lastTransitionTime": {
                 "type": "string",
                 "format": "date-time",
@@ -259,6 +279,7 @@ def _status_schema() -> dict[str, Any]:
             "configMapName": {
                 "type": "string",
                 "description": "The ConfigMap holding the sidecar's config.yaml for this store.",
+                "maxLength": 253,
             },
             "conditions": {
                 "type": "array",
@@ -270,6 +291,21 @@ def _status_schema() -> dict[str, Any]:
             },
         },
     }
+
+
+def unbounded_strings(node: dict[str, Any], path: str = "") -> list[str]:
+    """Paths of string fields without ``maxLength`` (an enum or a format bounds one too):
+    the API server's CEL cost estimates and etcd's object size need every string bounded."""
+    found = []
+    if node.get("type") == "string" and not (
+        "maxLength" in node or "enum" in node or "format" in node
+    ):
+        found.append(path or ".")
+    for name, child in (node.get("properties") or {}).items():
+        found += unbounded_strings(child, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        found += unbounded_strings(node["items"], f"{path}[]")
+    return found
 
 
 def crd_manifest() -> dict[str, Any]:
@@ -289,6 +325,10 @@ def crd_manifest() -> dict[str, Any]:
         {"rule": _SSE_KMS_FIELDS, "message": "sse: kmsKeyId and kmsContext need mode kms"},
         {"rule": _SSE_C_NEEDS_HTTPS, "message": "sse mode c needs an https:// endpoint"},
     ]
+    status = _status_schema()
+    unbounded = unbounded_strings(spec, ".spec") + unbounded_strings(status, ".status")
+    if unbounded:
+        raise ValueError(f"string fields without maxLength: {unbounded}")
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -341,8 +381,16 @@ def crd_manifest() -> dict[str, Any]:
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
                                 "spec": spec,
-                                "status": _status_schema(),
+                                "status": status,
                             },
+                            # The name is a label value: pods name their store in one.
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": f"self.metadata.name.size() <= {MAX_STORE_NAME}",
+                                    "message": f"a RunLogStore name is at most {MAX_STORE_NAME}"
+                                    " characters: pods name their store in a label",
+                                }
+                            ],
                         }
                     },
                 }

@@ -11,6 +11,7 @@ description ends up in the CRD, so write them for users.
 from __future__ import annotations
 
 import enum
+import posixpath
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
@@ -24,6 +25,10 @@ __all__ = [
     "DEFAULT_BUCKET",
     "DEFAULT_ENDPOINT",
     "DEFAULT_LOG_FOLDER",
+    "MAX_STORE_NAME",
+    "RESERVED_FOLDERS",
+    "SIDECAR_CONFIG_DIR",
+    "SIDECAR_SECRETS_DIR",
     "BucketParts",
     "BucketRef",
     "CredentialsSecretRef",
@@ -48,6 +53,21 @@ DEFAULT_ENDPOINT = "http://localhost:9002"
 DEFAULT_BUCKET = "runnable/run-logs"
 #: Where runnable's Argo and k8s-job executors write run logs inside their containers.
 DEFAULT_LOG_FOLDER = "/tmp/run_logs"  # noqa: S108 - runnable's path, not a temp file of ours
+#: Where the injected sidecar finds its config and the store's Secrets (the operator's
+#: webhook mounts them there), and what the kubelet mounts into every container: a log
+#: folder there, or above the system folders, would collide and the pod be rejected.
+SIDECAR_CONFIG_DIR = "/etc/runlog-relay"
+SIDECAR_SECRETS_DIR = "/var/run/secrets/runlog-relay"
+RESERVED_FOLDERS = (
+    SIDECAR_CONFIG_DIR,
+    "/var/run/secrets",  # ours, and the service account token the kubelet mounts
+    "/run/secrets",
+    "/proc",
+    "/sys",
+    "/dev",
+)
+#: The longest RunLogStore name: it is a label value (the pods' and the ConfigMap's).
+MAX_STORE_NAME = 63
 
 # S3 bucket naming rules (lower case, 3-63, no "..", no IP-looking names are left to the
 # server); a prefix is any run of safe path segments.
@@ -80,6 +100,22 @@ def _check_bucket(value: str) -> str:
     return value
 
 
+def _check_log_folder(value: str) -> str:
+    """An absolute, plain path (no ``..``), not ``/`` and not inside (or equal to) a
+    folder the injected sidecar or the kubelet mounts; normalised (no trailing ``/``)."""
+    if ".." in value.split("/"):
+        raise ValueError("logFolder may not contain '..'")
+    folder = posixpath.normpath(value)
+    if folder == "/":
+        raise ValueError("logFolder may not be '/': the volume would hide the image")
+    for reserved in RESERVED_FOLDERS:
+        if folder == reserved or folder.startswith(reserved + "/"):
+            raise ValueError(
+                f"logFolder {folder} is in {reserved}, which the sidecar or the kubelet mounts"
+            )
+    return folder
+
+
 def validate_endpoint(value: str) -> str:
     """An ``http(s)://host[:port]`` URL without a path, as minio's client needs it."""
     if "@" in value:
@@ -101,6 +137,7 @@ BucketRef = Annotated[
     AfterValidator(_check_bucket),
     Field(
         pattern=BUCKET_PATTERN,
+        max_length=1024,  # an S3 key, prefix included, is at most 1024 bytes
         description=(
             "runnable's `bucket[/prefix]`: the S3 bucket, optionally followed by a key prefix"
             " under which runs are stored (runnable's default `runnable/run-logs`)."
@@ -112,6 +149,7 @@ Endpoint = Annotated[
     AfterValidator(validate_endpoint),
     Field(
         pattern=ENDPOINT_PATTERN,
+        max_length=2048,
         description="S3/MinIO endpoint URL, `http(s)://host[:port]` (runnable's default"
         " `http://localhost:9002`).",
     ),
@@ -212,9 +250,11 @@ class SSESpec(WireModel):
     mode: SSEMode
     """`s3` (S3-managed keys, SSE-S3), `kms` (a KMS key, SSE-KMS) or `c` (your own key,
     SSE-C: sent with every request, so it needs an https endpoint)."""
-    kms_key_id: str | None = Field(default=None, pattern=KMS_KEY_PATTERN)
+    kms_key_id: str | None = Field(default=None, pattern=KMS_KEY_PATTERN, max_length=2048)
     """KMS key id, alias or ARN for `kms`; unset: the bucket's default (aws/s3) key."""
-    kms_context: dict[str, str] | None = None
+    kms_context: dict[str, Annotated[str, Field(max_length=1024)]] | None = Field(
+        default=None, max_length=16
+    )
     """Encryption context for `kms` (string pairs), bound to every object's data key."""
     customer_key_secret_ref: SecretKeyRef | None = None
     """For `c`: the key in a Secret of this namespace, 32 bytes raw or base64-encoded."""
@@ -295,7 +335,7 @@ class StoreSpec(BucketParts, WireModel):
     """S3/MinIO endpoint URL, `http(s)://host[:port]`."""
     bucket: BucketRef = DEFAULT_BUCKET
     """runnable's `bucket[/prefix]` form, as in the run log store config of runnable."""
-    region: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,64}$")
+    region: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,64}$", max_length=64)
     """S3 region; leave unset for MinIO."""
     tls: TLSSpec = TLSSpec()
     """TLS options for https endpoints."""
@@ -308,13 +348,17 @@ class StoreSpec(BucketParts, WireModel):
     other, not both."""
     sse: SSESpec | None = None
     """Server-side encryption of the objects written; unset: the bucket's default."""
-    storage_class: str | None = Field(default=None, pattern=STORAGE_CLASS_PATTERN)
+    storage_class: str | None = Field(default=None, pattern=STORAGE_CLASS_PATTERN, max_length=64)
     """S3 storage class of the objects written (e.g. `STANDARD_IA`, `INTELLIGENT_TIERING`);
     unset: the bucket's default (`STANDARD`)."""
     layout: Layout = Layout.CHUNKED
     """`chunked` (runnable chunked-fs → chunked-minio) or `single` (file-system → minio)."""
-    log_folder: str = Field(default=DEFAULT_LOG_FOLDER, pattern=r"^/[^\n]*$")
-    """Absolute path where runnable writes run logs inside the pods."""
+    log_folder: Annotated[str, AfterValidator(_check_log_folder)] = Field(
+        default=DEFAULT_LOG_FOLDER, pattern=r"^/[^\n]*$", max_length=1024
+    )
+    """Absolute path where runnable writes run logs inside the pods. Not `/`, and not in
+    a folder the sidecar or the kubelet mounts (`/etc/runlog-relay`, `/var/run/secrets`,
+    `/proc`, `/sys`, `/dev`)."""
     create_bucket: bool = False
     """Create the bucket when it does not exist."""
     sync: SyncSpec = SyncSpec()

@@ -42,6 +42,7 @@ FLAGS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("liveness_port",): ("--liveness-port",),
     ("log_level",): ("--log-level",),
     ("log_format",): ("--log-format",),
+    ("allowed_endpoints",): ("--allowed-endpoint",),
     ("list_chunk_size",): ("--list-chunk-size",),
     ("instance",): ("--instance",),
     ("reconcile", "recheck_interval"): ("--recheck-interval",),
@@ -71,6 +72,13 @@ FLAGS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("injection", "resources"): ("--sidecar-resources",),
     ("injection", "inject_when_not_ready"): ("--inject-when-not-ready",),
     ("injection", "scrape_annotations"): ("--scrape-annotations",),
+    ("injection", "native_sidecar"): ("--native-sidecar",),
+    ("injection", "allowed_images"): ("--allowed-sidecar-image",),
+    ("injection", "image_pull_secrets"): ("--sidecar-image-pull-secret",),
+    ("injection", "logs_volume_size_limit"): ("--logs-volume-size-limit",),
+    ("injection", "host_network"): ("--inject-host-network",),
+    ("injection", "openshift"): ("--openshift",),
+    ("injection", "cluster_check_interval"): ("--cluster-check-interval",),
 }
 
 GROUPS = {
@@ -96,7 +104,14 @@ def _dest(path: tuple[str, ...]) -> str:
 _JSON_KINDS: dict[tuple[str, ...], str] = {
     ("injection", "resources"): "ResourceRequirements JSON object"
 }
-_METAVARS = {("namespaces",): "NS", ("peering", "name"): "NAME"}
+_METAVARS = {
+    ("namespaces",): "NS",
+    ("peering", "name"): "NAME",
+    ("allowed_endpoints",): "URL",
+    ("injection", "allowed_images"): "GLOB",
+    ("injection", "image_pull_secrets"): "SECRET",
+    ("injection", "logs_volume_size_limit"): "QUANTITY",
+}
 
 
 def _metavar(path: tuple[str, ...]) -> str:

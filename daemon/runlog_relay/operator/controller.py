@@ -46,6 +46,7 @@ from runlog_relay.objectstore import ObjectStore
 from runlog_relay.operator import reconcile as rc
 from runlog_relay.operator.kubeapi import configmap_path, event_path, secret_path, store_path
 from runlog_relay.operator.leadership import Gate, always
+from runlog_relay.operator.policy import EndpointPolicy
 from runlog_relay.operator.settings import ReconcileSettings
 
 __all__ = [
@@ -133,6 +134,7 @@ class StoreController:
         options: ReconcileSettings | None = None,
         instance: str = "runlog-relay-operator",
         gate: Gate = always,
+        policy: EndpointPolicy | None = None,
         clock: Callable[[], datetime] = _utcnow,
         identity: CredentialPlan | None = None,
     ) -> None:
@@ -149,6 +151,7 @@ class StoreController:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._states: dict[tuple[str, str], _State] = {}
         self._gate = gate
+        self._policy = policy or EndpointPolicy()
         self._retries: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------------ triggers
@@ -307,6 +310,12 @@ class StoreController:
             spec_error = exc
             steps = rc.spec_steps(exc)
         else:
+            # Outside the allow-list: not a connection, not a Secret read (see policy).
+            denial = self._policy.denial(spec.endpoint)
+            if denial is not None:
+                spec_error = rc.SpecError(denial)
+                steps = rc.spec_steps(spec_error, "EndpointNotAllowed")
+        if spec_error is None:
             steps = rc.spec_steps(None)
             steps.append(await self._apply_configmap(spec, namespace, name, uid))
             secrets = await self._resolve_secrets(spec, namespace)
@@ -406,8 +415,8 @@ class StoreController:
         self, spec: StoreSpec, namespace: str, name: str, uid: str | None
     ) -> rc.Step:
         cm_name = rc.configmap_name(name)
-        if len(cm_name) > 253:
-            return rc.configmap_step(name=cm_name, error=None)
+        if rc.too_long(name):
+            return rc.configmap_step(name=cm_name, error=None, name_too_long=True)
         desired = rc.configmap_manifest(spec, namespace=namespace, store=name, uid=uid)
         path = configmap_path(namespace, cm_name)
         try:

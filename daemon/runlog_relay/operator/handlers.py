@@ -21,7 +21,8 @@ Triggers → controller:
 
 With webhooks on (an :class:`~.admission.Admission` and a webhook server given), also:
 
-- Pod CREATE, labelled ``runlog-relay.dev/store`` → ``mutate-pods``: served by kopf's
+- Pod CREATE of a pod that opted in (label or annotation ``runlog-relay.dev/store``, or
+  that label on its namespace) → ``mutate-pods``: served by kopf's
   webhook server at ``/mutate-pods`` (kopf routes ``/<handler id>``); the stores come from
   the ``stores_by_name`` index. Never raises: any failure lets the pod through.
 - RunLogStore CREATE/UPDATE → ``validate-runlogstores`` at ``/validate-runlogstores``:
@@ -202,7 +203,8 @@ def register_handlers(
         registry=registry,
         id=MUTATE_PODS,
         operations=["CREATE"],
-        labels={wh.STORE_LABEL: kopf.PRESENT},
+        # No label filter: pods opt in by label, by annotation or by their namespace's
+        # label; the webhook configurations' matchConditions send only those.
         side_effects=True,  # Events, skipped on dry runs
         ignore_failures=True,
     )
@@ -245,7 +247,8 @@ def register_handlers(
             operation=str(kwargs.get("operation") or ""),
             namespace=str(namespace or ""),
             name=str(name or ""),
+            user=kwargs.get("userinfo"),
         )
         warnings.extend(notes)
         if denial is not None:
-            raise kopf.AdmissionError(denial, code=422)
+            raise kopf.AdmissionError(denial.message, code=denial.code)

@@ -185,6 +185,33 @@ RULES: tuple[Rule, ...] = (
         when=("peering", "clusterwide"),
     ),
     Rule(
+        ("",),
+        ("namespaces",),
+        ("get",),
+        "the pod webhook reads a namespace's runlog-relay.dev/store label, its default store,"
+        " for pods that do not name one themselves",
+        scope=Scope.CLUSTER,
+        when=("webhook",),
+    ),
+    Rule(
+        ("",),
+        ("nodes",),
+        ("list",),
+        "native_sidecar auto: the webhook injects native sidecars only where every node's"
+        " kubelet runs them (1.29+); nodeInfo.kubeletVersion, in pages, every few minutes",
+        scope=Scope.CLUSTER,
+        when=("webhook",),
+    ),
+    Rule(
+        ("authorization.k8s.io",),
+        ("subjectaccessreviews",),
+        ("create",),
+        "the validating webhook asks whether the author of a RunLogStore may read the"
+        " Secrets it names (a store sends their keys to its endpoint)",
+        scope=Scope.CLUSTER,
+        when=("webhook",),
+    ),
+    Rule(
         ("admissionregistration.k8s.io",),
         ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"),
         ("get", "patch"),

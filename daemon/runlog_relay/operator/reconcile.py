@@ -35,7 +35,12 @@ from pydantic import ValidationError
 
 from runlog_relay.config.crd import API_VERSION, KIND
 from runlog_relay.config.credentials import CredentialPlan, CredentialSource, StaticKeys
-from runlog_relay.config.models import StoreSpec
+from runlog_relay.config.models import (
+    MAX_STORE_NAME,
+    SIDECAR_CONFIG_DIR,
+    SIDECAR_SECRETS_DIR,
+    StoreSpec,
+)
 from runlog_relay.config.settings import DEFAULT_MINIO_CREDENTIAL
 from runlog_relay.errors import PermanentError, RelayError, RetryableError
 
@@ -80,6 +85,7 @@ __all__ = [
     "render_sidecar_config",
     "resolve_secrets",
     "secret_key_uses",
+    "too_long",
     "transition_event",
     "unknown_after",
 ]
@@ -95,22 +101,21 @@ CONDITION_TYPES = (SPEC_VALID, CONFIG_RENDERED, SECRETS_AVAILABLE, CONNECTED, BU
 
 #: Where the injected sidecar finds its files. The webhook mounts the ConfigMap and the
 #: Secrets at these paths (see :func:`pod_volumes`); the ConfigMap names them.
-CONFIG_DIR = "/etc/runlog-relay"
+CONFIG_DIR = SIDECAR_CONFIG_DIR
 CONFIG_KEY = "config.yaml"
 CONFIG_FILE = f"{CONFIG_DIR}/{CONFIG_KEY}"
-CREDENTIALS_DIR = "/var/run/secrets/runlog-relay/credentials"
+CREDENTIALS_DIR = f"{SIDECAR_SECRETS_DIR}/credentials"
 ACCESS_KEY_ID_FILE = f"{CREDENTIALS_DIR}/access-key-id"
 SECRET_ACCESS_KEY_FILE = f"{CREDENTIALS_DIR}/secret-access-key"
 SESSION_TOKEN_FILE = f"{CREDENTIALS_DIR}/session-token"
-CA_DIR = "/var/run/secrets/runlog-relay/ca"
+CA_DIR = f"{SIDECAR_SECRETS_DIR}/ca"
 CA_FILE = f"{CA_DIR}/ca.crt"
-SSE_C_DIR = "/var/run/secrets/runlog-relay/sse-c"
+SSE_C_DIR = f"{SIDECAR_SECRETS_DIR}/sse-c"
 SSE_C_KEY_FILE = f"{SSE_C_DIR}/key"
 
 MANAGED_BY = "runlog-relay-operator"
 STORE_LABEL = "runlog-relay.dev/store"
 _CONFIGMAP_PREFIX = "runlog-relay-"
-_MAX_NAME = 253
 
 
 class ConditionStatus(enum.StrEnum):
@@ -190,6 +195,11 @@ def referenced_secret_names(raw_spec: Mapping[str, Any] | None) -> set[str]:
 
 def configmap_name(store: str) -> str:
     return f"{_CONFIGMAP_PREFIX}{store}"
+
+
+def too_long(store: str) -> bool:
+    """A store name is a label value (the pods' opt-in, the ConfigMap's store label)."""
+    return len(store) > MAX_STORE_NAME
 
 
 def sidecar_config(spec: StoreSpec) -> dict[str, Any]:
@@ -298,7 +308,9 @@ def configmap_needs_update(existing: Mapping[str, Any], desired: Mapping[str, An
     )
 
 
-def configmap_step(*, name: str, error: RelayError | None, conflict: bool = False) -> Step:
+def configmap_step(
+    *, name: str, error: RelayError | None, conflict: bool = False, name_too_long: bool = False
+) -> Step:
     if conflict:
         return Step(
             CONFIG_RENDERED,
@@ -307,13 +319,13 @@ def configmap_step(*, name: str, error: RelayError | None, conflict: bool = Fals
             f"ConfigMap {name!r} exists and is not owned by this RunLogStore; delete or rename"
             " it so the operator can manage it",
         )
-    if len(name) > _MAX_NAME:
+    if name_too_long:
         return Step(
             CONFIG_RENDERED,
             ConditionStatus.FALSE,
             "NameTooLong",
-            f"the store name is too long for its ConfigMap name (at most"
-            f" {_MAX_NAME - len(_CONFIGMAP_PREFIX)} characters)",
+            f"the store name is longer than {MAX_STORE_NAME} characters: pods name it in a"
+            " label, and its ConfigMap carries it in one, which cannot hold more",
         )
     if error is not None:
         return Step(
@@ -637,11 +649,12 @@ def unknown_after(step_type: str, failed: str) -> Step:
     return Step(step_type, ConditionStatus.UNKNOWN, "NotChecked", f"waiting for {failed}")
 
 
-def spec_steps(error: SpecError | None) -> list[Step]:
-    """Steps for a spec that failed validation: nothing else can run."""
+def spec_steps(error: SpecError | None, reason: str = "InvalidSpec") -> list[Step]:
+    """Steps for a spec that failed validation (or the operator's policy, ``reason``):
+    nothing else can run."""
     if error is None:
         return [Step(SPEC_VALID, ConditionStatus.TRUE, "Valid", "spec is valid")]
-    steps = [Step(SPEC_VALID, ConditionStatus.FALSE, "InvalidSpec", str(error))]
+    steps = [Step(SPEC_VALID, ConditionStatus.FALSE, reason, str(error))]
     steps.append(
         Step(
             CONFIG_RENDERED,

@@ -25,10 +25,12 @@ from runlog_relay.config.settings import ambient_identity
 from runlog_relay.errors import ConfigError
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator.admission import Admission
+from runlog_relay.operator.cluster import ClusterVersions
 from runlog_relay.operator.controller import BucketCheck, StoreController, check_bucket
 from runlog_relay.operator.handlers import HandlerOptions, register_handlers
 from runlog_relay.operator.kubeapi import KubeApi, Login, default_login
 from runlog_relay.operator.leadership import Leadership
+from runlog_relay.operator.policy import EndpointPolicy
 from runlog_relay.operator.settings import OperatorSettings
 from runlog_relay.operator.webhook_tls import (
     CaBundleKeeper,
@@ -124,6 +126,7 @@ def build_operator(
         if own_identity
         else "left to the sidecars (the operator has no AWS identity of its own)",
     )
+    policy = EndpointPolicy.from_patterns(options.allowed_endpoints)
     controller = StoreController(
         api,
         metrics,
@@ -132,12 +135,15 @@ def build_operator(
         instance=options.instance,
         gate=leadership.gate,
         identity=own_identity,
+        policy=policy,
     )
     background: list[Callable[[], Coroutine[Any, Any, None]]] = [leadership.run]
     admission = webhook_server = ca_keeper = None
     certificates: SharedCertificate | CertificateFiles | None = None
     webhook = options.webhook
     if webhook.port:
+        cluster = ClusterVersions(api, interval=options.injection.cluster_check_interval)
+        background.append(cluster.run)
         admission = Admission(
             api,
             metrics,
@@ -145,6 +151,8 @@ def build_operator(
             instance=options.instance,
             lookup_timeout=webhook.lookup_budget,
             fresh=leadership.fresh,
+            policy=policy,
+            cluster=cluster,
         )
         namespace = webhook.service_namespace or "runlog-relay"
         if webhook.self_signed:
@@ -175,6 +183,7 @@ def build_operator(
             webhook,
             certificates,
             on_material=lambda m: metrics.webhook_certificate_expiry.set(m.not_after.timestamp()),
+            ready=[cluster.looked],
         )
     if recheck:
         background.append(controller.recheck_forever)

@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from runlog_relay import __version__
 from runlog_relay.config.settings import LogFormat
+from runlog_relay.operator.policy import EndpointPolicy
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -101,6 +102,16 @@ def _split_list(value: Any) -> Any:
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Resources = Annotated[dict[str, dict[str, str]], BeforeValidator(validate_resources)]
+
+
+def _quantity(value: Any) -> str:
+    text = str(value)
+    if not _QUANTITY.match(text):
+        raise ValueError(f"not a Kubernetes quantity: {text!r}")
+    return text
+
+
+Quantity = Annotated[str, BeforeValidator(_quantity)]
 
 
 class _Group(BaseModel):
@@ -225,6 +236,29 @@ class InjectionSettings(_Group):
     """Inject into pods of a store that is not Ready yet; the sidecar uploads once it is."""
     scrape_annotations: bool = False
     """Add prometheus.io/scrape, port and path to injected pods that have none."""
+    native_sidecar: NativeSidecar = NativeSidecar.AUTO
+    """auto: a native sidecar (an init container with restartPolicy Always, 1.29+) where
+    the API server and every node's kubelet support it, else a classic container that
+    exits once its pod's runs are sealed; always; never. A pod's
+    runlog-relay.dev/sidecar-mode annotation wins."""
+    allowed_images: CommaList = Field(default_factory=list)
+    """Images a pod may ask for with the runlog-relay.dev/sidecar-image annotation (globs);
+    empty: any tag or digest of the configured image's repository."""
+    image_pull_secrets: CommaList = Field(default_factory=list)
+    """Secrets to pull the sidecar image with, added to injected pods' imagePullSecrets
+    (they must exist in each pod's namespace)."""
+    logs_volume_size_limit: Quantity = "1Gi"
+    """sizeLimit of the emptyDir the webhook adds when no volume of the pod holds the log
+    folder."""
+    host_network: bool = False
+    """Inject into hostNetwork pods too (their sidecar's port is on the node); a pod's
+    runlog-relay.dev/host-network: inject annotation asks for it alone."""
+    openshift: bool = False
+    """OpenShift: fix no user or group in the sidecar's securityContext (the namespace's
+    SCC assigns them); the writer's own are still shared."""
+    cluster_check_interval: float = Field(default=300.0, gt=0)
+    """Seconds between reads of the API server's and the nodes' versions (what
+    native_sidecar auto decides from)."""
 
 
 def _own_instance() -> str:
@@ -257,6 +291,11 @@ class OperatorSettings(BaseSettings):
     """Log level."""
     log_format: LogFormat = LogFormat.PLAIN
     """plain for people, json for log pipelines."""
+    allowed_endpoints: CommaList = Field(default_factory=list)
+    """Endpoints stores may use, as scheme://host[:port] ('*.example.com' for any name
+    under it; no port: the scheme's default; ':*' any port). Empty allows every endpoint.
+    Stores elsewhere are refused by the validating webhook, never connected to by the
+    operator, and get no sidecar."""
     list_chunk_size: int = Field(default=500, ge=1, le=10000)
     """Objects per page when the operator lists a resource (limit/continue), so a big
     first listing never arrives as one response held in memory."""
@@ -271,6 +310,12 @@ class OperatorSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("allowed_endpoints")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        EndpointPolicy.from_patterns(value)  # a clear error naming the bad pattern
+        return value
 
     @model_validator(mode="after")
     def _peering_needs_named_namespaces(self) -> OperatorSettings:

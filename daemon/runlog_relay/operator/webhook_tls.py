@@ -594,10 +594,14 @@ class RelayWebhookServer(kopf.WebhookServer):
         port: int,
         host: str,
         on_material: Callable[[TlsMaterial], None] | None = None,
+        ready: Sequence[asyncio.Event] = (),
     ) -> None:
+        """``ready``: what must have happened before the first request is answered
+        (the first look at the cluster's versions)."""
         super().__init__(addr=addr, port=port, host=host)
         self._source = source
         self._on_material = on_material
+        self._ready = tuple(ready)
         self.url: str | None = None
         """The URL the server listens on, once it does (tests read the port here)."""
         self.serving: TlsMaterial | None = None
@@ -607,6 +611,8 @@ class RelayWebhookServer(kopf.WebhookServer):
             return await self._serve(fn, request)
 
         material = self._source.material or await self._source.changed(None)
+        for event in self._ready:
+            await event.wait()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         self._use(context, material)
@@ -647,6 +653,7 @@ def build_webhook_server(
     source: TlsSource,
     *,
     on_material: Callable[[TlsMaterial], None] | None = None,
+    ready: Sequence[asyncio.Event] = (),
 ) -> RelayWebhookServer:
     namespace = options.service_namespace or "runlog-relay"
     return RelayWebhookServer(
@@ -655,6 +662,7 @@ def build_webhook_server(
         port=options.port,
         host=f"{options.service_name}.{namespace}.svc",
         on_material=on_material,
+        ready=ready,
     )
 
 

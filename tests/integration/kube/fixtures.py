@@ -8,7 +8,9 @@ Use them from a test module (or a conftest) with::
 ``kube``: a fresh emulator per test, served over HTTP on 127.0.0.1 (random port),
 with a sync client (see :class:`~tests.integration.kube.harness.KubeHarness`).
 ``kopf_runner``: starts operators against ``kube``; stops them after the test.
-``kube_resources``: override it to serve other/extra resource kinds.
+``kube_resources``: the kinds a cluster serves before anything is installed (the
+RunLogStore kind comes from installing the generated CRD, as in a real cluster); override
+it to serve other or extra kinds (``DEFAULT_RESOURCES`` has RunLogStore pre-seeded).
 ``operator_processes``: starts ``runlog-relay operator`` processes logged into ``kube``;
 stops what is still running after the test.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from .emulator import DEFAULT_RESOURCES, ResourceSpec
+from .emulator import DEFAULT_RESOURCES, RUNLOGSTORE, ResourceSpec
 from .harness import KubeHarness
 from .kopf_runner import KopfRunner
 from .processes import OperatorProcess, stop_all
@@ -29,13 +31,14 @@ from .processes import OperatorProcess, stop_all
 
 @pytest.fixture()
 def kube_resources() -> Sequence[ResourceSpec]:
-    """The resource kinds the emulator serves. Override to add your own, e.g.::
+    """The resource kinds the emulator serves: the built-in ones, without RunLogStore (a
+    test installs the CRD). Override to add your own, e.g.::
 
     @pytest.fixture()
-    def kube_resources():
-        return [*DEFAULT_RESOURCES, ResourceSpec('example.com', 'v1', 'widgets', 'Widget')]
+    def kube_resources(kube_resources):
+        return [*kube_resources, ResourceSpec('example.com', 'v1', 'widgets', 'Widget')]
     """
-    return DEFAULT_RESOURCES
+    return [spec for spec in DEFAULT_RESOURCES if spec != RUNLOGSTORE]
 
 
 @pytest.fixture()
