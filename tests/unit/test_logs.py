@@ -149,6 +149,13 @@ def test_sdk_loggers_are_quiet_unless_debugging() -> None:
     logs.configure("INFO", "plain", stream=io.StringIO())
     assert logging.getLogger("urllib3").level == logging.ERROR
     assert logging.getLogger("watchfiles").level == logging.WARNING
+    logging.getLogger("watchfiles").setLevel(logging.NOTSET)
+    logs.configure("DEBUG", "plain", stream=io.StringIO())
+    assert logging.getLogger("watchfiles").level == logging.NOTSET
+
+
+def test_urllib3_stays_quiet_even_when_debugging() -> None:
+    """Its DEBUG lines are full request URLs: STS web identity calls carry the token."""
     logging.getLogger("urllib3").setLevel(logging.NOTSET)
     logs.configure("DEBUG", "plain", stream=io.StringIO())
-    assert logging.getLogger("urllib3").level == logging.NOTSET
+    assert logging.getLogger("urllib3").level == logging.ERROR

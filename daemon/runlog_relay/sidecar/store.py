@@ -5,7 +5,9 @@ object store (swapped atomically on reconfiguration) and reports back. Errors ar
 already translated by :mod:`runlog_relay.objectstore`:
 
 * ``RetryableError`` (5xx, timeouts, refused connections): back to the queue with
-  backoff; counted as ``retry``; the store stays ready (outages heal by themselves).
+  backoff; counted as ``retry``; the store stays ready (outages heal by themselves),
+  except for ``CredentialsError`` (temporary credentials could not be renewed): nothing
+  can be written until they are, so readiness is false meanwhile.
 * ``PermanentError`` (AccessDenied, NoSuchBucket, InvalidAccessKeyId): one clear log line
   per distinct problem, readiness false, and the version is retried slowly so the
   sidecar recovers by itself once the bucket or credentials are fixed. With
@@ -19,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from runlog_relay.errors import PermanentError, RelayError, RetryableError
+from runlog_relay.errors import CredentialsError, PermanentError, RelayError, RetryableError
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar.queue import UploadQueue
 from runlog_relay.sidecar.types import StorePort, UploadRequest
@@ -129,6 +131,8 @@ class UploadWorkers:
         try:
             self._store().put(request.key, request.body)
         except RetryableError as exc:
+            if isinstance(exc, CredentialsError):
+                self._health.broken(str(exc))
             self._metrics.uploads.labels(result="retry").inc()
             self._metrics.retries.inc()
             attempt = self._queue.attempts(request.key) + 1
