@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from runlog_relay import __version__
+from runlog_relay.exitcodes import missing_extra
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -31,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "diff": "runlog_relay.tools.diff",
 }
 
+#: command → the pyproject extra it needs beyond the base install.
+EXTRAS: dict[str, str] = {"operator": "operator", "demo": "demo"}
 
 #: one line per command for the top-level --help, without importing every command.
 SUMMARIES: dict[str, str] = {
@@ -66,10 +69,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             if (exc.name or "").startswith("runlog_relay"):
                 raise  # our own bug, not a missing optional dependency
             if only is not None:
-                raise SystemExit(
-                    f"runlog-relay {name}: a dependency is missing ({exc.name});"
-                    " install runlog-relay with the extra it needs, e.g. runlog-relay[operator]"
-                ) from None
+                raise SystemExit(missing_extra(name, exc.name, EXTRAS.get(name))) from None
             subparsers.add_parser(name, help=f"{SUMMARIES[name]} (unavailable: {exc.name})")
             continue
         module.register(subparsers, SUMMARIES[name])

@@ -17,7 +17,6 @@ import contextlib
 import io
 import logging
 import shutil
-import sys
 import tempfile
 import time
 import urllib.request
@@ -31,6 +30,7 @@ from runlog_relay import logs
 from runlog_relay.cliopts import open_store
 from runlog_relay.config.settings import SidecarSettings, load_sidecar_settings
 from runlog_relay.errors import RelayError
+from runlog_relay.exitcodes import ExitCode, epilog, missing_extra
 from runlog_relay.health import HealthServer
 from runlog_relay.layout import Layout
 from runlog_relay.metrics import SidecarMetrics
@@ -64,6 +64,7 @@ def register(subparsers: Any, summary: str) -> None:
         " server on 127.0.0.1, the sidecar, and a real runnable pipeline (parallel + map)."
         " Shows the mirrored objects, reads the run back with runnable's own S3 store and"
         " prints the metrics. Needs the demo extra: pip install 'runlog-relay[demo]'.",
+        epilog=epilog("demo"),
     )
     parser.add_argument(
         "--layout",
@@ -89,12 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
         from runlog_relay import runnable_compat
     except ImportError as exc:
-        print(
-            f"runlog-relay demo: needs the demo extra ({exc.name} is missing):"
-            " pip install 'runlog-relay[demo]'",
-            file=sys.stderr,
-        )
-        return 2
+        return missing_extra("demo", exc.name, "demo")
     logs.configure("INFO" if args.verbose else "WARNING")
     # moto's werkzeug server logs every request; the demo prints its own summary.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -134,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         pipeline.start()
         if not pipeline.wait_synced(30):
             _say(f"   the sidecar could not reach the bucket: {pipeline.store_health.problem}")
-            return 1
+            return ExitCode.NOT_DONE
         _say(f"2. Sidecar watching {folder} (metrics on http://127.0.0.1:{health.port}/metrics)")
         _say(
             f"3. Running a runnable pipeline (parallel + map, {layout.value} layout),"
@@ -177,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
             _say(f"   {line}")
         ok = report.complete and same and shown
         _say("Done: " + ("the bucket mirrors the run exactly." if ok else "problems above."))
-        return 0 if ok else 1
+        return ExitCode.OK if ok else ExitCode.NOT_DONE
     finally:
         server.stop()
         if args.keep:

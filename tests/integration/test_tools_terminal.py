@@ -411,6 +411,7 @@ def test_top_once_for_scripts_not_ready_torn_and_exit_codes(
     assert (row.state, row.store, row.pending, row.torn) == ("UP", "NOT READY", "3", "2")
     # Nothing was uploaded between the two scrapes: rates are zero, window lag empty.
     assert "0.0/s" in alive.stdout and "1/1 up" in alive.stdout
+    assert "Ctrl-C" not in alive.stdout  # one frame and done: nothing to quit
 
     with_dead = top(url, dead)
     assert with_dead.returncode == 3

@@ -151,3 +151,12 @@ def test_render_shows_one_row_per_sidecar() -> None:
                    "2.0", "KiB/s", "2"]  # fmt: skip
     down = next(line for line in text.splitlines() if "other" in line)
     assert "DOWN timed out" in " ".join(down.split())
+    assert "Ctrl-C quits" in text
+
+
+def test_the_single_frame_of_once_names_its_window_and_no_key_to_quit() -> None:
+    console = Console(file=io.StringIO(), width=200, record=True)
+    console.print(render([SidecarView(URL, up=False, error="refused")], interval=2, single=True))
+    text = console.export_text()
+    assert "0/1 up  over 2s" in text
+    assert "Ctrl-C" not in text

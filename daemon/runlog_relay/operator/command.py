@@ -24,6 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from runlog_relay import logs
+from runlog_relay.exitcodes import ExitCode, epilog, missing_extra
 from runlog_relay.operator.settings import OperatorSettings, env_name, iter_fields
 
 __all__ = ["FLAGS", "GROUPS", "register", "run", "settings_from_args"]
@@ -188,6 +189,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         description=f"{summary}. Uses in-cluster credentials, or KUBECONFIG /"
         " ~/.kube/config outside a cluster. Every option also reads an environment"
         " variable (named in its help); flags win over the environment.",
+        epilog=epilog("operator"),
     )
     groups: dict[str, Any] = {}
     scope = parser.add_mutually_exclusive_group()
@@ -244,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
     except ValueError as exc:
         print(f"runlog-relay operator: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     logs.configure(settings.log_level, settings.log_format)
     if settings.log_level != "DEBUG":
         # One line per kubelet probe of kopf's liveness endpoint is noise.
@@ -254,8 +256,5 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         if (exc.name or "").startswith("runlog_relay"):
             raise
-        raise SystemExit(
-            f"runlog-relay operator: a dependency is missing ({exc.name}); install"
-            " runlog-relay[operator]"
-        ) from None
+        return missing_extra("operator", exc.name, "operator")
     return run_operator(settings)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from runlog_relay.config.crd import CRD_FILE, crd_yaml
+from runlog_relay.exitcodes import ExitCode, epilog
 
 __all__ = ["register", "run"]
 
@@ -20,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         "crd",
         help=summary,
         description=f"{summary}. Install it with `runlog-relay crd | kubectl apply -f -`.",
+        epilog=epilog("crd"),
     )
     parser.add_argument(
         "--check",
@@ -38,14 +40,14 @@ def run(args: argparse.Namespace) -> int:
             committed = args.check.read_text(encoding="utf-8")
         except OSError as exc:
             print(f"runlog-relay crd: cannot read {args.check}: {exc.strerror}", file=sys.stderr)
-            return 1
+            return ExitCode.NOT_DONE
         if committed != text:
             print(
                 f"{args.check} is out of date; regenerate it with"
                 f" `runlog-relay crd > {args.check}`",
                 file=sys.stderr,
             )
-            return 1
-        return 0
+            return ExitCode.NOT_DONE
+        return ExitCode.OK
     sys.stdout.write(text)
-    return 0
+    return ExitCode.OK

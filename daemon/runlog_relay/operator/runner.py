@@ -13,6 +13,7 @@ import os
 import random
 import secrets
 import socket
+import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from runlog_relay.config.credentials import describe as describe_credentials
 from runlog_relay.config.settings import ambient_identity
 from runlog_relay.errors import ConfigError
+from runlog_relay.exitcodes import ExitCode
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator.admission import Admission
 from runlog_relay.operator.cluster import ClusterVersions
@@ -119,7 +121,8 @@ def build_operator(
     try:  # the operator pod's own AWS variables (IRSA / Pod Identity on its ServiceAccount)
         own_identity = ambient_identity()
     except ConfigError as exc:
-        raise SystemExit(f"runlog-relay operator: {exc}") from None
+        print(f"runlog-relay operator: {exc}", file=sys.stderr)
+        raise SystemExit(ExitCode.USAGE) from None
     log.info(
         "bucket checks of service-account stores: %s",
         describe_credentials(own_identity)

@@ -27,6 +27,7 @@ from runlog_relay.config.settings import (
     load_sidecar_settings,
 )
 from runlog_relay.errors import ConfigError
+from runlog_relay.exitcodes import ExitCode, epilog
 from runlog_relay.health import HealthServer
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar.pipeline import DrainReport, Pipeline
@@ -36,7 +37,7 @@ __all__ = ["register", "run"]
 
 log = logging.getLogger("runlog_relay.sidecar")
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = ExitCode.OK, ExitCode.NOT_DONE, ExitCode.USAGE
 
 #: option dest → SyncSpec field, for the tuning options.
 _SYNC_OPTIONS = {
@@ -94,8 +95,7 @@ def register(subparsers: Any, summary: str) -> None:
         " chunked-minio (or minio) store reads. Never deletes objects.",
         epilog="Every option can also be set as a RUNLOG_RELAY_* environment variable"
         " (nested ones with __, e.g. RUNLOG_RELAY_SYNC__DEBOUNCE_SECONDS) or as a key in the"
-        " --config YAML file. Exit codes: 0 mirror complete, 1 not complete (one line per"
-        " problem), 2 invalid settings.",
+        " --config YAML file. " + epilog("sidecar"),
     )
     parser.add_argument(
         "--source",

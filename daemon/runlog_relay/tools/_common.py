@@ -1,12 +1,13 @@
 """What the read-side tools share: exit codes, one-line errors, store access, output.
 
-Exit codes (the same for every tool; documented in the README, "Reading run logs from the bucket")::
+Exit codes (the same for every tool; :mod:`runlog_relay.exitcodes` has the table)::
 
     0  success / in sync
     1  differences found, or only part of the work done (a run missing, a file refused,
        a local file that cannot be written)
     2  usage or configuration error (bad option, bad config file, bucket does not exist)
     3  object store unreachable, not S3, TLS failure, or credentials rejected
+    130 interrupted
 
 Errors reach the user as one line on stderr, ``runlog-relay <command>: error: …``, in
 the same form argparse uses for usage errors; never a traceback, never a secret (the
@@ -52,6 +53,7 @@ from runlog_relay.errors import (
     RelayError,
     RetryableError,
 )
+from runlog_relay.exitcodes import ExitCode
 from runlog_relay.layout import JSON_SUFFIX, Layout
 from runlog_relay.objectstore import ObjectStore, RemoteObject
 
@@ -80,10 +82,10 @@ __all__ = [
     "stdout_console",
 ]
 
-EXIT_OK = 0
-EXIT_DIFFERENT = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
+EXIT_OK = ExitCode.OK
+EXIT_DIFFERENT = ExitCode.NOT_DONE
+EXIT_USAGE = ExitCode.USAGE
+EXIT_UNREACHABLE = ExitCode.UNREACHABLE
 
 _T = TypeVar("_T")
 
@@ -159,7 +161,7 @@ def guarded(command: str, handler: Callable[[argparse.Namespace], int]) -> Calla
             return error_exit_code(exc)
         except KeyboardInterrupt:
             print(f"runlog-relay {command}: interrupted", file=sys.stderr)
-            return 130
+            return ExitCode.INTERRUPTED
         except BrokenPipeError:
             # `runlog-relay runs | head`: the reader has seen enough. Point stdout at
             # /dev/null so the interpreter's final flush does not complain.

@@ -41,6 +41,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from runlog_relay.exitcodes import epilog
 from runlog_relay.tools._common import (
     EXIT_DIFFERENT,
     EXIT_OK,
@@ -263,9 +264,8 @@ def register(subparsers: Any, summary: str) -> None:
         description="Put two runs side by side, straight from the bucket: status,"
         " parameters, code identities, and every step's status and duration. Runs are"
         " equal when status, parameters, code identities and step statuses match"
-        " (durations are shown, never compared). Exit code 0: equal; 1: different; 2: usage"
-        " or config error, or a run that cannot be read (missing, torn, partial); 3: store"
-        " unreachable or credentials rejected.",
+        " (durations are shown, never compared).",
+        epilog=epilog("diff"),
     )
     parser.add_argument("run_a", metavar="A", help="the first run id")
     parser.add_argument("run_b", metavar="B", help="the second run id")

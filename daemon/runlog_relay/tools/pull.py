@@ -33,6 +33,7 @@ from typing import Any, Literal
 from rich.markup import escape
 
 from runlog_relay.cliopts import add_store_options
+from runlog_relay.exitcodes import epilog
 from runlog_relay.layout import Layout, UnsafeNameError, decode_body, encode_body, path_for
 from runlog_relay.objectstore import ObjectStore, RemoteObject
 from runlog_relay.tools._common import (
@@ -335,8 +336,8 @@ def register(subparsers: Any, summary: str) -> None:
         description="Download runs from the bucket into a runnable log folder (chunked-fs"
         " or file-system layout), byte for byte and atomically, so runnable can read,"
         " compare or resume them. Local files that differ are not overwritten without"
-        " --force. Exit code 0: everything pulled or already there; 1: a run missing or"
-        " refused; 2: usage or config error; 3: store unreachable or credentials rejected.",
+        " --force.",
+        epilog=epilog("pull"),
     )
     parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to pull")
     parser.add_argument(

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from runlog_relay.cliopts import add_store_options
 from runlog_relay.errors import NotFoundError
+from runlog_relay.exitcodes import epilog
 from runlog_relay.layout import JSON_SUFFIX, Layout, UnsafeNameError, decode_body, path_for
 from runlog_relay.objectstore import RemoteObject
 from runlog_relay.tools._common import (
@@ -273,8 +274,8 @@ def register(subparsers: Any, summary: str) -> None:
         help=summary,
         description="List the runs in the bucket, most recently written first: status,"
         " start and end time (from the steps' attempts, the executor's clock), duration,"
-        " number of chunks and their size in the bucket. Exit code 0: listed; 2: usage or"
-        " config error; 3: store unreachable or credentials rejected.",
+        " number of chunks and their size in the bucket.",
+        epilog=epilog("runs"),
     )
     parser.add_argument(
         "--limit", type=positive_int, metavar="N", help="show at most N runs (the newest)"

@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runlog_relay.cliopts import add_store_options
+from runlog_relay.exitcodes import epilog
 from runlog_relay.tools._common import (
     EXIT_OK,
     emit_json,
@@ -268,9 +269,8 @@ def register(subparsers: Any, summary: str) -> None:
         help=summary,
         description="Show one run straight from the bucket: status, parameters and code"
         " identities; a timeline of every step, the branches of parallel and map included,"
-        " with start, duration and status; and failures with their message and traceback."
-        " Exit code 0: shown; 1: no such run, or the run is torn, partial or not a runnable"
-        " run log; 2: usage or config error; 3: store unreachable or credentials rejected.",
+        " with start, duration and status; and failures with their message and traceback.",
+        epilog=epilog("show"),
     )
     parser.add_argument("run_id", metavar="RUN", help="the run id (`runlog-relay runs` lists them)")
     parser.add_argument(

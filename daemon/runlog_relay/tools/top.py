@@ -35,6 +35,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from runlog_relay.exitcodes import epilog
 from runlog_relay.tools._common import (
     EXIT_OK,
     EXIT_UNREACHABLE,
@@ -238,8 +239,15 @@ def _count(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def render(views: list[SidecarView], *, interval: float, now: datetime | None = None) -> Group:
-    """One frame: a title line and a table with a row per sidecar."""
+def render(
+    views: list[SidecarView],
+    *,
+    interval: float,
+    now: datetime | None = None,
+    single: bool = False,
+) -> Group:
+    """One frame: a title line and a table with a row per sidecar. ``single``: the only
+    frame (``--once``), which names no refresh period and no key to quit."""
     now = now or datetime.now()
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("SIDECAR", overflow="fold")
@@ -286,9 +294,10 @@ def render(views: list[SidecarView], *, interval: float, now: datetime | None = 
             torn,
         )
     up = sum(view.up for view in views)
+    cadence = f"over {interval:g}s" if single else f"every {interval:g}s"
+    quits = "" if single else "  [dim]Ctrl-C quits[/]"
     title = Text.from_markup(
-        f"[bold]runlog-relay top[/]  {up}/{len(views)} up  every {interval:g}s"
-        f"  {now:%H:%M:%S}  [dim]Ctrl-C quits[/]"
+        f"[bold]runlog-relay top[/]  {up}/{len(views)} up  {cadence}  {now:%H:%M:%S}{quits}"
     )
     notes = [
         "UPLOADS/ERRORS/RETRIES: uploads per second; WRITES: bytes written to the folder per"
@@ -340,7 +349,7 @@ def run_top(
             monitor.poll()
             stop.wait(interval)
             views = monitor.poll()
-            console.print(render(views, interval=interval))
+            console.print(render(views, interval=interval, single=True))
             return EXIT_OK if all(view.up for view in views) else EXIT_UNREACHABLE
         if not console.is_terminal:
             while not stop.is_set():
@@ -383,7 +392,8 @@ def register(subparsers: Any, summary: str) -> None:
         description="A live view of sidecars' metrics, refreshed in place: state, store"
         " readiness, pending files, sync lag p50/p95, uploads, errors and retries per"
         " second, write activity, torn files. Ctrl-C quits. With --once: print one frame"
-        " (two scrapes one interval apart) and exit 0 if every sidecar answered, 3 if not.",
+        " (two scrapes one interval apart) and exit.",
+        epilog=epilog("top"),
     )
     parser.add_argument(
         "--url",

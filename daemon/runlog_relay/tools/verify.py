@@ -28,6 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from runlog_relay.cliopts import add_store_options
+from runlog_relay.exitcodes import epilog
 from runlog_relay.layout import Layout, UnsafeNameError, encode_body, path_for
 from runlog_relay.localtree import Candidate, Skipped, walk
 from runlog_relay.objectstore import RemoteObject, expected_etag
@@ -393,8 +394,8 @@ def register(subparsers: Any, summary: str) -> None:
         description="Compare a runnable log folder with the bucket, the way the sidecar"
         " does (MD5/ETag of each file's object body): list files missing from the bucket,"
         " differing (and which side is newer), torn (not valid JSON right now) or only in"
-        " the bucket. Exit code 0: in sync; 1: not in sync; 2: usage or config error;"
-        " 3: store unreachable or credentials rejected.",
+        " the bucket.",
+        epilog=epilog("verify"),
     )
     parser.add_argument(
         "run_ids",
