@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from runlog_relay.runnable_compat import (
     run_pipeline,
 )
 from tests.support.etagproxy import EtagRewritingProxy
-from tests.support.s3server import S3Endpoint, start_auth_s3_server
+from tests.support.s3server import S3Endpoint, free_port, start_auth_s3_server
 from tests.support.toolcli import ACCESS_KEY, SECRET_KEY, cli, upload_like_the_sidecar
 
 pytestmark = [pytest.mark.integration]
@@ -487,12 +486,6 @@ def test_pull_downloads_only_what_differs(
 
 
 # ------------------------------------------------------------------- exit codes, for real
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_cli_processes(

@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -50,13 +51,42 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+#: Ports handed out by this process; never handed out twice.
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports on 127.0.0.1 (all bound at once, so none repeats)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
+    """``count`` distinct free ports on 127.0.0.1 for servers the tests start.
+
+    They come from below the kernel's ephemeral range: a port picked there (bind to 0, close,
+    hand it to a child) could meanwhile be taken as the local port of any outgoing
+    connection, and the child would fail with "address already in use". Below the range the
+    kernel never assigns ports by itself, and this process never hands one out twice.
+    """
+    low, high = 20000, _ephemeral_low()
+    if high - low < 1000:
+        low = max(1024, high - 10000)
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use by someone else
+        _handed_out.add(port)
+        ports.append(port)
+    return ports
 
 
 class S3Endpoint(Protocol):
