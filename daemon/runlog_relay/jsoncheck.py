@@ -102,6 +102,11 @@ class JsonChecker:
         self._tail = ""  # an unfinished token carried over to the next piece
         self._offset = 0  # characters consumed before the tail
 
+    @property
+    def empty(self) -> bool:
+        """Nothing but white space so far."""
+        return self._state == _VALUE_NEXT and not self._stack and not self._tail
+
     def feed(self, text: str) -> None:
         """Check the next piece of the document."""
         self._run(self._tail + text if self._tail else text, final=False)
