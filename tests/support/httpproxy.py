@@ -22,6 +22,7 @@ import http.client
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 
 
@@ -54,12 +55,29 @@ class HttpProxy:
         self._kept: _Request | None = None
         self.reordered = threading.Event()  #: the kept request reached the server
         self.kept = threading.Event()  #: a request was kept back
+        #: (monotonic time, path, body) of every PUT the server answered with success,
+        #: taken as its answer passed: from then on the object is visible to readers.
+        self.landed: list[tuple[float, str, bytes]] = []
+        self.landing = threading.Condition(self._lock)  #: notified at every landed PUT
         self._closed = False
         threading.Thread(target=self._accept, daemon=True, name="http-proxy").start()
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def wait_landed(self, body: bytes, *, since: int = 0, timeout: float = 30.0) -> float:
+        """When a PUT of exactly ``body`` landed (monotonic time), waiting for it."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                for landed_at, _, sent in self.landed[since:]:
+                    if sent == body:
+                        return landed_at
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError("the PUT never landed")
+                self.landing.wait(remaining)
 
     def hold_lists(self) -> None:
         self._lists_open.clear()
@@ -106,6 +124,11 @@ class HttpProxy:
                     _reset(client)
                     return
                 response = _forward(self._target, request)
+                if request.method == "PUT" and response.startswith(b"HTTP/1.1 200"):
+                    with self._lock:
+                        path = request.target.split("?", 1)[0]
+                        self.landed.append((time.monotonic(), path, request.body))
+                        self.landing.notify_all()
                 if decision == "then-release":
                     self._release_kept()
                 client.sendall(response)

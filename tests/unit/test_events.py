@@ -167,6 +167,7 @@ def test_a_replaced_source_folder_is_watched_again(root: Path, watching: list[Wa
     root.mkdir()
     item.expect(lambda m: isinstance(m, Rescan) and m.reason == "watch armed")
     (root / "r").mkdir()
+    item.expect(changed_with(root / "r"))  # posted once its own watch is armed
     path = root / "r" / "RunLog.json"
     path.write_text("{}")
     item.expect(changed_with(path))
