@@ -59,6 +59,10 @@ format: $(BIN)/.installed-test ## Format and auto-fix with ruff.
 bench: $(BIN)/.installed-test ## Run the sidecar benchmark, one table of figures (about 15 min; ONLY=startup,torn for some).
 	$(BIN)/python -m bench $(if $(ONLY),--only $(ONLY))
 
+.PHONY: bench-operator
+bench-operator: $(BIN)/.installed-test ## Operator benchmark: RSS with 10,000 Secrets elsewhere, and HA failover time (a few minutes).
+	$(BIN)/python -m bench.operator $(BENCH_ARGS)
+
 .PHONY: crd
 crd: $(BIN)/.installed-test ## Regenerate the committed CRD from the pydantic models.
 	$(BIN)/runlog-relay crd > manifests/crds/runlogstores.runlog-relay.dev.yaml

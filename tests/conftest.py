@@ -10,7 +10,15 @@ import pytest
 from minio import Minio
 
 from tests.support import sidecar as sidecar_support
-from tests.support.s3server import AuthS3, S3Server, start_auth_s3_server, start_s3_server
+from tests.support.s3server import (
+    AuthS3,
+    S3Endpoint,
+    S3Server,
+    SeaweedFS,
+    start_auth_s3_server,
+    start_s3_server,
+    start_seaweedfs,
+)
 
 _bucket_numbers = itertools.count()
 
@@ -21,6 +29,41 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server = start_s3_server(tmp_path_factory.mktemp("moto") / "moto.log")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """SeaweedFS (master, volume, filer, S3 gateway) on 127.0.0.1, one per test session;
+    its log is ``weed.log`` in the session's tmp dir."""
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+#: The S3 servers every S3 integration test runs against (see tests/support/s3server.py).
+S3_KINDS = ("moto", "seaweedfs")
+
+
+@pytest.fixture(scope="module", params=S3_KINDS)
+def any_s3(request: pytest.FixtureRequest) -> S3Endpoint:
+    """Each S3 server in turn (module scope, so module-wide set-up such as uploaded runs
+    is made once per server). A test using it runs once against moto and once against
+    SeaweedFS; ``-k seaweedfs`` or ``-k moto`` picks one."""
+    fixture = {"moto": "s3_server", "seaweedfs": "seaweedfs"}[request.param]
+    server: S3Endpoint = request.getfixturevalue(fixture)
+    return server
+
+
+@pytest.fixture
+def any_s3_client(any_s3: S3Endpoint) -> Minio:
+    """The real minio SDK with a key ``any_s3`` accepts for everything."""
+    return any_s3.client()
+
+
+@pytest.fixture
+def any_bucket(any_s3_client: Minio) -> str:
+    """A fresh, existing bucket on ``any_s3``."""
+    return _fresh_bucket(any_s3_client)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +84,12 @@ def s3_client(s3_server: S3Server) -> Minio:
 @pytest.fixture
 def bucket(s3_client: Minio) -> str:
     """A fresh, existing bucket per test so tests never see each other's objects."""
-    name = f"test-{next(_bucket_numbers)}-{id(s3_client) % 100000}"
-    s3_client.make_bucket(name)
+    return _fresh_bucket(s3_client)
+
+
+def _fresh_bucket(client: Minio) -> str:
+    name = f"test-{next(_bucket_numbers)}-{id(client) % 100000}"
+    client.make_bucket(name)
     return name
 
 

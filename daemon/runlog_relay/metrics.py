@@ -170,3 +170,15 @@ class OperatorMetrics:
             ["result"],
             registry=registry,
         )
+        self.leading = Gauge(
+            "runlog_relay_operator_leading",
+            "1 on the replica that is the active operator (always, when standalone), 0 on"
+            " standbys.",
+            registry=registry,
+        )
+        self.webhook_certificate_expiry = Gauge(
+            "runlog_relay_operator_webhook_certificate_expiry_timestamp_seconds",
+            "When the webhook's serving certificate expires (Unix time); it is renewed well"
+            " before.",
+            registry=registry,
+        )

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import celpy
 import helm_python
 import jsonschema
 import kubernetes_validate
@@ -35,6 +36,8 @@ from runlog_relay import __version__
 from runlog_relay.cli import build_parser
 from runlog_relay.config.crd import crd_manifest, crd_yaml
 from runlog_relay.operator import permissions
+from runlog_relay.operator import settings as operator_settings
+from runlog_relay.operator.command import settings_from_args
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "runlog-relay"
@@ -101,12 +104,12 @@ def test_the_ci_files_cover_what_the_issue_asks_for() -> None:
         "cert-manager-values.yaml",
     }
     everything = render(ci_values(CHART / "ci" / "all-enabled-values.yaml"))
-    # Every optional template renders something with all-enabled.
+    # Every optional template renders something with all-enabled, but the shared
+    # self-signed certificate's Secret, the default's alternative to cert-manager.
     templates = {
         t
-        for t, _ in render_manifests.rendered_objects(
-            render_of(ci_values(CHART / "ci" / "all-enabled-values.yaml"))
-        )
+        for values in (ci_values(CHART / "ci" / "all-enabled-values.yaml"), {})
+        for t, _ in render_manifests.rendered_objects(render_of(values))
     }
     sources = {
         f"runlog-relay/{p.relative_to(CHART)}" for p in (CHART / "templates").rglob("*.yaml")
@@ -151,13 +154,50 @@ def test_several_replicas_need_peering() -> None:
         render_of({"operator": {"replicaCount": 2}})
     objects = render({"operator": {"replicaCount": 2}, "peering": {"enabled": True}})
     deployment = one(objects, "Deployment")
-    assert deployment["spec"]["replicas"] == 2
-    assert "strategy" not in deployment["spec"]  # rolling: the peering keeps one active
-    assert (
-        "--peering=runlog-relay" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    )
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    # Peered replicas may overlap; a new one serves the webhook before an old one goes.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    args = spec["template"]["spec"]["containers"][0]["args"]
+    assert "--peering=runlog-relay" in args and "--peering-lifetime=30" in args
     assert one(objects, "ClusterKopfPeering")["metadata"]["name"] == "runlog-relay"
     assert one(render({}), "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    # A drain never takes both; a node's loss is a failover.
+    budget = one(objects, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"] == spec["selector"]
+    anti = spec["template"]["spec"]["affinity"]["podAntiAffinity"]
+    term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["labelSelector"] == spec["selector"] and term["topologyKey"].endswith("hostname")
+    assert not kinds(render({}), "PodDisruptionBudget")
+    assert "affinity" not in one(render({}), "Deployment")["spec"]["template"]["spec"]
+
+
+def test_unsafe_ha_combinations_are_refused_or_warned_about() -> None:
+    # Peering keeps a KopfPeering per watched namespace: names only (the schema says so).
+    with pytest.raises(helm_python.HelmError, match="does not match pattern"):
+        render_of({"peering": {"enabled": True}, "watchNamespaces": ["team-*"]})
+    # failurePolicy Fail with one replica: every opted-in pod waits for its restarts.
+    notes = render_of({"webhook": {"failurePolicy": "Fail"}})["runlog-relay/templates/NOTES.txt"]
+    assert "WARNING" in notes and "replicaCount" in notes
+    ha = {"webhook": {"failurePolicy": "Fail"}, "operator": {"replicaCount": 2}}
+    ha_notes = render_of({**ha, "peering": {"enabled": True}})["runlog-relay/templates/NOTES.txt"]
+    assert "WARNING" not in ha_notes
+
+
+def test_kopfs_peering_crds_come_from_the_crds_folder() -> None:
+    """Shared with other kopf operators: Helm installs them first, skips them when they
+    exist and never deletes them."""
+    with helm_python.Chart.load(str(CHART)) as chart:
+        (crds,) = [c["data"] for c in chart.crds]  # what Helm installs before the templates
+    documents = [d for d in yaml.safe_load_all(crds) if d]
+    names = {d["metadata"]["name"] for d in documents}
+    assert names == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    for document in documents:
+        kubernetes_validate.validate(document, KUBE_VERSION, strict=True)
 
 
 # --------------------------------------------------------------------------- schemas
@@ -323,7 +363,17 @@ FOREIGN_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
         "Issuer",
         {
             "type": "object",
-            "properties": {"selfSigned": {"type": "object"}},
+            "properties": {
+                "selfSigned": {"type": "object"},
+                "ca": {
+                    "type": "object",
+                    "required": ["secretName"],
+                    "properties": {"secretName": {"type": "string"}},
+                    "additionalProperties": False,
+                },
+            },
+            "minProperties": 1,
+            "maxProperties": 1,
             "additionalProperties": False,
         },
     ),
@@ -335,6 +385,7 @@ FOREIGN_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
             "required": ["secretName", "issuerRef"],
             "properties": {
                 "secretName": {"type": "string"},
+                "isCA": {"type": "boolean"},
                 "duration": {"type": "string"},
                 "renewBefore": {"type": "string"},
                 "commonName": {"type": "string", "maxLength": 64},
@@ -532,11 +583,14 @@ def test_crds_keep_and_enabled() -> None:
 def _expected_permissions(values: dict[str, Any]) -> permissions.Permissions:
     merged = _merged(values)
     webhook = merged["webhook"]
-    self_signed = webhook["enabled"] and not webhook["certManager"]["enabled"]
-    return permissions.required(
+    flags = permissions.flags_for(
         clusterwide=not merged["watchNamespaces"],
         peering=merged["peering"]["enabled"],
-        webhook_config_name=RELEASE if self_signed else None,
+        webhook=webhook["enabled"],
+        self_signed=not webhook["certManager"]["enabled"],
+    )
+    return permissions.required(
+        flags, {"webhook_config_name": RELEASE, "webhook_cert_secret": f"{RELEASE}-webhook-cert"}
     )
 
 
@@ -559,17 +613,30 @@ def test_rbac_is_exactly_what_the_operator_needs(values: dict[str, Any]) -> None
     objects = render(values)
     namespaces = _merged(values)["watchNamespaces"]
     cluster_role = one(objects, "ClusterRole")
+    own = [r for r in kinds(objects, "Role") if r["metadata"]["name"].endswith("-own")]
+    served = [r for r in kinds(objects, "Role") if r not in own]
     if namespaces:
         assert cluster_role["rules"] == permissions.rules_manifest(expected.cluster)
-        roles = kinds(objects, "Role")
-        assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(namespaces)
-        for role in roles:
-            assert role["rules"] == permissions.rules_manifest(expected.namespaced)
-        bindings = kinds(objects, "RoleBinding")
-        assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(namespaces)
+        assert sorted(r["metadata"]["namespace"] for r in served) == sorted(namespaces)
+        for role in served:
+            assert role["rules"] == permissions.rules_manifest(expected.served)
     else:
-        assert cluster_role["rules"] == permissions.rules_manifest(expected.all_rules())
-        assert not kinds(objects, "Role") and not kinds(objects, "RoleBinding")
+        assert cluster_role["rules"] == permissions.rules_manifest(
+            expected.served + expected.cluster
+        )
+        assert not served
+    if expected.own:
+        (role,) = own
+        assert role["metadata"]["namespace"] == NAMESPACE
+        assert role["rules"] == permissions.rules_manifest(expected.own)
+    else:
+        assert not own
+    bound = sorted(
+        (b["metadata"]["namespace"], b["roleRef"]["name"]) for b in kinds(objects, "RoleBinding")
+    )
+    assert bound == sorted(
+        (r["metadata"]["namespace"], r["metadata"]["name"]) for r in own + served
+    )
     account = one(objects, "ServiceAccount")["metadata"]
     for binding in kinds(objects, "RoleBinding") + kinds(objects, "ClusterRoleBinding"):
         assert binding["subjects"] == [
@@ -580,13 +647,14 @@ def test_rbac_is_exactly_what_the_operator_needs(values: dict[str, Any]) -> None
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
 
 
-def test_rbac_matches_the_docs() -> None:
-    """The README's RBAC section lists the same namespaced rules."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    block = text.split("### RBAC", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
-    documented = yaml.safe_load(block)["rules"]
-    expected = permissions.required(clusterwide=True).namespaced
-    assert documented == permissions.rules_manifest(expected)
+def test_rbac_is_documented_where_users_look() -> None:
+    """docs/rbac.md is generated from the same rules (test_generated_files_are_up_to_date
+    keeps it so); the README's RBAC section points there."""
+    doc = (REPO / "docs" / "rbac.md").read_text(encoding="utf-8")
+    for rule in permissions.RULES:
+        assert rule.why in doc
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("### RBAC", 1)[1]
+    assert "docs/rbac.md" in section.split("\n## ", 1)[0]
 
 
 # --------------------------------------------------------------------------- the operator
@@ -636,23 +704,41 @@ def test_the_operator_arguments_follow_the_contract() -> None:
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "webhook-tls")
     assert mount["mountPath"] == cert_dir.split("=", 1)[1] and mount["readOnly"] is True
     volume = next(v for v in pod["volumes"] if v["name"] == "webhook-tls")
-    certificate = one(render(ci_values(CHART / "ci" / "cert-manager-values.yaml")), "Certificate")
+    (certificate,) = [
+        c
+        for c in kinds(render(ci_values(CHART / "ci" / "cert-manager-values.yaml")), "Certificate")
+        if not c["spec"].get("isCA")
+    ]
     assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
 
     everything = operator_args(ci_values(CHART / "ci" / "all-enabled-values.yaml"))
     assert "--sidecar-image=registry.example.com/runlog-relay-sidecar:0.1.0" in everything
     assert "--no-inject-when-not-ready" in everything and "--scrape-annotations" in everything
     assert "--priority=100" in everything and "--log-level=DEBUG" in everything
+    injection = settings_of(everything).injection
+    assert injection.native_sidecar == "never" and injection.logs_volume_size_limit == "4Gi"
+    assert injection.host_network and injection.openshift
+    assert injection.allowed_images == ["registry.example.com/runlog-relay-sidecar:*"]
+    assert injection.image_pull_secrets == ["regcred"]
 
     digest = "sha256:" + "a" * 64
     pinned = operator_args({"image": {"digest": digest}})
     assert f"--sidecar-image=ghcr.io/runlog-relay/runlog-relay@{digest}" in pinned
 
 
+def settings_of(args: list[str]) -> operator_settings.OperatorSettings:
+    return settings_from_args(build_parser(only="operator").parse_args(args))
+
+
 def test_the_sidecar_defaults_are_the_webhooks() -> None:
     webhook = pytest.importorskip("runlog_relay.operator.webhook")
-    assert _merged({})["injection"]["sidecar"]["resources"] == dict(webhook.DEFAULT_RESOURCES)
-    assert _merged({})["image"]["repository"] == webhook.DEFAULT_IMAGE.rsplit(":", 1)[0]
+    # The chart's defaults are the operator's (written once, in settings.py).
+    charted = settings_of(operator_args()).injection.model_dump(exclude={"image"})
+    assert charted == operator_settings.InjectionSettings().model_dump(exclude={"image"})
+    assert _merged({})["injection"]["sidecar"]["resources"] == dict(
+        operator_settings.DEFAULT_RESOURCES
+    )
+    assert _merged({})["image"]["repository"] == operator_settings.DEFAULT_IMAGE.rsplit(":", 1)[0]
     podmonitor = one(render({"prometheus": {"podMonitor": {"enabled": True}}}), "PodMonitor")
     assert podmonitor["spec"]["podMetricsEndpoints"][0]["port"] == webhook.METRICS_PORT_NAME
     assert webhook.CONTAINER_NAME == "runlog-relay"
@@ -671,10 +757,17 @@ def test_the_webhook_configurations_follow_the_contract() -> None:
     mutating = one(objects, "MutatingWebhookConfiguration")
     validating = one(objects, "ValidatingWebhookConfiguration")
     assert mutating["metadata"]["name"] == validating["metadata"]["name"] == RELEASE
-    (inject,) = mutating["webhooks"]
-    assert inject["objectSelector"] == {
-        "matchExpressions": [{"key": "runlog-relay.dev/store", "operator": "Exists"}]
+    inject, by_namespace = mutating["webhooks"]
+    assert [inject["name"], by_namespace["name"]] == [
+        "inject.pods.runlog-relay.dev",
+        "inject.namespace-pods.runlog-relay.dev",
+    ]
+    assert "objectSelector" not in inject  # matchConditions choose the pods (see below)
+    assert by_namespace["namespaceSelector"]["matchExpressions"][0] == {
+        "key": "runlog-relay.dev/store",
+        "operator": "Exists",
     }
+    assert by_namespace["clientConfig"] == inject["clientConfig"]
     # NoneOnDryRun rather than None: the pod webhook posts an Event when it cannot inject
     # (never on a dry run; see the README).
     assert (inject["failurePolicy"], inject["sideEffects"], inject["timeoutSeconds"]) == (
@@ -700,11 +793,24 @@ def test_the_webhook_configurations_follow_the_contract() -> None:
         "values": ["kube-system", NAMESPACE],
     }
     (validate_store,) = validating["webhooks"]
-    assert validate_store["failurePolicy"] == "Ignore"
+    # Fail: the allow-list and the Secret-access check are not skipped while it is down.
+    assert validate_store["failurePolicy"] == "Fail"
+    # ... and the operator's own writes are never sent to the webhook it serves itself.
+    assert validate_store["matchConditions"] == [
+        {
+            "name": "not-the-operator",
+            "expression": "request.userInfo.username !="
+            f" 'system:serviceaccount:{NAMESPACE}:{RELEASE}'",
+        }
+    ]
     assert validate_store["sideEffects"] == "None"  # it only reads
     assert validate_store["rules"][0]["resources"] == ["runlogstores"]
     assert validate_store["rules"][0]["operations"] == ["CREATE", "UPDATE"]
-    for webhook, path in ((inject, "/mutate-pods"), (validate_store, "/validate-runlogstores")):
+    for webhook, path in (
+        (inject, "/mutate-pods"),
+        (by_namespace, "/mutate-pods"),
+        (validate_store, "/validate-runlogstores"),
+    ):
         client = webhook["clientConfig"]
         assert client["service"] == {
             "name": service["metadata"]["name"],
@@ -718,17 +824,88 @@ def test_the_webhook_configurations_follow_the_contract() -> None:
         assert "annotations" not in config["metadata"]
 
 
-def test_cert_manager_mode_injects_the_ca() -> None:
+def _sent_by(
+    webhook: dict[str, Any], pod: dict[str, Any], namespace_labels: dict[str, str]
+) -> bool:
+    """Whether the API server would send ``pod`` to ``webhook``: its namespaceSelector
+    on the namespace's labels, then its CEL matchConditions on the pod (cel-python)."""
+    labels = {"kubernetes.io/metadata.name": "team-a", **namespace_labels}
+    for expression in webhook["namespaceSelector"]["matchExpressions"]:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        present = key in labels
+        if operator == "Exists" and not present:
+            return False
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+    environment = celpy.Environment()
+    for condition in webhook.get("matchConditions") or []:
+        program = environment.program(environment.compile(condition["expression"]))
+        if not program.evaluate({"object": celpy.json_to_cel(pod)}):
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("metadata", "namespace_labels", "sent_to"),
+    [
+        ({"labels": {"runlog-relay.dev/store": "main"}}, {}, ["pods"]),
+        # runnable's K8sJobExecutor can only set annotations on its pod template.
+        ({"annotations": {"runlog-relay.dev/store": "main"}}, {}, ["pods"]),
+        ({"labels": {"app": "web"}}, {}, []),  # unrelated pods never reach the webhook
+        ({}, {}, []),
+        # A namespace naming a default store: its other pods, once, by the second entry.
+        ({"labels": {"app": "step"}}, {"runlog-relay.dev/store": "main"}, ["namespace-pods"]),
+        (
+            {"labels": {"runlog-relay.dev/store": "other"}},
+            {"runlog-relay.dev/store": "main"},
+            ["pods"],
+        ),
+        (
+            {"annotations": {"runlog-relay.dev/inject": "false"}},
+            {"runlog-relay.dev/store": "main"},
+            [],
+        ),
+    ],
+)
+def test_only_opted_in_pods_are_sent_to_the_webhook_and_only_once(
+    metadata: dict[str, Any], namespace_labels: dict[str, str], sent_to: list[str]
+) -> None:
+    mutating = one(render(), "MutatingWebhookConfiguration")
+    pod = {"metadata": {"name": "p", "namespace": "team-a", **metadata}, "spec": {}}
+    chosen = [
+        w["name"].split(".")[1] for w in mutating["webhooks"] if _sent_by(w, pod, namespace_labels)
+    ]
+    assert chosen == sent_to
+    off = one(render({"webhook": {"namespaceOptIn": False}}), "MutatingWebhookConfiguration")
+    assert [w["name"] for w in off["webhooks"]] == ["inject.pods.runlog-relay.dev"]
+
+
+def test_cert_manager_mode_signs_the_serving_certificate_with_a_ca() -> None:
+    """Self-signed root → CA Issuer → serving certificate: the caBundle is the CA, which the
+    serving certificate's renewals leave alone (a self-signed Issuer signing the serving
+    certificate directly made the caBundle the leaf: TLS failures at every renewal)."""
     objects = render(ci_values(CHART / "ci" / "cert-manager-values.yaml"))
-    certificate = one(objects, "Certificate")
-    issuer = one(objects, "Issuer")
-    assert certificate["spec"]["issuerRef"]["name"] == issuer["metadata"]["name"]
-    assert f"{RELEASE}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
+    issuers = {i["metadata"]["name"]: i["spec"] for i in kinds(objects, "Issuer")}
+    certificates = {c["metadata"]["name"]: c["spec"] for c in kinds(objects, "Certificate")}
+    (ca_name,) = [name for name, spec in certificates.items() if spec.get("isCA")]
+    (serving_name,) = [name for name in certificates if name != ca_name]
+    ca, serving = certificates[ca_name], certificates[serving_name]
+    assert "selfSigned" in issuers[ca["issuerRef"]["name"]]
+    assert issuers[serving["issuerRef"]["name"]] == {"ca": {"secretName": ca["secretName"]}}
+    assert not serving.get("isCA")
+    assert f"{RELEASE}.{NAMESPACE}.svc" in serving["dnsNames"]
+    assert ca["duration"] == "87600h" and serving["duration"] == "8760h"
+    # cainjector takes ca.crt of the serving certificate's Secret: the CA.
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         config = one(objects, kind)
         assert config["metadata"]["annotations"] == {
-            "cert-manager.io/inject-ca-from": f"{NAMESPACE}/{certificate['metadata']['name']}"
+            "cert-manager.io/inject-ca-from": f"{NAMESPACE}/{serving_name}"
         }
+    deployment = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in deployment["volumes"] if v["name"] == "webhook-tls"]
+    assert volume["secret"]["secretName"] == serving["secretName"]
     everything = render(ci_values(CHART / "ci" / "all-enabled-values.yaml"))
     assert not kinds(everything, "Issuer")  # an existing ClusterIssuer is used instead
     assert one(everything, "Certificate")["spec"]["issuerRef"]["kind"] == "ClusterIssuer"
@@ -736,12 +913,12 @@ def test_cert_manager_mode_injects_the_ca() -> None:
 
 def test_namespaced_mode_sends_only_served_namespaces_to_the_webhooks() -> None:
     objects = render(ci_values(CHART / "ci" / "namespaced-values.yaml"))
-    (inject,) = one(objects, "MutatingWebhookConfiguration")["webhooks"]
-    assert {
-        "key": "kubernetes.io/metadata.name",
-        "operator": "In",
-        "values": ["team-a", "team-b"],
-    } in inject["namespaceSelector"]["matchExpressions"]
+    for inject in one(objects, "MutatingWebhookConfiguration")["webhooks"]:
+        assert {
+            "key": "kubernetes.io/metadata.name",
+            "operator": "In",
+            "values": ["team-a", "team-b"],
+        } in inject["namespaceSelector"]["matchExpressions"]
     podmonitor = one(objects, "PodMonitor")
     assert podmonitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
     assert not one(

@@ -36,8 +36,6 @@ import pytest
 
 from runlog_relay.operator import permissions
 from tests.integration.kube import (
-    DEFAULT_RESOURCES,
-    RUNLOGSTORE,
     WEBHOOK_CONFIGS,
     KubeHarness,
 )
@@ -54,21 +52,28 @@ RLS = "runlog-relay.dev/v1alpha1/runlogstores"
 RELEASE = NAMESPACE = "runlog-relay"
 SERVED = "team-a"
 OPERATOR_AGENTS = ("kopf/", "runlog-relay-operator")
+STORE_LABEL = "runlog-relay.dev/store"
+#: The cluster-scoped resources the operator uses (a ClusterRole grants them).
+CLUSTER_SCOPED = {
+    "namespaces",
+    "customresourcedefinitions",
+    "clusterkopfpeerings",
+    "subjectaccessreviews",
+    "nodes",
+    *(spec.plural for spec in WEBHOOK_CONFIGS),
+}
 
 #: Granted, but a short test cannot make the operator use them, and why they are needed.
 NOT_EXERCISED: dict[tuple[str, str, str], str] = {
     # The controller re-reads a store only in its periodic recheck (--recheck-interval).
     ("runlog-relay.dev", "runlogstores", "get"): "the recheck loop and the webhook's fallback",
-    # forget() deletes a deleted store's ConfigMap at once; the emulator's garbage collector
-    # is synchronous and always removes it first (in a cluster the operator usually wins).
-    ("", "configmaps", "delete"): "cleaning up a deleted store's ConfigMap",
 }
 
 
 @pytest.fixture()
-def kube_resources() -> list[Any]:
+def kube_resources(kube_resources: list[Any]) -> list[Any]:
     # RunLogStore comes from installing the chart's CRD, as in a real cluster.
-    return [spec for spec in DEFAULT_RESOURCES if spec != RUNLOGSTORE] + list(WEBHOOK_CONFIGS)
+    return [*kube_resources, *WEBHOOK_CONFIGS]
 
 
 # --------------------------------------------------------------------------- requests → RBAC
@@ -143,17 +148,18 @@ def test_requests_map_to_rbac_attributes() -> None:
 
 
 def allowed(access: Access, granted: permissions.Permissions, served: list[str] | None) -> bool:
-    """Whether the chart's grants (Role per served namespace, or ClusterRole) allow it."""
-    cluster_scoped = {"namespaces", "customresourcedefinitions", "clusterkopfpeerings"} | {
-        spec.plural for spec in WEBHOOK_CONFIGS
-    }
+    """Whether the chart's grants (Role per served namespace or ClusterRole; the Role in
+    the release namespace; the ClusterRole) allow it."""
+    cluster_scoped = CLUSTER_SCOPED
     base = access.resource.split("/")[0]
     if base in cluster_scoped:
         rules = granted.cluster
-    elif served is None:  # cluster-wide: the namespaced rules are in the ClusterRole
-        rules = granted.all_rules()
+    elif served is None:  # cluster-wide: the served rules are in the ClusterRole
+        rules = granted.served + (granted.own if access.namespace == NAMESPACE else ())
     elif access.namespace in served:
-        rules = granted.namespaced
+        rules = granted.served
+    elif access.namespace == NAMESPACE:
+        rules = granted.own
     else:
         return False  # another namespace, or all namespaces at once: no Role grants that
     return any(r.allows(access.group, access.resource, access.verb, access.name) for r in rules)
@@ -188,22 +194,24 @@ def _rules(manifest: dict[str, Any]) -> tuple[permissions.Rule, ...]:
 
 
 def _granted_by_the_chart(values: dict[str, Any]) -> permissions.Permissions:
-    """The rules the rendered chart grants, as namespaced (a Role per served namespace;
-    none apart with a ClusterRole for all) and cluster (the ClusterRole)."""
+    """The rules the rendered chart grants, by scope: served (a Role per served
+    namespace, or the ClusterRole's namespaced rules), own (the Role in the release
+    namespace) and cluster (the ClusterRole's cluster-scoped rules)."""
     objects = _chart_objects(values)
     (cluster_role,) = [o for o in objects if o["kind"] == "ClusterRole"]
-    roles = {_rules(o) for o in objects if o["kind"] == "Role"}
+    own_roles = [
+        o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-own")
+    ]
+    own = _rules(own_roles[0]) if own_roles else ()
+    roles = {_rules(o) for o in objects if o["kind"] == "Role" and o not in own_roles}
     assert len(roles) <= 1, "the served namespaces get different Roles"
+    everything = _rules(cluster_role)
+    cluster_rules = tuple(r for r in everything if set(r.resources) & CLUSTER_SCOPED)
     if not roles:  # cluster-wide: one ClusterRole, split as permissions.py does
-        everything = _rules(cluster_role)
-        cluster = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"} | {
-            spec.plural for spec in WEBHOOK_CONFIGS
-        }
-        namespaced = tuple(r for r in everything if not set(r.resources) & cluster)
-        return permissions.Permissions(
-            namespaced, tuple(r for r in everything if r not in namespaced)
-        )
-    return permissions.Permissions(roles.pop(), _rules(cluster_role))
+        served = tuple(r for r in everything if r not in cluster_rules)
+        return permissions.Permissions(served, own, cluster_rules)
+    assert cluster_rules == everything
+    return permissions.Permissions(roles.pop(), own, cluster_rules)
 
 
 def _chart_objects(values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -242,6 +250,9 @@ def start_operator(kube: KubeHarness, tmp_path: Path) -> Iterator[Any]:
             elif obj["kind"] == "ValidatingWebhookConfiguration":
                 kube.create("admissionregistration.k8s.io/v1/validatingwebhookconfigurations", obj)
         kube.ensure_namespace(NAMESPACE)
+        for obj in _chart_objects(values):
+            if obj["kind"] == "Secret":  # the webhook certificate's, created empty
+                kube.create("v1/secrets", obj, obj["metadata"]["namespace"])
         kube.ensure_namespace(SERVED)
         kube.ensure_namespace("team-other")
         args = _operator_args(values)
@@ -285,15 +296,16 @@ def _ca_bundle(kube: KubeHarness) -> bytes:
     return base64.b64decode(bundle)
 
 
-def _admit_pod(port: int, ca_pem: bytes, namespace: str, store: str) -> dict[str, Any]:
-    """POST an AdmissionReview for a labelled pod, as the API server would."""
+def _admit_pod(port: int, ca_pem: bytes, namespace: str, store: str | None) -> dict[str, Any]:
+    """POST an AdmissionReview for a pod that names ``store`` (None: its namespace's), as
+    the API server would."""
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": "step",
             "namespace": namespace,
-            "labels": {"runlog-relay.dev/store": store},
+            "labels": {"runlog-relay.dev/store": store} if store else {"app": "step"},
         },
         "spec": {
             "containers": [
@@ -324,21 +336,52 @@ def _admit_pod(port: int, ca_pem: bytes, namespace: str, store: str) -> dict[str
             "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
         },
     }
+    return _post_review(port, ca_pem, "/mutate-pods", review)
+
+
+def _post_review(port: int, ca_pem: bytes, path: str, review: dict[str, Any]) -> dict[str, Any]:
+    """POST an AdmissionReview over HTTPS as the API server would; its response."""
     context = ssl.create_default_context(cadata=ca_pem.decode("ascii"))
     server_name = f"{RELEASE}.{NAMESPACE}.svc"
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     connection = http.client.HTTPSConnection(server_name, port, context=context, timeout=10)
     connection.sock = context.wrap_socket(raw, server_hostname=server_name)
     try:
-        connection.request(
-            "POST", "/mutate-pods", json.dumps(review), {"Content-Type": "application/json"}
-        )
+        connection.request("POST", path, json.dumps(review), {"Content-Type": "application/json"})
         answer = connection.getresponse()
         body = json.loads(answer.read())
     finally:
         connection.close()
     assert answer.status == 200, body
     return dict(body["response"])
+
+
+def _store_review(namespace: str, spec: dict[str, Any], user: str) -> dict[str, Any]:
+    gvk = {"group": "runlog-relay.dev", "version": "v1alpha1", "kind": "RunLogStore"}
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": gvk,
+            "resource": {**gvk, "resource": "runlogstores"},
+            "requestKind": gvk,
+            "requestResource": {**gvk, "resource": "runlogstores"},
+            "namespace": namespace,
+            "name": "other",
+            "operation": "CREATE",
+            "userInfo": {"username": user, "groups": ["system:authenticated"]},
+            "object": {
+                "apiVersion": "runlog-relay.dev/v1alpha1",
+                "kind": "RunLogStore",
+                "metadata": {"name": "other", "namespace": namespace},
+                "spec": spec,
+            },
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
 
 
 def _run_a_typical_life(
@@ -392,16 +435,18 @@ def _run_a_typical_life(
     assert response["allowed"] is True
     injected = json.loads(base64.b64decode(response["patch"]))
     assert any("runlog-relay" in json.dumps(op) for op in injected), injected
+    # A pod of a namespace that names its default store: the webhook reads the namespace.
+    kube.patch("v1/namespaces", namespace, {"metadata": {"labels": {STORE_LABEL: "main"}}})
+    by_namespace = _admit_pod(operator.webhook_port, ca_pem, namespace, None)
+    assert "runlog-relay" in base64.b64decode(by_namespace["patch"]).decode()
+    # A store naming a Secret its author may not read: the webhook asks the authorizer.
+    spec = {"endpoint": s3.endpoint, "credentialsSecretRef": {"name": "creds"}}
+    review = _store_review(namespace, spec, "system:serviceaccount:team-a:deployer")
+    refused = _post_review(operator.webhook_port, ca_pem, "/validate-runlogstores", review)
+    assert refused["allowed"] is False and refused["status"]["code"] == 403
 
-    def configmap_requests() -> int:
-        return sum(a.resource == "configmaps" for a in _operator_accesses(kube))
-
-    before = configmap_requests()
     kube.delete(RLS, "main", namespace)
-    kube.wait_gone("v1/configmaps", "runlog-relay-main", namespace)
-    # The operator forgets the store and deletes its ConfigMap if the garbage collector
-    # has not yet (the emulator's is synchronous, so it always has): wait for its look.
-    wait(lambda: configmap_requests() > before, "the operator to clean up the ConfigMap")
+    kube.wait_gone("v1/configmaps", "runlog-relay-main", namespace)  # the GC's, not ours
 
 
 def _operator_accesses(kube: KubeHarness) -> list[Access]:
@@ -429,7 +474,9 @@ def test_the_operator_needs_exactly_what_the_chart_grants(
     operator.process.send_signal(signal.SIGTERM)
     assert operator.process.wait(30) == 0, operator.log.read_text()
     granted = _granted_by_the_chart(values)
-    assert granted == permissions.required(clusterwide=served is None, webhook_config_name=RELEASE)
+    flags = permissions.flags_for(clusterwide=served is None)
+    names = {"webhook_config_name": RELEASE, "webhook_cert_secret": f"{RELEASE}-webhook-cert"}
+    assert granted == permissions.required(flags, names)
     accesses = _operator_accesses(kube)
     assert accesses, "no request of the operator was seen"
     denied = sorted({str(a) for a in accesses if not allowed(a, granted, served)})

@@ -15,14 +15,22 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
 import kopf
 import pytest
 
-from tests.integration.kube import KubeApiError, KubeHarness, ResourceSpec, WaitTimeout, wait_for
+from tests.integration.kube import (
+    DEFAULT_RESOURCES,
+    KubeApiError,
+    KubeHarness,
+    ResourceSpec,
+    WaitTimeout,
+    wait_for,
+)
+from tests.integration.kube.emulator import SUBJECT_ACCESS_REVIEWS
 from tests.integration.kube.kopf_runner import KopfRunner, OperatorCrashed
 
 pytest_plugins = ["tests.integration.kube.fixtures"]
@@ -32,6 +40,11 @@ pytestmark = pytest.mark.integration
 GROUP, VERSION, PLURAL = "runlog-relay.dev", "v1alpha1", "runlogstores"
 RLS = f"{GROUP}/{VERSION}/{PLURAL}"
 KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+
+
+@pytest.fixture()
+def kube_resources() -> Sequence[ResourceSpec]:
+    return DEFAULT_RESOURCES  # RunLogStore pre-seeded: these tests are about the emulator
 
 
 def store_body(
@@ -655,3 +668,87 @@ def test_operator_crash_is_reported_with_its_logs(
     # Reported when the thread exits (kopf gives its leftover tasks 5s), not at the ready timeout.
     assert time.monotonic() - started < 15
     assert "failed permanently: cannot start in this test" in str(err.value)
+
+
+# --------------------------------------------------------------------------- RBAC
+
+
+def _review(kube: KubeHarness, user: str, groups: list[str], **attributes: str) -> bool:
+    answer = kube.create(
+        "authorization.k8s.io/v1/subjectaccessreviews",
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {"user": user, "groups": groups, "resourceAttributes": attributes},
+        },
+    )
+    return bool(answer["status"]["allowed"])
+
+
+def test_subject_access_reviews_follow_the_stored_rbac(kube: KubeHarness) -> None:
+    rbac = "rbac.authorization.k8s.io/v1"
+    kube.ensure_namespace("a")
+    kube.create(
+        f"{rbac}/roles",
+        {
+            "metadata": {"name": "read-creds", "namespace": "a"},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["secrets"],
+                    "verbs": ["get"],
+                    "resourceNames": ["creds"],
+                }
+            ],
+        },
+        "a",
+    )
+    kube.create(
+        f"{rbac}/rolebindings",
+        {
+            "metadata": {"name": "alice-creds", "namespace": "a"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "read-creds",
+            },
+            "subjects": [
+                {"kind": "User", "name": "alice"},
+                {"kind": "ServiceAccount", "name": "ci", "namespace": "a"},
+            ],
+        },
+        "a",
+    )
+    kube.create(
+        f"{rbac}/clusterroles",
+        {
+            "metadata": {"name": "reader"},
+            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["get"]}],
+        },
+    )
+    kube.create(
+        f"{rbac}/clusterrolebindings",
+        {
+            "metadata": {"name": "auditors"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "reader",
+            },
+            "subjects": [{"kind": "Group", "name": "auditors"}],
+        },
+    )
+    secret = {"verb": "get", "group": "", "resource": "secrets", "namespace": "a"}
+    assert _review(kube, "alice", [], name="creds", **secret)
+    assert not _review(kube, "alice", [], name="other", **secret)  # resourceNames
+    assert not _review(kube, "alice", [], name="creds", **{**secret, "namespace": "b"})
+    assert not _review(kube, "alice", [], name="creds", **{**secret, "verb": "list"})
+    assert _review(
+        kube, "system:serviceaccount:a:ci", ["system:serviceaccounts"], name="creds", **secret
+    )
+    assert not _review(kube, "system:serviceaccount:b:ci", [], name="creds", **secret)
+    assert _review(kube, "bob", ["auditors"], name="anything", **{**secret, "namespace": "z"})
+    assert not _review(kube, "bob", [], name="creds", **secret)
+    assert _review(kube, "root", ["system:masters"], name="creds", **{**secret, "verb": "delete"})
+    # Answered, never stored (as on a real API server).
+    assert kube.call(lambda: kube.emulator.live_objects(SUBJECT_ACCESS_REVIEWS)) == []

@@ -25,9 +25,9 @@ from prometheus_client import CollectorRegistry
 
 from runlog_relay.config.crd import crd_manifest
 from runlog_relay.config.settings import load_sidecar_settings
-from runlog_relay.operator.controller import ControllerOptions
-from runlog_relay.operator.runner import Operator, OperatorOptions, build_operator
-from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness
+from runlog_relay.operator.runner import Operator, build_operator
+from runlog_relay.operator.settings import OperatorSettings
+from tests.integration.kube import KubeHarness
 from tests.integration.kube.kopf_runner import KopfRunner, RunningOperator
 from tests.support.s3server import AuthS3
 
@@ -59,12 +59,6 @@ def bucket(s3: AuthS3) -> str:
 # --------------------------------------------------------------------------- Kubernetes
 
 
-@pytest.fixture()
-def kube_resources() -> list[Any]:
-    # The RunLogStore kind comes from installing the generated CRD, as in a real cluster.
-    return [spec for spec in DEFAULT_RESOURCES if spec != RUNLOGSTORE]
-
-
 @dataclass
 class Cluster:
     kube: KubeHarness
@@ -76,16 +70,15 @@ class Cluster:
     def start(
         self, *, allow_errors: bool = False, namespaces: tuple[str, ...] = (NS,), **options: Any
     ) -> Operator:
-        controller = ControllerOptions(
-            retry_base_delay=0.2,
-            retry_max_delay=1.0,
-            bucket_timeout=2.0,
-            instance="test-operator",
-            **options,
-        )
+        reconcile = {"retry_base_delay": 0.2, "retry_max_delay": 1.0, "bucket_timeout": 2.0}
         url = self.kube.url
         self.operator = build_operator(
-            OperatorOptions(namespaces=namespaces, controller=controller),
+            OperatorSettings(
+                namespaces=list(namespaces),
+                instance="test-operator",
+                reconcile={**reconcile, **options},
+                webhook={"port": 0},
+            ),
             login=lambda: kopf.ConnectionInfo(server=url, insecure=True),
             prometheus=CollectorRegistry(),
             recheck="recheck_interval" in options,
@@ -291,7 +284,7 @@ def test_delete_removes_the_configmap_and_the_metric(cluster: Cluster, bucket: s
 def test_missing_secret_then_created_turns_ready_without_touching_the_store(
     cluster: Cluster, bucket: str
 ) -> None:
-    cluster.start()
+    cluster.start(recheck_interval=0.5)  # the deletion below is seen by the recheck
     cluster.create_store("main", cluster.spec(bucket))
 
     waiting = cluster.wait_ready("main", "False", "SecretNotFound")
@@ -313,7 +306,7 @@ def test_missing_secret_then_created_turns_ready_without_touching_the_store(
         "one Event per transition",
     )
 
-    # Deleting the Secret is noticed too.
+    # Deleting the Secret is noticed too, by the recheck: Secrets are not watched.
     cluster.kube.delete("v1/secrets", "s3-creds", NS)
     cluster.wait_ready("main", "False", "SecretNotFound")
 
@@ -327,7 +320,7 @@ def test_missing_key_names_the_secret_and_key(cluster: Cluster, bucket: str) -> 
 
 
 def test_wrong_credentials_then_rotated_secret(cluster: Cluster, bucket: str) -> None:
-    cluster.start()
+    cluster.start(recheck_interval=0.5)  # a rotation is seen by the recheck
     cluster.put_creds(AWS_ACCESS_KEY_ID="AKIAWRONGWRONGWRONG0")
     cluster.create_store("main", cluster.spec(bucket))
 
@@ -435,7 +428,7 @@ def test_secret_values_never_reach_status_events_configmaps_or_logs(
     cluster: Cluster, bucket: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    cluster.start()
+    cluster.start(recheck_interval=0.5)
     cluster.put_creds(AWS_ACCESS_KEY_ID="AKIAWRONGWRONGWRONG0")  # a failure path first
     cluster.create_store("main", cluster.spec(bucket))
     cluster.wait_ready("main", "False", "InvalidCredentials")
@@ -458,3 +451,86 @@ def test_secret_values_never_reach_status_events_configmaps_or_logs(
     for value in secrets + encoded:
         assert value not in stored, "a secret value was written to a non-Secret object"
         assert value not in logs, "a secret value was logged"
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def test_new_credentials_secret_ref_spelling(cluster: Cluster, bucket: str) -> None:
+    cluster.start()
+    cluster.put_creds()
+    spec = {**cluster.spec(bucket), "credentials": {"secretRef": {"name": "s3-creds"}}}
+    del spec["credentialsSecretRef"]
+    cluster.create_store("main", spec)
+    assert bucket in cluster.wait_ready("main", reason="Ready")["message"]
+
+
+def test_service_account_store_without_an_operator_identity(
+    cluster: Cluster, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    cluster.start()
+    spec = {
+        "endpoint": cluster.s3.endpoint,
+        "bucket": bucket,
+        "credentials": {"serviceAccount": {}},
+    }
+    cluster.create_store("main", spec)
+
+    ready = cluster.wait_ready("main", "True", "CheckedBySidecars")
+    conditions = cluster.conditions("main")
+    assert (conditions["BucketReady"]["status"], conditions["BucketReady"]["reason"]) == (
+        "Unknown",
+        "CheckedBySidecars",
+    )
+    assert conditions["SecretsAvailable"]["reason"] == "ServiceAccountIdentity"
+    assert "readiness" in ready["message"]
+    config = cluster.kube.get("v1/configmaps", "runlog-relay-main", NS)["data"]["config.yaml"]
+    assert "credentials: service-account" in config and "accessKeyIdFile" not in config
+
+
+def test_service_account_store_checked_with_the_operators_own_identity(
+    cluster: Cluster, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator pod's own identity (here static keys in its environment; on EKS its
+    ServiceAccount's IRSA role) checks the bucket; the signature-checking S3 proves it."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", cluster.s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", cluster.s3.secret_key)
+    cluster.start()
+    spec = {
+        "endpoint": cluster.s3.endpoint,
+        "bucket": bucket,
+        "credentials": {"serviceAccount": {}},
+    }
+    cluster.create_store("main", spec)
+    assert bucket in cluster.wait_ready("main", "True", "Ready")["message"]
+
+    cluster.s3.client().remove_bucket(bucket)  # and it really looks
+    cluster.create_store("other", {**spec, "bucket": f"{bucket}-gone"})
+    cluster.wait_ready("other", "False", "BucketNotFound")
+
+
+def test_a_secret_reference_cannot_name_another_namespace(cluster: Cluster, bucket: str) -> None:
+    """Issue 9: a `namespace` on the Secret reference, were it added and used, would let a
+    store in team-a use team-b's keys and turn Ready. It must not."""
+    cluster.kube.ensure_namespace("team-b")
+    cluster.start(namespaces=(NS, "team-b"), allow_errors=True)  # InvalidSpec is logged
+    cluster.put_creds(namespace="team-b")
+    for name, ref in (
+        ("old", {"credentialsSecretRef": {"name": "s3-creds", "namespace": "team-b"}}),
+        ("new", {"credentials": {"secretRef": {"name": "s3-creds", "namespace": "team-b"}}}),
+    ):
+        spec = {"endpoint": cluster.s3.endpoint, "bucket": f"{bucket}/run-logs", **ref}
+        cluster.create_store(name, spec)
+        # Pruned by the API server's structural schema, or refused by the operator:
+        # either way never Ready with another namespace's Secret.
+        ready = cluster.wait(
+            lambda n=name: (
+                (c := cluster.conditions(n).get("Ready")) and c["status"] == "False" and c
+            ),
+            f"{name} not Ready",
+        )
+        assert ready["reason"] in {"SecretNotFound", "InvalidSpec"}, ready
+        if ready["reason"] == "SecretNotFound":
+            assert f"namespace '{NS}'" in ready["message"]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from runlog_relay.config.crd import crd_manifest
-from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness, wait_for
+from tests.integration.kube import KubeHarness, wait_for
 from tests.support.s3server import S3Server, free_port
 
 pytest_plugins = ["tests.integration.kube.fixtures"]
@@ -27,11 +27,6 @@ pytestmark = pytest.mark.integration
 RLS = "runlog-relay.dev/v1alpha1/runlogstores"
 NS = "team-cli"
 SECRET_VALUE = "cli-secret-value-never-logged"
-
-
-@pytest.fixture()
-def kube_resources() -> list[Any]:
-    return [spec for spec in DEFAULT_RESOURCES if spec != RUNLOGSTORE]
 
 
 def http_get(url: str) -> tuple[int, str]:

@@ -1,7 +1,7 @@
 """runnable's own stores read back a bucket that mirrors a real run's log folder.
 
 Real parts only: a real runnable 0.50 pipeline (parallel branches + map, in a
-subprocess), moto's S3 server on 127.0.0.1, the real minio SDK to upload, and
+subprocess), moto's and SeaweedFS's S3 servers on 127.0.0.1, the real minio SDK to upload, and
 runnable's own ``chunked-fs``/``file-system`` and ``chunked-minio``/``minio`` stores to
 read. The sidecar is not involved: :func:`upload_like_the_sidecar` is a stand-in that
 applies the object layout of DESIGN.md ("The formats") directly.
@@ -13,13 +13,11 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from minio import Minio
-from moto.server import ThreadedMotoServer
 
 from runlog_relay.runnable_compat import (
     DEMO_BRANCHES,
@@ -30,11 +28,10 @@ from runlog_relay.runnable_compat import (
     read_run_log_from_folder,
     run_pipeline,
 )
+from tests.support.s3server import S3Endpoint
 
 pytestmark = [pytest.mark.integration]
 
-ACCESS_KEY = "runlog-relay-test"
-SECRET_KEY = "runlog-relay-test-secret"  # moto accepts any credentials
 BUCKET_BY_LAYOUT: dict[str, str] = {
     # runnable's ``bucket[/prefix]`` form: the default one, and a deeper prefix.
     "chunked": "runnable/run-logs",
@@ -46,6 +43,8 @@ BUCKET_BY_LAYOUT: dict[str, str] = {
 class S3:
     endpoint: str  # http://127.0.0.1:<port>, for runnable (boto3 via cloudpathlib)
     client: Minio  # the real minio SDK, for the stand-in uploader
+    access_key: str  # a key pair the server accepts, for runnable
+    secret_key: str
 
 
 @dataclass(frozen=True)
@@ -58,39 +57,40 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator[S3]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()  # the port bound for port=0
-        client = Minio(
-            f"{host}:{port}",
-            access_key=ACCESS_KEY,
-            secret_key=SECRET_KEY,
-            secure=False,
-            region="us-east-1",
-        )
+def s3(any_s3: S3Endpoint) -> S3:
+    """moto, then SeaweedFS, with runnable's default bucket."""
+    client = any_s3.client()
+    if not client.bucket_exists("runnable"):
         client.make_bucket("runnable")
-        yield S3(endpoint=f"http://{host}:{port}", client=client)
-    finally:
-        server.stop()
+    return S3(any_s3.endpoint, client, any_s3.access_key, any_s3.secret_key)
 
 
-@pytest.fixture(scope="module", params=["chunked", "single"])
-def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """One real pipeline run per layout, its log folder kept apart from runnable's cwd."""
-    layout: Layout = request.param
-    base = tmp_path_factory.mktemp(f"runnable-{layout}")
-    run_id = f"compat-{layout}-run"
-    started = time.monotonic()
-    run_pipeline(base / "logs", run_id, layout=layout, workdir=base / "work", timeout=60)
-    return Run(
-        layout=layout,
-        log_folder=base / "logs",
-        run_id=run_id,
-        bucket=BUCKET_BY_LAYOUT[layout],
-        seconds=time.monotonic() - started,
-    )
+@pytest.fixture(scope="module")
+def pipeline_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """One real pipeline run per layout, its log folder kept apart from runnable's cwd.
+
+    Made once per module for both layouts (not a parametrized module fixture, which
+    pytest would set up again each time the S3 server parameter changes)."""
+    runs = {}
+    layouts: tuple[Layout, ...] = ("chunked", "single")
+    for layout in layouts:
+        base = tmp_path_factory.mktemp(f"runnable-{layout}")
+        run_id = f"compat-{layout}-run"
+        started = time.monotonic()
+        run_pipeline(base / "logs", run_id, layout=layout, workdir=base / "work", timeout=60)
+        runs[layout] = Run(
+            layout=layout,
+            log_folder=base / "logs",
+            run_id=run_id,
+            bucket=BUCKET_BY_LAYOUT[layout],
+            seconds=time.monotonic() - started,
+        )
+    return runs
+
+
+@pytest.fixture(params=["chunked", "single"])
+def run(request: pytest.FixtureRequest, pipeline_runs: dict[str, Run]) -> Run:
+    return pipeline_runs[request.param]
 
 
 def upload_like_the_sidecar(client: Minio, run: Run) -> list[str]:
@@ -156,7 +156,7 @@ def test_bucket_read_equals_folder_read(s3: S3, run: Run) -> None:
 
     from_folder = read_run_log_from_folder(run.log_folder, run.run_id, layout=run.layout)
     from_bucket = read_run_log_from_bucket(
-        s3.endpoint, ACCESS_KEY, SECRET_KEY, run.bucket, run.run_id, layout=run.layout
+        s3.endpoint, s3.access_key, s3.secret_key, run.bucket, run.run_id, layout=run.layout
     )
 
     assert from_bucket == from_folder
@@ -168,7 +168,7 @@ def test_bucket_read_is_not_served_from_a_stale_cache(s3: S3, run: Run) -> None:
     """A rewrite within the same second as the previous read must be seen."""
     upload_like_the_sidecar(s3.client, run)
     first = read_run_log_from_bucket(
-        s3.endpoint, ACCESS_KEY, SECRET_KEY, run.bucket, run.run_id, layout=run.layout
+        s3.endpoint, s3.access_key, s3.secret_key, run.bucket, run.run_id, layout=run.layout
     )
     assert first["status"] == "SUCCESS"
 
@@ -184,7 +184,7 @@ def test_bucket_read_is_not_served_from_a_stale_cache(s3: S3, run: Run) -> None:
     s3.client.put_object(bucket, key, io.BytesIO(body), len(body))
     try:
         second = read_run_log_from_bucket(
-            s3.endpoint, ACCESS_KEY, SECRET_KEY, run.bucket, run.run_id, layout=run.layout
+            s3.endpoint, s3.access_key, s3.secret_key, run.bucket, run.run_id, layout=run.layout
         )
         assert second["status"] == "FAIL"
     finally:

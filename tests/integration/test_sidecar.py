@@ -1,4 +1,5 @@
-"""The sidecar as a real subprocess against moto's S3 server (DESIGN.md guarantees 1-7)."""
+"""The sidecar as a real subprocess against moto's S3 server (DESIGN.md guarantees 1-7);
+the tests taking ``any_s3`` run against SeaweedFS too."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from minio import Minio
 
 from tests.support.mirror import assert_mirror, bucket_objects
-from tests.support.s3server import S3Server, start_s3_server
+from tests.support.s3server import S3Endpoint, S3Server, start_s3_server
 from tests.support.sidecar import start_sidecar
 from tests.support.tcpproxy import TcpProxy
 from tests.support.waiting import wait_until
@@ -95,7 +96,7 @@ def test_single_layout_double_encodes_for_runnables_minio_store(
 
 
 def test_restart_over_synced_tree_makes_no_put_and_no_head(
-    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+    any_s3: S3Endpoint, any_s3_client: Minio, any_bucket: str, source: Path, tmp_path: Path
 ) -> None:
     for run in range(5):
         for chunk in range(4):
@@ -105,14 +106,14 @@ def test_restart_over_synced_tree_makes_no_put_and_no_head(
     # A file over the multipart threshold: its ETag is composite, still no HEAD needed.
     big = source / "run-0" / "RunLog.json"
     big.write_text(json.dumps({"blob": "x" * (17 * 1024 * 1024)}))
-    proxy = TcpProxy(s3_server.port)
+    proxy = TcpProxy(any_s3.port)
     try:
-        first = start_sidecar(source, proxy.endpoint, bucket, tmp_path / "1.log", "--once")
+        first = start_sidecar(source, proxy.endpoint, any_bucket, tmp_path / "1.log", "--once")
         assert first.process.wait(120) == 0, first.log
         assert proxy.counts["PUT"] >= 21
-        assert_mirror(s3_client, bucket, "", source)
+        assert_mirror(any_s3_client, any_bucket, "", source)
         proxy.reset_counts()
-        second = start_sidecar(source, proxy.endpoint, bucket, tmp_path / "2.log", "--once")
+        second = start_sidecar(source, proxy.endpoint, any_bucket, tmp_path / "2.log", "--once")
         assert second.process.wait(60) == 0, second.log
         assert proxy.counts["PUT"] == 0, proxy.counts
         assert proxy.counts["HEAD"] == 0, proxy.counts
@@ -214,13 +215,13 @@ def test_deleted_files_keep_their_objects(
 
 
 def test_outage_loses_nothing(
-    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+    any_s3: S3Endpoint, any_s3_client: Minio, any_bucket: str, source: Path, tmp_path: Path
 ) -> None:
-    proxy = TcpProxy(s3_server.port)
+    proxy = TcpProxy(any_s3.port)
     try:
         for run in range(3):
             write_json(source / f"run-{run}" / "RunLog.json", {"run": run})
-        sidecar = start_sidecar(source, proxy.endpoint, bucket, tmp_path / "s.log")
+        sidecar = start_sidecar(source, proxy.endpoint, any_bucket, tmp_path / "s.log")
         sidecar.wait_ready()
         wait_until(lambda: sidecar.metric("runlog_relay_pending_files") == 0, what="synced")
         proxy.outage()
@@ -238,7 +239,7 @@ def test_outage_loses_nothing(
         wait_until(
             lambda: sidecar.metric("runlog_relay_pending_files") == 0, timeout=60, what="drained"
         )
-        assert_mirror(s3_client, bucket, "", source)
+        assert_mirror(any_s3_client, any_bucket, "", source)
         assert sidecar.terminate() == 0, sidecar.log
     finally:
         proxy.close()
@@ -322,16 +323,16 @@ def test_wrong_credentials_are_permanent_and_never_logged(source: Path, tmp_path
 
 
 def test_large_file_goes_up_in_parts(
-    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+    any_s3: S3Endpoint, any_s3_client: Minio, any_bucket: str, source: Path, tmp_path: Path
 ) -> None:
     path = source / "big-run" / "RunLog.json"
     path.parent.mkdir()
     path.write_text(json.dumps({"payload": "y" * (70 * 1024 * 1024)}))
-    sidecar = start_sidecar(source, s3_server.endpoint, bucket, tmp_path / "s.log", "--once")
+    sidecar = start_sidecar(source, any_s3.endpoint, any_bucket, tmp_path / "s.log", "--once")
     assert sidecar.process.wait(180) == 0, sidecar.log
-    stat = s3_client.stat_object(bucket, "big-run/RunLog")
+    stat = any_s3_client.stat_object(any_bucket, "big-run/RunLog")
     assert stat.etag is not None and stat.etag.strip('"').endswith("-5")  # 16 MiB parts
-    assert object_body(s3_client, bucket, "big-run/RunLog") == path.read_bytes()
+    assert object_body(any_s3_client, any_bucket, "big-run/RunLog") == path.read_bytes()
 
 
 def test_invalid_settings_exit_2_with_a_clear_message(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from minio import Minio
 
 from runlog_relay import runnable_compat
 from tests.support.mirror import assert_mirror
-from tests.support.s3server import S3Server
+from tests.support.s3server import S3Endpoint, S3Server
 from tests.support.sidecar import start_sidecar
 from tests.support.waiting import wait_until
 
@@ -27,12 +27,17 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize("layout", ["chunked", "single"])
 def test_runnable_reads_back_what_it_wrote_through_the_sidecar(
-    layout: str, s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+    layout: str,
+    any_s3: S3Endpoint,
+    any_s3_client: Minio,
+    any_bucket: str,
+    source: Path,
+    tmp_path: Path,
 ) -> None:
     sidecar = start_sidecar(
         source,
-        s3_server.endpoint,
-        f"{bucket}/run-logs",
+        any_s3.endpoint,
+        f"{any_bucket}/run-logs",
         tmp_path / "sidecar.log",
         "--layout",
         layout,
@@ -44,7 +49,12 @@ def test_runnable_reads_back_what_it_wrote_through_the_sidecar(
 
     from_folder = runnable_compat.read_run_log_from_folder(source, run_id, layout=layout)
     from_bucket = runnable_compat.read_run_log_from_bucket(
-        s3_server.endpoint, "minioadmin", "minioadmin", f"{bucket}/run-logs", run_id, layout=layout
+        any_s3.endpoint,
+        any_s3.access_key,
+        any_s3.secret_key,
+        f"{any_bucket}/run-logs",
+        run_id,
+        layout=layout,
     )
     assert from_bucket == from_folder
     assert from_bucket["status"] == "SUCCESS"
@@ -52,7 +62,7 @@ def test_runnable_reads_back_what_it_wrote_through_the_sidecar(
     if layout == "chunked":
         for step, branches in runnable_compat.DEMO_BRANCHES.items():
             assert set(from_bucket["steps"][step]["branches"]) == set(branches)
-    assert_mirror(s3_client, bucket, "run-logs", source, layout)
+    assert_mirror(any_s3_client, any_bucket, "run-logs", source, layout)
     # The sidecar saw the files being written (not just the final scan).
     assert "mirror complete" in sidecar.log
 

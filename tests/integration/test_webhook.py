@@ -16,6 +16,7 @@ folders -- next to a real runnable pipeline, and checks the bucket mirrors the r
 from __future__ import annotations
 
 import base64
+import datetime
 import itertools
 import os
 import signal
@@ -24,26 +25,31 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import kopf
 import kubernetes_validate
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
-from runlog_relay.config.crd import crd_manifest
-from runlog_relay.operator.controller import ControllerOptions
-from runlog_relay.operator.runner import Operator, OperatorOptions, build_operator
-from runlog_relay.operator.webhook import InjectionOptions
-from runlog_relay.operator.webhook_tls import WebhookOptions, self_signed_certificate
+from runlog_relay.operator.webhook_tls import issue_certificate, make_ca
 from runlog_relay.runnable_compat import run_pipeline
-from tests.integration.kube import DEFAULT_RESOURCES, RUNLOGSTORE, KubeHarness
-from tests.integration.kube.kopf_runner import KopfRunner, RunningOperator
-from tests.support.admission import AdmissionClient, ReviewAnswer, admission_review, pod_review
+from tests.integration.kube import KubeHarness
+from tests.integration.kube.kopf_runner import KopfRunner
+from tests.integration.kube.webhooks import (
+    K8S,
+    MUTATING,
+    NS,
+    OTHER_NS,
+    RLS,
+    SERVICE_DNS,
+    VALIDATING,
+    Cluster,
+    prepare,
+    webhook_configuration,
+)
+from tests.support.admission import ReviewAnswer, admission_review
 from tests.support.mirror import assert_mirror
 from tests.support.s3server import AuthS3, free_port
 from tests.support.waiting import wait_until
@@ -51,18 +57,7 @@ from tests.support.waiting import wait_until
 pytest_plugins = ["tests.integration.kube.fixtures"]
 pytestmark = pytest.mark.integration
 
-RLS = "runlog-relay.dev/v1alpha1/runlogstores"
-MUTATING = "admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
-VALIDATING = "admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
-NS, OTHER_NS = "team-a", "team-b"
-SERVICE, SERVICE_NS = "runlog-relay", "runlog-relay"
-SERVICE_DNS = f"{SERVICE}.{SERVICE_NS}.svc"
-K8S = "1.30"
-WAIT = 15.0
 _buckets = itertools.count()
-
-
-# --------------------------------------------------------------------------- servers
 
 
 @pytest.fixture(scope="module")
@@ -72,182 +67,8 @@ def s3(auth_s3: AuthS3) -> AuthS3:
 
 
 @pytest.fixture()
-def kube_resources() -> list[Any]:
-    return [spec for spec in DEFAULT_RESOURCES if spec != RUNLOGSTORE]
-
-
-def webhook_configuration(kind: str) -> dict[str, Any]:
-    """What the chart installs: our Service, our paths, no caBundle (the operator's job)."""
-    mutating = kind == "MutatingWebhookConfiguration"
-    webhook: dict[str, Any] = {
-        "name": ("pods" if mutating else "runlogstores") + ".runlog-relay.dev",
-        "clientConfig": {
-            "service": {
-                "name": SERVICE,
-                "namespace": SERVICE_NS,
-                "path": "/mutate-pods" if mutating else "/validate-runlogstores",
-                "port": 443,
-            }
-        },
-        "rules": [
-            {
-                "apiGroups": [""] if mutating else ["runlog-relay.dev"],
-                "apiVersions": ["v1"] if mutating else ["v1alpha1"],
-                "operations": ["CREATE"] if mutating else ["CREATE", "UPDATE"],
-                "resources": ["pods"] if mutating else ["runlogstores"],
-            }
-        ],
-        "failurePolicy": "Ignore",
-        "sideEffects": "NoneOnDryRun",
-        "admissionReviewVersions": ["v1"],
-        "timeoutSeconds": 10,
-    }
-    if mutating:
-        webhook["objectSelector"] = {
-            "matchExpressions": [{"key": "runlog-relay.dev/store", "operator": "Exists"}]
-        }
-        webhook["reinvocationPolicy"] = "Never"
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": kind,
-        "metadata": {"name": "runlog-relay"},
-        "webhooks": [webhook],
-    }
-
-
-@dataclass
-class Cluster:
-    kube: KubeHarness
-    runner: KopfRunner
-    s3: AuthS3
-    operator: Operator | None = None
-    running: RunningOperator | None = None
-    client: AdmissionClient | None = None
-
-    def start(
-        self, *, allow_errors: bool = False, cert_dir: Path | None = None, **injection: Any
-    ) -> Operator:
-        url = self.kube.url
-        options = OperatorOptions(
-            namespaces=(NS, OTHER_NS),
-            controller=ControllerOptions(
-                retry_base_delay=0.2, retry_max_delay=1.0, bucket_timeout=2.0, instance="test"
-            ),
-            webhook=WebhookOptions(
-                host="127.0.0.1",
-                port=None,
-                service_name=SERVICE,
-                service_namespace=SERVICE_NS,
-                ca_recheck_interval=0.3,
-                cert_dir=cert_dir,
-            ),
-            injection=InjectionOptions(**injection),
-        )
-        self.operator = build_operator(
-            options,
-            login=lambda: kopf.ConnectionInfo(server=url, insecure=True),
-            prometheus=CollectorRegistry(),
-            recheck=False,
-        )
-        self.running = self.runner.start(
-            self.operator.registry, namespaces=(NS, OTHER_NS), allow_errors=allow_errors
-        )
-        server = self.operator.webhook_server
-        assert server is not None
-        url_seen = self.wait(lambda: server.url, "the webhook server to listen")
-        if cert_dir is None:
-            bundle = self.wait(self.ca_bundle, "the operator to write the caBundle")
-        else:
-            bundle = (cert_dir / "tls.crt").read_bytes()
-        self.client = AdmissionClient(int(url_seen.rsplit(":", 1)[1]), bundle, SERVICE_DNS)
-        return self.operator
-
-    def ca_bundle(self) -> bytes | None:
-        bundles = set()
-        for resource in (MUTATING, VALIDATING):
-            for webhook in self.kube.get(resource, "runlog-relay")["webhooks"]:
-                bundles.add(webhook["clientConfig"].get("caBundle"))
-        if len(bundles) != 1 or None in bundles:
-            return None
-        return base64.b64decode(bundles.pop())
-
-    def wait(self, predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-        assert self.running is not None
-        return self.running.wait_for(predicate, timeout=timeout, message=what)
-
-    # --- objects ---------------------------------------------------------------------------
-
-    def put_creds(self, name: str = "s3-creds", namespace: str = NS) -> None:
-        data = {
-            "AWS_ACCESS_KEY_ID": self.s3.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
-        }
-        self.kube.create(
-            "v1/secrets",
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": name, "namespace": namespace},
-                "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-            },
-            namespace,
-        )
-
-    def create_store(
-        self, name: str, bucket: str, namespace: str = NS, *, wait: bool = True, **extra: Any
-    ) -> None:
-        spec = {
-            "endpoint": self.s3.endpoint,
-            "bucket": f"{bucket}/run-logs",
-            "credentialsSecretRef": {"name": "s3-creds"},
-            **extra,
-        }
-        self.kube.create(
-            RLS,
-            {
-                "apiVersion": "runlog-relay.dev/v1alpha1",
-                "kind": "RunLogStore",
-                "metadata": {"name": name, "namespace": namespace},
-                "spec": spec,
-            },
-            namespace,
-        )
-        if wait:
-            self.wait(lambda: self.ready(name, namespace), f"RunLogStore {name} Ready")
-
-    def ready(self, name: str, namespace: str = NS) -> bool:
-        status = self.kube.get(RLS, name, namespace).get("status") or {}
-        return any(
-            c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or []
-        )
-
-    # --- admission -------------------------------------------------------------------------
-
-    def admit(
-        self, pod: dict[str, Any], namespace: str = NS, path: str = "/mutate-pods"
-    ) -> ReviewAnswer:
-        assert self.client is not None
-        kubernetes_validate.validate(pod, K8S, strict=True)
-        answer = self.client.post(path, pod_review(pod, namespace))
-        assert answer.status == 200, answer
-        assert answer.allowed, answer.response
-        return answer
-
-    def metric(self, result: str) -> float:
-        assert self.operator is not None
-        value = self.operator.prometheus.get_sample_value(
-            "runlog_relay_operator_injections_total", {"result": result}
-        )
-        return value or 0.0
-
-
-@pytest.fixture()
 def cluster(kube: KubeHarness, kopf_runner: KopfRunner, s3: AuthS3) -> Cluster:
-    kube.create("apiextensions.k8s.io/v1/customresourcedefinitions", crd_manifest())
-    for namespace in (NS, OTHER_NS):
-        kube.ensure_namespace(namespace)
-    kube.create(MUTATING, webhook_configuration("MutatingWebhookConfiguration"))
-    kube.create(VALIDATING, webhook_configuration("ValidatingWebhookConfiguration"))
+    prepare(kube)
     return Cluster(kube, kopf_runner, s3)
 
 
@@ -428,7 +249,8 @@ def test_plain_pod_without_volume_gets_a_native_sidecar_and_an_emptydir(
     patched = check_injected(answer, pod)
     sidecar = patched["spec"]["initContainers"][0]
     assert sidecar["name"] == "runlog-relay" and sidecar["restartPolicy"] == "Always"
-    assert {"name": "runlog-relay-logs", "emptyDir": {}} in patched["spec"]["volumes"]
+    logs = {"name": "runlog-relay-logs", "emptyDir": {"sizeLimit": "1Gi"}}
+    assert logs in patched["spec"]["volumes"]
     main = patched["spec"]["containers"][0]
     assert {"name": "runlog-relay-logs", "mountPath": "/tmp/run_logs"} in main["volumeMounts"]
     assert log_mount(sidecar) == {
@@ -573,8 +395,10 @@ def test_not_ready_store_is_injected_by_default_with_a_warning(cluster: Cluster)
     cluster.start()
     cluster.put_creds()
     cluster.create_store("waiting", "no-such-bucket-here", wait=False)
-    wait_reason(cluster, "waiting", "BucketNotFound")  # the sidecar can start, and wait
     pod = bare_pod(store="waiting")
+    # The store's reconcile ends at BucketNotFound (the sidecar can start, and wait); the
+    # status reaches the webhook's index a moment after the API object.
+    cluster.wait_webhook_warns(pod, "Ready=False (BucketNotFound)")
 
     answer = cluster.admit(pod)
 
@@ -660,10 +484,15 @@ def test_certificate_directory_mode_serves_that_certificate_and_leaves_the_ca_bu
 ) -> None:
     """cert-manager mode: tls.crt/tls.key from a directory; its CA injector, not the
     operator, owns the caBundle."""
-    cert, key = self_signed_certificate([SERVICE_DNS])
+    now = datetime.datetime.now(datetime.UTC)
+    ca, ca_key = make_ca("cert-manager's CA", now=now, validity=datetime.timedelta(days=1))
+    cert, key = issue_certificate(
+        ca, ca_key, [SERVICE_DNS], now=now, validity=datetime.timedelta(hours=1)
+    )
     (tmp_path / "tls.crt").write_bytes(cert)
     (tmp_path / "tls.key").write_bytes(key)
-    cluster.start(cert_dir=tmp_path)  # the client trusts only this certificate
+    (tmp_path / "ca.crt").write_bytes(ca)
+    cluster.start(cert_dir=tmp_path)  # the client trusts only this CA
 
     pod = bare_pod()
     pod["metadata"]["labels"]["runlog-relay.dev/store"] = "absent"
@@ -677,8 +506,41 @@ def test_certificate_directory_mode_serves_that_certificate_and_leaves_the_ca_bu
 # --------------------------------------------------------------------------- tests: stores
 
 
+#: A developer of team-a, allowed to read its Secrets (see grant_secret_reading).
+ALICE = {"username": "alice", "groups": ["team-a-devs", "system:authenticated"]}
+
+
+def grant_secret_reading(kube: KubeHarness, group: str = "team-a-devs") -> None:
+    """RBAC in the emulator: ``group`` may read the Secrets of team-a."""
+    rbac = "rbac.authorization.k8s.io/v1"
+    kube.create(
+        f"{rbac}/roles",
+        {
+            "metadata": {"name": "secret-reader", "namespace": NS},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}],
+        },
+        NS,
+    )
+    kube.create(
+        f"{rbac}/rolebindings",
+        {
+            "metadata": {"name": "devs-read-secrets", "namespace": NS},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "secret-reader",
+            },
+            "subjects": [{"kind": "Group", "name": group}],
+        },
+        NS,
+    )
+
+
 def store_review(
-    spec: dict[str, Any], operation: str = "CREATE", old: dict[str, Any] | None = None
+    spec: dict[str, Any],
+    operation: str = "CREATE",
+    old: dict[str, Any] | None = None,
+    user: dict[str, Any] | None = ALICE,
 ) -> dict[str, Any]:
     def body(spec: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -698,6 +560,7 @@ def store_review(
         operation=operation,
         old=body(old) if old is not None else None,
         name="new",
+        user=user,
     )
 
 
@@ -706,6 +569,7 @@ def test_store_validation_warns_about_secrets_and_denies_what_the_schema_cannot(
 ) -> None:
     cluster.start(allow_errors=True)  # kopf logs each denial as a failed handler
     assert cluster.client is not None
+    grant_secret_reading(cluster.kube)
     missing = {"endpoint": "http://minio:9000", "credentialsSecretRef": {"name": "later"}}
 
     answer = cluster.client.post("/validate-runlogstores", store_review(missing))
@@ -851,3 +715,53 @@ def test_injected_sidecar_runs_and_mirrors_a_real_runnable_run(
     assert ready_cluster.s3.secret_key not in log_path.read_text()
     assert_mirror(ready_cluster.s3.client(), bucket, "run-logs", log_folder, layout="chunked")
     assert any(log_folder.glob("webhook-run-1/RunLog.json"))
+
+
+def test_a_store_may_only_name_secrets_its_author_may_read(cluster: Cluster) -> None:
+    """The confused deputy, end to end: the webhook asks the API server's authorizer
+    (the emulator's RBAC objects) whether the requester may read each named Secret."""
+    cluster.start(allow_errors=True)
+    assert cluster.client is not None
+    grant_secret_reading(cluster.kube)
+    cluster.put_creds()
+    spec = {"endpoint": "http://minio:9000", "credentialsSecretRef": {"name": "s3-creds"}}
+
+    assert cluster.client.post("/validate-runlogstores", store_review(spec)).allowed
+    bob = {"username": "bob", "groups": ["other-team", "system:authenticated"]}
+    refused = cluster.client.post("/validate-runlogstores", store_review(spec, user=bob))
+    assert not refused.allowed and refused.response["status"]["code"] == 403
+    assert "bob may not read Secret 's3-creds'" in refused.response["status"]["message"]
+    # bob may not redirect a store's Secret to his endpoint either ...
+    moved = {**spec, "endpoint": "https://collector.example.com"}
+    answer = cluster.client.post("/validate-runlogstores", store_review(moved, "UPDATE", spec, bob))
+    assert not answer.allowed
+    # ... but may tune one, which sends the keys nowhere new.
+    tuned = {**spec, "sync": {"concurrency": 2}}
+    assert cluster.client.post(
+        "/validate-runlogstores", store_review(tuned, "UPDATE", spec, bob)
+    ).allowed
+    asked = cluster.kube.call(lambda: list(cluster.kube.emulator.access_reviews))
+    assert {(r["spec"]["user"], r["allowed"]) for r in asked} == {("alice", True), ("bob", False)}
+
+
+def test_endpoints_outside_the_allow_list_get_no_store_and_no_sidecar(
+    cluster: Cluster, bucket: str
+) -> None:
+    cluster.start(allow_errors=True, allowed_endpoints=["http://minio.storage.svc:9000"])
+    assert cluster.client is not None
+    grant_secret_reading(cluster.kube)
+    cluster.put_creds()
+    internal = {"endpoint": "http://169.254.169.254", "credentialsSecretRef": {"name": "s3-creds"}}
+    refused = cluster.client.post("/validate-runlogstores", store_review(internal))
+    assert not refused.allowed and "allow-list" in refused.response["status"]["message"]
+    # A store that got in anyway (the webhook was down, say) is not connected to ...
+    cluster.create_store("sneaky", bucket, wait=False)
+    wait_reason(cluster, "sneaky", "EndpointNotAllowed")
+    # ... and its pods get no sidecar carrying its credentials there.
+    pod = bare_pod(store="sneaky")
+    cluster.wait_webhook_warns(pod, "not in the operator's allow-list")
+    patched = cluster.admit(pod).patched(pod)
+    assert patched["spec"] == pod["spec"]
+    assert patched["metadata"]["annotations"]["runlog-relay.dev/skipped"].startswith(
+        "EndpointNotAllowed"
+    )

@@ -95,8 +95,10 @@ def admission_review(
     old: dict[str, Any] | None = None,
     dry_run: bool = False,
     name: str | None = None,
+    user: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An ``admission.k8s.io/v1`` AdmissionReview request as the API server sends it."""
+    """An ``admission.k8s.io/v1`` AdmissionReview request as the API server sends it;
+    ``user`` is its ``userInfo`` (default: the Job controller, which creates Job pods)."""
     gvr = {"group": group, "version": version, "resource": resource}
     gvk = {"group": group, "version": version, "kind": kind}
     request: dict[str, Any] = {
@@ -107,7 +109,11 @@ def admission_review(
         "requestResource": gvr,
         "namespace": namespace,
         "operation": operation,
-        "userInfo": {"username": "system:serviceaccount:kube-system:job-controller"},
+        "userInfo": user
+        or {
+            "username": "system:serviceaccount:kube-system:job-controller",
+            "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system"],
+        },
         "object": obj,
         "oldObject": old,
         "dryRun": dry_run,

@@ -5,6 +5,9 @@
 * ``counts``: HTTP requests by method (PUT, HEAD, GET, POST …) seen on the client side,
   parsed from request heads and Content-Length, so a test can assert "zero PUT and zero
   HEAD" on a restart at the wire, not from the sidecar's own metrics.
+* ``hold_puts()``: uploads stop at the proxy (each PUT waits before its first byte goes
+  on, ``held`` counts them) until ``release_puts()``, like a link so slow that a newer
+  upload from elsewhere lands first; reads and listings go through.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ class TcpProxy:
         self._up = True
         self._open: set[socket.socket] = set()
         self.counts: collections.Counter[str] = collections.Counter()
+        self._puts = threading.Event()
+        self._puts.set()
+        self.held = 0
         self._closed = False
         threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
 
@@ -45,12 +51,19 @@ class TcpProxy:
         with self._lock:
             self._up = True
 
+    def hold_puts(self) -> None:
+        self._puts.clear()
+
+    def release_puts(self) -> None:
+        self._puts.set()
+
     def reset_counts(self) -> None:
         with self._lock:
             self.counts.clear()
 
     def close(self) -> None:
         self._closed = True
+        self._puts.set()
         self.outage()
         _close(self._listener)
 
@@ -102,6 +115,11 @@ class TcpProxy:
                 data = client.recv(65536)
                 if not data:
                     break
+                starts_a_put = not buffer and not body_left and data.startswith(b"PUT ")
+                if starts_a_put and not self._puts.is_set():
+                    with self._lock:
+                        self.held += 1
+                    self._puts.wait()
                 upstream.sendall(data)
                 buffer += data
                 while True:

@@ -232,3 +232,40 @@ def test_the_operator_docs_table_covers_every_spec_field() -> None:
 
     missing = [path for path in leaves(spec_schema()) if f"| `{path}` |" not in docs]
     assert not missing, f"README.md does not document: {missing}"
+
+
+def test_every_string_is_bounded_and_every_status_field_described() -> None:
+    unbounded_strings = crd.unbounded_strings
+    root = crd.crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert unbounded_strings(root["properties"]["spec"]) == []
+    assert unbounded_strings(root["properties"]["status"]) == []
+    assert unbounded_strings({"type": "string"}) == ["."]  # what it finds
+
+    def undescribed(node: dict[str, Any], path: str) -> list[str]:
+        found = [] if node.get("description") else [path]
+        for name, child in (node.get("properties") or {}).items():
+            found += undescribed(child, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            found += undescribed(node["items"], f"{path}[]")
+        return found
+
+    assert undescribed(root["properties"]["status"], ".status") == []
+    # The name is a label value: the API server refuses longer ones (CEL at the root).
+    (rule,) = root["x-kubernetes-validations"]
+    assert rule["rule"] == "self.metadata.name.size() <= 63"
+
+
+def test_the_log_folder_stays_clear_of_the_sidecars_mounts() -> None:
+    assert StoreSpec(log_folder="/tmp/run_logs/").log_folder == "/tmp/run_logs"
+    assert StoreSpec(log_folder="/etc").log_folder == "/etc"  # a parent mount is fine
+    for folder in (
+        "/",
+        "/etc/runlog-relay",
+        "/etc/runlog-relay/x",
+        "/var/run/secrets",
+        "/var/run/secrets/kubernetes.io/serviceaccount",
+        "/proc/x",
+        "/a/../b",
+    ):
+        with pytest.raises(ValueError, match="logFolder"):
+            StoreSpec(log_folder=folder)

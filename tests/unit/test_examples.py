@@ -22,10 +22,17 @@ from runlog_relay.config.crd import crd_manifest
 from runlog_relay.config.settings import load_sidecar_settings
 from runlog_relay.operator import reconcile as rc
 from runlog_relay.operator import webhook as wh
+from runlog_relay.operator.settings import InjectionSettings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
 K8S = "1.30"
-EXPECTED = {"runlogstore.yaml", "k8s-job.yaml", "argo-workflow.yaml", "shared-pvc-deployment.yaml"}
+EXPECTED = {
+    "runlogstore.yaml",
+    "runlogstore-irsa.yaml",
+    "k8s-job.yaml",
+    "argo-workflow.yaml",
+    "shared-pvc-deployment.yaml",
+}
 
 
 def documents(name: str) -> list[dict[str, Any]]:
@@ -70,11 +77,9 @@ def test_every_document_is_valid(name: str) -> None:
 def test_examples_share_one_namespace_store_and_secret() -> None:
     store = by_kind("runlogstore.yaml", "RunLogStore")
     secret = by_kind("runlogstore.yaml", "Secret")
-    assert store["spec"]["credentialsSecretRef"]["name"] == secret["metadata"]["name"]
-    assert set(secret["stringData"]) == {
-        store["spec"]["credentialsSecretRef"]["accessKeyIdKey"],
-        store["spec"]["credentialsSecretRef"]["secretAccessKeyKey"],
-    }
+    ref = store["spec"]["credentials"]["secretRef"]
+    assert ref["name"] == secret["metadata"]["name"]
+    assert set(secret["stringData"]) == {ref["accessKeyIdKey"], ref["secretAccessKeyKey"]}
     for name in EXPECTED:
         for doc in documents(name):
             assert doc["metadata"]["namespace"] == "team-a", (name, doc["kind"])
@@ -82,7 +87,7 @@ def test_examples_share_one_namespace_store_and_secret() -> None:
 
 def inject(pod: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     decision = wh.decide_injection(
-        pod, namespace="team-a", store=store_info(), options=wh.InjectionOptions()
+        pod, namespace="team-a", store=store_info(), options=InjectionSettings(), native=True
     )
     assert decision.outcome is wh.Outcome.INJECTED, decision
     assert not decision.warnings, decision.warnings
@@ -111,6 +116,9 @@ def test_k8s_job_pod_gets_the_sidecar_on_the_executors_pvc() -> None:
         "mountPath": "/tmp/run_logs",
         "readOnly": True,
     }
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["RUNLOG_RELAY_RUN_IDS"] == job["metadata"]["name"]  # runnable's run id
+    assert sidecar["resources"]["requests"] == sidecar["resources"]["limits"]  # Guaranteed
 
 
 def test_argo_step_pod_gets_the_sidecar_on_the_runnable_pvc() -> None:
@@ -157,7 +165,8 @@ def test_shared_pvc_deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     pod = deployment["spec"]["template"]
-    assert wh.STORE_LABEL not in pod["metadata"]["labels"]  # the relay is not injected
+    assert wh.STORE_LABEL not in pod["metadata"]["labels"]  # the relay is not injected,
+    assert wh.opted_out(pod)  # not even in a namespace that opts its pods in
     (container,) = pod["spec"]["containers"]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     mounts = {m["name"]: m for m in container["volumeMounts"]}

@@ -14,16 +14,20 @@ import copy
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from runlog_relay.config.credentials import WebIdentity
 from runlog_relay.config.models import StoreSpec
 from runlog_relay.errors import NotFoundError, PermanentError, RetryableError
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator import reconcile as rc
-from runlog_relay.operator.controller import ControllerOptions, StoreController
+from runlog_relay.operator.controller import StoreController
+from runlog_relay.operator.policy import EndpointPolicy
+from runlog_relay.operator.settings import ReconcileSettings
 
 NS = "team"
 STORE_PATH = f"/apis/runlog-relay.dev/v1alpha1/namespaces/{NS}/runlogstores/main"
@@ -41,6 +45,7 @@ class FakeApi:
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, Any]] = {}
         self.writes: list[tuple[str, str, Any]] = []
+        self.reads: list[tuple[str, str]] = []
         self.fail: dict[tuple[str, str], Exception] = {}
 
     def _check(self, verb: str, path: str) -> None:
@@ -50,6 +55,7 @@ class FakeApi:
 
     async def get(self, path: str) -> dict[str, Any] | None:
         self._check("GET", path)
+        self.reads.append(("GET", path))
         obj = self.objects.get(path)
         return copy.deepcopy(obj) if obj is not None else None
 
@@ -75,11 +81,6 @@ class FakeApi:
             else:
                 obj[key] = copy.deepcopy(value)
         return obj
-
-    async def delete(self, path: str) -> bool:
-        self._check("DELETE", path)
-        self.writes.append(("DELETE", path, None))
-        return self.objects.pop(path, None) is not None
 
     # helpers
     def events(self) -> list[dict[str, Any]]:
@@ -127,9 +128,18 @@ class World:
             self.api,
             OperatorMetrics(self.registry),
             bucket_check=self.bucket,
-            options=ControllerOptions(retry_base_delay=2, retry_max_delay=30, instance="test"),
+            options=ReconcileSettings(retry_base_delay=2, retry_max_delay=30),
+            instance="test",
+            gate=self.gate,
             clock=lambda: datetime(2025, 1, 1, tzinfo=UTC),
         )
+        self.leading = True
+
+    async def gate(self) -> Any:
+        async def leads(namespace: str) -> bool:
+            return self.leading
+
+        return leads
 
     def put_store(self, spec: dict[str, Any], **kw: Any) -> dict[str, Any]:
         body = store(spec, **kw)
@@ -195,42 +205,77 @@ def test_unchanged_state_writes_nothing(world: World) -> None:
     assert world.metric("runlog_relay_operator_reconciles_total", {"result": "ready"}) == 2
 
 
-def test_missing_secret_then_created_turns_ready_through_secret_changed(world: World) -> None:
+def test_missing_secret_is_retried_quietly_until_it_appears(world: World) -> None:
     world.put_store(CREDS_SPEC)
-    result = world.reconcile()
+    controller = StoreController(
+        world.api,
+        OperatorMetrics(CollectorRegistry()),
+        bucket_check=world.bucket,
+        options=ReconcileSettings(retry_base_delay=0.01, retry_max_delay=0.05),
+        gate=world.gate,
+    )
 
-    assert not result.ready.ok and not result.retry  # the Secret watch wakes us, no backoff
-    conditions = world.conditions()
-    assert conditions["Ready"]["reason"] == "SecretNotFound"
-    assert "'creds'" in conditions["Ready"]["message"]
-    assert conditions["Connected"]["status"] == "Unknown"
-    assert world.bucket.calls == []
-    assert world.api.objects[CM_PATH]  # the sidecar config does not wait for the Secret
-    assert world.api.events()[-1]["reason"] == "SecretNotFound"
-    assert world.metric("runlog_relay_store_ready", {"namespace": NS, "store": "main"}) == 0
+    async def scenario() -> None:
+        result = await controller.reconcile(copy.deepcopy(world.api.objects[STORE_PATH]))
+        # Waiting for a Secret is not a failure for kopf to retry (and log as an error):
+        # the controller reconciles again by itself, with backoff.
+        assert not result.ready.ok and not result.retry
+        assert controller.pending_retries() == [(NS, "main")]
+        conditions = world.conditions()
+        assert conditions["Ready"]["reason"] == "SecretNotFound"
+        assert "'creds'" in conditions["Ready"]["message"]
+        assert conditions["Connected"]["status"] == "Unknown"
+        assert world.bucket.calls == []
+        assert world.api.objects[CM_PATH]  # the sidecar config does not wait for the Secret
+        await asyncio.sleep(0.1)  # a few retries, still waiting
+        assert world.conditions()["Ready"]["reason"] == "SecretNotFound"
+        assert len([e for e in world.api.events() if e["reason"] == "SecretNotFound"]) == 1
 
-    world.api.objects[SECRET_PATH] = SECRET_BODY
-    results = asyncio.run(world.controller.secret_changed(NS, "creds", SECRET_BODY, ["main"]))
+        world.api.objects[SECRET_PATH] = SECRET_BODY
+        while world.conditions()["Ready"]["status"] != "True":
+            await asyncio.sleep(0.01)
+        assert controller.pending_retries() == []
+        await controller.close()
 
-    assert results["main"] is not None and results["main"].ready.ok
-    assert world.conditions()["Ready"]["status"] == "True"
+    asyncio.run(asyncio.wait_for(scenario(), 5))
     assert world.api.events()[-1]["reason"] == "Ready"
-
-    # The same Secret content again (a resync, a label change): nothing to do.
-    again = asyncio.run(world.controller.secret_changed(NS, "creds", SECRET_BODY, ["main"]))
-    assert again == {}
-    assert len(world.bucket.calls) == 1
+    # Only the referenced Secret was ever read, and never listed.
+    assert {path for method, path in world.api.reads if "/secrets" in path} == {SECRET_PATH}
 
 
-def test_deleted_secret_turns_the_store_not_ready(world: World) -> None:
+def test_retries_stop_when_the_store_is_deleted_or_another_replica_leads(world: World) -> None:
+    body = world.put_store(CREDS_SPEC)
+    controller = StoreController(
+        world.api,
+        OperatorMetrics(CollectorRegistry()),
+        bucket_check=world.bucket,
+        options=ReconcileSettings(retry_base_delay=0.01, retry_max_delay=0.01),
+        gate=world.gate,
+    )
+
+    async def scenario() -> None:
+        await controller.reconcile(copy.deepcopy(body))
+        world.leading = False
+        reads = len(world.api.reads)
+        await asyncio.sleep(0.1)
+        assert len(world.api.reads) == reads  # a standby does not reconcile
+        world.leading = True
+        await controller.reconcile(copy.deepcopy(body))
+        await controller.forget(body)
+        assert controller.pending_retries() == []
+        await controller.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+def test_deleted_secret_is_seen_by_the_recheck(world: World) -> None:
     world.api.objects[SECRET_PATH] = SECRET_BODY
     world.put_store(CREDS_SPEC)
     world.reconcile()
     del world.api.objects[SECRET_PATH]
 
-    results = asyncio.run(world.controller.secret_changed(NS, "creds", None, ["main"]))
+    asyncio.run(world.controller.recheck_all())
 
-    assert results["main"] is not None and not results["main"].ready.ok
     assert world.conditions()["SecretsAvailable"]["reason"] == "SecretNotFound"
 
 
@@ -343,7 +388,9 @@ def test_event_post_failure_does_not_fail_the_reconcile(world: World) -> None:
     assert world.reconcile().ready.ok
 
 
-def test_forget_removes_metric_state_and_owned_configmap(world: World) -> None:
+def test_forget_removes_metric_and_state_and_leaves_the_configmap_to_the_gc(
+    world: World,
+) -> None:
     body = world.put_store({})
     world.reconcile()
     labels = {"namespace": NS, "store": "main"}
@@ -352,8 +399,9 @@ def test_forget_removes_metric_state_and_owned_configmap(world: World) -> None:
     asyncio.run(world.controller.forget(body))
 
     assert world.metric("runlog_relay_store_ready", labels) is None
-    assert CM_PATH not in world.api.objects
     assert world.controller.known_stores() == []
+    # Owned by the store: the garbage collector deletes it; the operator may not.
+    assert not [w for w in world.api.writes if w[0] == "DELETE"]
 
 
 def test_forget_of_an_older_incarnation_leaves_the_new_one_alone(world: World) -> None:
@@ -405,13 +453,8 @@ def test_recheck_skips_namespaces_where_another_replica_leads(world: World) -> N
     world.reconcile()
     world.bucket.error = PermanentError("no bucket", code="NoSuchBucket")
 
-    async def not_leading() -> Any:
-        async def leads(namespace: str) -> bool:
-            return False
-
-        return leads
-
-    asyncio.run(world.controller.recheck_all(not_leading))
+    world.leading = False
+    asyncio.run(world.controller.recheck_all())
 
     assert world.conditions()["Ready"]["status"] == "True"  # untouched
     assert len(world.bucket.calls) == 1
@@ -420,13 +463,6 @@ def test_recheck_skips_namespaces_where_another_replica_leads(world: World) -> N
 def test_recheck_loop_survives_a_failing_round(world: World) -> None:
     world.put_store({})
     world.reconcile()
-    controller = StoreController(
-        world.api,
-        OperatorMetrics(CollectorRegistry()),
-        bucket_check=world.bucket,
-        options=ControllerOptions(recheck_interval=0.01),
-    )
-    asyncio.run(controller.reconcile(copy.deepcopy(world.api.objects[STORE_PATH])))
     rounds: list[int] = []
 
     async def flaky_gate() -> Any:
@@ -439,8 +475,17 @@ def test_recheck_loop_survives_a_failing_round(world: World) -> None:
 
         return leads
 
+    controller = StoreController(
+        world.api,
+        OperatorMetrics(CollectorRegistry()),
+        bucket_check=world.bucket,
+        options=ReconcileSettings(recheck_interval=0.01),
+        gate=flaky_gate,
+    )
+    asyncio.run(controller.reconcile(copy.deepcopy(world.api.objects[STORE_PATH])))
+
     async def scenario() -> None:
-        task = asyncio.create_task(controller.recheck_forever(flaky_gate))
+        task = asyncio.create_task(controller.recheck_forever())
         while len(rounds) < 3:
             await asyncio.sleep(0.01)
         task.cancel()
@@ -449,3 +494,131 @@ def test_recheck_loop_survives_a_failing_round(world: World) -> None:
 
     asyncio.run(asyncio.wait_for(scenario(), 5))
     assert len(rounds) >= 3  # the first round's failure did not end the loop
+
+
+def test_an_endpoint_outside_the_allow_list_is_never_connected_to(world: World) -> None:
+    controller = StoreController(
+        world.api,
+        OperatorMetrics(CollectorRegistry()),
+        bucket_check=world.bucket,
+        policy=EndpointPolicy.from_patterns(["https://*.amazonaws.com"]),
+    )
+    world.api.objects[SECRET_PATH] = SECRET_BODY
+    world.put_store(CREDS_SPEC)  # http://s3.local:9000
+    result = asyncio.run(controller.reconcile(copy.deepcopy(world.api.objects[STORE_PATH])))
+    assert result.spec_error is not None  # permanent: no retry until the spec changes
+    ready = world.conditions()["Ready"]
+    assert ready["status"] == "False" and ready["reason"] == "EndpointNotAllowed"
+    assert "allow-list" in ready["message"]
+    assert world.bucket.calls == []  # not a single request to it
+    assert not [path for _, path in world.api.reads if "/secrets/" in path]  # nor a Secret read
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def test_credentials_secret_ref_is_the_same_as_the_deprecated_spelling(world: World) -> None:
+    world.api.objects[SECRET_PATH] = SECRET_BODY
+    world.put_store(
+        {"endpoint": "http://s3.local:9000", "credentials": {"secretRef": {"name": "creds"}}}
+    )
+    assert world.reconcile().ready.ok
+    assert world.bucket.calls == [("http://s3.local:9000", ACCESS, SECRET)]
+    config = world.api.objects[CM_PATH]["data"]["config.yaml"]
+    assert "accessKeyIdFile: /var/run/secrets/runlog-relay/credentials/access-key-id" in config
+
+    del world.api.objects[SECRET_PATH]
+    world.reconcile()
+    message = world.conditions()["SecretsAvailable"]["message"]
+    assert message == (
+        f"Secret 'creds' not found in namespace '{NS}' (spec.credentials.secretRef.name)"
+    )
+
+
+def test_both_credentials_fields_are_an_invalid_spec(world: World) -> None:
+    world.put_store(
+        {**CREDS_SPEC, "credentials": {"serviceAccount": {}}}  # and credentialsSecretRef
+    )
+    result = world.reconcile()
+    assert result.spec_error is not None
+    assert "not both" in world.conditions()["SpecValid"]["message"]
+    assert world.bucket.calls == []
+
+
+def test_service_account_store_without_an_operator_identity_is_checked_by_sidecars(
+    world: World,
+) -> None:
+    world.put_store(
+        {"endpoint": "https://s3.eu-west-1.amazonaws.com", "credentials": {"serviceAccount": {}}}
+    )
+    result = world.reconcile()
+    conditions = world.conditions()
+    assert world.bucket.calls == []  # nothing to check with
+    assert (conditions["BucketReady"]["status"], conditions["BucketReady"]["reason"]) == (
+        "Unknown",
+        "CheckedBySidecars",
+    )
+    assert conditions["Connected"]["reason"] == "CheckedBySidecars"
+    assert conditions["SecretsAvailable"]["reason"] == "ServiceAccountIdentity"
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == (
+        "True",
+        "CheckedBySidecars",
+    )
+    assert result.ready.ok and not result.retry
+    assert not [r for r in world.api.reads if "/secrets/" in r[1]]  # no Secret read at all
+    config = world.api.objects[CM_PATH]["data"]["config.yaml"]
+    assert "credentials: service-account" in config
+    assert "accessKeyIdFile" not in config
+
+
+def test_service_account_store_is_checked_with_the_operators_own_identity() -> None:
+    identity = WebIdentity(
+        token_file=Path("/var/run/secrets/eks.amazonaws.com/serviceaccount/token"),
+        sts_endpoint="https://sts.eu-west-1.amazonaws.com",
+        role_arn="arn:aws:iam::1:role/operator",
+    )
+    seen: list[object] = []
+
+    def bucket_check(spec: StoreSpec, secrets: rc.ResolvedSecrets, timeout: float) -> bool:
+        seen.append(secrets.plan())
+        raise PermanentError("checking bucket 'runs': AccessDenied", code="AccessDenied")
+
+    api = FakeApi()
+    controller = StoreController(
+        api, OperatorMetrics(CollectorRegistry()), bucket_check=bucket_check, identity=identity
+    )
+    body = store(
+        {
+            "endpoint": "https://s3.amazonaws.com",
+            "bucket": "runs",
+            "credentials": {"serviceAccount": {}},
+        }
+    )
+    api.objects[STORE_PATH] = copy.deepcopy(body)
+    result = asyncio.run(controller.reconcile(body))
+    assert seen == [identity]
+    assert result.ready.reason == "AccessDenied"
+
+
+def test_a_secret_reference_never_names_another_namespace(world: World) -> None:
+    """A reference is a name only. Were a `namespace` field added and used, the store
+    below would read team-b's Secret and turn Ready: this test would fail."""
+    other = "/api/v1/namespaces/team-b/secrets/creds"
+    world.api.objects[other] = {**SECRET_BODY, "metadata": {"name": "creds", "namespace": "team-b"}}
+    for ref in (
+        {"credentialsSecretRef": {"name": "creds", "namespace": "team-b"}},
+        {"credentials": {"secretRef": {"name": "creds", "namespace": "team-b"}}},
+        {"tls": {"caSecretRef": {"name": "creds", "key": "ca", "namespace": "team-b"}}},
+    ):
+        world.put_store({"endpoint": "https://s3.local:9000", **ref})
+        result = world.reconcile()
+        assert not result.ready.ok
+        assert "namespace: Extra inputs are not permitted" in result.ready.message
+    # And a valid reference is looked up in the store's own namespace only.
+    world.put_store(CREDS_SPEC)
+    assert world.reconcile().ready.reason == "SecretNotFound"
+    secret_reads = [path for verb, path in world.api.reads if "/secrets/" in path]
+    assert secret_reads and all(
+        p.startswith(f"/api/v1/namespaces/{NS}/secrets/") for p in secret_reads
+    )
+    assert world.bucket.calls == []

@@ -223,3 +223,30 @@ def test_non_json_error_bodies_still_give_a_status() -> None:
             await runner.cleanup()
 
     run(scenario())
+
+
+def test_new_credentials_never_cut_a_request_in_flight() -> None:
+    """kopf's login handler logs in again at any moment; a request another task has in
+    flight on the old session must still get its answer."""
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.path == "/slow":
+            await release.wait()
+        return web.json_response({"path": request.path})
+
+    async def scenario() -> None:
+        runner, url = await serve(handler)
+        api = KubeApi(lambda: kopf.ConnectionInfo(server=url, token="t"))
+        try:
+            slow = asyncio.create_task(api.request("GET", "/slow"))
+            await asyncio.sleep(0.05)
+            api.login()  # new credentials: a new session for what comes next
+            assert await api.request("GET", "/fast") == {"path": "/fast"}
+            release.set()
+            assert await slow == {"path": "/slow"}
+        finally:
+            await api.close()
+            await runner.cleanup()
+
+    run(scenario())

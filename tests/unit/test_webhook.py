@@ -15,8 +15,15 @@ import jsonpatch
 import kubernetes_validate
 import pytest
 
+from runlog_relay.operator import podspec as ps
 from runlog_relay.operator import reconcile as rc
 from runlog_relay.operator import webhook as wh
+from runlog_relay.operator.settings import (
+    DEFAULT_IMAGE,
+    DEFAULT_RESOURCES,
+    InjectionSettings,
+    validate_resources,
+)
 
 NS = "team-a"
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -67,12 +74,18 @@ def pod(
     return body
 
 
-def decide(body: dict[str, Any], info: wh.StoreInfo | None = None, **options: Any) -> wh.Decision:
+def decide(
+    body: dict[str, Any],
+    info: wh.StoreInfo | None = None,
+    native: bool | None = True,
+    **options: Any,
+) -> wh.Decision:
     return wh.decide_injection(
         body,
         namespace=NS,
         store=store() if info is None else info,
-        options=wh.InjectionOptions(**options),
+        options=InjectionSettings(**options),
+        native=native,
     )
 
 
@@ -123,7 +136,7 @@ def test_pods_not_opted_in_or_already_injected_are_unchanged() -> None:
 
 
 def test_missing_store_and_other_namespaces_store_are_skipped() -> None:
-    decision = wh.decide_injection(pod(), namespace=NS, store=None, options=wh.InjectionOptions())
+    decision = wh.decide_injection(pod(), namespace=NS, store=None, options=InjectionSettings())
     assert decision.outcome is wh.Outcome.SKIPPED and decision.reason == "StoreNotFound"
     assert "'main' not found in namespace 'team-a'" in decision.message
     # A store object from elsewhere is never used, even if handed over by mistake.
@@ -155,7 +168,7 @@ def test_missing_configmap_or_secret_is_injected_with_a_warning() -> None:
         pod(),
         namespace=NS,
         store=store(ready="False"),
-        options=wh.InjectionOptions(),
+        options=InjectionSettings(),
         missing=["Secret 'creds'"],
     )
     assert decision.outcome is wh.Outcome.INJECTED
@@ -167,7 +180,7 @@ def test_missing_configmap_or_secret_is_skipped_when_not_ready_stores_are_not_in
         pod(),
         namespace=NS,
         store=store(ready="False"),
-        options=wh.InjectionOptions(inject_when_not_ready=False),
+        options=InjectionSettings(inject_when_not_ready=False),
         missing=["Secret 'creds'"],
     )
     assert decision.outcome is wh.Outcome.SKIPPED and decision.reason == "StoreNotReady"
@@ -255,9 +268,7 @@ def test_sidecar_container_shape() -> None:
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     _, default = injected(pod())
-    assert default["image"] == wh.DEFAULT_IMAGE and default["resources"] == dict(
-        wh.DEFAULT_RESOURCES
-    )
+    assert default["image"] == DEFAULT_IMAGE and default["resources"] == dict(DEFAULT_RESOURCES)
 
 
 def test_config_and_credentials_are_mounted_where_the_configmap_says() -> None:
@@ -349,7 +360,9 @@ def test_short_grace_period_warns() -> None:
 def test_no_volume_adds_an_emptydir_in_every_container() -> None:
     body = pod([ctr("a"), ctr("b")], initContainers=[ctr("setup")])
     patched, sidecar = injected(body)
-    assert {"name": "runlog-relay-logs", "emptyDir": {}} in patched["spec"]["volumes"]
+    # Bounded, like every emptyDir should be (policy engines and quotas ask for it).
+    logs = {"name": "runlog-relay-logs", "emptyDir": {"sizeLimit": "1Gi"}}
+    assert logs in patched["spec"]["volumes"]
     expected = {"name": "runlog-relay-logs", "mountPath": "/tmp/run_logs"}
     for kind in ("containers", "initContainers"):
         for container in patched["spec"][kind]:
@@ -535,7 +548,7 @@ def test_event_goes_to_the_controller_of_a_pod_without_a_name() -> None:
     body["metadata"]["ownerReferences"] = [
         {"apiVersion": "batch/v1", "kind": "Job", "name": "job-x", "uid": "u-1", "controller": True}
     ]
-    decision = wh.decide_injection(body, namespace=NS, store=None, options=wh.InjectionOptions())
+    decision = wh.decide_injection(body, namespace=NS, store=None, options=InjectionSettings())
     event = wh.pod_event_manifest(decision, body, namespace=NS, now=NOW, instance="op-0")
     kubernetes_validate.validate(event, "1.30", strict=True)
     assert event["involvedObject"] == {
@@ -551,7 +564,7 @@ def test_event_goes_to_the_controller_of_a_pod_without_a_name() -> None:
 
 
 def test_event_goes_to_a_bare_pod_by_name() -> None:
-    decision = wh.decide_injection(pod(), namespace=NS, store=None, options=wh.InjectionOptions())
+    decision = wh.decide_injection(pod(), namespace=NS, store=None, options=InjectionSettings())
     event = wh.pod_event_manifest(decision, pod(), namespace=NS, now=NOW, instance="op-0")
     kubernetes_validate.validate(event, "1.30", strict=True)
     assert event["involvedObject"] == {
@@ -573,8 +586,16 @@ def test_store_spec_denial() -> None:
     assert wh.store_spec_denial(leaky, leaky, operation="UPDATE", name="s") is None
     assert wh.store_spec_denial(leaky, CREDS, operation="UPDATE", name="s") is not None
     assert wh.store_spec_denial(leaky, None, operation="DELETE", name="s") is None
-    long_name = wh.store_spec_denial(CREDS, None, operation="CREATE", name="s" * 250)
-    assert long_name is not None and "too long" in long_name
+    # A store name is a label value (pods name their store in one): 63 at most.
+    long_name = wh.store_spec_denial(CREDS, None, operation="CREATE", name="s" * 64)
+    assert long_name is not None and "longer than 63" in long_name
+    assert wh.store_spec_denial(CREDS, None, operation="CREATE", name="s" * 63) is None
+    # A log folder the sidecar's mounts would collide with.
+    for folder in ("/", "/etc/runlog-relay", "/var/run/secrets/app", "/data/../etc"):
+        denial = wh.store_spec_denial(
+            {**CREDS, "logFolder": folder}, None, operation="CREATE", name="s"
+        )
+        assert denial is not None and "spec.logFolder" in denial, folder
 
 
 def test_store_warnings_name_each_missing_secret_and_key_once() -> None:
@@ -609,7 +630,7 @@ def test_store_warnings_name_each_missing_secret_and_key_once() -> None:
 
 def test_validate_resources() -> None:
     good = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": 1073741824}}
-    assert wh.validate_resources(good) == {
+    assert validate_resources(good) == {
         "requests": {"cpu": "10m", "memory": "64Mi"},
         "limits": {"memory": "1073741824"},
     }
@@ -621,7 +642,7 @@ def test_validate_resources() -> None:
         ({"limits": {"cpu": True}}, "limits.cpu"),
     ):
         with pytest.raises(ValueError, match=match):
-            wh.validate_resources(bad)
+            validate_resources(bad)
 
 
 def test_store_info_from_body() -> None:
@@ -642,3 +663,82 @@ def test_store_info_from_body() -> None:
     copy_of = copy.deepcopy(body)
     info.spec["endpoint"] = "changed"  # type: ignore[index]
     assert body == copy_of
+
+
+# --------------------------------------------------------------------------- opt-in and shape
+
+
+def env_of(sidecar: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in sidecar["env"]}
+
+
+def test_a_pod_opts_in_by_annotation_and_out_by_inject_false() -> None:
+    body = pod(label=None, annotations={wh.STORE_ANNOTATION: "main"})
+    assert wh.pod_opt_in(body) == "main"
+    patched, _ = injected(body)
+    assert patched["metadata"]["annotations"][wh.INJECTED_ANNOTATION] == "main"
+    out = pod(annotations={wh.INJECT_OPT_OUT: "false"})
+    assert decide(out).outcome is wh.Outcome.UNCHANGED
+    # The namespace's default store (its label, resolved by the caller) is used the same way.
+    plain = pod(label=None)
+    decision = wh.decide_injection(
+        plain, namespace=NS, store=store(), options=InjectionSettings(), store_name="main"
+    )
+    assert decision.outcome is wh.Outcome.INJECTED
+
+
+def test_native_or_classic_follows_the_cluster_the_setting_and_the_pod() -> None:
+    def mode(native: bool | None, annotations: dict[str, str] | None = None, **options: Any) -> str:
+        _, sidecar = injected(pod(annotations=annotations), native=native, **options)
+        return "native" if sidecar.get("restartPolicy") == "Always" else "classic"
+
+    assert mode(True) == "native"
+    assert mode(False) == "classic"
+    assert mode(None) == "classic"  # unknown: what every API server accepts
+    assert mode(False, native_sidecar="always") == "native"
+    assert mode(True, native_sidecar="never") == "classic"
+    assert mode(False, {wh.MODE_ANNOTATION: "native"}) == "native"
+
+
+def test_a_classic_sidecar_exits_once_sealed_and_says_when_it_cannot_know() -> None:
+    job = pod(restartPolicy="Never")
+    decision = decide(job, native=False)
+    _, sidecar = injected(job, native=False)
+    assert env_of(sidecar)["RUNLOG_RELAY_EXIT_WHEN_SEALED"] == "true"
+    assert any("without the pod's run ids" in w for w in decision.warnings)
+    runs = pod(restartPolicy="Never", annotations={"runlog-relay.dev/run-ids": "r1"})
+    assert not [w for w in decide(runs, native=False).warnings if "run ids" in w]
+    _, native = injected(job)
+    assert "RUNLOG_RELAY_EXIT_WHEN_SEALED" not in env_of(native)
+
+
+def test_the_sidecar_mirrors_only_the_pods_runs() -> None:
+    writer = ctr("default", command=["runnable", "execute-job", "job.main", "etl-7"])
+    _, sidecar = injected(pod([writer]))
+    assert env_of(sidecar)["RUNLOG_RELAY_RUN_IDS"] == "etl-7"
+    _, unknown = injected(pod())
+    assert "RUNLOG_RELAY_RUN_IDS" not in env_of(unknown)  # every run, as before
+
+
+def test_windows_and_host_network_pods_are_skipped_unless_asked() -> None:
+    assert skipped(pod(os={"name": "windows"})).reason == "WindowsPod"
+    assert skipped(pod(hostNetwork=True)).reason == "HostNetwork"
+    asked = pod(hostNetwork=True, annotations={"runlog-relay.dev/host-network": "inject"})
+    injected(asked)
+    injected(pod(hostNetwork=True), host_network=True)
+
+
+def test_the_sidecar_image_can_be_pulled_and_asked_for() -> None:
+    body = pod(imagePullSecrets=[{"name": "regcred"}])
+    patched, _ = injected(body, image_pull_secrets=["regcred", "mirror"])
+    assert patched["spec"]["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    bad = pod(annotations={"runlog-relay.dev/sidecar-image": "evil.example.com/x:1"})
+    assert skipped(bad).reason == "InvalidAnnotation"
+
+
+def test_a_guaranteed_pod_stays_guaranteed() -> None:
+    limits = {"cpu": "250m", "memory": "1Gi"}
+    body = pod([ctr(resources={"limits": limits})])  # how runnable's K8sJobExecutor sets them
+    _, sidecar = injected(body)
+    assert sidecar["resources"]["requests"] == sidecar["resources"]["limits"]
+    assert ps.guaranteed([*body["spec"]["containers"], sidecar])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -15,8 +16,10 @@ from prometheus_client import CollectorRegistry
 from runlog_relay.errors import PermanentError, RetryableError
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator import webhook as wh
-from runlog_relay.operator.admission import Admission
+from runlog_relay.operator.admission import SUBJECT_ACCESS_REVIEWS, Admission
 from runlog_relay.operator.kubeapi import configmap_path, secret_path, store_path
+from runlog_relay.operator.policy import EndpointPolicy
+from runlog_relay.operator.settings import InjectionSettings, WebhookSettings
 
 NS = "team-a"
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -30,6 +33,9 @@ class FakeApi:
         self.created: list[tuple[str, dict[str, Any]]] = []
         self.fail: dict[tuple[str, str], Exception] = {}
         self.delay = 0.0
+        #: (user, namespace, secret) an authorizer would allow to `get`.
+        self.readers: set[tuple[str, str, str]] = {("alice", NS, "creds")}
+        self.reviews: list[dict[str, Any]] = []
 
     async def get(self, path: str) -> dict[str, Any] | None:
         self.calls.append(("GET", path))
@@ -44,20 +50,30 @@ class FakeApi:
         self.calls.append(("POST", path))
         if ("POST", path) in self.fail:
             raise self.fail[("POST", path)]
+        if path == SUBJECT_ACCESS_REVIEWS:  # an authorizer from the `readers` model
+            spec = body["spec"]
+            self.reviews.append(copy.deepcopy(spec))
+            attributes = spec["resourceAttributes"]
+            asked = (spec["user"], attributes["namespace"], attributes["name"])
+            allowed = attributes["verb"] == "get" and asked in self.readers
+            return {**body, "status": {"allowed": allowed}}
         self.created.append((path, copy.deepcopy(dict(body))))
         return dict(body)
 
 
 class World:
-    def __init__(self, **options: Any) -> None:
+    def __init__(
+        self, lookup_timeout: float = 0.5, allowed: tuple[str, ...] = (), **options: Any
+    ) -> None:
         self.api = FakeApi()
         self.registry = CollectorRegistry()
         self.admission = Admission(
             self.api,
             OperatorMetrics(self.registry),
-            options=wh.InjectionOptions(**options),
+            options=InjectionSettings(**options),
             instance="op-0",
-            lookup_timeout=0.5,
+            lookup_timeout=lookup_timeout,
+            policy=EndpointPolicy.from_patterns(allowed),
             clock=lambda: NOW,
         )
 
@@ -167,10 +183,17 @@ def test_dry_run_posts_no_event_and_counts_nothing_but_answers_the_same() -> Non
     assert world.events() == [] and world.count("skipped") == 0
 
 
-def test_unlabelled_and_injected_pods_cost_nothing() -> None:
+def test_unlabelled_injected_and_opted_out_pods_cost_little() -> None:
     world = World()
+    # A pod naming no store is sent only for its namespace's label: one namespace read.
     assert world.mutate(pod(None)).outcome is wh.Outcome.UNCHANGED
-    assert world.api.calls == [] and world.count("skipped") == 0
+    assert world.api.calls == [("GET", "/api/v1/namespaces/team-a")]
+    assert world.count("skipped") == 0
+    out = pod()
+    out["metadata"]["annotations"] = {wh.INJECT_OPT_OUT: "false"}
+    calls = len(world.api.calls)
+    assert world.mutate(out).outcome is wh.Outcome.UNCHANGED
+    assert len(world.api.calls) == calls
 
 
 def test_api_failure_lets_the_pod_through_annotated() -> None:
@@ -191,6 +214,20 @@ def test_slow_api_times_out_into_a_failure_not_a_hang() -> None:
     decision = world.mutate(pod(), {})
     assert decision.outcome is wh.Outcome.FAILED
     assert "did not answer in time" in decision.message
+
+
+def test_the_answer_beats_the_api_servers_timeout() -> None:
+    """On a slow API the pod must still get its InjectionFailed annotation: the lookups'
+    budget is below the configurations' timeoutSeconds, with room for the answer."""
+    webhook = WebhookSettings(timeout_seconds=1)
+    assert webhook.lookup_budget <= 0.6 * webhook.timeout_seconds
+    world = World(lookup_timeout=webhook.lookup_budget)
+    world.api.delay = 5.0
+    started = time.monotonic()
+    decision = world.mutate(pod(), {})
+    assert time.monotonic() - started < webhook.timeout_seconds
+    patched = wh.apply_json_patch(pod(), decision.ops)
+    assert patched["metadata"]["annotations"][wh.SKIPPED_ANNOTATION].startswith("InjectionFailed")
 
 
 def test_a_bug_is_reported_by_type_only() -> None:
@@ -224,9 +261,16 @@ def b64(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 
 
-def validate(world: World, spec: Any, old: Any = None, operation: str = "CREATE") -> Any:
+ALICE = {"username": "alice", "uid": "u-1", "groups": ["team-a-devs", "system:authenticated"]}
+
+
+def validate(
+    world: World, spec: Any, old: Any = None, operation: str = "CREATE", user: Any = ALICE
+) -> Any:
     return asyncio.run(
-        world.admission.validate_store(spec, old, operation=operation, namespace=NS, name="main")
+        world.admission.validate_store(
+            spec, old, operation=operation, namespace=NS, name="main", user=user
+        )
     )
 
 
@@ -243,7 +287,74 @@ def test_store_validation_warns_and_denies() -> None:
     }
     assert validate(world, SPEC) == (None, [])
     denial, _ = validate(world, {"endpoint": "http://a:b@minio"})
-    assert denial is not None and "spec.endpoint" in denial
+    assert denial is not None and "spec.endpoint" in denial.message and denial.code == 422
+
+
+def test_a_store_may_only_name_secrets_its_author_may_read() -> None:
+    """The confused deputy: a store sends its Secrets' keys to its endpoint, so naming a
+    Secret needs the right to read it (a SubjectAccessReview for the request's user)."""
+    world = World()
+    assert validate(world, SPEC)[0] is None
+    (review,) = world.api.reviews
+    assert review == {
+        "user": "alice",
+        "groups": ["team-a-devs", "system:authenticated"],
+        "uid": "u-1",
+        "extra": {},
+        "resourceAttributes": {
+            "namespace": NS,
+            "verb": "get",
+            "group": "",
+            "resource": "secrets",
+            "name": "creds",
+        },
+    }
+    denial, _ = validate(world, SPEC, user={"username": "mallory", "groups": []})
+    assert denial is not None and denial.code == 403
+    assert "mallory may not read Secret 'creds' in namespace 'team-a'" in denial.message
+    assert validate(world, SPEC, user=None)[0] is not None  # no user: no way to check
+    # A store naming no Secret needs no review.
+    reviews = len(world.api.reviews)
+    assert validate(world, {"endpoint": "http://minio:9000"}, user={"username": "m"})[0] is None
+    assert len(world.api.reviews) == reviews
+
+
+def test_an_update_is_reviewed_when_it_changes_where_credentials_go() -> None:
+    world = World()
+    mallory = {"username": "mallory"}
+    tuned = {**SPEC, "sync": {"concurrency": 2}}
+    # Tuning does not send the keys anywhere new: no review needed.
+    assert validate(world, tuned, SPEC, "UPDATE", user=mallory)[0] is None
+    assert world.api.reviews == []
+    for changed in (
+        {**SPEC, "endpoint": "https://evil.example.com"},
+        {**SPEC, "endpoint": "https://minio:9000", "tls": {"insecureSkipVerify": True}},
+        {**SPEC, "credentialsSecretRef": {"name": "creds", "accessKeyIdKey": "other"}},
+    ):
+        denial, _ = validate(world, changed, SPEC, "UPDATE", user=mallory)
+        assert denial is not None and denial.code == 403, changed
+
+
+def test_a_review_that_cannot_be_asked_denies() -> None:
+    world = World()
+    world.api.fail[("POST", SUBJECT_ACCESS_REVIEWS)] = PermanentError("403 Forbidden")
+    denial, _ = validate(world, SPEC)
+    assert denial is not None and denial.code == 503 and "try again" in denial.message
+    world = World()
+    world.api.delay = 5.0  # the review itself is quick; the Secret lookups are slow
+    denial, _ = validate(world, SPEC)
+    assert denial is not None and "did not answer in time" in denial.message
+
+
+def test_an_endpoint_outside_the_allow_list_is_denied_and_not_injected() -> None:
+    world = World(allowed=("https://*.s3.amazonaws.com", "http://minio:9000"))
+    assert validate(world, SPEC)[0] is None
+    denial, _ = validate(world, {**SPEC, "endpoint": "http://169.254.169.254"})
+    assert denial is not None and denial.code == 403 and "allow-list" in denial.message
+    assert len(world.api.reviews) == 1  # refused before anything is asked
+    store = wh.StoreInfo(namespace=NS, name="main", spec={"endpoint": "http://10.0.0.1:9000"})
+    decision = world.mutate(pod(), {(NS, "main"): [store]})
+    assert decision.outcome is wh.Outcome.SKIPPED and decision.reason == "EndpointNotAllowed"
 
 
 def test_store_validation_of_an_unchanged_spec_reads_nothing() -> None:
@@ -270,8 +381,31 @@ def test_store_validation_reports_a_foreign_configmap_and_api_errors() -> None:
         " GET secrets: 403 Forbidden"
     )
     world.api.delay = 5.0
-    denial, warnings = validate(world, SPEC)
+    # Where credentials go does not change (an UPDATE of tuning): only warnings are late.
+    denial, warnings = validate(world, {**SPEC, "sync": {"concurrency": 2}}, SPEC, "UPDATE")
     assert denial is None
     assert warnings == [
         "could not check the referenced Secrets: the Kubernetes API did not answer in time"
     ]
+
+
+def test_a_namespace_label_opts_its_pods_in_and_is_remembered_briefly() -> None:
+    world = World()
+    world.api.objects["/api/v1/namespaces/team-a"] = {
+        "metadata": {"name": NS, "labels": {"runlog-relay.dev/store": "main"}}
+    }
+    info = wh.StoreInfo(namespace=NS, name="main", spec=SPEC, ready="True", files_ready=True)
+    plain = pod()
+    del plain["metadata"]["labels"]  # the pod names no store; its namespace does
+    first = world.mutate(plain, {(NS, "main"): [info]})
+    second = world.mutate(plain, {(NS, "main"): [info]})
+    assert first.outcome is second.outcome is wh.Outcome.INJECTED
+    assert world.api.calls.count(("GET", "/api/v1/namespaces/team-a")) == 1
+    # A pod naming its own store never needs the namespace.
+    calls = len(world.api.calls)
+    assert world.mutate(pod(), {(NS, "main"): [info]}).outcome is wh.Outcome.INJECTED
+    assert len(world.api.calls) == calls
+    # A namespace without the label: nothing to do.
+    empty = World()
+    empty.api.objects["/api/v1/namespaces/team-a"] = {"metadata": {"name": NS}}
+    assert empty.mutate(plain, {}).outcome is wh.Outcome.UNCHANGED

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import copy
 import datetime
 import json
+import socket
 import ssl
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,60 +19,355 @@ from typing import Any
 import jsonpatch
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
 from runlog_relay import cli
 from runlog_relay.errors import PermanentError
-from runlog_relay.operator.command import options_from_args
+from runlog_relay.operator.command import settings_from_args
 from runlog_relay.operator.handlers import MUTATE_PODS, VALIDATE_STORES
-from runlog_relay.operator.runner import OperatorOptions, build_operator
-from runlog_relay.operator.webhook import DEFAULT_IMAGE, DEFAULT_RESOURCES
+from runlog_relay.operator.runner import build_operator
+from runlog_relay.operator.settings import (
+    DEFAULT_IMAGE,
+    DEFAULT_RESOURCES,
+    OperatorSettings,
+    WebhookSettings,
+)
 from runlog_relay.operator.webhook_tls import (
+    CA_SINCE_ANNOTATION,
     CaBundleKeeper,
+    CertificateFiles,
+    CertPolicy,
     RelayWebhookServer,
-    WebhookOptions,
+    SharedCertificate,
+    TlsMaterial,
     build_webhook_server,
     ca_bundle_ops,
     configuration_path,
-    self_signed_certificate,
+    issue_certificate,
+    plan_certificates,
     service_names,
 )
 
 # --------------------------------------------------------------------------- certificate
 
+NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+HOURS = datetime.timedelta(hours=1)
+NAMES = tuple(service_names("runlog-relay", "ops"))
+POLICY = CertPolicy(
+    hostnames=NAMES,
+    validity=90 * 24 * HOURS,
+    renew_before=30 * 24 * HOURS,
+    ca_validity=3650 * 24 * HOURS,
+    ca_renew_before=365 * 24 * HOURS,
+    propagation=datetime.timedelta(minutes=10),
+)
 
-def test_self_signed_certificate_names_the_service_and_loads(tmp_path: Path) -> None:
-    names = [*service_names("runlog-relay", "ops"), "127.0.0.1", "0.0.0.0"]
-    cert_pem, key_pem = self_signed_certificate(names)
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+
+def leaf_of(data: Mapping[str, bytes]) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(data["tls.crt"])
+
+
+def bundle_of(data: Mapping[str, bytes]) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(data["ca.crt"])
+
+
+def verifies(data: Mapping[str, bytes], ca_pem: bytes) -> bool:
+    """Whether a client trusting ``ca_pem`` accepts the serving certificate."""
+    try:
+        x509.load_pem_x509_certificate(data["tls.crt"]).verify_directly_issued_by(
+            x509.load_pem_x509_certificates(ca_pem)[0]
+        )
+    except Exception:
+        return any(_issued(data["tls.crt"], c) for c in x509.load_pem_x509_certificates(ca_pem)[1:])
+    return True
+
+
+def _issued(leaf_pem: bytes, ca: x509.Certificate) -> bool:
+    try:
+        x509.load_pem_x509_certificate(leaf_pem).verify_directly_issued_by(ca)
+    except Exception:
+        return False
+    return True
+
+
+def test_a_first_plan_makes_a_ca_and_a_certificate_for_the_service(tmp_path: Path) -> None:
+    rotation = plan_certificates(None, None, POLICY, NOW)
+    assert rotation is not None and rotation.ca_since == NOW
+    leaf, (ca,) = leaf_of(rotation.data), bundle_of(rotation.data)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "runlog-relay.ops.svc" in sans.get_values_for_type(x509.DNSName)
-    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
-    assert cert.subject.rfc4514_string() == "CN=runlog-relay"
-    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    now = datetime.datetime.now(datetime.UTC)
-    assert cert.not_valid_after_utc - now > datetime.timedelta(days=3000)
-    # A server context loads it, and a client trusting only it verifies it.
-    (tmp_path / "tls.crt").write_bytes(cert_pem)
-    (tmp_path / "tls.key").write_bytes(key_pem)
+    leaf.verify_directly_issued_by(ca)
+    assert leaf.not_valid_after_utc == NOW + POLICY.validity
+    # What clients do: trust the bundle, verify the server's name.
+    (tmp_path / "tls.crt").write_bytes(rotation.data["tls.crt"])
+    (tmp_path / "tls.key").write_bytes(rotation.data["tls.key"])
     ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
         tmp_path / "tls.crt", tmp_path / "tls.key"
     )
-    ssl.create_default_context(cadata=cert_pem.decode())
-    with pytest.raises(ValueError, match="at least one"):
-        self_signed_certificate(["0.0.0.0"])
+    # A fine Secret needs nothing.
+    assert plan_certificates(rotation.data, rotation.ca_since, POLICY, NOW + 24 * HOURS) is None
+
+
+def test_the_certificate_is_renewed_before_it_expires_under_the_same_ca() -> None:
+    first = plan_certificates(None, None, POLICY, NOW)
+    assert first is not None
+    almost = NOW + POLICY.validity - POLICY.renew_before
+    assert plan_certificates(first.data, first.ca_since, POLICY, almost - HOURS) is None
+    renewed = plan_certificates(first.data, first.ca_since, POLICY, almost)
+    assert renewed is not None and "expires" in renewed.reasons[0]
+    assert renewed.data["ca.crt"] == first.data["ca.crt"]  # the caBundle does not change
+    assert renewed.data["tls.crt"] != first.data["tls.crt"]
+    assert verifies(renewed.data, first.data["ca.crt"])
+
+
+def test_a_new_ca_joins_the_bundle_before_it_signs_anything() -> None:
+    first = plan_certificates(None, None, POLICY, NOW)
+    assert first is not None
+    ca_due = NOW + POLICY.ca_validity - POLICY.ca_renew_before
+    # Keep the certificate fresh up to then, as the loop would.
+    data, since = first.data, first.ca_since
+    data = {**data, **issue_pair(data, ca_due - HOURS)}
+
+    rotated = plan_certificates(data, since, POLICY, ca_due)
+    assert rotated is not None and "the CA expires" in rotated.reasons[0]
+    new_ca, old_ca = bundle_of(rotated.data)
+    assert old_ca == bundle_of(first.data)[0] and new_ca != old_ca
+    # The serving certificate stays (clients may not trust the new CA yet) ...
+    assert rotated.data["tls.crt"] == data["tls.crt"]
+    assert plan_certificates(rotated.data, rotated.ca_since, POLICY, ca_due + HOURS / 60) is None
+    # ... until the bundle has carried the new CA long enough.
+    moved = plan_certificates(rotated.data, rotated.ca_since, POLICY, ca_due + POLICY.propagation)
+    assert moved is not None
+    leaf_of(moved.data).verify_directly_issued_by(new_ca)
+    # The old CA stays in the bundle until it expires, then leaves it.
+    assert len(bundle_of(moved.data)) == 2
+    later = old_ca.not_valid_after_utc + HOURS
+    refreshed = {**moved.data, **issue_pair(moved.data, later - HOURS)}
+    dropped = plan_certificates(refreshed, rotated.ca_since, POLICY, later)
+    assert dropped is not None and bundle_of(dropped.data) == [new_ca]
+
+
+def issue_pair(data: Mapping[str, bytes], now: datetime.datetime) -> dict[str, bytes]:
+    cert, key = issue_certificate(
+        bundle_of(data)[0].public_bytes(serialization.Encoding.PEM),
+        data["ca.key"],
+        NAMES,
+        now=now,
+        validity=POLICY.validity,
+    )
+    return {"tls.crt": cert, "tls.key": key}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"tls.key": b"not a key"},
+        {"tls.crt": b"garbage"},
+        {"ca.key": b""},
+    ],
+)
+def test_a_damaged_secret_is_repaired(damage: dict[str, bytes]) -> None:
+    first = plan_certificates(None, None, POLICY, NOW)
+    assert first is not None
+    repaired = plan_certificates({**first.data, **damage}, first.ca_since, POLICY, NOW)
+    assert repaired is not None
+    # Served by a CA of the bundle (an old one while a new one propagates).
+    assert verifies(repaired.data, repaired.data["ca.crt"])
+    assert plan_certificates(repaired.data, repaired.ca_since, POLICY, NOW) is None
+
+
+def test_a_renamed_service_gets_a_certificate_for_its_names() -> None:
+    first = plan_certificates(None, None, POLICY, NOW)
+    assert first is not None
+    moved = CertPolicy(**{**POLICY.__dict__, "hostnames": tuple(service_names("relay", "x"))})
+    renamed = plan_certificates(first.data, first.ca_since, moved, NOW)
+    assert renamed is not None and "name the webhook Service" in renamed.reasons[0]
+    assert renamed.data["ca.crt"] == first.data["ca.crt"]
+
+
+class SecretApi:
+    """Just enough of the API for the certificate Secret: GET, POST, PUT with
+    compare-and-swap on resourceVersion."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.writes: list[str] = []
+        self.version = 0
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        obj = self.objects.get(path)
+        return copy.deepcopy(obj) if obj is not None else None
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        full = f"{path}/{body['metadata']['name']}"
+        if full in self.objects:
+            raise PermanentError("exists", code="AlreadyExists")
+        return self._store("POST", full, body)
+
+    async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        current = self.objects[path]
+        if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            raise PermanentError("modified", code="Conflict")
+        return self._store("PUT", path, body)
+
+    def _store(self, verb: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        obj = copy.deepcopy(dict(body))
+        obj["metadata"]["resourceVersion"] = str(self.version)
+        self.objects[path] = obj
+        self.writes.append(verb)
+        return copy.deepcopy(obj)
+
+
+class Standing:
+    def __init__(self, leading: bool) -> None:
+        self.leading = leading
+
+
+SECRET = "/api/v1/namespaces/ops/secrets/runlog-relay-webhook-cert"
+
+
+def shared(api: SecretApi, leading: bool, clock: Any = lambda: NOW) -> SharedCertificate:
+    return SharedCertificate(
+        api,  # type: ignore[arg-type]
+        namespace="ops",
+        name="runlog-relay-webhook-cert",
+        policy=POLICY,
+        leadership=Standing(leading),
+        clock=clock,
+    )
+
+
+def test_the_active_replica_fills_the_secret_and_every_replica_serves_it() -> None:
+    api = SecretApi()
+    standby, active = shared(api, False), shared(api, True)
+
+    assert asyncio.run(standby.sync()) is None  # nothing yet, and a standby never writes
+    assert api.writes == []
+    served = asyncio.run(active.sync())
+    assert served is not None and api.writes == ["POST"]
+    assert asyncio.run(standby.sync()) == served  # the same certificate on both
+    secret = api.objects[SECRET]
+    assert set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt", "ca.key"}
+    assert secret["metadata"]["annotations"][CA_SINCE_ANNOTATION] == "2026-01-01T00:00:00Z"
+    asyncio.run(active.sync())
+    assert api.writes == ["POST"]  # fine as it is: not written again
+
+
+def test_a_write_racing_another_replica_loses_and_reads_the_winner() -> None:
+    api = SecretApi()
+    asyncio.run(shared(api, True).sync())
+    due = NOW + POLICY.validity - POLICY.renew_before
+    racer = shared(api, True, clock=lambda: due)
+    stale = asyncio.run(api.get(SECRET))
+
+    async def race() -> None:
+        # The other replica renews between our read and our write.
+        original_get = api.get
+
+        async def get_then_change(path: str) -> dict[str, Any] | None:
+            answer = await original_get(path)
+            api.version += 1
+            api.objects[SECRET]["metadata"]["resourceVersion"] = str(api.version)
+            return answer
+
+        api.get = get_then_change  # type: ignore[method-assign]
+        assert await racer.sync() is not None
+        api.get = original_get  # type: ignore[method-assign]
+
+    asyncio.run(race())
+    assert api.writes == ["POST"]  # our PUT was refused: the winner's content stands
+    assert stale is not None and api.objects[SECRET]["data"] == stale["data"]
+
+
+def test_a_directory_is_read_and_reread_when_it_changes(tmp_path: Path) -> None:
+    first = plan_certificates(None, None, POLICY, NOW)
+    second = plan_certificates(None, None, POLICY, NOW)
+    assert first is not None and second is not None
+    files = CertificateFiles(tmp_path)
+    assert files.read() is None  # nothing there yet
+    for key in ("tls.crt", "tls.key", "ca.crt"):
+        (tmp_path / key).write_bytes(first.data[key])
+    one = files.read()
+    assert one is not None and one.ca_bundle == first.data["ca.crt"]
+    for key in ("tls.crt", "tls.key"):
+        (tmp_path / key).write_bytes(second.data[key])
+    two = files.read()
+    assert two is not None and two.cert_pem == second.data["tls.crt"]
+
+
+class Source:
+    def __init__(self, material: TlsMaterial) -> None:
+        self.material: TlsMaterial | None = material
+        self.next: asyncio.Queue[TlsMaterial] = asyncio.Queue()
+
+    async def changed(self, current: TlsMaterial | None) -> TlsMaterial:
+        material = await self.next.get()
+        self.material = material
+        return material
+
+
+def material(rotation: Any) -> TlsMaterial:
+    data = rotation.data
+    return TlsMaterial(cert_pem=data["tls.crt"], key_pem=data["tls.key"], ca_bundle=data["ca.crt"])
+
+
+def test_the_server_renews_its_certificate_without_refusing_a_connection() -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    first = plan_certificates(None, None, POLICY, now)
+    assert first is not None
+    # A renewal under the same CA (the caBundle stays; the certificate changes).
+    second = plan_certificates({**first.data, "tls.key": b""}, first.ca_since, POLICY, now)
+    assert second is not None and second.data["ca.crt"] == first.data["ca.crt"]
+    source = Source(material(first))
+    server = RelayWebhookServer(source, addr="127.0.0.1", port=0, host="runlog-relay.ops.svc")
+    client = ssl.create_default_context(cadata=first.data["ca.crt"].decode())
+
+    def presented(port: int) -> bytes:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            client.wrap_socket(raw, server_hostname="runlog-relay.ops.svc") as tls,
+        ):
+            return tls.getpeercert(binary_form=True) or b""
+
+    async def scenario() -> None:
+        async def fn(*args: Any, **kwargs: Any) -> Any:
+            return {}
+
+        configs = server(fn)
+        config = await configs.__anext__()
+        assert config["caBundle"] == base64.b64encode(first.data["ca.crt"]).decode()
+        assert server.url is not None
+        port = int(server.url.rsplit(":", 1)[1])
+        loop = asyncio.get_running_loop()
+        before = await loop.run_in_executor(None, presented, port)
+        pending = asyncio.create_task(configs.__anext__())
+        await source.next.put(material(second))
+        while server.serving != source.material:
+            await asyncio.sleep(0.01)
+        after = await loop.run_in_executor(None, presented, port)
+        assert before != after  # the renewed certificate, on the same listening socket
+        assert after == x509.load_pem_x509_certificate(second.data["tls.crt"]).public_bytes(
+            serialization.Encoding.DER
+        )
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+            await pending
+        await configs.aclose()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
 
 
 def test_server_modes() -> None:
-    signed = build_webhook_server(WebhookOptions(service_namespace="ops"), on_ca=lambda _: None)
-    assert isinstance(signed, RelayWebhookServer) and signed.certfile is None
-    assert "runlog-relay.ops.svc" in list(signed.extra_sans)
-    assert signed.port == 9443 and signed.addr == "0.0.0.0"
-    mounted = build_webhook_server(WebhookOptions(cert_dir=Path("/certs"), port=8443))
-    assert (mounted.certfile, mounted.pkeyfile) == (Path("/certs/tls.crt"), Path("/certs/tls.key"))
-    assert mounted.port == 8443
-    with pytest.raises(ValueError, match="never encrypted"):
-        RelayWebhookServer.build_certificate(["x"], "password")
+    source = CertificateFiles(Path("/certs"))
+    server = build_webhook_server(WebhookSettings(service_namespace="ops"), source)
+    assert isinstance(server, RelayWebhookServer)
+    assert (
+        server.port == 9443 and server.addr == "0.0.0.0" and server.host == "runlog-relay.ops.svc"
+    )
 
 
 # --------------------------------------------------------------------------- caBundle
@@ -164,6 +461,26 @@ def test_keeper_tolerates_missing_configurations_and_wakes_on_a_new_ca() -> None
     )
 
 
+def test_only_the_active_replica_writes_the_bundle() -> None:
+    api = FakeApi()
+    api.objects[MUTATING] = configuration(None)
+    standing = Standing(False)
+    keeper = CaBundleKeeper(api, name="runlog-relay", interval=30.0, leadership=standing)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(keeper.run())
+        keeper.offer(b"ca")
+        await asyncio.sleep(0.05)
+        assert api.patches == []  # a standby never writes
+        standing.leading = True
+        keeper.wake()  # what the leadership change does
+        await asyncio.wait_for(keeper.synced.wait(), 2)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert len(api.patches) == 1
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -173,9 +490,9 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_webhook_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POD_NAMESPACE", "relay-system")
-    options = options_from_args(parse())
+    options = settings_from_args(parse())
     webhook = options.webhook
-    assert webhook == WebhookOptions(
+    assert webhook == WebhookSettings(
         host="0.0.0.0",
         port=9443,
         cert_dir=None,
@@ -185,13 +502,13 @@ def test_webhook_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     injection = options.injection
     assert injection.image == DEFAULT_IMAGE and injection.image.endswith(":0.1.0")
-    assert injection.resources == DEFAULT_RESOURCES
+    assert injection.resources == dict(DEFAULT_RESOURCES)
     assert injection.inject_when_not_ready and not injection.scrape_annotations
 
 
 def test_webhook_options() -> None:
     resources = {"requests": {"cpu": "5m"}, "limits": {"memory": "96Mi"}}
-    options = options_from_args(
+    options = settings_from_args(
         parse(
             "--webhook-port",
             "8443",
@@ -213,7 +530,7 @@ def test_webhook_options() -> None:
             "--scrape-annotations",
         )
     )
-    assert options.webhook == WebhookOptions(
+    assert options.webhook == WebhookSettings(
         host="127.0.0.1",
         port=8443,
         cert_dir=Path("/certs"),
@@ -224,7 +541,7 @@ def test_webhook_options() -> None:
     assert options.injection.image == "registry.local/relay:1"
     assert options.injection.resources == resources
     assert not options.injection.inject_when_not_ready and options.injection.scrape_annotations
-    assert options_from_args(parse("--webhook-port", "0")).webhook is None
+    assert settings_from_args(parse("--webhook-port", "0")).webhook.port == 0
 
 
 @pytest.mark.parametrize(
@@ -238,7 +555,7 @@ def test_bad_sidecar_resources_are_rejected(value: str, capsys: pytest.CaptureFi
 
 def test_registry_serves_the_webhooks_at_the_contract_ids() -> None:
     operator = build_operator(
-        OperatorOptions(webhook=WebhookOptions(port=None)), prometheus=CollectorRegistry()
+        OperatorSettings(webhook=WebhookSettings(port=9443)), prometheus=CollectorRegistry()
     )
     webhooks = {h.id: h for h in operator.registry._webhooks.get_all_handlers()}
     assert (
@@ -249,17 +566,14 @@ def test_registry_serves_the_webhooks_at_the_contract_ids() -> None:
         webhooks["mutate-pods"].ignore_failures
         and webhooks["validate-runlogstores"].ignore_failures
     )
-    assert {h.id for h in operator.registry._indexing.get_all_handlers()} == {
-        "stores_by_secret",
-        "stores_by_name",
-    }
+    assert {h.id for h in operator.registry._indexing.get_all_handlers()} == {"stores_by_name"}
     assert operator.ca_keeper is not None and operator.admission is not None
     # Without webhooks: neither handlers nor index (kopf needs a server for the former).
-    plain = build_operator(OperatorOptions(), prometheus=CollectorRegistry())
+    plain = build_operator(OperatorSettings(webhook={"port": 0}), prometheus=CollectorRegistry())
     assert not plain.registry._webhooks.get_all_handlers()
     assert plain.admission is None and plain.webhook_server is None
     mounted = build_operator(
-        OperatorOptions(webhook=WebhookOptions(cert_dir=Path("/certs"))),
+        OperatorSettings(webhook=WebhookSettings(cert_dir=Path("/certs"))),
         prometheus=CollectorRegistry(),
     )
     assert mounted.ca_keeper is None  # cert-manager's CA injector owns the caBundle then

@@ -1,25 +1,25 @@
 """One RunLogStore reconcile, with its I/O in order; called by the kopf handlers.
 
 :class:`StoreController` is what :mod:`.handlers` delegates to for every trigger (create,
-update, resume, the recheck timer, a referenced Secret changing, deletion). It runs the
+update, resume, a retry, the recheck timer, deletion). It runs the
 steps of :mod:`.reconcile` against the real world -- the Kubernetes API through
 :class:`~.kubeapi.KubeApi`, the bucket through :class:`~runlog_relay.objectstore.ObjectStore`
 in a worker thread -- writes ``status`` through the status subresource and posts an Event
 on each ``Ready`` transition. It imports no kopf, so the unit tests drive it with a fake
 API and a fake bucket check.
 
-Events are posted here rather than with ``kopf.event``/the handler logger because two of
-the triggers (the recheck loop, a Secret event for another object) run outside kopf's
-per-object context, and because kopf's own messages ("Handler succeeded", "failed
-temporarily" on every retry) would bury the transitions users need to see.
+Events are posted here rather than with ``kopf.event``/the handler logger because the
+recheck loop runs outside kopf's per-object context, and because kopf's own messages
+("Handler succeeded", "failed temporarily" on every retry) would bury the transitions
+users need to see.
 
-Periodic rechecks (a bucket deleted behind our back, an outage healing, revoked
-credentials) run in one loop over the known stores (:meth:`StoreController.recheck_forever`)
-instead of a kopf timer per store: a kopf timer puts a finalizer on every RunLogStore, and
-a finalizer without a running operator leaves stores -- and namespaces being deleted --
-stuck in Terminating.
+Periodic rechecks (a bucket deleted behind our back, an outage healing, revoked or
+rotated credentials, a deleted Secret: Secrets are not watched) run in one loop over
+the known stores (:meth:`StoreController.recheck_forever`) instead of a kopf timer per
+store: a kopf timer puts a finalizer on every RunLogStore, and a finalizer without a
+running operator leaves stores -- and namespaces being deleted -- stuck in Terminating.
 
-One ``asyncio.Lock`` per store serialises the triggers, so a timer tick and a Secret event
+One ``asyncio.Lock`` per store serialises the triggers, so a recheck and a kopf retry
 never interleave their status writes; the last conditions written are remembered, so
 ``lastTransitionTime`` and transition Events stay right even when kopf hands a handler a
 body older than the last write.
@@ -29,26 +29,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from runlog_relay.config.credentials import CredentialPlan
 from runlog_relay.config.models import StoreSpec
-from runlog_relay.config.settings import DEFAULT_MINIO_CREDENTIAL
 from runlog_relay.errors import NotFoundError, PermanentError, RelayError, RetryableError
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.objectstore import ObjectStore
 from runlog_relay.operator import reconcile as rc
 from runlog_relay.operator.kubeapi import configmap_path, event_path, secret_path, store_path
 from runlog_relay.operator.leadership import Gate, always
+from runlog_relay.operator.policy import EndpointPolicy
+from runlog_relay.operator.settings import ReconcileSettings
 
 __all__ = [
     "BucketCheck",
-    "ControllerOptions",
     "KubeClient",
     "Result",
     "StoreController",
@@ -64,7 +66,6 @@ class KubeClient(Protocol):
     async def get(self, path: str) -> dict[str, Any] | None: ...
     async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
     async def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
-    async def delete(self, path: str) -> bool: ...
 
 
 #: Checks (or creates) the bucket; True when created. Blocking: runs in a thread.
@@ -72,8 +73,9 @@ BucketCheck = Callable[[StoreSpec, rc.ResolvedSecrets, float], bool]
 
 
 def check_bucket(spec: StoreSpec, secrets: rc.ResolvedSecrets, timeout: float) -> bool:
-    """The real bucket check: connect with the Secret's credentials, HEAD the bucket,
-    create it when ``createBucket``. Raises the project's RetryableError/PermanentError."""
+    """The real bucket check: connect with the Secret's credentials (or the operator's own
+    identity, for a service-account store), HEAD the bucket, create it when
+    ``createBucket``. Raises the project's RetryableError/PermanentError."""
     with contextlib.ExitStack() as stack:
         ca_file = None
         if secrets.ca_pem is not None:
@@ -85,8 +87,7 @@ def check_bucket(spec: StoreSpec, secrets: rc.ResolvedSecrets, timeout: float) -
             endpoint=spec.endpoint,
             bucket=spec.bucket_name,
             prefix=spec.prefix,
-            access_key=secrets.access_key or DEFAULT_MINIO_CREDENTIAL,
-            secret_key=secrets.secret_key or DEFAULT_MINIO_CREDENTIAL,
+            credentials=secrets.plan(),
             region=spec.region,
             insecure_skip_verify=spec.tls.insecure_skip_verify,
             ca_file=ca_file,
@@ -95,23 +96,6 @@ def check_bucket(spec: StoreSpec, secrets: rc.ResolvedSecrets, timeout: float) -
             max_connections=1,
         )
         return store.check_bucket(create=spec.create_bucket)
-
-
-@dataclass(frozen=True)
-class ControllerOptions:
-    bucket_timeout: float = 10.0
-    """Seconds for the bucket check's requests (connect at most 5)."""
-    retry_base_delay: float = 5.0
-    """First retry of a transient failure after this many seconds, doubling each time."""
-    retry_max_delay: float = 300.0
-    """Upper bound of the retry delay."""
-    recheck_interval: float = 300.0
-    """Seconds between rechecks of every known store (bucket still there, credentials
-    still valid, endpoint back)."""
-    recheck_concurrency: int = 8
-    """Stores rechecked at once."""
-    instance: str = "runlog-relay-operator"
-    """This operator's name in Events (``reportingInstance``): the pod name in a cluster."""
 
 
 @dataclass(frozen=True)
@@ -132,8 +116,8 @@ class _State:
     uid: str | None
     conditions: list[dict[str, Any]] | None = None
     generation: int | None = None
-    #: secret name → fingerprint of its data at the last reconcile (memory only).
-    fingerprints: dict[str, str] = field(default_factory=dict)
+    #: Reconciles in a row that found a referenced Secret (or key) missing.
+    waits: int = 0
 
 
 def _utcnow() -> datetime:
@@ -147,16 +131,28 @@ class StoreController:
         metrics: OperatorMetrics,
         *,
         bucket_check: BucketCheck = check_bucket,
-        options: ControllerOptions | None = None,
+        options: ReconcileSettings | None = None,
+        instance: str = "runlog-relay-operator",
+        gate: Gate = always,
+        policy: EndpointPolicy | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        identity: CredentialPlan | None = None,
     ) -> None:
+        """``identity``: the operator's own AWS identity (its pod's IRSA or Pod Identity),
+        used for stores whose sidecars use theirs (``credentials.serviceAccount``); None:
+        such stores' buckets are left to the sidecars (``CheckedBySidecars``)."""
+        self._identity = identity
         self._api = api
         self._metrics = metrics
         self._bucket_check = bucket_check
-        self._options = options or ControllerOptions()
+        self._options = options or ReconcileSettings()
+        self._instance = instance
         self._clock = clock
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._states: dict[tuple[str, str], _State] = {}
+        self._gate = gate
+        self._policy = policy or EndpointPolicy()
+        self._retries: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------------ triggers
 
@@ -186,11 +182,11 @@ class StoreController:
     def known_stores(self) -> list[tuple[str, str]]:
         return sorted(self._states)
 
-    async def recheck_all(self, gate: Gate = always) -> None:
-        """Reconcile every known store once, a few at a time, where ``gate`` says this
-        replica leads; failures are logged."""
+    async def recheck_all(self) -> None:
+        """Reconcile every known store once, a few at a time, where this replica leads
+        (the gate says); failures are logged."""
         limit = asyncio.Semaphore(self._options.recheck_concurrency)
-        leads = await gate()
+        leads = await self._gate()
 
         async def one(namespace: str, name: str) -> None:
             async with limit:
@@ -215,55 +211,20 @@ class StoreController:
 
         await asyncio.gather(*(one(ns, name) for ns, name in self.known_stores()))
 
-    async def recheck_forever(self, gate: Gate = always) -> None:
+    async def recheck_forever(self) -> None:
         """Run :meth:`recheck_all` every ``recheck_interval`` seconds until cancelled."""
         while True:
             await asyncio.sleep(self._options.recheck_interval)
             try:
-                await self.recheck_all(gate)
+                await self.recheck_all()
             except Exception:  # the loop must outlive any one bad round
                 log.exception("recheck round failed; trying again next interval")
 
-    async def secret_changed(
-        self,
-        namespace: str,
-        secret: str,
-        secret_body: Mapping[str, Any] | None,
-        stores: Iterable[str],
-    ) -> dict[str, Result | None]:
-        """A Secret was created, changed or deleted (``secret_body`` None): reconcile the
-        stores referencing it whose view of it is now out of date."""
-        fingerprint = rc.secret_fingerprint(rc.decode_secret(secret_body))
-        results: dict[str, Result | None] = {}
-        for store in sorted(set(stores)):
-            state = self._states.get((namespace, store))
-            if state is not None and state.fingerprints.get(secret) == fingerprint:
-                continue  # nothing this store uses changed (or we saw it already)
-            log.info(
-                "Secret %s/%s changed; reconciling RunLogStore %s",
-                namespace,
-                secret,
-                store,
-                extra={"namespace": namespace, "store": store},
-            )
-            try:
-                results[store] = await self.reconcile_named(namespace, store)
-            except RelayError as exc:
-                # The store's own retry/timer picks it up; this trigger is best effort.
-                log.warning(
-                    "reconciling %s/%s after a Secret change failed: %s",
-                    namespace,
-                    store,
-                    exc,
-                    extra={"namespace": namespace, "store": store},
-                )
-                results[store] = None
-        return results
-
     async def forget(self, body: Mapping[str, Any]) -> None:
-        """The store was deleted: drop its metric and memory, and its ConfigMap (the
-        garbage collector would too, through the owner reference; doing it here makes it
-        immediate). Guarded by uid so a store re-created under the same name keeps its own."""
+        """The store was deleted: drop its metric and memory. Its ConfigMap goes with it
+        through its owner reference (the garbage collector deletes it), so the operator
+        needs no right to delete ConfigMaps. Guarded by uid so a store re-created under
+        the same name keeps its own."""
         meta = body.get("metadata", {})
         namespace, name, uid = str(meta.get("namespace")), str(meta.get("name")), meta.get("uid")
         key = (namespace, name)
@@ -274,20 +235,57 @@ class StoreController:
             self._states.pop(key, None)
             with contextlib.suppress(KeyError):
                 self._metrics.store_ready.remove(namespace, name)
-            path = configmap_path(namespace, rc.configmap_name(name))
+            retry = self._retries.pop(key, None)
+            if retry is not None and retry is not asyncio.current_task():
+                retry.cancel()
+        self._locks.pop(key, None)
+
+    def pending_retries(self) -> list[tuple[str, str]]:
+        """Stores with a retry scheduled (waiting for a Secret)."""
+        return sorted(key for key, task in self._retries.items() if not task.done())
+
+    async def close(self) -> None:
+        """Cancel the scheduled retries (the operator is stopping)."""
+        tasks = list(self._retries.values())
+        self._retries.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _retry_later(self, namespace: str, name: str, delay: float) -> None:
+        """Reconcile the store again after ``delay`` seconds (once; where this replica
+        still leads then). A retry already scheduled stays as it is."""
+        key = (namespace, name)
+        pending = self._retries.get(key)
+        if pending is not None and not pending.done():
+            return
+
+        async def retry() -> None:
+            await asyncio.sleep(delay)
+            self._retries.pop(key, None)
             try:
-                existing = await self._api.get(path)
-                if existing is not None and rc.owned_by(existing, name, uid):
-                    await self._api.delete(path)
+                leads = await self._gate()
+                if await leads(namespace):
+                    await self.reconcile_named(namespace, name)
             except RelayError as exc:
                 log.warning(
-                    "could not delete ConfigMap %s/%s: %s",
+                    "retry of RunLogStore %s/%s failed: %s",
                     namespace,
-                    rc.configmap_name(name),
+                    name,
                     exc,
                     extra={"namespace": namespace, "store": name},
                 )
-        self._locks.pop(key, None)
+            except Exception:
+                log.exception(
+                    "retry of RunLogStore %s/%s failed unexpectedly",
+                    namespace,
+                    name,
+                    extra={"namespace": namespace, "store": name},
+                )
+
+        self._retries[key] = asyncio.create_task(retry(), name=f"runlog-relay retry {key}")
 
     # ------------------------------------------------------------------ steps
 
@@ -312,9 +310,15 @@ class StoreController:
             spec_error = exc
             steps = rc.spec_steps(exc)
         else:
+            # Outside the allow-list: not a connection, not a Secret read (see policy).
+            denial = self._policy.denial(spec.endpoint)
+            if denial is not None:
+                spec_error = rc.SpecError(denial)
+                steps = rc.spec_steps(spec_error, "EndpointNotAllowed")
+        if spec_error is None:
             steps = rc.spec_steps(None)
             steps.append(await self._apply_configmap(spec, namespace, name, uid))
-            secrets = await self._resolve_secrets(spec, namespace, state)
+            secrets = await self._resolve_secrets(spec, namespace)
             steps.append(secrets.step)
             if secrets.step.ok:
                 steps.extend(await self._check(spec, secrets))
@@ -355,6 +359,23 @@ class StoreController:
                 extra={"namespace": namespace, "store": name, "reason": ready.reason},
             )
             await self._post_event(event, namespace, name, uid)
+        # Secrets are not watched (see handlers): a store waiting for its Secret, or for a
+        # key in it, is reconciled again with backoff, so it turns Ready soon after they
+        # appear. Waiting is the normal order of a GitOps sync, not a failure: the retry
+        # is ours, not a kopf TemporaryError (which kopf logs as an error every time).
+        if spec_error is None and not secrets.step.ok and not secrets.step.retryable:
+            state.waits += 1
+            self._retry_later(
+                namespace,
+                name,
+                rc.backoff_delay(
+                    state.waits - 1,
+                    base=self._options.retry_base_delay,
+                    cap=self._options.retry_max_delay,
+                ),
+            )
+        else:
+            state.waits = 0
         retry_needed = any(step.retryable for step in steps)
         delay = rc.backoff_delay(
             retry, base=self._options.retry_base_delay, cap=self._options.retry_max_delay
@@ -376,7 +397,7 @@ class StoreController:
             store=name,
             uid=uid,
             now=self._clock(),
-            instance=self._options.instance,
+            instance=self._instance,
         )
         try:
             await self._api.create(event_path(namespace), manifest)
@@ -394,8 +415,8 @@ class StoreController:
         self, spec: StoreSpec, namespace: str, name: str, uid: str | None
     ) -> rc.Step:
         cm_name = rc.configmap_name(name)
-        if len(cm_name) > 253:
-            return rc.configmap_step(name=cm_name, error=None)
+        if rc.too_long(name):
+            return rc.configmap_step(name=cm_name, error=None, name_too_long=True)
         desired = rc.configmap_manifest(spec, namespace=namespace, store=name, uid=uid)
         path = configmap_path(namespace, cm_name)
         try:
@@ -425,22 +446,23 @@ class StoreController:
             return rc.configmap_step(name=cm_name, error=exc)
         return rc.configmap_step(name=cm_name, error=None)
 
-    async def _resolve_secrets(
-        self, spec: StoreSpec, namespace: str, state: _State
-    ) -> rc.ResolvedSecrets:
+    async def _resolve_secrets(self, spec: StoreSpec, namespace: str) -> rc.ResolvedSecrets:
         fetched: dict[str, dict[str, bytes] | None] = {}
-        fingerprints: dict[str, str] = {}
         for secret in sorted(rc.referenced_secret_names(spec.wire())):
             try:
                 body = await self._api.get(secret_path(namespace, secret))
             except RelayError as exc:
                 return rc.ResolvedSecrets(step=rc.secret_api_step(secret, exc))
             fetched[secret] = rc.decode_secret(body)
-            fingerprints[secret] = rc.secret_fingerprint(fetched[secret])
-        state.fingerprints = fingerprints
         return rc.resolve_secrets(spec, namespace=namespace, secrets=fetched)
 
     async def _check(self, spec: StoreSpec, secrets: rc.ResolvedSecrets) -> list[rc.Step]:
+        hint = f"the access key pair in the Secret named by {spec.secret_ref_field}"
+        if secrets.service_account:
+            if self._identity is None:
+                return list(rc.checked_by_sidecars_steps())
+            secrets = dataclasses.replace(secrets, identity=self._identity)
+            hint = "the operator's own AWS identity (its ServiceAccount's role)"
         loop = asyncio.get_running_loop()
         error: RelayError | None = None
         created = False
@@ -456,6 +478,10 @@ class StoreController:
             )
         location = f"{spec.bucket_name}/{spec.prefix}" if spec.prefix else spec.bucket_name
         connected, bucket = rc.bucket_steps(
-            location=location, endpoint=spec.endpoint, error=error, created=created
+            location=location,
+            endpoint=spec.endpoint,
+            error=error,
+            created=created,
+            credentials=hint,
         )
         return [connected, bucket]

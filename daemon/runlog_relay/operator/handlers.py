@@ -12,20 +12,23 @@ Triggers → controller:
   status already says what is wrong.
 - RunLogStore deleted (watch event) → ``forget``. No finalizer is involved, so deleting a
   store never waits for the operator.
-- Secret created, changed or deleted → the stores that reference it (a kopf index keyed by
-  namespace and Secret name) are reconciled, so a store waiting for its Secret turns Ready
-  without anyone touching it.
+- Secrets are never watched (a watch streams every Secret of the served namespaces,
+  data included, into the operator's memory): a store reads the Secrets it references
+  with one GET each when it reconciles; a store waiting for its Secret retries with
+  backoff, and a changed or deleted Secret is seen by the next recheck.
 - Every ``recheck_interval`` → all known stores, from one background task; with peering,
   only where this replica leads (:mod:`.leadership`), since kopf does not pause our task.
 
 With webhooks on (an :class:`~.admission.Admission` and a webhook server given), also:
 
-- Pod CREATE, labelled ``runlog-relay.dev/store`` → ``mutate-pods``: served by kopf's
+- Pod CREATE of a pod that opted in (label or annotation ``runlog-relay.dev/store``, or
+  that label on its namespace) → ``mutate-pods``: served by kopf's
   webhook server at ``/mutate-pods`` (kopf routes ``/<handler id>``); the stores come from
   the ``stores_by_name`` index. Never raises: any failure lets the pod through.
 - RunLogStore CREATE/UPDATE → ``validate-runlogstores`` at ``/validate-runlogstores``:
   denies a spec the model rejects, warns about missing Secrets.
-- In self-signed TLS mode, a background task keeps the webhook configurations' caBundle.
+- Background tasks: this replica's leadership, the webhook certificate (shared Secret or
+  directory) and, on the active replica, the webhook configurations' caBundle.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +49,6 @@ from runlog_relay.operator import webhook as wh
 from runlog_relay.operator.admission import Admission
 from runlog_relay.operator.controller import StoreController
 from runlog_relay.operator.kubeapi import KubeApi
-from runlog_relay.operator.leadership import Gate, always
-from runlog_relay.operator.reconcile import referenced_secret_names
-from runlog_relay.operator.webhook_tls import CaBundleKeeper
 
 __all__ = [
     "MUTATE_PODS",
@@ -67,8 +69,12 @@ class HandlerOptions:
     """kopf peering object name; None runs standalone (no peering CRDs needed)."""
     priority: int = 0
     """Peering priority: the highest-priority live operator works, the others wait."""
+    lifetime: int = 30
+    """Seconds a peer's keep-alive counts (kopf's ``peering.lifetime``)."""
     recheck: bool = True
     """Run the periodic recheck loop (off in tests that count reconciles)."""
+    chunk_size: int = 500
+    """Objects per page of kopf's listings."""
 
 
 def configure_settings(settings: kopf.OperatorSettings, options: HandlerOptions) -> None:
@@ -83,29 +89,21 @@ def configure_settings(settings: kopf.OperatorSettings, options: HandlerOptions)
     # The controller posts one Event per Ready transition itself; kopf's per-handler
     # chatter (every success, every retry) stays in the operator log.
     settings.posting.enabled = False
+    # Every listing in pages (limit/continue): a first listing of many objects never
+    # arrives as one huge response held in memory.
+    settings.watching.chunk_size = options.chunk_size
     if options.peering:
         settings.peering.standalone = False
         settings.peering.mandatory = True
         settings.peering.name = options.peering
         settings.peering.priority = options.priority
+        settings.peering.lifetime = options.lifetime
     else:
         settings.peering.standalone = True
 
 
 def _is_deletion(type: str | None, **_: Any) -> bool:
     return type == "DELETED"
-
-
-def _stores_referencing(namespace: str | None, name: str, kwargs: dict[str, Any]) -> list[str]:
-    # kopf passes each index as a keyword named after its id; taking it from **kwargs
-    # keeps the handler signatures within kopf's typed protocols.
-    index: kopf.Index[tuple[str, str], str] = kwargs["stores_by_secret"]
-    return list(index.get((str(namespace), name), []))
-
-
-def _is_referenced(namespace: str | None, name: str, **kwargs: Any) -> bool:
-    """Only Secrets some store references; the others are never looked into."""
-    return bool(_stores_referencing(namespace, name, kwargs))
 
 
 def _plain(body: Any) -> dict[str, Any]:
@@ -126,10 +124,9 @@ def register_handlers(
     controller: StoreController,
     api: KubeApi,
     options: HandlerOptions,
-    recheck_gate: Gate = always,
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     admission: Admission | None = None,
     webhook_server: kopf.WebhookServer | None = None,
-    ca_keeper: CaBundleKeeper | None = None,
 ) -> None:
     """Put the operator's handlers on ``registry``.
 
@@ -137,36 +134,31 @@ def register_handlers(
     otherwise, and the index id is also the name of the handler argument that receives it.
     The admission handlers are registered only with both ``admission`` and
     ``webhook_server`` (kopf refuses to start with admission handlers and no server).
+    ``background``: the operator's own loops (leadership, recheck, webhook certificate,
+    caBundle), run as tasks from start-up to cleanup.
     """
-    recheck_task: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = []
     webhooks = admission is not None and webhook_server is not None
 
     @kopf.on.startup(registry=registry, id="startup")
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_settings(settings, options)
-        if options.recheck:
-            recheck_task.append(
-                asyncio.create_task(
-                    controller.recheck_forever(recheck_gate), name="runlog-relay recheck"
-                )
-            )
+        for loop in background:
+            tasks.append(asyncio.create_task(loop(), name=f"runlog-relay {loop.__qualname__}"))
         if webhooks:
             # kopf serves the handlers; the chart owns the webhook configurations, so
             # kopf's `managed` mode (which rewrites their webhooks) stays off.
             settings.admission.server = webhook_server
             settings.admission.managed = None
-            if ca_keeper is not None:
-                recheck_task.append(
-                    asyncio.create_task(ca_keeper.run(), name="runlog-relay caBundle")
-                )
 
     @kopf.on.cleanup(registry=registry, id="cleanup")
     async def cleanup(**_: Any) -> None:
-        for task in recheck_task:
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        recheck_task.clear()
+        tasks.clear()
+        await controller.close()
         if admission is not None:
             await admission.close()
         await api.close()
@@ -174,12 +166,6 @@ def register_handlers(
     @kopf.on.login(registry=registry, id="login")
     def login(**_: Any) -> kopf.ConnectionInfo:
         return api.login()
-
-    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="stores_by_secret")
-    def stores_by_secret(
-        namespace: str | None, name: str, spec: kopf.Spec, **_: Any
-    ) -> dict[tuple[str, str], str]:
-        return {(str(namespace), secret): name for secret in referenced_secret_names(spec)}
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
@@ -194,20 +180,10 @@ def register_handlers(
         if result.retry:
             raise kopf.TemporaryError(result.ready.message, delay=result.delay)
 
-    # `when=` filters keep kopf from invoking (and logging "succeeded" for) every watch
-    # event of every store and every Secret in the served namespaces.
+    # `when=` keeps kopf from invoking (and logging "succeeded" for) every watch event.
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="store_event", when=_is_deletion)
     async def store_event(body: kopf.Body, **_: Any) -> None:
         await controller.forget(body)
-
-    @kopf.on.event("v1", "secrets", registry=registry, id="secret_event", when=_is_referenced)
-    async def secret_event(
-        type: str, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any
-    ) -> None:
-        stores = _stores_referencing(namespace, name, kwargs)
-        await controller.secret_changed(
-            str(namespace), name, None if type == "DELETED" else body, stores
-        )
 
     if not webhooks:
         return
@@ -217,7 +193,9 @@ def register_handlers(
     def stores_by_name(
         namespace: str | None, name: str, body: kopf.Body, **_: Any
     ) -> dict[tuple[str, str], wh.StoreInfo]:
-        return {(str(namespace), name): wh.StoreInfo.from_body(_plain(body))}
+        # Stamped, so a replica that stood by (kopf paused, index frozen) can tell.
+        info = wh.StoreInfo.from_body(_plain(body), indexed_at=time.monotonic())
+        return {(str(namespace), name): info}
 
     @kopf.on.mutate(
         "v1",
@@ -225,7 +203,8 @@ def register_handlers(
         registry=registry,
         id=MUTATE_PODS,
         operations=["CREATE"],
-        labels={wh.STORE_LABEL: kopf.PRESENT},
+        # No label filter: pods opt in by label, by annotation or by their namespace's
+        # label; the webhook configurations' matchConditions send only those.
         side_effects=True,  # Events, skipped on dry runs
         ignore_failures=True,
     )
@@ -268,7 +247,8 @@ def register_handlers(
             operation=str(kwargs.get("operation") or ""),
             namespace=str(namespace or ""),
             name=str(name or ""),
+            user=kwargs.get("userinfo"),
         )
         warnings.extend(notes)
         if denial is not None:
-            raise kopf.AdmissionError(denial, code=422)
+            raise kopf.AdmissionError(denial.message, code=denial.code)

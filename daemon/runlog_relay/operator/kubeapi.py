@@ -36,6 +36,7 @@ __all__ = [
     "configmap_path",
     "default_login",
     "event_path",
+    "namespace_path",
     "secret_path",
     "store_path",
 ]
@@ -71,8 +72,13 @@ def _name(value: str) -> str:
     return quote(value, safe="")
 
 
-def secret_path(namespace: str, name: str) -> str:
-    return f"/api/v1/namespaces/{_name(namespace)}/secrets/{_name(name)}"
+def namespace_path(name: str) -> str:
+    return f"/api/v1/namespaces/{_name(name)}"
+
+
+def secret_path(namespace: str, name: str | None = None) -> str:
+    base = f"/api/v1/namespaces/{_name(namespace)}/secrets"
+    return f"{base}/{_name(name)}" if name else base
 
 
 def configmap_path(namespace: str, name: str | None = None) -> str:
@@ -98,6 +104,8 @@ class KubeApi:
         self._info: kopf.ConnectionInfo | None = None
         self._session: aiohttp.ClientSession | None = None
         self._session_info: kopf.ConnectionInfo | None = None
+        self._retired: list[aiohttp.ClientSession] = []
+        self._in_flight: dict[int, int] = {}  # id(session) → requests it carries now
 
     def login(self) -> kopf.ConnectionInfo:
         """Fetch fresh credentials (also what kopf's login handler returns)."""
@@ -111,14 +119,19 @@ class KubeApi:
         return info
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in [self._session, *self._retired]:
+            if session is not None:
+                await session.close()
+        self._session, self._retired = None, []
 
     async def _session_for(self, info: kopf.ConnectionInfo) -> aiohttp.ClientSession:
         if self._session is not None and not self._session.closed and self._session_info is info:
             return self._session
-        await self.close()
+        # New credentials (kopf's login handler logs in again, a token rotated): a new
+        # session. The old one may still carry requests of other tasks: it is closed once
+        # it carries none, never under them.
+        if self._session is not None:
+            self._retired.append(self._session)
         ssl_context = info.as_ssl_context() if info.server.startswith("https") else False
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ssl_context, limit=20),
@@ -127,7 +140,14 @@ class KubeApi:
             trust_env=info.trust_env,
         )
         self._session_info = info
+        await self._close_idle()
         return self._session
+
+    async def _close_idle(self) -> None:
+        for session in list(self._retired):
+            if not self._in_flight.get(id(session)):
+                self._retired.remove(session)
+                await session.close()
 
     async def request(
         self,
@@ -149,6 +169,7 @@ class KubeApi:
             session = await self._session_for(info)
             session_info = info
             url = info.server.rstrip("/") + path
+            self._in_flight[id(session)] = self._in_flight.get(id(session), 0) + 1
             try:
                 async with session.request(
                     method,
@@ -161,16 +182,22 @@ class KubeApi:
                         if self._info is session_info:
                             self._info = None
                         continue
-                    payload = await _json(response)
+                    answer = await _json(response)
                     if response.status >= 400:
-                        raise _error(method, path, response.status, payload)
-                    return payload
+                        raise _error(method, path, response.status, answer)
+                    return answer
             except RelayError:
                 raise
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise RetryableError(
                     f"Kubernetes API {method} {path}: {type(exc).__name__}", code="Unreachable"
                 ) from exc
+            finally:
+                self._in_flight[id(session)] -= 1
+                if not self._in_flight[id(session)]:
+                    del self._in_flight[id(session)]
+                    if session in self._retired:
+                        await self._close_idle()
         raise PermanentError(f"Kubernetes API {method} {path}: unauthorized", code="Unauthorized")
 
     async def get(self, path: str) -> dict[str, Any] | None:
@@ -182,6 +209,11 @@ class KubeApi:
 
     async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("POST", path, body=body)
+
+    async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """A PUT: with the body's ``metadata.resourceVersion`` it is compare-and-swap
+        (409 Conflict when the object changed since it was read)."""
+        return await self.request("PUT", path, body=body)
 
     async def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH)

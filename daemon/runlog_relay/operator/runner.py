@@ -13,67 +13,49 @@ import os
 import random
 import secrets
 import socket
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
 from prometheus_client import CollectorRegistry, start_http_server
 
+from runlog_relay.config.credentials import describe as describe_credentials
+from runlog_relay.config.settings import ambient_identity
+from runlog_relay.errors import ConfigError
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator.admission import Admission
-from runlog_relay.operator.controller import (
-    BucketCheck,
-    ControllerOptions,
-    StoreController,
-    check_bucket,
-)
+from runlog_relay.operator.cluster import ClusterVersions
+from runlog_relay.operator.controller import BucketCheck, StoreController, check_bucket
 from runlog_relay.operator.handlers import HandlerOptions, register_handlers
 from runlog_relay.operator.kubeapi import KubeApi, Login, default_login
-from runlog_relay.operator.leadership import Gate, PeeringGate, always
-from runlog_relay.operator.webhook import InjectionOptions
+from runlog_relay.operator.leadership import Leadership
+from runlog_relay.operator.policy import EndpointPolicy
+from runlog_relay.operator.settings import OperatorSettings
 from runlog_relay.operator.webhook_tls import (
     CaBundleKeeper,
+    CertificateFiles,
+    CertPolicy,
     RelayWebhookServer,
-    WebhookOptions,
+    SharedCertificate,
     build_webhook_server,
+    service_names,
 )
 
-__all__ = ["Operator", "OperatorOptions", "build_operator", "operate", "run"]
+__all__ = ["Operator", "build_operator", "operate", "run"]
 
 log = logging.getLogger(__name__)
 
-#: kopf peering priorities are plain integers; a wide random range makes two replicas
-#: picking the same one (which pauses both) practically impossible.
-_RANDOM_PRIORITY_MAX = 2**31 - 1
+#: kopf peering priorities are plain integers, and kopf freezes every replica when two
+#: live ones have the same. The configured priority is the class (high bits); a random
+#: tie-breaker below it tells apart replicas of one pod template (one Deployment, same
+#: arguments). 2**31 values keep a collision out of reach and the sum a safe JSON number.
+_TIEBREAK_RANGE = 2**31
 
 
-@dataclass(frozen=True)
-class OperatorOptions:
-    """Everything ``runlog-relay operator`` takes on its command line."""
-
-    namespaces: tuple[str, ...] = ()
-    """Namespaces (or kopf globs like ``team-*``) to serve; empty with
-    ``all_namespaces`` False also means all."""
-    all_namespaces: bool = False
-    """Serve every namespace (needs cluster-wide RBAC)."""
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
-    metrics_port: int | None = 9464
-    """Prometheus ``/metrics`` port; None serves none (tests), 0 picks a free port."""
-    liveness_port: int | None = 8080
-    """kopf's liveness endpoint, ``http://0.0.0.0:PORT/healthz``; None disables it."""
-    peering: str | None = None
-    """kopf peering name for several replicas; None runs standalone."""
-    priority: int | None = None
-    """Peering priority; None picks a random one (replicas must differ)."""
-    controller: ControllerOptions = field(default_factory=ControllerOptions)
-    webhook: WebhookOptions | None = None
-    """Serve the admission webhooks (pod injection, RunLogStore validation); None: off."""
-    injection: InjectionOptions = field(default_factory=InjectionOptions)
-    """What the pod webhook injects."""
-
-    @property
-    def clusterwide(self) -> bool:
-        return self.all_namespaces or not self.namespaces
+def effective_priority(priority: int) -> int:
+    """kopf's priority for a replica of priority class ``priority``."""
+    return priority * _TIEBREAK_RANGE + random.randrange(1, _TIEBREAK_RANGE)  # noqa: S311
 
 
 @dataclass
@@ -87,16 +69,19 @@ class Operator:
     prometheus: CollectorRegistry
     handler_options: HandlerOptions
     identity: str
-    """This replica's name among kopf peers (the peering gate looks for it)."""
+    """This replica's name among kopf peers (the peering objects' status keys)."""
+    leadership: Leadership
     admission: Admission | None = None
     """The webhooks' logic, when they are served."""
     webhook_server: RelayWebhookServer | None = None
+    certificates: SharedCertificate | CertificateFiles | None = None
+    """Where the webhook server's certificate comes from."""
     ca_keeper: CaBundleKeeper | None = None
-    """Keeps the webhook configurations' caBundle (self-signed TLS only)."""
+    """Keeps the webhook configurations' caBundle (shared self-signed TLS only)."""
 
 
 def build_operator(
-    options: OperatorOptions,
+    options: OperatorSettings,
     *,
     login: Login = default_login,
     bucket_check: BucketCheck = check_bucket,
@@ -106,51 +91,111 @@ def build_operator(
     prometheus = prometheus if prometheus is not None else CollectorRegistry()
     metrics = OperatorMetrics(prometheus)
     api = KubeApi(login)
-    controller_options = options.controller
-    if controller_options.instance == ControllerOptions().instance:
-        # The pod name, so Events say which replica reported them.
-        controller_options = replace(controller_options, instance=socket.gethostname())
-    controller = StoreController(
-        api, metrics, bucket_check=bucket_check, options=controller_options
-    )
-    priority = options.priority
-    if options.peering and priority is None:
-        priority = random.randint(1, _RANDOM_PRIORITY_MAX)  # noqa: S311 - not security
+    peering = options.peering.name
     handler_options = HandlerOptions(
-        peering=options.peering, priority=priority or 0, recheck=recheck
+        peering=peering,
+        priority=effective_priority(options.peering.priority) if peering else 0,
+        lifetime=options.peering.lifetime,
+        recheck=recheck,
+        chunk_size=options.list_chunk_size,
     )
     identity = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
-    gate: Gate = always
-    if options.peering:
-        gate = PeeringGate(
-            api,
-            name=options.peering,
-            identity=identity,
-            priority=handler_options.priority,
-            clusterwide=options.clusterwide,
-        )
+    on_change: list[Callable[[bool], None]] = [lambda leading: metrics.leading.set(leading)]
+
+    def leadership_changed(leading: bool) -> None:
+        for callback in on_change:
+            callback(leading)
+
+    leadership = Leadership(
+        api,
+        name=peering,
+        identity=identity,
+        priority=handler_options.priority,
+        namespaces=None if options.clusterwide else options.namespaces,
+        interval=options.peering.leadership_check_interval,
+        on_change=leadership_changed,
+    )
+    metrics.leading.set(1 if leadership.leading else 0)
+    try:  # the operator pod's own AWS variables (IRSA / Pod Identity on its ServiceAccount)
+        own_identity = ambient_identity()
+    except ConfigError as exc:
+        raise SystemExit(f"runlog-relay operator: {exc}") from None
+    log.info(
+        "bucket checks of service-account stores: %s",
+        describe_credentials(own_identity)
+        if own_identity
+        else "left to the sidecars (the operator has no AWS identity of its own)",
+    )
+    policy = EndpointPolicy.from_patterns(options.allowed_endpoints)
+    controller = StoreController(
+        api,
+        metrics,
+        bucket_check=bucket_check,
+        options=options.reconcile,
+        instance=options.instance,
+        gate=leadership.gate,
+        identity=own_identity,
+        policy=policy,
+    )
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = [leadership.run]
     admission = webhook_server = ca_keeper = None
-    if options.webhook is not None:
+    certificates: SharedCertificate | CertificateFiles | None = None
+    webhook = options.webhook
+    if webhook.port:
+        cluster = ClusterVersions(api, interval=options.injection.cluster_check_interval)
+        background.append(cluster.run)
         admission = Admission(
-            api, metrics, options=options.injection, instance=controller_options.instance
+            api,
+            metrics,
+            options=options.injection,
+            instance=options.instance,
+            lookup_timeout=webhook.lookup_budget,
+            fresh=leadership.fresh,
+            policy=policy,
+            cluster=cluster,
         )
-        if options.webhook.self_signed:
-            ca_keeper = CaBundleKeeper(
-                api, name=options.webhook.config_name, interval=options.webhook.ca_recheck_interval
+        namespace = webhook.service_namespace or "runlog-relay"
+        if webhook.self_signed:
+            keeper = ca_keeper = CaBundleKeeper(
+                api,
+                name=webhook.config_name,
+                interval=webhook.cert_check_interval,
+                leadership=leadership,
             )
+            shared = certificates = SharedCertificate(
+                api,
+                namespace=namespace,
+                name=webhook.cert_secret,
+                policy=CertPolicy.from_settings(
+                    webhook, service_names(webhook.service_name, namespace)
+                ),
+                leadership=leadership,
+                interval=webhook.cert_check_interval,
+            )
+            shared.subscribe(lambda material: keeper.offer(material.ca_bundle))
+            on_change.append(lambda leading: keeper.wake() if leading else None)
+            background.append(keeper.run)
+        else:
+            assert webhook.cert_dir is not None  # not self-signed
+            certificates = CertificateFiles(webhook.cert_dir, interval=webhook.cert_check_interval)
+        background.append(certificates.run)
         webhook_server = build_webhook_server(
-            options.webhook, on_ca=ca_keeper.offer if ca_keeper is not None else None
+            webhook,
+            certificates,
+            on_material=lambda m: metrics.webhook_certificate_expiry.set(m.not_after.timestamp()),
+            ready=[cluster.looked],
         )
+    if recheck:
+        background.append(controller.recheck_forever)
     registry = kopf.OperatorRegistry()
     register_handlers(
         registry,
         controller=controller,
         api=api,
         options=handler_options,
-        recheck_gate=gate,
+        background=background,
         admission=admission,
         webhook_server=webhook_server,
-        ca_keeper=ca_keeper,
     )
     return Operator(
         registry=registry,
@@ -160,25 +205,23 @@ def build_operator(
         prometheus=prometheus,
         handler_options=handler_options,
         identity=identity,
+        leadership=leadership,
         admission=admission,
         webhook_server=webhook_server,
+        certificates=certificates,
         ca_keeper=ca_keeper,
     )
 
 
 async def operate(
     operator: Operator,
-    options: OperatorOptions,
+    options: OperatorSettings,
     *,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
 ) -> None:
     """Run kopf with the operator's registry until ``stop_flag`` (or a signal)."""
-    liveness = (
-        f"http://0.0.0.0:{options.liveness_port}/healthz"
-        if options.liveness_port is not None
-        else None
-    )
+    liveness = f"http://0.0.0.0:{options.liveness_port}/healthz" if options.liveness_port else None
     await kopf.operator(
         registry=operator.registry,
         clusterwide=options.clusterwide,
@@ -193,7 +236,7 @@ async def operate(
     )
 
 
-def run(options: OperatorOptions) -> int:
+def run(options: OperatorSettings) -> int:
     """Blocking: serve metrics, run the operator until SIGINT/SIGTERM; the exit code."""
     operator = build_operator(options)
     server = None
@@ -210,9 +253,9 @@ def run(options: OperatorOptions) -> int:
     log.info(
         "runlog-relay operator starting: %s, %s",
         scope,
-        f"peering {options.peering!r}" if options.peering else "standalone",
+        f"peering {options.peering.name!r}" if options.peering.name else "standalone",
     )
-    if options.webhook is not None:
+    if options.webhook.port:
         log.info(
             "admission webhooks on https://%s:%s (/mutate-pods, /validate-runlogstores), %s",
             options.webhook.host,

@@ -5,13 +5,18 @@ pod, and what a RunLogStore admission should warn about or refuse.
 asks this module what each answer means; nothing here imports kopf or touches the
 network, so the unit tests cover every branch with plain dicts.
 
-A pod labelled ``runlog-relay.dev/store: <store>`` gets, from :func:`decide_injection`:
+A pod that names its store (the ``runlog-relay.dev/store`` label or annotation, or its
+namespace's label of that name) gets, from :func:`decide_injection`:
 
-- the sidecar ``runlog-relay`` -- a native sidecar (the first init container, with
-  ``restartPolicy: Always``) unless ``runlog-relay.dev/sidecar-mode: classic`` asks for a
-  plain container -- running ``runlog-relay sidecar --config`` with the store's rendered
+- the sidecar ``runlog-relay`` -- a native sidecar (an init container with
+  ``restartPolicy: Always``, placed after istio-proxy and before the pod's other init
+  containers) where the cluster supports it (``native_sidecar``, or the pod's
+  ``runlog-relay.dev/sidecar-mode``), else a plain container that exits once its pod's
+  runs are sealed -- running ``runlog-relay sidecar --config`` with the store's rendered
   ConfigMap and credentials projected from the store's Secret, at exactly the paths the
-  ConfigMap names (:func:`~.reconcile.pod_volumes`);
+  ConfigMap names (:func:`~.reconcile.pod_volumes`), mirroring only the pod's own runs
+  when it can tell them (:func:`~.podspec.run_ids`), with resources fitted to the pod's
+  QoS class (:func:`~.podspec.sidecar_resources`);
 - the run-log volume mounted read-only in the sidecar at the path the pod's own
   containers see it at (see :func:`plan_volume` for how it is chosen);
 - ``runlog-relay.dev/injected: <store>``.
@@ -32,26 +37,28 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from runlog_relay import __version__
 from runlog_relay.config.crd import API_VERSION
-from runlog_relay.config.models import StoreSpec
+from runlog_relay.config.models import MAX_STORE_NAME, StoreSpec
+from runlog_relay.operator import podspec as ps
 from runlog_relay.operator import reconcile as rc
+from runlog_relay.operator.policy import EndpointPolicy
+from runlog_relay.operator.settings import InjectionSettings, NativeSidecar
 
 __all__ = [
     "CONTAINER_NAME",
-    "DEFAULT_IMAGE",
-    "DEFAULT_RESOURCES",
     "DEFAULT_USER",
     "INJECTED_ANNOTATION",
+    "INJECT_OPT_OUT",
     "LOGS_VOLUME",
     "METRICS_PORT",
     "METRICS_PORT_NAME",
     "MODE_ANNOTATION",
+    "NAMESPACE_STORE_LABEL",
     "SKIPPED_ANNOTATION",
+    "STORE_ANNOTATION",
     "STORE_LABEL",
     "VOLUME_ANNOTATION",
     "Decision",
-    "InjectionOptions",
     "Outcome",
     "SidecarMode",
     "StoreInfo",
@@ -61,14 +68,18 @@ __all__ = [
     "failure_decision",
     "json_pointer",
     "missing_files",
+    "opted_out",
     "plan_volume",
     "pod_event_manifest",
+    "pod_opt_in",
     "store_spec_denial",
     "store_warnings",
-    "validate_resources",
 ]
 
 STORE_LABEL = rc.STORE_LABEL
+#: The same key, as a pod annotation, and as a namespace label naming its default store.
+STORE_ANNOTATION = NAMESPACE_STORE_LABEL = STORE_LABEL
+INJECT_OPT_OUT = "runlog-relay.dev/inject"
 VOLUME_ANNOTATION = "runlog-relay.dev/volume"
 MODE_ANNOTATION = "runlog-relay.dev/sidecar-mode"
 INJECTED_ANNOTATION = "runlog-relay.dev/injected"
@@ -81,14 +92,7 @@ METRICS_PORT_NAME = "relay-metrics"
 METRICS_PORT = 9464
 #: The emptyDir added when no volume of the pod holds the log folder.
 LOGS_VOLUME = "runlog-relay-logs"
-DEFAULT_IMAGE = f"ghcr.io/runlog-relay/runlog-relay:{__version__}"
-#: The conventional "nonroot" uid/gid of distroless-style images; used when the pod does
-#: not run its writer as a non-root user we could share.
-DEFAULT_USER = 65532
-DEFAULT_RESOURCES: Mapping[str, Any] = {
-    "requests": {"cpu": "10m", "memory": "64Mi"},
-    "limits": {"memory": "128Mi"},
-}
+DEFAULT_USER = ps.DEFAULT_USER
 #: Seconds the kubelet needs besides the sidecar's own drain budget, to stop it cleanly.
 _GRACE_MARGIN = 5.0
 _DEFAULT_GRACE = 30.0
@@ -115,21 +119,6 @@ class Outcome(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class InjectionOptions:
-    """What the operator's command line says about injected sidecars."""
-
-    image: str = DEFAULT_IMAGE
-    """The sidecar's image (``--sidecar-image``)."""
-    resources: Mapping[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_RESOURCES))
-    """The sidecar's ResourceRequirements (``--sidecar-resources``)."""
-    inject_when_not_ready: bool = True
-    """Inject into pods of a store that is not Ready (yet): the sidecar waits and
-    retries, so nothing written meanwhile is lost."""
-    scrape_annotations: bool = False
-    """Add ``prometheus.io/scrape|port|path`` to injected pods that have none."""
-
-
-@dataclass(frozen=True)
 class StoreInfo:
     """What the webhook needs to know about one RunLogStore (from the index or the API)."""
 
@@ -143,9 +132,12 @@ class StoreInfo:
     files_ready: bool = False
     """The last reconcile found the ConfigMap written and the Secrets present
     (``ConfigRendered`` and ``SecretsAvailable`` True): a sidecar can start."""
+    indexed_at: float = 0.0
+    """When kopf's index took this entry (monotonic seconds): a standby replica's index
+    is frozen, so the webhook uses an entry only if it is newer than the last standby."""
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> StoreInfo:
+    def from_body(cls, body: Mapping[str, Any], *, indexed_at: float = 0.0) -> StoreInfo:
         meta = body.get("metadata") or {}
         conditions = (body.get("status") or {}).get("conditions")
         ready = rc.condition(conditions, rc.READY)
@@ -161,6 +153,7 @@ class StoreInfo:
                 rc.condition(conditions, kind).get("status") == true
                 for kind in (rc.CONFIG_RENDERED, rc.SECRETS_AVAILABLE)
             ),
+            indexed_at=indexed_at,
         )
 
 
@@ -374,7 +367,9 @@ def _mount_everywhere(
     return mounts
 
 
-def plan_volume(pod: Mapping[str, Any], folder: str) -> VolumePlan:
+def plan_volume(
+    pod: Mapping[str, Any], folder: str, *, size_limit: str | None = None
+) -> VolumePlan:
     """Which volume holds the run logs in ``folder``, and how the sidecar mounts it.
 
     1. ``runlog-relay.dev/volume: NAME``: that volume. Mounted by a container at
@@ -383,7 +378,9 @@ def plan_volume(pod: Mapping[str, Any], folder: str) -> VolumePlan:
     2. Else the volume the writers (see :func:`_writers`) see ``folder`` through, when
        they agree on it; containers that see ``folder`` on their own root filesystem are
        ignored (a mesh proxy, say): the sidecar could not read it anyway.
-    3. Else an emptyDir ``runlog-relay-logs``, mounted at ``folder`` in every container.
+    3. Else an emptyDir ``runlog-relay-logs`` (of ``size_limit``, so it counts against
+       the node's ephemeral storage like any bounded volume), mounted at ``folder`` in
+       every container.
 
     Raises ``_Skip`` when the answer is not clear: two volumes, a named volume that does
     not exist or is mounted elsewhere, a ``subPathExpr`` the sidecar cannot reproduce.
@@ -438,7 +435,10 @@ def plan_volume(pod: Mapping[str, Any], folder: str) -> VolumePlan:
             raise _Skip("VolumeConflict", f"the pod already has a volume named {LOGS_VOLUME!r}")
         return VolumePlan(
             sidecar_mount={"name": LOGS_VOLUME, "mountPath": folder, "readOnly": True},
-            new_volume={"name": LOGS_VOLUME, "emptyDir": {}},
+            new_volume={
+                "name": LOGS_VOLUME,
+                "emptyDir": {"sizeLimit": size_limit} if size_limit else {},
+            },
             extra_mounts=_mount_everywhere(pod, LOGS_VOLUME, folder),
             writer=next(iter(_writers(pod)), None),
         )
@@ -461,32 +461,6 @@ def _plan_from(container: Mapping[str, Any], mount: Mapping[str, Any]) -> Volume
             " subPathExpr, which the sidecar cannot reproduce",
         )
     return VolumePlan(sidecar_mount=_sidecar_mount(mount), writer=container)
-
-
-def _security_context(pod: Mapping[str, Any], writer: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The restricted profile, running as the writer's user and group when those are
-    explicit and not root, so files it wrote 0600/0640 are readable too; else 65532."""
-    pod_context = (pod.get("spec") or {}).get("securityContext") or {}
-    own = (writer or {}).get("securityContext") or {}
-
-    def pick(key: str) -> int:
-        value = own.get(key, pod_context.get(key))
-        return (
-            value
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0
-            else DEFAULT_USER
-        )
-
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": pick("runAsUser"),
-        "runAsGroup": pick("runAsGroup"),
-        "allowPrivilegeEscalation": False,
-        "privileged": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
 
 
 def _used_ports(pod: Mapping[str, Any]) -> set[int]:
@@ -515,20 +489,31 @@ def sidecar_container(
     plan: VolumePlan,
     pod: Mapping[str, Any],
     mode: SidecarMode,
-    options: InjectionOptions,
+    options: InjectionSettings,
+    image: str,
+    resources: Mapping[str, Any],
+    runs: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The ``runlog-relay`` container for ``pod``."""
+    """The ``runlog-relay`` container for ``pod``. ``runs``: the run ids it mirrors
+    (None: every run on the volume)."""
     _, config_mounts = rc.pod_volumes(spec, store=store)
     port = _metrics_port(pod)
+    env = [{"name": "RUNLOG_RELAY_METRICS_PORT", "value": str(port)}]
+    if runs:
+        env.append({"name": "RUNLOG_RELAY_RUN_IDS", "value": ",".join(runs)})
+    if mode is SidecarMode.CLASSIC:
+        # A plain container keeps a Job's pod running: it exits once its runs are sealed
+        # and the pod's work is done.
+        env.append({"name": "RUNLOG_RELAY_EXIT_WHEN_SEALED", "value": "true"})
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": options.image,
+        "image": image,
         "command": ["runlog-relay"],
         "args": ["sidecar", "--config", rc.CONFIG_FILE],
-        "env": [{"name": "RUNLOG_RELAY_METRICS_PORT", "value": str(port)}],
+        "env": env,
         "ports": [{"name": METRICS_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
-        "resources": copy.deepcopy(dict(options.resources)),
-        "securityContext": _security_context(pod, plan.writer),
+        "resources": copy.deepcopy(dict(resources)),
+        "securityContext": ps.security_context(pod, plan.writer, openshift=options.openshift),
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": METRICS_PORT_NAME},
             "periodSeconds": 10,
@@ -560,16 +545,25 @@ def _pod_volumes(spec: StoreSpec, store: str) -> list[dict[str, Any]]:
     return volumes
 
 
-def _mode(annotations: Mapping[str, Any]) -> SidecarMode:
-    raw = str(annotations.get(MODE_ANNOTATION) or SidecarMode.NATIVE.value).strip().lower()
-    try:
-        return SidecarMode(raw)
-    except ValueError:
-        raise _Skip(
-            "InvalidAnnotation",
-            f"{MODE_ANNOTATION} must be 'native' or 'classic', not"
-            f" {str(annotations.get(MODE_ANNOTATION))[:40]!r}",
-        ) from None
+def _mode(
+    annotations: Mapping[str, Any], options: InjectionSettings, native: bool | None
+) -> SidecarMode:
+    """The pod's annotation, else the setting; ``auto`` follows what the cluster runs
+    (``native``: see :mod:`.cluster`; unknown means classic, which every cluster takes)."""
+    raw = annotations.get(MODE_ANNOTATION)
+    if raw is not None:
+        try:
+            return SidecarMode(str(raw).strip().lower())
+        except ValueError:
+            raise _Skip(
+                "InvalidAnnotation",
+                f"{MODE_ANNOTATION} must be 'native' or 'classic', not {str(raw)[:40]!r}",
+            ) from None
+    if options.native_sidecar is NativeSidecar.ALWAYS:
+        return SidecarMode.NATIVE
+    if options.native_sidecar is NativeSidecar.NEVER:
+        return SidecarMode.CLASSIC
+    return SidecarMode.NATIVE if native else SidecarMode.CLASSIC
 
 
 def _skipped(
@@ -596,10 +590,28 @@ def failure_decision(pod: Mapping[str, Any], store: str | None, message: str) ->
         )
 
 
-def store_label(pod: Mapping[str, Any]) -> str | None:
-    labels = (pod.get("metadata") or {}).get("labels") or {}
-    value = labels.get(STORE_LABEL) if isinstance(labels, Mapping) else None
+def _metadata_value(obj: Mapping[str, Any], kind: str, key: str) -> str | None:
+    values = (obj.get("metadata") or {}).get(kind) or {}
+    value = values.get(key) if isinstance(values, Mapping) else None
     return str(value) if value else None
+
+
+def pod_opt_in(pod: Mapping[str, Any]) -> str | None:
+    """The store a pod asks for itself: its label, else its annotation (runnable's
+    K8sJobExecutor lets users set only annotations on the pod template)."""
+    return _metadata_value(pod, "labels", STORE_LABEL) or _metadata_value(
+        pod, "annotations", STORE_ANNOTATION
+    )
+
+
+def opted_out(pod: Mapping[str, Any]) -> bool:
+    """``runlog-relay.dev/inject: "false"`` (label or annotation): never this pod, even
+    in a namespace that opts every pod in."""
+    for kind in ("labels", "annotations"):
+        value = _metadata_value(pod, kind, INJECT_OPT_OUT)
+        if value is not None and value.strip().lower() in ("false", "no", "off", "disabled"):
+            return True
+    return False
 
 
 def already_injected(pod: Mapping[str, Any]) -> bool:
@@ -620,12 +632,7 @@ def missing_files(
     missing = []
     if configmap is None or rc.CONFIG_KEY not in (configmap.get("data") or {}):
         missing.append(f"ConfigMap {rc.configmap_name(store)!r}")
-    refs: list[tuple[str, str]] = []
-    if spec.credentials_secret_ref is not None:
-        creds = spec.credentials_secret_ref
-        refs += [(creds.name, creds.access_key_id_key), (creds.name, creds.secret_access_key_key)]
-    if spec.tls.ca_secret_ref is not None:
-        refs.append((spec.tls.ca_secret_ref.name, spec.tls.ca_secret_ref.key))
+    refs = [(use.secret, use.key) for use in rc.secret_key_uses(spec)]
     for secret, key in refs:
         data = secrets.get(secret)
         if data is None:
@@ -644,21 +651,48 @@ def decide_injection(
     *,
     namespace: str,
     store: StoreInfo | None,
-    options: InjectionOptions,
+    options: InjectionSettings,
     missing: Sequence[str] = (),
+    policy: EndpointPolicy | None = None,
+    store_name: str | None = None,
+    native: bool | None = None,
 ) -> Decision:
-    """The patch for an admitted pod. ``store`` is the RunLogStore named by the pod's
-    label, looked up in the pod's own ``namespace`` (None when there is none);
-    ``missing`` what the sidecar needs and does not exist (:func:`missing_files`).
+    """The patch for an admitted pod.
+
+    ``store_name``: the store the pod opted into (:func:`pod_opt_in`, or its namespace's
+    label; default: the pod's own); ``store``: that RunLogStore, looked up in the pod's
+    own ``namespace`` (None when there is none); ``missing``: what the sidecar needs and
+    does not exist (:func:`missing_files`); ``native``: whether the cluster runs native
+    sidecars (:mod:`.cluster`; None: unknown).
 
     A store that is not Ready is injected (by default): the sidecar waits for the
     bucket and retries, nothing is lost. That includes a store whose ConfigMap or Secret
     does not exist yet: their volumes are optional, and the sidecar, started without
     them, stays up (so the kubelet starts the pod's other containers) and begins
     mirroring once the kubelet delivers them."""
-    name = store_label(pod)
-    if name is None or already_injected(pod):
+    name = store_name if store_name is not None else pod_opt_in(pod)
+    if name is None or already_injected(pod) or opted_out(pod):
         return Decision(outcome=Outcome.UNCHANGED, store=name)
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    pod_spec = pod.get("spec") or {}
+    if ps.is_windows(pod):
+        return _skipped(
+            pod,
+            "WindowsPod",
+            "the runlog-relay sidecar runs on Linux nodes only",
+            store=name,
+            outcome=Outcome.SKIPPED,
+        )
+    wants_host = str(annotations.get(ps.HOST_NETWORK_ANNOTATION, "")).strip() == "inject"
+    if pod_spec.get("hostNetwork") and not (options.host_network or wants_host):
+        return _skipped(
+            pod,
+            "HostNetwork",
+            "the pod uses the node's network: the sidecar's metrics port would be on the"
+            f" node and may clash (annotate {ps.HOST_NETWORK_ANNOTATION}: inject to have it)",
+            store=name,
+            outcome=Outcome.SKIPPED,
+        )
     if store is None or store.namespace != namespace or store.name != name:
         return _skipped(
             pod,
@@ -674,14 +708,17 @@ def decide_injection(
         return _skipped(
             pod, "StoreInvalid", f"RunLogStore {name!r}: {exc}", store=name, outcome=Outcome.SKIPPED
         )
-    if len(rc.configmap_name(name)) > 253:
+    if rc.too_long(name):
         return _skipped(
             pod,
             "StoreInvalid",
-            f"RunLogStore name {name!r} is too long",
+            f"RunLogStore name {name[:70]!r}... is longer than {MAX_STORE_NAME} characters",
             store=name,
             outcome=Outcome.SKIPPED,
         )
+    denial = (policy or EndpointPolicy()).denial(spec.endpoint)
+    if denial is not None:  # no sidecar sends credentials there either
+        return _skipped(pod, "EndpointNotAllowed", denial, store=name, outcome=Outcome.SKIPPED)
     warnings: list[str] = []
     if missing:
         if not options.inject_when_not_ready:
@@ -714,10 +751,10 @@ def decide_injection(
             f"RunLogStore {name!r} is not Ready ({state}); the runlog-relay sidecar is"
             " injected and uploads once it is"
         )
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    init = _containers(pod, "initContainers")
     try:
-        mode = _mode(annotations)
-        plan = plan_volume(pod, spec.log_folder)
+        mode = _mode(annotations, options, native)
+        plan = plan_volume(pod, spec.log_folder, size_limit=options.logs_volume_size_limit)
         volumes = _pod_volumes(spec, name)
         existing = {
             str(v.get("name"))
@@ -727,11 +764,27 @@ def decide_injection(
         clash = sorted(existing & {v["name"] for v in volumes})
         if clash:
             raise _Skip("VolumeConflict", f"the pod already has a volume named {clash[0]!r}")
+        image = ps.image_for(annotations, options)
+        runs = ps.run_ids(annotations, _writers(pod))
+        others = [*init, *_containers(pod, "containers")]
+        resources = ps.sidecar_resources(annotations, options.resources, others)
+        position = ps.native_position(init, annotations) if mode is SidecarMode.NATIVE else 0
+    except ps.InvalidAnnotation as exc:
+        return _skipped(pod, "InvalidAnnotation", str(exc), store=name, outcome=Outcome.SKIPPED)
     except _Skip as skip:
         return _skipped(pod, skip.reason, skip.message, store=name, outcome=Outcome.SKIPPED)
 
-    container = sidecar_container(spec, store=name, plan=plan, pod=pod, mode=mode, options=options)
-    pod_spec = pod.get("spec") or {}
+    container = sidecar_container(
+        spec,
+        store=name,
+        plan=plan,
+        pod=pod,
+        mode=mode,
+        options=options,
+        image=image,
+        resources=resources,
+        runs=runs,
+    )
     ops: list[dict[str, Any]] = []
     added = {INJECTED_ANNOTATION: name}
     if options.scrape_annotations and not any(k.startswith("prometheus.io/") for k in annotations):
@@ -752,12 +805,22 @@ def decide_injection(
         )
     if mode is SidecarMode.NATIVE:
         if isinstance(pod_spec.get("initContainers"), list):
-            # First, so it runs while the other init containers do too.
-            ops.append({"op": "add", "path": "/spec/initContainers/0", "value": container})
+            path = json_pointer("spec", "initContainers", position)
+            ops.append({"op": "add", "path": path, "value": container})
         else:
             ops.append({"op": "add", "path": "/spec/initContainers", "value": [container]})
     else:
         ops += _list_add_ops(pod_spec, ["spec"], "containers", [container])
+        if not runs and pod_spec.get("restartPolicy") in ("Never", "OnFailure"):
+            warnings.append(
+                "classic sidecar without the pod's run ids: it cannot tell when the pod's"
+                f" runs are sealed and keeps the pod running; set {ps.RUN_IDS_ANNOTATION}"
+            )
+    have = {
+        str(s.get("name")) for s in pod_spec.get("imagePullSecrets") or [] if isinstance(s, Mapping)
+    }
+    pull = [{"name": n} for n in options.image_pull_secrets if n not in have]
+    ops += _list_add_ops(pod_spec, ["spec"], "imagePullSecrets", pull)
 
     grace = pod_spec.get("terminationGracePeriodSeconds")
     grace = float(grace) if isinstance(grace, int | float) else _DEFAULT_GRACE
@@ -767,12 +830,13 @@ def decide_injection(
             f" budget (sync.drainTimeoutSeconds {spec.sync.drain_timeout_seconds:g} +"
             f" {_GRACE_MARGIN:g}s): uploads pending at shutdown may be cut short"
         )
+    scope = f"runs {', '.join(runs)}" if runs else "every run on the volume"
     return Decision(
         outcome=Outcome.INJECTED,
         ops=ops,
         store=name,
         reason="Injected",
-        message=f"runlog-relay sidecar ({mode.value}) injected for RunLogStore {name!r}",
+        message=f"runlog-relay sidecar ({mode.value}, {scope}) injected for RunLogStore {name!r}",
         warnings=warnings,
     )
 
@@ -848,17 +912,19 @@ def store_spec_denial(
     """Why a RunLogStore CREATE/UPDATE must be refused, or None.
 
     Only what the CRD's schema cannot say: the model's own validators (no credentials in
-    the endpoint URL, a valid port, no ``..`` in the prefix) and a name short enough for
-    its ConfigMap. An UPDATE that leaves the spec as it was is never refused, so kopf's
-    and kubectl's metadata writes go through even on a store that was invalid already."""
+    the endpoint URL, a valid port, no ``..`` in the prefix, a log folder clear of the
+    sidecar's mounts) and a name short enough to be a label value (pods name their store
+    in one, and its ConfigMap carries it in one). An UPDATE that leaves the spec as it was
+    is never refused, so kopf's and kubectl's metadata writes go through even on a store
+    that was invalid already."""
     if operation not in ("CREATE", "UPDATE"):
         return None
     if operation == "UPDATE" and dict(spec or {}) == dict(old_spec or {}):
         return None
-    if len(rc.configmap_name(name)) > 253:
+    if operation == "CREATE" and rc.too_long(name):
         return (
-            f"RunLogStore name {name!r} is too long: its ConfigMap {rc.configmap_name(name)!r}"
-            " would exceed 253 characters"
+            f"RunLogStore name {name[:70]!r}... is longer than {MAX_STORE_NAME} characters:"
+            " pods name their store in a label, which cannot hold more"
         )
     try:
         rc.parse_spec(spec)
@@ -879,23 +945,7 @@ def store_warnings(
 
     Warnings, not a denial: creating a store before its Secret is the normal order of a
     GitOps sync, and the store turns Ready by itself once the Secret appears."""
-    refs: list[tuple[str, str, str, str]] = []  # secret, key, ref field, key field
-    creds = spec.credentials_secret_ref
-    if creds is not None:
-        refs.append(
-            (creds.name, creds.access_key_id_key, "spec.credentialsSecretRef", "accessKeyIdKey")
-        )
-        refs.append(
-            (
-                creds.name,
-                creds.secret_access_key_key,
-                "spec.credentialsSecretRef",
-                "secretAccessKeyKey",
-            )
-        )
-    ca = spec.tls.ca_secret_ref
-    if ca is not None:
-        refs.append((ca.name, ca.key, "spec.tls.caSecretRef", "key"))
+    refs = [(u.secret, u.key, u.field, u.key_field) for u in rc.secret_key_uses(spec)]
     warnings: list[str] = []
     reported: set[str] = set()
     for secret, key, ref_field, key_field in refs:
@@ -917,37 +967,3 @@ def store_warnings(
                 " stays NotReady until it does"
             )
     return warnings
-
-
-# --------------------------------------------------------------------------- options
-
-_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
-
-
-def validate_resources(value: Any) -> dict[str, Any]:
-    """A ResourceRequirements object (``--sidecar-resources``), checked for shape and
-    quantity syntax; ValueError naming the bad part."""
-    if not isinstance(value, Mapping):
-        raise ValueError('must be a JSON object like {"requests": {"cpu": "10m"}}')
-    unknown = set(value) - {"requests", "limits"}
-    if unknown:
-        raise ValueError(f"unknown field(s) {sorted(unknown)}; expected requests, limits")
-    result: dict[str, Any] = {}
-    for part in ("requests", "limits"):
-        amounts = value.get(part)
-        if amounts is None:
-            continue
-        if not isinstance(amounts, Mapping):
-            raise ValueError(f"{part} must be an object of resource name to quantity")
-        checked = {}
-        for resource, quantity in amounts.items():
-            text = (
-                str(quantity)
-                if isinstance(quantity, int | float | str) and not isinstance(quantity, bool)
-                else None
-            )
-            if text is None or not _QUANTITY.match(text):
-                raise ValueError(f"{part}.{resource} is not a Kubernetes quantity: {quantity!r}")
-            checked[str(resource)] = text
-        result[part] = checked
-    return result

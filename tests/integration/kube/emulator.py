@@ -25,7 +25,9 @@ stateful part of the emulator while keeping kmock's server, discovery and DSL:
 * watches from a ``resourceVersion`` replay an append-only event log, so nothing
   is lost between a list and the following watch;
 * discovery pre-seeded (see :data:`DEFAULT_RESOURCES`); creating a
-  ``CustomResourceDefinition`` registers its resources, as a real API server does.
+  ``CustomResourceDefinition`` registers its resources, as a real API server does;
+* ``SubjectAccessReview`` answered by RBAC over the stored Roles, ClusterRoles and their
+  bindings (:mod:`.rbac`).
 
 User-defined kmock reactions still work and take priority
 (``emulator['patch', kmock.resource('v1/configmaps')][:1] << 500``); unlike in
@@ -56,6 +58,8 @@ import jsonpointer
 import kmock
 from kmock._internal import rendering as kmock_rendering  # StreamingError: not re-exported
 from typing_extensions import override
+
+from .rbac import authorize
 
 # -----------------------------------------------------------------------------------------------
 # Resources served by the emulator (discovery + per-resource behaviour).
@@ -124,6 +128,16 @@ WEBHOOK_CONFIGS: tuple[ResourceSpec, ...] = (
     ),
 )
 
+#: Answered from the emulator's RBAC objects (:func:`.rbac.authorize`), never stored.
+SUBJECT_ACCESS_REVIEWS = ResourceSpec(
+    "authorization.k8s.io",
+    "v1",
+    "subjectaccessreviews",
+    "SubjectAccessReview",
+    namespaced=False,
+    verbs=("create",),
+)
+
 RUNLOGSTORE = ResourceSpec(
     "runlog-relay.dev",
     "v1alpha1",
@@ -156,6 +170,7 @@ DEFAULT_RESOURCES: tuple[ResourceSpec, ...] = (
         subresources=("status", "log", "binding", "eviction"),
     ),
     ResourceSpec("", "v1", "secrets", "Secret"),
+    ResourceSpec("", "v1", "nodes", "Node", namespaced=False, subresources=("status",)),
     ResourceSpec("", "v1", "configmaps", "ConfigMap", shortnames=("cm",)),
     ResourceSpec("", "v1", "events", "Event", shortnames=("ev",)),
     ResourceSpec(
@@ -168,6 +183,8 @@ DEFAULT_RESOURCES: tuple[ResourceSpec, ...] = (
         subresources=("status",),
     ),
     ResourceSpec("", "v1", "serviceaccounts", "ServiceAccount", shortnames=("sa",)),
+    # batch/v1: runnable's K8sJobExecutor creates Jobs with the kubernetes client.
+    ResourceSpec("batch", "v1", "jobs", "Job", subresources=("status",)),
     # apps/v1.
     ResourceSpec(
         "apps",
@@ -207,6 +224,20 @@ DEFAULT_RESOURCES: tuple[ResourceSpec, ...] = (
     ),
     # Admission webhooks (kopf manages these when it serves webhooks).
     *WEBHOOK_CONFIGS,
+    # RBAC, so that SubjectAccessReviews are answered from real objects (see .rbac).
+    ResourceSpec("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    ResourceSpec("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    ResourceSpec(
+        "rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False
+    ),
+    ResourceSpec(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        namespaced=False,
+    ),
+    SUBJECT_ACCESS_REVIEWS,
     # CRDs themselves (kopf watches them to notice new resources).
     ResourceSpec(
         "apiextensions.k8s.io",
@@ -523,6 +554,10 @@ class RealisticKubernetesEmulator(kmock.KubernetesEmulator):
         factory=collections.Counter, init=False
     )
     access_log: list[AccessRecord] = attrs.field(factory=list, init=False)
+    #: What /version says (kmock's is a fixed 1.26); tests set it to model a cluster.
+    server_version: str = attrs.field(default="v1.30.2", init=False)
+    #: The SubjectAccessReviews asked, with the answers given.
+    access_reviews: list[dict[str, Any]] = attrs.field(factory=list, init=False)
     internal_errors: list[str] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -576,6 +611,15 @@ class RealisticKubernetesEmulator(kmock.KubernetesEmulator):
         if not candidates:
             raise LookupError(f"The emulator serves no resource {name!r}.")
         return candidates[0]
+
+    async def _serve_server_version(self, request: Any) -> Any:  # type: ignore[override]
+        major, minor = self.server_version.lstrip("v").split(".")[:2]
+        return {
+            "major": major,
+            "minor": minor,
+            "gitVersion": self.server_version,
+            "platform": "linux/amd64",
+        }
 
     @override
     def _get_resources(self) -> list[kmock.resource]:
@@ -1038,6 +1082,14 @@ class RealisticKubernetesEmulator(kmock.KubernetesEmulator):
         if request.subresource is not None or request.name is not None:
             raise _error(
                 405, "MethodNotAllowed", "POST is only supported on collections in this emulator"
+            )
+        if spec.key == SUBJECT_ACCESS_REVIEWS.key:
+            review = self._json_body(request) or {}
+            allowed, reason = authorize(self.live_objects(), review.get("spec") or {})
+            self.access_reviews.append({"spec": review.get("spec"), "allowed": allowed})
+            return kmock.Response(
+                status=201,
+                payload={**review, "status": {"allowed": allowed, "reason": reason}},
             )
         obj = self.create_object(spec, namespace, self._json_body(request))
         return kmock.Response(status=201, payload=obj)

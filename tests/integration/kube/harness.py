@@ -366,6 +366,27 @@ class KubeHarness(KubeClient):
 
         return kopf.ConnectionInfo(server=self.url, insecure=True, default_namespace="default")
 
+    def bulk_create(
+        self,
+        resource: str | ResourceSpec,
+        objects: Iterable[tuple[str | None, Mapping[str, Any]]],
+        timeout: float = 600,
+    ) -> int:
+        """Create many ``(namespace, body)`` objects in the emulator's own loop, with the
+        same semantics as a POST but no HTTP per object (seeding thousands of them)."""
+        spec = self.spec(resource)
+
+        def create() -> int:
+            count = 0
+            for namespace, body in objects:
+                if namespace is not None:
+                    self.emulator.ensure_namespace(namespace)
+                self.emulator.create_object(spec, namespace, body)
+                count += 1
+            return count
+
+        return self.call(create, timeout=timeout)
+
     def add_resource(self, spec: ResourceSpec) -> None:
         """Serve one more resource kind (it appears in discovery at once)."""
         self.call(self.emulator.register_resource, spec)
