@@ -27,12 +27,14 @@ import unicodedata
 from dataclasses import dataclass
 
 __all__ = [
+    "BodyEncoder",
     "Layout",
     "Mapping",
     "UnsafeNameError",
     "decode_body",
     "encode_body",
     "key_for",
+    "key_of",
     "path_for",
     "run_id_of_key",
 ]
@@ -102,9 +104,8 @@ def key_for(relative: str, layout: Layout) -> Mapping:
         _check_component(run_id, "run id")
         if not filename.endswith(JSON_SUFFIX) or filename == JSON_SUFFIX:
             raise UnsafeNameError(relative, "not a .json chunk")
-        stem = filename[: -len(JSON_SUFFIX)]
-        _check_component(stem, "chunk name")
-        return Mapping(run_id=run_id, key=f"{run_id}/{stem}")
+        _check_component(filename[: -len(JSON_SUFFIX)], "chunk name")
+        return Mapping(run_id=run_id, key=key_of(relative, layout))
     if len(parts) != 1:
         raise UnsafeNameError(relative, "not <run_id>.json")
     filename = parts[0]
@@ -112,7 +113,14 @@ def key_for(relative: str, layout: Layout) -> Mapping:
         raise UnsafeNameError(relative, "not a .json run log")
     run_id = filename[: -len(JSON_SUFFIX)]
     _check_component(run_id, "run id")
-    return Mapping(run_id=run_id, key=f"{run_id}/{run_id}{JSON_SUFFIX}")
+    return Mapping(run_id=run_id, key=key_of(relative, layout))
+
+
+def key_of(relative: str, layout: Layout) -> str:
+    """The key of a path already validated by :func:`key_for` (no checks: cheap)."""
+    if layout is Layout.CHUNKED:
+        return relative[: -len(JSON_SUFFIX)]
+    return f"{relative[: -len(JSON_SUFFIX)]}/{relative}"
 
 
 def path_for(key: str, layout: Layout) -> str:
@@ -140,6 +148,29 @@ def encode_body(file_bytes: bytes, layout: Layout) -> bytes:
     if layout is Layout.CHUNKED:
         return file_bytes
     return json.dumps(file_bytes.decode("utf-8")).encode("utf-8")
+
+
+class BodyEncoder:
+    """:func:`encode_body` for a file read in pieces: ``start()``, ``piece()`` per
+    piece (its bytes and their decoded text), ``end()``; the outputs concatenated are
+    ``encode_body(whole_file)``. JSON escapes text one character at a time, so the
+    pieces of an escaped string are the escaped pieces of the string."""
+
+    __slots__ = ("layout",)
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    def start(self) -> bytes:
+        return b"" if self.layout is Layout.CHUNKED else b'"'
+
+    def piece(self, raw: bytes, text: str) -> bytes:
+        if self.layout is Layout.CHUNKED:
+            return raw
+        return json.dumps(text)[1:-1].encode("ascii")
+
+    def end(self) -> bytes:
+        return b"" if self.layout is Layout.CHUNKED else b'"'
 
 
 def decode_body(object_bytes: bytes, layout: Layout) -> bytes:

@@ -8,9 +8,10 @@ volume is reported and skipped), only yields regular files, and maps each name t
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +20,13 @@ from runlog_relay.layout import JSON_SUFFIX, Layout, Mapping, UnsafeNameError, k
 __all__ = [
     "Candidate",
     "Entry",
+    "FolderError",
     "Skipped",
     "classify_path",
     "scan",
+    "scan_run",
     "to_candidate",
     "walk",
-    "walk_run",
 ]
 
 
@@ -35,6 +37,7 @@ class Candidate:
     path: Path
     relative: str
     mapping: Mapping
+    size: int = -1  #: from the lstat that found it (-1: unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +83,24 @@ def classify_path(root: Path, path: Path, layout: Layout) -> Candidate | Skipped
         mapping = key_for(relative, layout)
     except UnsafeNameError as exc:
         return Skipped(path, "unsafe_name", exc.reason)
-    return Candidate(path=path, relative=relative, mapping=mapping)
+    return Candidate(path=path, relative=relative, mapping=mapping, size=info.st_size)
+
+
+@dataclass(frozen=True, slots=True)
+class FolderError:
+    """A run folder that could not be listed: its files were not seen (not deleted).
+
+    ``transient``: the process ran out of a resource (descriptors, memory), so a retry
+    soon will likely work; otherwise (permissions) only a change will help."""
+
+    path: Path
+    run_id: str
+    detail: str
+    transient: bool
+
+
+#: errnos of a scan that failed for want of a resource, not because of the folder.
+_TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,45 +112,62 @@ class Entry:
     info: os.stat_result
 
 
-def scan(root: Path, layout: Layout) -> Iterator[Entry | Skipped]:
+#: ``trust(relative)``: True when the caller already knows this file well enough that its
+#: name is all it needs (no ``lstat``): it is then yielded as the bare relative path.
+Trust = Callable[[str], bool]
+
+
+def scan(
+    root: Path, layout: Layout, trust: Trust | None = None
+) -> Iterator[Entry | Skipped | FolderError | str]:
     """Every regular ``*.json`` file of ``layout`` under ``root``, cheaply.
 
     One ``lstat`` per file and none per folder: ``os.scandir``'s d_type says what is a
     link or a folder. Links are reported, never followed; folders that vanish mid-scan
-    (a run being cleaned up) are passed over. Names are not validated here (see
-    :func:`to_candidate`), so a caller that already knows a file skips that work.
+    (a run being cleaned up) are passed over; a run folder that cannot be listed is a
+    :class:`FolderError`. A root that cannot be listed raises OSError (only a missing
+    root is an empty tree). Names are not validated here (see :func:`to_candidate`), so
+    a caller that already knows a file skips that work.
     """
     root_path = os.fspath(root)
     try:
         top = list(os.scandir(root_path))
     except (FileNotFoundError, NotADirectoryError):
-        return
+        return  # no folder (yet): no files
     for entry in top:
         name = entry.name
         if layout is Layout.SINGLE:
             if name.endswith(JSON_SUFFIX):
-                yield _file_entry(entry, name)
+                yield name if trust is not None and trust(name) else _file_entry(entry, name)
             continue
         if entry.is_symlink():
             if name.endswith(JSON_SUFFIX) or entry.is_dir(follow_symlinks=True):
                 yield Skipped(Path(entry.path), "symlink", f"{entry.path} is a symbolic link")
             continue
         if entry.is_dir(follow_symlinks=False):
-            yield from _scan_run(entry.path, name)
+            yield from _scan_run(entry.path, name, trust)
 
 
-def _scan_run(run_path: str, run_name: str) -> Iterator[Entry | Skipped]:
+def _scan_run(
+    run_path: str, run_name: str, trust: Trust | None = None
+) -> Iterator[Entry | Skipped | FolderError | str]:
     try:
         entries = list(os.scandir(run_path))
     except (FileNotFoundError, NotADirectoryError):
         return
     except OSError as exc:
-        yield Skipped(Path(run_path), "unreadable", exc.strerror or str(exc))
+        yield FolderError(
+            Path(run_path), run_name, exc.strerror or str(exc), exc.errno in _TRANSIENT_ERRNOS
+        )
         return
     for entry in entries:
         name = entry.name
         if name.endswith(JSON_SUFFIX):
-            yield _file_entry(entry, f"{run_name}/{name}")
+            relative = f"{run_name}/{name}"
+            if trust is not None and trust(relative):
+                yield relative  # known and settled: the name is enough
+            else:
+                yield _file_entry(entry, relative)
 
 
 def _file_entry(entry: os.DirEntry[str], relative: str) -> Entry | Skipped:
@@ -151,16 +188,24 @@ def to_candidate(entry: Entry, layout: Layout) -> Candidate | Skipped:
         mapping = key_for(entry.relative, layout)
     except UnsafeNameError as exc:
         return Skipped(Path(entry.path), "unsafe_name", exc.reason)
-    return Candidate(path=Path(entry.path), relative=entry.relative, mapping=mapping)
+    return Candidate(
+        path=Path(entry.path), relative=entry.relative, mapping=mapping, size=entry.info.st_size
+    )
 
 
 def walk(root: Path, layout: Layout) -> Iterator[Candidate | Skipped]:
-    """Every run-log file (or skipped look-alike) under ``root``, without following links."""
+    """Every run-log file (or skipped look-alike) under ``root``, without following links;
+    a run folder that cannot be listed is reported as skipped (``unreadable``)."""
     for item in scan(root, layout):
-        yield item if isinstance(item, Skipped) else to_candidate(item, layout)
+        assert not isinstance(item, str)  # no trust given: every file is an Entry
+        if isinstance(item, FolderError):
+            yield Skipped(item.path, "unreadable", item.detail)
+        else:
+            yield item if isinstance(item, Skipped) else to_candidate(item, layout)
 
 
-def walk_run(root: Path, run_dir: Path, layout: Layout) -> Iterator[Candidate | Skipped]:
-    """The files of one run folder (chunked layout)."""
+def scan_run(run_dir: Path) -> Iterator[Entry | Skipped | FolderError]:
+    """The ``*.json`` files of one run folder (chunked layout), as :func:`scan` finds them."""
     for item in _scan_run(os.fspath(run_dir), run_dir.name):
-        yield item if isinstance(item, Skipped) else to_candidate(item, layout)
+        assert not isinstance(item, str)  # no trust given: every file is an Entry
+        yield item

@@ -55,6 +55,3 @@ def configure(level: str = "INFO", fmt: str = "plain", stream: TextIO | None = N
     # itself with context. Quiet even when debugging: its DEBUG lines carry full request
     # URLs, and STS's AssumeRoleWithWebIdentity puts the web identity token in the URL.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
-    if level.upper() != "DEBUG":
-        # watchfiles logs every batch of changes at INFO: thousands per minute here.
-        logging.getLogger("watchfiles").setLevel(logging.WARNING)

@@ -11,8 +11,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["LAG_BUCKETS", "OperatorMetrics", "SidecarMetrics"]
 
-#: Change seen → object written, seconds. Dense below a second, where a healthy relay lives.
-LAG_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: Change seen → object written, seconds. Dense below a second, where a healthy relay
+#: lives, with an edge at each published target (15 ms, 150 ms, 2 s).
+LAG_BUCKETS = (
+    0.005,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
 
 UPLOAD_RESULTS = ("success", "retry", "failure")
 
@@ -72,6 +89,12 @@ class SidecarMetrics:
             "Files that have stayed torn (not valid JSON) longer than the grace period.",
             registry=registry,
         )
+        self.bucket_mismatches = Counter(
+            "runlog_relay_bucket_mismatches_total",
+            "Objects found holding another version than the last one uploaded (an upload"
+            " that timed out landed late), and uploaded again.",
+            registry=registry,
+        )
         self.retries = Counter(
             "runlog_relay_retries_total",
             "Uploads scheduled again after a failure.",
@@ -79,7 +102,8 @@ class SidecarMetrics:
         )
         self.skipped_files = Counter(
             "runlog_relay_skipped_files_total",
-            "Files ignored: symlink, not a regular file, unsafe name, unreadable.",
+            "Files not mirrored, by reason: symlink, not_regular, unsafe_name, unreadable,"
+            " too_large, error (an unexpected failure while handling the file).",
             ["reason"],
             registry=registry,
         )
@@ -96,6 +120,17 @@ class SidecarMetrics:
         self.files_tracked = Gauge(
             "runlog_relay_files_tracked",
             "Run-log files seen in the watched folder.",
+            registry=registry,
+        )
+        self.unwatched_folders = Gauge(
+            "runlog_relay_unwatched_folders",
+            "Folders polled instead of watched because an inotify limit was reached"
+            " (fs.inotify.max_user_watches or max_user_instances).",
+            registry=registry,
+        )
+        self.watch_overflows = Counter(
+            "runlog_relay_watch_overflows_total",
+            "inotify event queue overflows (events were lost; each one triggers a rescan).",
             registry=registry,
         )
         self.store_ready = Gauge(

@@ -26,7 +26,7 @@ def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     saved = [h for h in root.handlers if _ours(h)]
     level = root.level
-    quiet = {name: logging.getLogger(name).level for name in ("urllib3", "watchfiles")}
+    quiet = {name: logging.getLogger(name).level for name in ("urllib3",)}
     yield
     for handler in [h for h in root.handlers if _ours(h)]:
         root.removeHandler(handler)
@@ -145,13 +145,9 @@ def test_level_filters_and_accepts_lower_case() -> None:
     assert [json.loads(line)["msg"] for line in lines(stream)] == ["shown"]
 
 
-def test_sdk_loggers_are_quiet_unless_debugging() -> None:
+def test_sdk_loggers_are_quiet() -> None:
     logs.configure("INFO", "plain", stream=io.StringIO())
     assert logging.getLogger("urllib3").level == logging.ERROR
-    assert logging.getLogger("watchfiles").level == logging.WARNING
-    logging.getLogger("watchfiles").setLevel(logging.NOTSET)
-    logs.configure("DEBUG", "plain", stream=io.StringIO())
-    assert logging.getLogger("watchfiles").level == logging.NOTSET
 
 
 def test_urllib3_stays_quiet_even_when_debugging() -> None:

@@ -24,7 +24,7 @@ import enum
 import ipaddress
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -37,7 +37,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_snake
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from runlog_relay.config.credentials import (
     CONTAINER_CREDENTIALS_HOST,
@@ -67,6 +67,7 @@ from runlog_relay.config.models import (
     check_sse_fields,
 )
 from runlog_relay.errors import ConfigError
+from runlog_relay.layout import UnsafeNameError, key_for
 
 __all__ = [
     "ENV_PREFIX",
@@ -162,6 +163,10 @@ class SidecarSettings(BucketParts, BaseSettings):
     """TLS options."""
     sync: SyncSpec = SyncSpec()
     """Watch/upload tuning."""
+    run_ids: Annotated[tuple[str, ...], NoDecode] = ()
+    """Mirror only these runs (chunked: the ``<run_id>/`` folders; single: ``<run_id>.json``)
+    and list only their prefixes in the bucket. Empty: every run. In the environment a
+    comma-separated list (one id is valid, so a downward-API field can fill it)."""
     sse: SidecarSSE = SidecarSSE()
     """Server-side encryption of the objects written (and the SSE-C key to read them)."""
     storage_class: str | None = Field(default=None, pattern=STORAGE_CLASS_PATTERN)
@@ -271,6 +276,25 @@ class SidecarSettings(BucketParts, BaseSettings):
     """DEBUG, INFO, WARNING or ERROR."""
     log_format: LogFormat = LogFormat.PLAIN
     """plain for people, json for log pipelines."""
+
+    @field_validator("run_ids", mode="before")
+    @classmethod
+    def _split_run_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("run_ids")
+    @classmethod
+    def _valid_run_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for run_id in value:
+            if "/" in run_id or "\\" in run_id:
+                raise ValueError(f"run id {run_id!r} contains a path separator")
+            try:
+                key_for(f"{run_id}/RunLog.json", Layout.CHUNKED)
+            except UnsafeNameError as exc:
+                raise ValueError(f"run id {run_id!r} is not a safe run id: {exc.reason}") from None
+        return tuple(dict.fromkeys(value))
 
     @field_validator("sts_endpoint", "ec2_metadata_endpoint")
     @classmethod
