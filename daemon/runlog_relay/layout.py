@@ -27,6 +27,7 @@ import unicodedata
 from dataclasses import dataclass
 
 __all__ = [
+    "BodyEncoder",
     "Layout",
     "Mapping",
     "UnsafeNameError",
@@ -140,6 +141,29 @@ def encode_body(file_bytes: bytes, layout: Layout) -> bytes:
     if layout is Layout.CHUNKED:
         return file_bytes
     return json.dumps(file_bytes.decode("utf-8")).encode("utf-8")
+
+
+class BodyEncoder:
+    """:func:`encode_body` for a file read in pieces: ``start()``, ``piece()`` per
+    piece (its bytes and their decoded text), ``end()``; the outputs concatenated are
+    ``encode_body(whole_file)``. JSON escapes text one character at a time, so the
+    pieces of an escaped string are the escaped pieces of the string."""
+
+    __slots__ = ("layout",)
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    def start(self) -> bytes:
+        return b"" if self.layout is Layout.CHUNKED else b'"'
+
+    def piece(self, raw: bytes, text: str) -> bytes:
+        if self.layout is Layout.CHUNKED:
+            return raw
+        return json.dumps(text)[1:-1].encode("ascii")
+
+    def end(self) -> bytes:
+        return b"" if self.layout is Layout.CHUNKED else b'"'
 
 
 def decode_body(object_bytes: bytes, layout: Layout) -> bytes:

@@ -10,9 +10,11 @@ own retries are off so backoff happens in one place).
 
 ETags: single-part PUTs have the body's MD5 as ETag. Bodies above
 :data:`MULTIPART_THRESHOLD` go up in :data:`PART_SIZE` parts; their ETag is S3's
-composite (MD5 of the part MD5s, ``-N``), which :func:`expected_etag` computes locally so a
-restart compares without a HEAD per object. The whole-body MD5 also rides along as user
-metadata (``x-amz-meta-runlog-relay-md5``) for other tools.
+composite (MD5 of the part MD5s, ``-N``), which :mod:`runlog_relay.etag` computes locally
+so a restart compares without a HEAD per object. The whole-body MD5 also rides along as
+user metadata (``x-amz-meta-runlog-relay-md5``) for other tools. A body may be a stream
+(``read(n)``) of known length and MD5: minio reads it one part at a time, so a big file is
+never held whole in memory.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import urllib3
@@ -30,21 +33,20 @@ from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
 from runlog_relay.errors import NotFoundError, PermanentError, RelayError, RetryableError
+from runlog_relay.etag import MULTIPART_THRESHOLD, PART_SIZE, expected_etag
 
 __all__ = [
     "MULTIPART_THRESHOLD",
     "PART_SIZE",
+    "BodyStream",
     "ObjectStore",
     "RemoteObject",
     "classify",
     "expected_etag",
 ]
 
-#: Bodies larger than this are uploaded in parts (S3's single-PUT limit is far above it,
-#: but parts keep retries of huge files cheap).
-MULTIPART_THRESHOLD = 16 * 1024 * 1024
-PART_SIZE = MULTIPART_THRESHOLD
 MD5_METADATA = "runlog-relay-md5"
+_MIN_PART = 5 * 1024 * 1024  # minio's smallest part size
 
 _PERMANENT_CODES = frozenset(
     {
@@ -78,16 +80,10 @@ class RemoteObject:
     last_modified: datetime | None
 
 
-def expected_etag(body: bytes) -> str:
-    """The ETag S3 gives ``body`` when uploaded by :meth:`ObjectStore.put`."""
-    if len(body) <= MULTIPART_THRESHOLD:
-        return hashlib.md5(body, usedforsecurity=False).hexdigest()
-    digests = b"".join(
-        hashlib.md5(body[offset : offset + PART_SIZE], usedforsecurity=False).digest()
-        for offset in range(0, len(body), PART_SIZE)
-    )
-    parts = -(-len(body) // PART_SIZE)
-    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{parts}"
+class BodyStream(Protocol):
+    """An object body read in pieces (minio asks for one part at a time)."""
+
+    def read(self, size: int, /) -> bytes: ...
 
 
 def classify(exc: BaseException, *, what: str) -> RelayError:
@@ -233,22 +229,39 @@ class ObjectStore:
         except _SDK_ERRORS as exc:
             raise classify(exc, what=f"listing {self.location}") from exc
 
-    def put(self, key: str, body: bytes, *, content_type: str = "application/json") -> str:
-        """Upload ``body`` at ``key``; returns the ETag the server reported."""
-        md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
+    def put(
+        self,
+        key: str,
+        body: bytes | BodyStream,
+        *,
+        length: int | None = None,
+        md5: str | None = None,
+        content_type: str = "application/json",
+    ) -> str:
+        """Upload ``body`` at ``key``; returns the ETag the server reported.
+
+        A stream needs its ``length`` and the hex ``md5`` of its content (for the
+        metadata); it is read one part at a time, at most :data:`PART_SIZE` in memory.
+        """
+        if isinstance(body, bytes):
+            length = len(body)
+            md5 = md5 or hashlib.md5(body, usedforsecurity=False).hexdigest()
+            stream: BodyStream = io.BytesIO(body)
+        else:
+            if length is None or md5 is None:
+                raise ValueError("a streamed body needs its length and md5")
+            stream = body
         try:
             result = self._client.put_object(
                 self.bucket,
                 self.full_key(key),
-                io.BytesIO(body),
-                len(body),
+                stream,  # type: ignore[arg-type]  # minio wants BinaryIO; read() is all it uses
+                length,
                 content_type=content_type,
                 metadata={MD5_METADATA: md5},
                 # Above the threshold minio splits into parts of exactly PART_SIZE, which
-                # is what expected_etag assumes; at or below, one PUT.
-                part_size=PART_SIZE
-                if len(body) > MULTIPART_THRESHOLD
-                else max(len(body), 5 * 1024 * 1024),
+                # is what the ETag computation assumes; at or below, one PUT.
+                part_size=PART_SIZE if length > MULTIPART_THRESHOLD else max(length, _MIN_PART),
                 num_parallel_uploads=1,
             )
         except _SDK_ERRORS as exc:

@@ -242,7 +242,7 @@ def test_verify_reports_each_kind_of_difference(
     assert (
         states[("remote_only", "tools-a/BranchLog-map.c.json")]["key"] == "tools-a/BranchLog-map.c"
     )
-    assert "not valid JSON" in states[("torn", "tools-a/BranchLog-map.b.json")]["detail"]
+    assert "not complete JSON" in states[("torn", "tools-a/BranchLog-map.b.json")]["detail"]
     assert data["counts"] == {
         "same": 2,
         "missing": 1,
@@ -278,6 +278,14 @@ def test_verify_single_layout_and_a_torn_file(
     assert torn.code == 1
     [diff] = torn.json()["differences"]
     assert diff["state"] == "torn" and diff["detail"] == "empty file"
+
+    # UTF-16 JSON: json.loads(bytes) would take it, but runnable writes UTF-8 and the single
+    # layout re-encodes the text; the sidecar calls it torn, and so does verify (no crash).
+    (folder / f"{SINGLE_RUN}.json").write_bytes(json.dumps({"run_id": SINGLE_RUN}).encode("utf-16"))
+    utf16 = cli(capsys, "verify", "--source", str(folder), "--json", *args)
+    assert utf16.code == 1
+    [diff] = utf16.json()["differences"]
+    assert diff["state"] == "torn" and diff["detail"] == "not UTF-8 text"
 
 
 def test_verify_agrees_with_multipart_uploads(

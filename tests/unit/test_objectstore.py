@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import ssl
 from collections.abc import Iterator
@@ -13,7 +12,6 @@ from minio.error import InvalidResponseError, MinioException, S3Error, ServerErr
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
 
-from runlog_relay import objectstore
 from runlog_relay.errors import (
     NotFoundError,
     PermanentError,
@@ -21,59 +19,12 @@ from runlog_relay.errors import (
     RetryableError,
 )
 from runlog_relay.objectstore import (
-    MULTIPART_THRESHOLD,
-    PART_SIZE,
     ObjectStore,
     classify,
-    expected_etag,
 )
 
 SECRET = "S3CR3T-objectstore-Qm9vYmFy"
 ACCESS = "AKIA-objectstore-k7Pw"
-
-
-# --------------------------------------------------------------------------- ETags
-
-
-def s3_multipart_etag(body: bytes, part_size: int) -> str:
-    """S3's ETag of a multipart upload, written out independently of the product code:
-    hex(md5(md5(part1) || md5(part2) || ...)) + "-" + number of parts."""
-    parts = [body[i : i + part_size] for i in range(0, len(body), part_size)]
-    concatenated = b"".join(hashlib.md5(part).digest() for part in parts)
-    return hashlib.md5(concatenated).hexdigest() + "-" + str(len(parts))
-
-
-@pytest.mark.parametrize("body", [b"", b"{}", b'{"run_id": "x"}' * 1000])
-def test_small_body_etag_is_its_md5(body: bytes) -> None:
-    assert expected_etag(body) == hashlib.md5(body).hexdigest()
-
-
-def test_body_at_the_threshold_is_one_put() -> None:
-    body = b"a" * MULTIPART_THRESHOLD
-    assert expected_etag(body) == hashlib.md5(body).hexdigest()
-    assert "-" not in expected_etag(body)
-
-
-def test_body_just_over_the_threshold_is_s3s_composite_of_two_parts() -> None:
-    # Different bytes per part so a wrong part boundary changes the result.
-    body = bytes(range(256)) * (MULTIPART_THRESHOLD // 256) + b"x"
-    etag = expected_etag(body)
-    assert etag == s3_multipart_etag(body, PART_SIZE)
-    assert etag.endswith("-2")
-
-
-@pytest.mark.parametrize(("size", "parts"), [(2049, 3), (3072, 3), (3073, 4), (4096, 4)])
-def test_multipart_etag_counts_parts_of_part_size(
-    monkeypatch: pytest.MonkeyPatch, size: int, parts: int
-) -> None:
-    # The same rule at a small scale, so the part arithmetic is checked cheaply.
-    monkeypatch.setattr(objectstore, "MULTIPART_THRESHOLD", 2048)
-    monkeypatch.setattr(objectstore, "PART_SIZE", 1024)
-    body = bytes(range(256)) * (size // 256) + b"y" * (size % 256)
-    etag = expected_etag(body)
-    assert etag == s3_multipart_etag(body, 1024)
-    assert etag.endswith(f"-{parts}")
-    assert etag != s3_multipart_etag(body, 512)  # the part size matters
 
 
 # --------------------------------------------------------------------------- classify

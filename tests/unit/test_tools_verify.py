@@ -59,8 +59,12 @@ def test_read_local_hashes_the_object_body_of_each_layout(tmp_path: Path) -> Non
     ("content", "reason"),
     [
         (b"", "empty file"),
-        (b'{"run_id": "r1", "st', "not valid JSON right now (being written?)"),
-        (b"\xff\xfe{}", "not valid JSON right now (being written?)"),
+        (
+            b'{"run_id": "r1", "st',
+            "not complete JSON: unexpected end of the document at character 20",
+        ),
+        (b"\xff\xfe{}", "not UTF-8 text"),
+        (json.dumps({"a": 1}).encode("utf-16"), "not UTF-8 text"),  # the sidecar's verdict too
     ],
 )
 def test_read_local_reports_torn_files(tmp_path: Path, content: bytes, reason: str) -> None:
@@ -68,6 +72,14 @@ def test_read_local_reports_torn_files(tmp_path: Path, content: bytes, reason: s
     (tmp_path / "r1" / "RunLog.json").write_bytes(content)
     local = read_local(candidate(tmp_path, "r1/RunLog.json", Layout.CHUNKED), Layout.CHUNKED)
     assert local.etag is None and local.torn == reason
+
+
+def test_read_local_calls_utf16_torn_in_the_single_layout(tmp_path: Path) -> None:
+    # The single layout decodes the text as UTF-8 to encode it again: a UTF-16 file used
+    # to crash verify with a traceback there.
+    (tmp_path / "r1.json").write_bytes(json.dumps({"run_id": "r1"}).encode("utf-16"))
+    local = read_local(candidate(tmp_path, "r1.json", Layout.SINGLE), Layout.SINGLE)
+    assert local.etag is None and local.torn == "not UTF-8 text"
 
 
 def test_read_local_matches_multipart_etags(tmp_path: Path) -> None:

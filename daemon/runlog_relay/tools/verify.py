@@ -2,10 +2,10 @@
 
 Compares exactly as the sidecar does on start-up, so "verify says in sync" means "the
 sidecar would upload nothing": each run-log file found by
-:func:`runlog_relay.localtree.walk` (no symlinks, safe names only) is read once, checked
-to be complete JSON, turned into its object body with :func:`layout.encode_body` and
-its expected ETag compared with the one the bucket listing reports. One listing, no
-HEAD or GET per object.
+:func:`runlog_relay.localtree.walk` (no symlinks, safe names only) is read once with the
+sidecar's own stable read (:mod:`runlog_relay.stableread`: complete UTF-8 JSON, unchanged
+while read, hashed as its object body for the layout) and its expected ETag compared with
+the one the bucket listing reports. One listing, no HEAD or GET per object.
 
 A file that is not valid JSON right now (runnable rewrites files in place, so a reader
 can catch one half-written) or that changed while it was read is reported as ``torn``,
@@ -15,7 +15,6 @@ not as differing: its content is in flux, not wrong.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,9 +25,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from runlog_relay.cliopts import add_store_options
-from runlog_relay.layout import Layout, UnsafeNameError, encode_body, path_for
+from runlog_relay.layout import Layout, UnsafeNameError, path_for
 from runlog_relay.localtree import Candidate, Skipped, walk
-from runlog_relay.objectstore import RemoteObject, expected_etag
+from runlog_relay.objectstore import RemoteObject
+from runlog_relay.stableread import TornRead, read_stable
 from runlog_relay.tools._common import (
     EXIT_DIFFERENT,
     EXIT_OK,
@@ -141,37 +141,31 @@ def newer_side(local_mtime: float, remote: datetime | None) -> Newer:
     return "unknown"
 
 
-def read_local(candidate: Candidate, layout: Layout) -> LocalFile:
-    """Read one file the way the sidecar does: whole, unchanged while read, valid JSON."""
-    path = candidate.path
+def read_local(candidate: Candidate, layout: Layout, root: Path | None = None) -> LocalFile:
+    """Read one file the way the sidecar does (:func:`runlog_relay.stableread.read_stable`:
+    whole, unchanged while read, UTF-8, complete JSON), hashing its object body without
+    keeping it."""
     mapping = candidate.mapping
-
-    def torn(reason: str, size: int, mtime: float) -> LocalFile:
-        return LocalFile(candidate.relative, mapping.key, mapping.run_id, size, mtime, None, reason)
-
-    before = os.lstat(path)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(path, flags)
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read()
-        after = os.fstat(handle.fileno())
-    if (before.st_size, before.st_mtime_ns, before.st_ino) != (
-        after.st_size,
-        after.st_mtime_ns,
-        after.st_ino,
-    ) or len(data) != after.st_size:
-        return torn("changed while being read", after.st_size, after.st_mtime)
     try:
-        json.loads(data)
-    except ValueError:
-        return torn(
-            "empty file" if not data else "not valid JSON right now (being written?)",
-            len(data),
-            after.st_mtime,
+        snapshot = read_stable(candidate.path, root=root, layout=layout, keep_body=0)
+    except TornRead as torn:
+        info = os.lstat(candidate.path)
+        return LocalFile(
+            candidate.relative,
+            mapping.key,
+            mapping.run_id,
+            info.st_size,
+            info.st_mtime,
+            None,
+            torn.reason,
         )
-    etag = expected_etag(encode_body(data, layout))
     return LocalFile(
-        candidate.relative, mapping.key, mapping.run_id, len(data), after.st_mtime, etag
+        candidate.relative,
+        mapping.key,
+        mapping.run_id,
+        snapshot.file_size,
+        snapshot.signature.mtime_ns / 1e9,
+        snapshot.etag,
     )
 
 
@@ -331,7 +325,7 @@ def handle(args: argparse.Namespace) -> int:
     with progress("hashing", total=len(candidates)) as ticker:
         for candidate in candidates:
             try:
-                local.append(read_local(candidate, layout))
+                local.append(read_local(candidate, layout, root=source))
             except FileNotFoundError:
                 pass  # deleted since the walk: no longer a local file
             except OSError as exc:

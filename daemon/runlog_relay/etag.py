@@ -1,0 +1,79 @@
+"""The ETag S3 gives an object body, computed locally and in pieces.
+
+Single-part PUTs have the body's MD5 as ETag. Bodies above :data:`MULTIPART_THRESHOLD`
+go up in :data:`PART_SIZE` parts, and their ETag is S3's composite: the MD5 of the parts'
+MD5s, then ``-N``. Computing it here lets a restart compare a local file with the
+bucket's listing without a HEAD per object, and lets a file be hashed while it is read,
+without ever holding its whole body. Pure (hashlib only): the object store, the stable
+read and the tools share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = ["MULTIPART_THRESHOLD", "PART_SIZE", "BodyDigest", "composite_etag", "expected_etag"]
+
+#: Bodies larger than this are uploaded in parts (S3's single-PUT limit is far above it,
+#: but parts keep retries of huge files cheap and memory bounded by one part).
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+#: Size of every part but the last. Changing it changes the ETag of every big object.
+PART_SIZE = MULTIPART_THRESHOLD
+
+
+class BodyDigest:
+    """MD5 of a body fed in pieces, and of each :data:`PART_SIZE` part of it."""
+
+    __slots__ = ("_part", "_part_fill", "_whole", "parts", "size")
+
+    def __init__(self) -> None:
+        self._whole = hashlib.md5(usedforsecurity=False)
+        self._part = hashlib.md5(usedforsecurity=False)
+        self._part_fill = 0
+        self.parts: list[bytes] = []  #: MD5 digests of the completed parts
+        self.size = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        self._whole.update(view)
+        self.size += len(view)
+        while len(view):
+            room = PART_SIZE - self._part_fill
+            piece, view = view[:room], view[room:]
+            self._part.update(piece)
+            self._part_fill += len(piece)
+            if self._part_fill == PART_SIZE:
+                self.parts.append(self._part.digest())
+                self._part = hashlib.md5(usedforsecurity=False)
+                self._part_fill = 0
+
+    @property
+    def md5(self) -> str:
+        """Hex MD5 of everything fed so far."""
+        return self._whole.hexdigest()
+
+    def part_digests(self) -> tuple[bytes, ...]:
+        """MD5 digests of every part, the last (partial) one included."""
+        if self._part_fill or not self.parts:
+            return (*self.parts, self._part.digest())
+        return tuple(self.parts)
+
+    @property
+    def etag(self) -> str:
+        """The ETag the bucket reports for the body fed so far."""
+        if self.size <= MULTIPART_THRESHOLD:
+            return self.md5
+        return composite_etag(self.part_digests())
+
+
+def composite_etag(part_digests: tuple[bytes, ...]) -> str:
+    """S3's ETag of a multipart object with these part MD5 digests."""
+    combined = hashlib.md5(b"".join(part_digests), usedforsecurity=False).hexdigest()
+    return f"{combined}-{len(part_digests)}"
+
+
+def expected_etag(body: bytes) -> str:
+    """The ETag S3 gives ``body`` when uploaded by :meth:`ObjectStore.put`."""
+    digest = BodyDigest()
+    digest.update(body)
+    return digest.etag
