@@ -38,12 +38,19 @@ class ConfigError(RelayError):
 
 
 class RetryableError(RelayError):
-    """A transient failure; try again after ``delay`` seconds (or the caller's backoff)."""
+    """A transient failure; try again after ``delay`` seconds (or the caller's backoff).
 
-    def __init__(self, message: str, *, delay: float | None = None, code: str = "") -> None:
+    ``unsent`` is True when the request certainly never reached the server (the
+    connection could not be opened); otherwise a write may still have taken effect, or may
+    take effect later (a timed-out request still travelling through a proxy)."""
+
+    def __init__(
+        self, message: str, *, delay: float | None = None, code: str = "", unsent: bool = False
+    ) -> None:
         super().__init__(message)
         self.delay = delay
         self.code = code
+        self.unsent = unsent
 
 
 class PermanentError(RelayError):

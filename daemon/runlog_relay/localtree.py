@@ -8,6 +8,7 @@ volume is reported and skipped), only yields regular files, and maps each name t
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -19,12 +20,13 @@ from runlog_relay.layout import JSON_SUFFIX, Layout, Mapping, UnsafeNameError, k
 __all__ = [
     "Candidate",
     "Entry",
+    "FolderError",
     "Skipped",
     "classify_path",
     "scan",
+    "scan_run",
     "to_candidate",
     "walk",
-    "walk_run",
 ]
 
 
@@ -35,6 +37,7 @@ class Candidate:
     path: Path
     relative: str
     mapping: Mapping
+    size: int = -1  #: from the lstat that found it (-1: unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +83,24 @@ def classify_path(root: Path, path: Path, layout: Layout) -> Candidate | Skipped
         mapping = key_for(relative, layout)
     except UnsafeNameError as exc:
         return Skipped(path, "unsafe_name", exc.reason)
-    return Candidate(path=path, relative=relative, mapping=mapping)
+    return Candidate(path=path, relative=relative, mapping=mapping, size=info.st_size)
+
+
+@dataclass(frozen=True, slots=True)
+class FolderError:
+    """A run folder that could not be listed: its files were not seen (not deleted).
+
+    ``transient``: the process ran out of a resource (descriptors, memory), so a retry
+    soon will likely work; otherwise (permissions) only a change will help."""
+
+    path: Path
+    run_id: str
+    detail: str
+    transient: bool
+
+
+#: errnos of a scan that failed for want of a resource, not because of the folder.
+_TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,19 +112,21 @@ class Entry:
     info: os.stat_result
 
 
-def scan(root: Path, layout: Layout) -> Iterator[Entry | Skipped]:
+def scan(root: Path, layout: Layout) -> Iterator[Entry | Skipped | FolderError]:
     """Every regular ``*.json`` file of ``layout`` under ``root``, cheaply.
 
     One ``lstat`` per file and none per folder: ``os.scandir``'s d_type says what is a
     link or a folder. Links are reported, never followed; folders that vanish mid-scan
-    (a run being cleaned up) are passed over. Names are not validated here (see
-    :func:`to_candidate`), so a caller that already knows a file skips that work.
+    (a run being cleaned up) are passed over; a run folder that cannot be listed is a
+    :class:`FolderError`. A root that cannot be listed raises OSError (only a missing
+    root is an empty tree). Names are not validated here (see :func:`to_candidate`), so
+    a caller that already knows a file skips that work.
     """
     root_path = os.fspath(root)
     try:
         top = list(os.scandir(root_path))
     except (FileNotFoundError, NotADirectoryError):
-        return
+        return  # no folder (yet): no files
     for entry in top:
         name = entry.name
         if layout is Layout.SINGLE:
@@ -119,13 +141,15 @@ def scan(root: Path, layout: Layout) -> Iterator[Entry | Skipped]:
             yield from _scan_run(entry.path, name)
 
 
-def _scan_run(run_path: str, run_name: str) -> Iterator[Entry | Skipped]:
+def _scan_run(run_path: str, run_name: str) -> Iterator[Entry | Skipped | FolderError]:
     try:
         entries = list(os.scandir(run_path))
     except (FileNotFoundError, NotADirectoryError):
         return
     except OSError as exc:
-        yield Skipped(Path(run_path), "unreadable", exc.strerror or str(exc))
+        yield FolderError(
+            Path(run_path), run_name, exc.strerror or str(exc), exc.errno in _TRANSIENT_ERRNOS
+        )
         return
     for entry in entries:
         name = entry.name
@@ -151,16 +175,21 @@ def to_candidate(entry: Entry, layout: Layout) -> Candidate | Skipped:
         mapping = key_for(entry.relative, layout)
     except UnsafeNameError as exc:
         return Skipped(Path(entry.path), "unsafe_name", exc.reason)
-    return Candidate(path=Path(entry.path), relative=entry.relative, mapping=mapping)
+    return Candidate(
+        path=Path(entry.path), relative=entry.relative, mapping=mapping, size=entry.info.st_size
+    )
 
 
 def walk(root: Path, layout: Layout) -> Iterator[Candidate | Skipped]:
-    """Every run-log file (or skipped look-alike) under ``root``, without following links."""
+    """Every run-log file (or skipped look-alike) under ``root``, without following links;
+    a run folder that cannot be listed is reported as skipped (``unreadable``)."""
     for item in scan(root, layout):
-        yield item if isinstance(item, Skipped) else to_candidate(item, layout)
+        if isinstance(item, FolderError):
+            yield Skipped(item.path, "unreadable", item.detail)
+        else:
+            yield item if isinstance(item, Skipped) else to_candidate(item, layout)
 
 
-def walk_run(root: Path, run_dir: Path, layout: Layout) -> Iterator[Candidate | Skipped]:
-    """The files of one run folder (chunked layout)."""
-    for item in _scan_run(os.fspath(run_dir), run_dir.name):
-        yield item if isinstance(item, Skipped) else to_candidate(item, layout)
+def scan_run(run_dir: Path) -> Iterator[Entry | Skipped | FolderError]:
+    """The ``*.json`` files of one run folder (chunked layout), as :func:`scan` finds them."""
+    return _scan_run(os.fspath(run_dir), run_dir.name)

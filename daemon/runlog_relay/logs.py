@@ -55,5 +55,3 @@ def configure(level: str = "INFO", fmt: str = "plain", stream: TextIO | None = N
     # itself with context, so keep the SDK quiet unless debugging.
     if level.upper() != "DEBUG":
         logging.getLogger("urllib3").setLevel(logging.ERROR)
-        # watchfiles logs every batch of changes at INFO: thousands per minute here.
-        logging.getLogger("watchfiles").setLevel(logging.WARNING)

@@ -72,6 +72,12 @@ class SidecarMetrics:
             "Files that have stayed torn (not valid JSON) longer than the grace period.",
             registry=registry,
         )
+        self.bucket_mismatches = Counter(
+            "runlog_relay_bucket_mismatches_total",
+            "Objects found holding another version than the last one uploaded (an upload"
+            " that timed out landed late), and uploaded again.",
+            registry=registry,
+        )
         self.retries = Counter(
             "runlog_relay_retries_total",
             "Uploads scheduled again after a failure.",
@@ -79,7 +85,8 @@ class SidecarMetrics:
         )
         self.skipped_files = Counter(
             "runlog_relay_skipped_files_total",
-            "Files ignored: symlink, not a regular file, unsafe name, unreadable.",
+            "Files not mirrored, by reason: symlink, not_regular, unsafe_name, unreadable,"
+            " too_large, error (an unexpected failure while handling the file).",
             ["reason"],
             registry=registry,
         )
@@ -96,6 +103,17 @@ class SidecarMetrics:
         self.files_tracked = Gauge(
             "runlog_relay_files_tracked",
             "Run-log files seen in the watched folder.",
+            registry=registry,
+        )
+        self.unwatched_folders = Gauge(
+            "runlog_relay_unwatched_folders",
+            "Folders polled instead of watched because an inotify limit was reached"
+            " (fs.inotify.max_user_watches or max_user_instances).",
+            registry=registry,
+        )
+        self.watch_overflows = Counter(
+            "runlog_relay_watch_overflows_total",
+            "inotify event queue overflows (events were lost; each one triggers a rescan).",
             registry=registry,
         )
         self.store_ready = Gauge(

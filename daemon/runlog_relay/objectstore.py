@@ -119,7 +119,16 @@ def classify(exc: BaseException, *, what: str) -> RelayError:
         tls = (urllib3.exceptions.SSLError, ssl.SSLError)
         if isinstance(exc, tls) or isinstance(inner, tls):
             return PermanentError(f"{what}: TLS failure ({reason})", code="TLS")
-        return RetryableError(f"{what}: endpoint unreachable ({reason})", code="Unreachable")
+        # A connection that could not even be opened carried no request: nothing can land.
+        never_connected = (
+            urllib3.exceptions.NewConnectionError,
+            urllib3.exceptions.ConnectTimeoutError,
+            ConnectionRefusedError,
+        )
+        unsent = isinstance(inner or exc, never_connected)
+        return RetryableError(
+            f"{what}: endpoint unreachable ({reason})", code="Unreachable", unsent=unsent
+        )
     if isinstance(exc, (MinioException, ValueError)):
         return PermanentError(f"{what}: {type(exc).__name__}: {exc}")
     return RetryableError(f"{what}: unexpected {type(exc).__name__}")

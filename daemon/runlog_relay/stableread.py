@@ -61,11 +61,15 @@ _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class TornRead(Exception):
-    """The file was not one complete UTF-8 JSON document, or changed while being read."""
+    """The file was not one complete UTF-8 JSON document, or changed while being read.
 
-    def __init__(self, reason: str) -> None:
+    ``signature``: of the version found torn, when it did not change while read (the
+    same signature later means the same torn bytes: no need to read them again)."""
+
+    def __init__(self, reason: str, signature: FileSignature | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.signature = signature
 
 
 class TooLarge(Exception):
@@ -154,11 +158,14 @@ def read_stable(
     layout: Layout = Layout.CHUNKED,
     keep_body: int = INLINE_BODY_BYTES,
     max_size: int | None = None,
+    chunk_size: int = READ_CHUNK,
 ) -> Snapshot:
     """A complete version of ``path``, or TornRead / TooLarge / OSError.
 
     ``keep_body``: keep the body in the snapshot when it is at most this many bytes.
     ``max_size``: refuse (TooLarge) a file bigger than this, before reading it.
+    ``chunk_size``: read and check this much at a time (smaller pieces hold the GIL for
+    shorter stretches when other threads must stay responsive).
     """
     fd, before, name, parent, dir_fds = _open_regular(path, root)
     try:
@@ -178,7 +185,7 @@ def read_stable(
         emit(encoder.start())
         read = 0
         while True:
-            chunk = os.read(fd, READ_CHUNK)
+            chunk = os.read(fd, chunk_size)
             if not chunk:
                 break
             read += len(chunk)
@@ -190,9 +197,9 @@ def read_stable(
                 text = decoder.decode(chunk)
                 checker.feed(text)
             except UnicodeDecodeError:
-                raise TornRead("not UTF-8 text") from None
+                raise TornRead("not UTF-8 text", _unchanged(fd, before)) from None
             except NotJson as exc:
-                raise TornRead(f"not complete JSON: {exc}") from None
+                raise TornRead(f"not complete JSON: {exc}", _unchanged(fd, before)) from None
             emit(encoder.piece(chunk, text))
         after = os.fstat(fd)
     finally:
@@ -208,19 +215,20 @@ def read_stable(
         or read != after.st_size
     ):
         raise TornRead("changed while being read")
+    signature = FileSignature.of(after)
     if checker.empty:
-        raise TornRead("empty file")
+        raise TornRead("empty file", signature)
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
-        raise TornRead("not UTF-8 text") from None
+        raise TornRead("not UTF-8 text", signature) from None
     try:
         checker.finish()
     except NotJson as exc:
-        raise TornRead(f"not complete JSON: {exc}") from None
+        raise TornRead(f"not complete JSON: {exc}", signature) from None
     emit(encoder.end())
     return Snapshot(
-        signature=FileSignature.of(after),
+        signature=signature,
         file_size=read,
         body_size=digest.size,
         md5=digest.md5,
@@ -228,6 +236,12 @@ def read_stable(
         etag=digest.etag,
         body=b"".join(kept) if kept is not None else None,
     )
+
+
+def _unchanged(fd: int, before: os.stat_result) -> FileSignature | None:
+    """The signature of a file found torn part-way, if it did not change meanwhile."""
+    signature = FileSignature.of(before)
+    return signature if FileSignature.of(os.fstat(fd)) == signature else None
 
 
 class SnapshotBody:

@@ -287,8 +287,7 @@ def test_the_builders_install_steps_yield_a_working_runlog_relay(tmp_path: Path)
         str(venv / "bin" / "python"),
         "-c",
         "import runlog_relay.sidecar.pipeline, runlog_relay.sidecar.command,"
-        " runlog_relay.operator.runner, runlog_relay.operator.handlers, kopf, minio,"
-        " watchfiles",
+        " runlog_relay.operator.runner, runlog_relay.operator.handlers, kopf, minio",
     )
     # The project is installed from its wheel, not linked to the source tree.
     location = run(

@@ -67,12 +67,17 @@ def test_source_folder_may_appear_after_start(
 ) -> None:
     source = tmp_path / "not-yet"
     sidecar = start_sidecar(source, s3_server.endpoint, bucket, tmp_path / "sidecar.log")
-    sidecar.wait_ready()
+    # A visible waiting state: not ready, with the reason, and a warning in the log.
+    wait_until(lambda: "does not exist" in sidecar.get("/readyz")[1], what="waiting reason")
+    assert sidecar.get("/readyz")[0] == 503
+    assert sidecar.get("/healthz")[0] == 200
+    wait_until(lambda: "not mirroring until it appears" in sidecar.log, what="warning")
     # Created in one go, before any watch can be armed on the new folder.
     body = write_json(source / "r1" / "RunLog.json", {"a": 1})
     wait_until(
         lambda: object_body(s3_client, bucket, "r1/RunLog") == body, what="file in a late folder"
     )
+    sidecar.wait_ready()
     assert sidecar.terminate() == 0, sidecar.log
 
 
@@ -187,7 +192,7 @@ def test_an_unreadable_file_is_reported_not_fatal(
     assert sidecar.process.wait(60) == 1, sidecar.log
     assert object_body(s3_client, bucket, "r/RunLog") == readable
     assert object_body(s3_client, bucket, "r/BranchLog-private") is None
-    assert "unreadable: r/BranchLog-private.json: Permission denied" in sidecar.log
+    assert "not mirrored: r/BranchLog-private.json: unreadable: Permission denied" in sidecar.log
     # Permissions fixed: the next run completes the mirror.
     (run / "BranchLog-private.json").chmod(0o644)
     again = start_sidecar(
@@ -214,16 +219,22 @@ def test_outage_loses_nothing(
 ) -> None:
     proxy = TcpProxy(any_s3.port)
     try:
+        for run in range(3):
+            write_json(source / f"run-{run}" / "RunLog.json", {"run": run})
         sidecar = start_sidecar(source, proxy.endpoint, any_bucket, tmp_path / "s.log")
         sidecar.wait_ready()
+        wait_until(lambda: sidecar.metric("runlog_relay_pending_files") == 0, what="synced")
         proxy.outage()
         for index in range(30):
             write_json(source / f"run-{index % 3}" / f"BranchLog-{index}.json", {"i": index})
+        write_json(source / "run-new" / "RunLog.json", {"new": True})  # its listing fails too
+        # Well past three retries per file: giving up after a few attempts loses files.
         wait_until(
-            lambda: sidecar.metric("runlog_relay_uploads_total", result="retry") >= 1,
-            what="uploads failing during the outage",
+            lambda: sidecar.metric("runlog_relay_uploads_total", result="retry") >= 30 * 5,
+            timeout=60,
+            what="every upload retried several times during the outage",
         )
-        assert sidecar.metric("runlog_relay_pending_files") > 0
+        assert sidecar.metric("runlog_relay_pending_files") == 31
         proxy.restore()
         wait_until(
             lambda: sidecar.metric("runlog_relay_pending_files") == 0, timeout=60, what="drained"
@@ -239,7 +250,9 @@ def test_missing_bucket_reports_not_ready_then_recovers(
 ) -> None:
     name = f"late-{os.getpid()}"
     body = write_json(source / "r" / "RunLog.json", {"a": 1})
-    sidecar = start_sidecar(source, s3_server.endpoint, name, tmp_path / "s.log")
+    sidecar = start_sidecar(
+        source, s3_server.endpoint, name, tmp_path / "s.log", "--permanent-retry", "1"
+    )
     wait_until(lambda: "NoSuchBucket" in sidecar.get("/readyz")[1], what="not ready: NoSuchBucket")
     assert sidecar.get("/readyz")[0] == 503
     assert sidecar.get("/healthz")[0] == 200  # alive: no restart loop for a config problem
@@ -346,8 +359,11 @@ def test_metrics_reflect_the_write_and_sync_activity(
         for name in ("RunLog", "BranchLog-x"):
             sizes.append(len(write_json(source / run / f"{name}.json", {"run": run, "name": name})))
     wait_until(
-        lambda: sidecar.metric("runlog_relay_uploads_total", result="success") == 4,
-        what="4 uploads",
+        lambda: (
+            sidecar.metric("runlog_relay_uploads_total", result="success") == 4
+            and sidecar.metric("runlog_relay_pending_files") == 0
+        ),
+        what="4 uploads, confirmed",
     )
     samples = sidecar.metrics()
 

@@ -123,6 +123,9 @@ TUNING_OPTIONS = {
     "--poll-interval": "poll_interval_seconds",
     "--torn-grace": "torn_grace_seconds",
     "--drain-timeout": "drain_timeout_seconds",
+    "--permanent-retry": "permanent_error_retry_seconds",
+    "--max-pending-bytes": "max_pending_bytes",
+    "--max-file-size": "max_file_bytes",
 }
 
 
@@ -146,7 +149,7 @@ def sidecar_help(capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
 
 
 def test_sidecar_help_covers_every_option(sidecar_help: dict[str, str]) -> None:
-    expected = set(SIDECAR_OPTIONS) | set(TUNING_OPTIONS) | {"--once", "--config"}
+    expected = set(SIDECAR_OPTIONS) | set(TUNING_OPTIONS) | {"--once", "--config", "--run-id"}
     assert set(sidecar_help) == expected
 
 

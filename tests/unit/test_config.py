@@ -183,8 +183,10 @@ FULL_WIRE = {
         "forcePolling": True,
         "pollIntervalSeconds": 2.0,
         "tornGraceSeconds": 10.0,
+        "permanentErrorRetrySeconds": 10.0,
         "drainTimeoutSeconds": 20.0,
         "maxPendingBytes": 2 * 1024 * 1024,
+        "maxFileBytes": 64 * 1024 * 1024,
     },
 }
 

@@ -1,14 +1,14 @@
-"""sidecar.detect: stable reads, and the Detector driven synchronously with fakes.
+"""sidecar.detect: the Detector driven synchronously with fakes and a fake clock.
 
-The Detector's ports are plain callables (``submit``, ``list_remote``), so the fakes
-here are a list of submitted requests and a listing that counts its calls; the stage
-runs in the test's own thread through ``rescan()``/``_handle()`` or ``run()`` with a
-``Stop`` at the end of its inbox.
+The Detector's ports are plain callables (``submit``, ``request_listing``), so the fakes
+here are a list of submitted requests and a listing that answers from a dict (or waits
+until the test answers); the stage runs in the test's own thread through ``step()``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -21,22 +21,27 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from tests.support.fakes import FakeClock
 
 from runlog_relay.config.models import SyncSpec
 from runlog_relay.config.settings import SidecarSettings
-from runlog_relay.errors import RetryableError
 from runlog_relay.layout import Layout
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar import detect
-from runlog_relay.sidecar.detect import Detector, TornRead, read_stable
+from runlog_relay.sidecar.detect import Detector
 from runlog_relay.sidecar.types import (
-    FileSignature,
     Inbox,
+    Listed,
+    ListingPurpose,
     PathsChanged,
     Reconfigure,
     Rescan,
+    Stale,
     Stop,
+    Uploaded,
+    UploadFailed,
     UploadRequest,
+    Verify,
 )
 
 
@@ -59,19 +64,10 @@ def write_json(path: Path, document: object) -> bytes:
     return path.read_bytes()
 
 
-class FakeRemote:
-    """``list_remote``: the bucket's (key, etag) pairs; counts listings; can fail."""
-
-    def __init__(self, objects: dict[str, str] | None = None) -> None:
-        self.objects = dict(objects or {})
-        self.calls = 0
-        self.error: Exception | None = None
-
-    def __call__(self) -> Iterable[tuple[str, str]]:
-        self.calls += 1
-        if self.error is not None:
-            raise self.error
-        return list(self.objects.items())
+def settings_for(root: Path, layout: Layout = Layout.CHUNKED, **sync: Any) -> SidecarSettings:
+    run_ids = sync.pop("run_ids", ())
+    sync.setdefault("torn_grace_seconds", 3600.0)
+    return SidecarSettings(source=root, layout=layout, sync=SyncSpec(**sync), run_ids=run_ids)
 
 
 class Rig:
@@ -83,24 +79,77 @@ class Rig:
         *,
         layout: Layout = Layout.CHUNKED,
         remote: dict[str, str] | None = None,
-        grace: float = 3600.0,
+        answer_listings: bool = True,
+        **sync: Any,
     ) -> None:
         self.root = root
         self.registry = CollectorRegistry()
         self.metrics = SidecarMetrics(self.registry)
-        self.remote = FakeRemote(remote)
+        self.remote = dict(remote or {})  # key → etag, what the bucket holds
+        self.answer_listings = answer_listings
+        self.listings: list[tuple[frozenset[str], ListingPurpose]] = []
+        self.unanswered: list[tuple[frozenset[str], ListingPurpose]] = []
         self.submitted: list[UploadRequest] = []
+        self.accept = True
         self.inbox: queue.SimpleQueue[Inbox] = queue.SimpleQueue()
         self.synced = threading.Event()
-        self.settings = settings_for(root, layout, grace)
+        self.clock = FakeClock()
+        self.settings = settings_for(root, layout, **sync)
         self.detector = Detector(
             self.settings,
             self.inbox,
-            submit=self.submitted.append,
-            list_remote=self.remote,
+            submit=self._submit,
+            request_listing=self._request_listing,
             metrics=self.metrics,
             on_synced=self.synced.set,
+            clock=self.clock,
         )
+
+    def _submit(self, request: UploadRequest) -> bool:
+        if self.accept:
+            self.submitted.append(request)
+        return self.accept
+
+    def _request_listing(self, runs: frozenset[str], purpose: ListingPurpose) -> None:
+        self.listings.append((runs, purpose))
+        self.unanswered.append((runs, purpose))
+
+    def answer(self) -> None:
+        """Answer every listing asked for so far from ``remote``."""
+        while self.unanswered:
+            runs, purpose = self.unanswered.pop(0)
+            objects = {
+                key: etag
+                for key, etag in self.remote.items()
+                if any(key.startswith(f"{run}/") for run in runs)
+            }
+            self.step(Listed(run_ids=runs, objects=objects, purpose=purpose))
+
+    def step(self, message: object = None) -> None:
+        with self.detector._lock:
+            self.detector._step(message)
+        if self.answer_listings and self.unanswered:
+            self.answer()
+
+    def rescan(self, reason: str = "test") -> None:
+        self.step(Rescan(reason=reason))
+
+    def changed(self, *paths: Path, seen_at: float | None = None) -> None:
+        self.step(PathsChanged(frozenset(paths), self.clock() if seen_at is None else seen_at))
+
+    def settle_inbox(self, timeout: float = 5.0) -> None:
+        """Process what other threads (the bulk reader) posted, until quiet."""
+        deadline = time.monotonic() + timeout
+        while self.detector.status().to_read and time.monotonic() < deadline:
+            try:
+                message = self.inbox.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            self.step(message)
+
+    def uploaded(self, *requests: UploadRequest) -> None:
+        for request in requests:
+            self.step(Uploaded(relative=request.relative, etag=request.etag))
 
     def keys(self) -> list[str]:
         return sorted(r.key for r in self.submitted)
@@ -109,17 +158,8 @@ class Rig:
         out, self.submitted[:] = list(self.submitted), []
         return out
 
-    def changed(self, *paths: Path, seen_at: float | None = None) -> None:
-        self.detector._handle(
-            PathsChanged(frozenset(paths), time.monotonic() if seen_at is None else seen_at)
-        )
-
     def value(self, name: str, **labels: str) -> float | None:
         return self.registry.get_sample_value(name, labels)
-
-
-def settings_for(root: Path, layout: Layout, grace: float) -> SidecarSettings:
-    return SidecarSettings(source=root, layout=layout, sync=SyncSpec(torn_grace_seconds=grace))
 
 
 @pytest.fixture
@@ -129,125 +169,7 @@ def root(tmp_path: Path) -> Path:
     return path
 
 
-# =========================================================================== read_stable
-
-
-def test_read_stable_returns_the_bytes_and_their_signature(tmp_path: Path) -> None:
-    path = tmp_path / "RunLog.json"
-    data = write_json(path, {"run_id": "r", "steps": list(range(100))})
-    got, signature = read_stable(path)
-    assert got == data
-    info = os.stat(path)
-    assert signature == FileSignature.of(info)
-    assert signature.size == len(data)
-
-
-@pytest.mark.parametrize(
-    ("content", "why"),
-    [
-        (b"", "empty"),
-        (b"  \n\t", "empty"),
-        (b'{"run_id": "r", "steps": [1, 2', "not complete JSON"),
-        (b'{"run_id": "r"', "not complete JSON"),
-        (b'{"a": 1}{', "not complete JSON"),
-        (b'{"a": "\xff\xfe"}', "not complete JSON"),  # not UTF-8
-    ],
-)
-def test_read_stable_rejects_torn_content(tmp_path: Path, content: bytes, why: str) -> None:
-    path = tmp_path / "x.json"
-    path.write_bytes(content)
-    with pytest.raises(TornRead, match=why):
-        read_stable(path)
-
-
-@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
-def test_read_stable_requires_utf8(tmp_path: Path, encoding: str) -> None:
-    # json.loads(bytes) sniffs UTF-16/32, but runnable writes UTF-8 and the single layout
-    # must decode the text as UTF-8 to encode it again.
-    path = tmp_path / "x.json"
-    path.write_bytes(json.dumps({"a": "b"}).encode(encoding))
-    with pytest.raises(TornRead):
-        read_stable(path)
-
-
-def test_read_stable_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
-    fifo = tmp_path / "fifo.json"
-    os.mkfifo(fifo)
-    with pytest.raises(OSError, match="not a regular file"):
-        read_stable(fifo)  # O_NONBLOCK: opening a FIFO with no writer must not hang
-
-
-def test_read_stable_refuses_a_directory(tmp_path: Path) -> None:
-    (tmp_path / "dir.json").mkdir()
-    with pytest.raises(OSError, match="not a regular file"):
-        read_stable(tmp_path / "dir.json")
-
-
-def test_read_stable_never_follows_a_symlink(tmp_path: Path) -> None:
-    target = tmp_path / "outside.json"
-    write_json(target, {"secret": True})
-    link = tmp_path / "link.json"
-    link.symlink_to(target)
-    with pytest.raises(OSError) as caught:
-        read_stable(link)
-    assert not isinstance(caught.value, TornRead)
-
-
-def test_read_stable_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        read_stable(tmp_path / "gone.json")
-
-
-def test_read_stable_detects_a_file_replaced_while_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "RunLog.json"
-    write_json(path, {"v": 1})
-    replacement = tmp_path / "RunLog.json.tmp"
-    write_json(replacement, {"v": 2})
-    real_fstat = os.fstat
-    fstats: list[int] = []
-
-    def fstat_then_replace(fd: int) -> os.stat_result:
-        # The second fstat is the "after" one: take it, then let a writer rename a new
-        # file over the path. Size and times of the open file agree; only the inode at
-        # the path tells the version read is no longer the file's.
-        info = real_fstat(fd)
-        fstats.append(fd)
-        if len(fstats) == 2:
-            os.replace(replacement, path)
-        return info
-
-    monkeypatch.setattr(os, "fstat", fstat_then_replace)
-    with pytest.raises(TornRead, match="changed while being read"):
-        read_stable(path)
-    assert len(fstats) == 2
-    assert json.loads(path.read_bytes()) == {"v": 2}
-
-
-def test_read_stable_detects_a_write_during_the_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "RunLog.json"
-    write_json(path, {"v": 1})
-    real_read = os.read
-    calls = []
-
-    def read_then_writer_appends(fd: int, size: int) -> bytes:
-        chunk = real_read(fd, size)
-        if not calls:
-            calls.append(fd)
-            with open(path, "a") as handle:  # the writer is still at it
-                handle.write(" ")
-        return chunk
-
-    monkeypatch.setattr(os, "read", read_then_writer_appends)
-    with pytest.raises(TornRead, match="changed while being read"):
-        read_stable(path)
-    assert calls
-
-
-# =========================================================================== Detector
+# =========================================================================== comparing
 
 
 def test_first_rescan_uploads_only_what_differs_from_the_bucket(root: Path) -> None:
@@ -262,8 +184,9 @@ def test_first_rescan_uploads_only_what_differs_from_the_bucket(root: Path) -> N
             "gone-run/RunLog": "0" * 32,  # objects without a local file are left alone
         },
     )
-    rig.detector.rescan("start")
-    assert rig.remote.calls == 1
+    rig.rescan("start")
+    # Only the local runs are listed, each once.
+    assert sorted(rig.listings[0][0]) == ["run-a", "run-b"]
     assert rig.synced.is_set()
     by_key = {r.key: r for r in rig.submitted}
     assert sorted(by_key) == ["run-a/BranchLog-b", "run-b/RunLog"]
@@ -273,34 +196,64 @@ def test_first_rescan_uploads_only_what_differs_from_the_bucket(root: Path) -> N
     assert request.etag == md5(new)
     assert request.run_id == "run-b"
     assert request.path == root / "run-b" / "RunLog.json"
-    assert request.file_size == len(new)
+    assert request.snapshot.file_size == len(new)
     assert rig.value("runlog_relay_fs_versions_total") == 2
     assert rig.value("runlog_relay_fs_write_bytes_total") == len(stale) + len(new)
+    assert rig.value("runlog_relay_pending_files") == 2
+    rig.uploaded(*rig.take())
+    assert rig.value("runlog_relay_pending_files") == 0
+    assert rig.detector.unmirrored() == {}
+
+
+def test_nothing_is_read_or_uploaded_before_the_runs_listing(root: Path) -> None:
+    write_json(root / "r1" / "RunLog.json", {"a": 1})
+    rig = Rig(root, answer_listings=False)
+    rig.rescan("start")
+    assert rig.submitted == []
+    assert not rig.synced.is_set()
+    # The bucket was never reached: the files on disk are still tracked and pending.
+    assert rig.value("runlog_relay_files_tracked") == 1
+    assert rig.value("runlog_relay_pending_files") == 1
+    assert rig.detector.unmirrored() == {
+        "r1/RunLog.json": "not compared with the bucket (its run was never listed)"
+    }
+    rig.answer()
+    assert rig.keys() == ["r1/RunLog"]
+    assert rig.synced.is_set()
+
+
+def test_an_empty_folder_still_proves_the_bucket_answers(root: Path) -> None:
+    rig = Rig(root, answer_listings=False)
+    rig.rescan("start")
+    assert rig.listings == [(frozenset({""}), ListingPurpose.COMPARE)]  # the probe
+    assert not rig.synced.is_set()
+    rig.answer()
+    assert rig.synced.is_set()
 
 
 def test_unchanged_files_are_not_resubmitted(root: Path) -> None:
     path = root / "r" / "RunLog.json"
     write_json(path, {"v": 1})
     rig = Rig(root)
-    rig.detector.rescan("start")
+    rig.rescan("start")
     assert rig.keys() == ["r/RunLog"]
-    rig.take()
+    rig.uploaded(*rig.take())
 
-    rig.detector.rescan("periodic")
+    rig.rescan("periodic")
     rig.changed(path)
     write_json(path, {"v": 1})  # rewritten with the same bytes: same ETag
     rig.changed(path)
-    rig.detector.rescan("periodic")
+    rig.rescan("periodic")
     assert rig.submitted == []
-    assert rig.remote.calls == 1  # the bucket is listed once, not per rescan
+    assert len(rig.listings) == 1  # the run is listed once, not per rescan
 
 
 def test_a_change_event_submits_the_new_version_once(root: Path) -> None:
     path = root / "r" / "RunLog.json"
     write_json(path, {"status": "RUNNING"})
     rig = Rig(root)
-    rig.detector.rescan("start")
-    rig.take()
+    rig.rescan("start")
+    rig.uploaded(*rig.take())
 
     final = write_json(path, {"status": "SUCCESS"})
     rig.changed(path, seen_at=123.0)
@@ -311,85 +264,116 @@ def test_a_change_event_submits_the_new_version_once(root: Path) -> None:
     assert request.etag == md5(final)
 
 
-def test_a_new_run_folder_event_scans_the_folder_whole(root: Path) -> None:
-    rig = Rig(root)
-    rig.detector.rescan("start")
-    assert rig.submitted == []
+def test_a_new_run_folder_is_scanned_whole_and_listed_once_before_its_upload(root: Path) -> None:
+    rig = Rig(root, answer_listings=False)
+    rig.rescan("start")
+    rig.answer()
     run = root / "run-2"
-    write_json(run / "RunLog.json", {"a": 1})
+    a = write_json(run / "RunLog.json", {"a": 1})
     write_json(run / "BranchLog-x.json", {"b": 2})
     rig.changed(run)  # inotify reported only the folder
-    assert rig.keys() == ["run-2/BranchLog-x", "run-2/RunLog"]
+    assert rig.submitted == []  # nothing decided before the run's own listing
+    assert rig.listings[-1] == (frozenset({"run-2"}), ListingPurpose.COMPARE)
+    rig.remote["run-2/RunLog"] = md5(a)  # already in the bucket (a restarted run)
+    rig.answer()
+    assert rig.keys() == ["run-2/BranchLog-x"]
 
 
-def test_events_before_the_first_listing_trigger_a_full_rescan(root: Path) -> None:
-    write_json(root / "r1" / "RunLog.json", {"a": 1})
-    write_json(root / "r2" / "RunLog.json", {"b": 1})
-    rig = Rig(root)
-    rig.changed(root / "r1" / "RunLog.json")
-    assert rig.keys() == ["r1/RunLog", "r2/RunLog"]
-    assert rig.remote.calls == 1
+def test_a_file_of_a_listed_run_that_appears_later_uses_the_listing(root: Path) -> None:
+    write_json(root / "r" / "RunLog.json", {"a": 1})
+    later = {"b": 2}
+    body = json.dumps(later, indent=4).encode()
+    rig = Rig(root, remote={"r/BranchLog-late": md5(body)})
+    rig.rescan("start")
+    rig.uploaded(*rig.take())
+    write_json(root / "r" / "BranchLog-late.json", later)
+    rig.changed(root / "r" / "BranchLog-late.json")
+    assert rig.submitted == []  # the bucket already has it: no PUT, no extra listing
+    assert len(rig.listings) == 1
 
 
-def test_rescan_with_relist_lists_the_bucket_again(root: Path) -> None:
+def test_rescan_with_relist_compares_again(root: Path) -> None:
     body = write_json(root / "r" / "RunLog.json", {"a": 1})
     rig = Rig(root)
-    rig.detector._handle(Rescan(reason="start"))
+    rig.rescan("start")
     rig.take()
-    rig.remote.objects = {"r/RunLog": md5(body)}
-    rig.detector._handle(Rescan(reason="timer"))
-    assert rig.remote.calls == 1
-    rig.detector._handle(Rescan(reason="new target", relist=True))
-    assert rig.remote.calls == 2
+    rig.remote = {"r/RunLog": md5(body)}
+    rig.step(Rescan(reason="timer"))
+    assert len(rig.listings) == 1
+    rig.step(Rescan(reason="new target", relist=True))
+    assert len(rig.listings) == 2
     assert rig.submitted == []  # the bucket has it
 
 
 def test_reconfigure_to_a_new_source_rescans_there(root: Path, tmp_path: Path) -> None:
     write_json(root / "r" / "RunLog.json", {"a": 1})
     rig = Rig(root)
-    rig.detector.rescan("start")
+    rig.rescan("start")
     rig.take()
     other = tmp_path / "other"
     write_json(other / "s" / "RunLog.json", {"b": 1})
-    rig.detector._handle(
-        Reconfigure(settings=settings_for(other, Layout.CHUNKED, 3600.0), relist=False)
-    )
+    rig.step(Reconfigure(settings=settings_for(other), relist=False))
     assert rig.keys() == ["s/RunLog"]
-    assert rig.remote.calls == 2  # a new target is compared with a fresh listing
+    assert rig.listings[-1][0] == frozenset({"s"})
     assert rig.value("runlog_relay_files_tracked") == 1
 
 
-def test_torn_file_is_counted_retried_and_reported_after_the_grace_period(
+def test_run_ids_limit_the_runs_mirrored_and_listed(root: Path) -> None:
+    for run in ("mine", "other"):
+        write_json(root / run / "RunLog.json", {"run": run})
+    rig = Rig(root, run_ids=("mine",))
+    rig.rescan("start")
+    assert rig.listings == [(frozenset({"mine"}), ListingPurpose.COMPARE)]
+    assert rig.keys() == ["mine/RunLog"]
+    rig.changed(root / "other" / "RunLog.json")
+    rig.changed(root / "other")
+    assert rig.keys() == ["mine/RunLog"]
+    assert rig.value("runlog_relay_files_tracked") == 1
+
+
+# =========================================================================== torn files
+
+
+def test_torn_file_backs_off_is_reported_after_the_grace_and_recovers(
     root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="runlog_relay")
     path = root / "r" / "BranchLog-x.json"
     path.parent.mkdir()
     path.write_text('{"half": ')
-    rig = Rig(root, grace=3600.0)
-    rig.detector.rescan("start")
+    rig = Rig(root, torn_grace_seconds=5.0, rescan_interval_seconds=10.0)
+    rig.rescan("start")
     assert rig.submitted == []
     assert rig.value("runlog_relay_torn_reads_total") == 1
     assert rig.value("runlog_relay_torn_files") == 0  # within its grace: quiet
+    assert rig.value("runlog_relay_pending_files") == 0  # torn has its own count
     assert rig.detector.torn_paths() == ["r/BranchLog-x.json"]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
-    # The grace period is over (grace 0 now): reported loudly, once.
-    over = settings_for(root, Layout.CHUNKED, 0.0)
-    rig.detector._handle(Reconfigure(settings=over, relist=False))
-    rig.detector.rescan("periodic")
+    # Retries back off: 0.2 s doubling, capped at the rescan interval.
+    reads = [rig.clock()]
+    for _ in range(8):
+        before = rig.value("runlog_relay_torn_reads_total")
+        while rig.value("runlog_relay_torn_reads_total") == before:
+            rig.clock.advance(0.05)
+            rig.step()
+        reads.append(rig.clock())
+    gaps = [later - earlier for earlier, later in itertools.pairwise(reads)]
+    for retry, gap in enumerate(gaps):
+        ceiling = min(10.0, 0.2 * 2**retry)  # jittered in the upper half of the ceiling
+        assert ceiling / 2 - 0.06 <= gap <= ceiling + 0.06, (retry, gaps)
+    # The grace period (5 s) is over: reported loudly, once.
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert str(path) in warnings[0].getMessage()
     assert "has not been complete JSON" in warnings[0].getMessage()
     assert warnings[0].__dict__["run_id"] == "r"
     assert rig.value("runlog_relay_torn_files") == 1
-    assert rig.value("runlog_relay_torn_reads_total") == 3
-    assert rig.submitted == []
+    assert "torn" in rig.detector.unmirrored()["r/BranchLog-x.json"]
 
-    # Completed: the retry timer (no event needed) picks it up.
+    # Its own event retries it at once, whatever the backoff says.
     final = write_json(path, {"half": 2})
-    rig.detector._handle(None)
+    rig.changed(path)
     (request,) = rig.take()
     assert request.body == final
     assert rig.detector.torn_paths() == []
@@ -397,12 +381,23 @@ def test_torn_file_is_counted_retried_and_reported_after_the_grace_period(
     assert any("complete again" in r.getMessage() for r in caplog.records)
 
 
+def test_a_rescan_does_not_reread_a_torn_file_that_did_not_change(root: Path) -> None:
+    path = root / "r" / "RunLog.json"
+    path.parent.mkdir()
+    path.write_text('{"half": ')
+    rig = Rig(root)
+    rig.rescan("start")
+    for _ in range(5):
+        rig.rescan("periodic")
+    assert rig.value("runlog_relay_torn_reads_total") == 1
+
+
 def test_empty_file_is_torn_and_keeps_the_previous_version(root: Path) -> None:
     path = root / "r" / "RunLog.json"
     write_json(path, {"v": 1})
     rig = Rig(root)
-    rig.detector.rescan("start")
-    rig.take()
+    rig.rescan("start")
+    rig.uploaded(*rig.take())
     path.write_bytes(b"")  # open(path, "w") just truncated it
     rig.changed(path)
     assert rig.submitted == []
@@ -410,6 +405,121 @@ def test_empty_file_is_torn_and_keeps_the_previous_version(root: Path) -> None:
     final = write_json(path, {"v": 2})
     rig.changed(path)
     assert [r.body for r in rig.take()] == [final]
+
+
+def test_a_deeply_nested_valid_run_log_is_uploaded(root: Path) -> None:
+    # 1,000 levels, 2 KB: json.loads raises RecursionError on it; it is valid JSON.
+    deep = root / "r" / "RunLog.json"
+    deep.parent.mkdir()
+    deep.write_text('{"a": ' * 1000 + "1" + "}" * 1000)
+    other = write_json(root / "r" / "BranchLog-ok.json", {"ok": True})
+    rig = Rig(root)
+    rig.rescan("start")
+    assert {r.key: r.body for r in rig.submitted} == {
+        "r/RunLog": deep.read_bytes(),
+        "r/BranchLog-ok": other,
+    }
+    assert rig.synced.is_set()
+
+
+# =========================================================================== one bad file
+
+
+def test_an_exception_while_handling_one_file_costs_only_that_file(
+    root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for run in ("a", "b", "c"):
+        write_json(root / run / "RunLog.json", {"run": run})
+    real = detect.read_file
+
+    def read_file(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if path.parent.name == "b":
+            raise MemoryError("simulated")  # anything, not only the expected errors
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(detect, "read_file", read_file)
+    rig = Rig(root)
+    rig.rescan("start")
+    assert rig.keys() == ["a/RunLog", "c/RunLog"]  # the rest of the rescan went on
+    rig.uploaded(*rig.take())
+    assert rig.synced.is_set()  # readiness is not blocked by one bad file
+    assert rig.value("runlog_relay_skipped_files_total", reason="error") == 1
+    assert rig.detector.unmirrored() == {"b/RunLog.json": "error: MemoryError: simulated"}
+    assert any("handling" in r.getMessage() and r.exc_info for r in caplog.records)
+
+    # Retried with backoff; once it works, it is mirrored like any other file.
+    monkeypatch.setattr(detect, "read_file", real)
+    rig.clock.advance(1.0)
+    rig.step()
+    assert rig.keys() == ["b/RunLog"]
+    rig.uploaded(*rig.take())
+    assert rig.detector.unmirrored() == {}
+
+
+def test_an_exception_while_handling_an_event_costs_only_that_path(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_json(root / "a" / "RunLog.json", {"a": 1})
+    rig = Rig(root)
+    rig.rescan("start")
+    rig.take()
+    real = detect.classify_path
+
+    def classify_path(root_: Path, path: Path, layout: Layout) -> Any:
+        if path.name == "BranchLog-bad.json":
+            raise RuntimeError("boom")
+        return real(root_, path, layout)
+
+    monkeypatch.setattr(detect, "classify_path", classify_path)
+    good = write_json(root / "a" / "BranchLog-good.json", {"g": 1})
+    write_json(root / "a" / "BranchLog-bad.json", {"b": 1})
+    rig.changed(root / "a" / "BranchLog-bad.json", root / "a" / "BranchLog-good.json")
+    assert [r.body for r in rig.take()] == [good]
+
+
+def test_a_file_over_the_size_limit_is_refused_counted_and_named(root: Path) -> None:
+    big = root / "r" / "RunLog.json"
+    big.parent.mkdir()
+    big.write_text(json.dumps({"pad": "x" * (2 << 20)}))
+    ok = write_json(root / "r" / "BranchLog-a.json", {"a": 1})
+    rig = Rig(root, max_file_bytes=1 << 20)
+    rig.rescan("start")
+    rig.settle_inbox()
+    assert [r.body for r in rig.submitted] == [ok]
+    assert rig.value("runlog_relay_skipped_files_total", reason="too_large") == 1
+    reason = rig.detector.unmirrored()["r/RunLog.json"]
+    assert reason.startswith("too large: ") and "maxFileBytes" in reason
+
+
+def test_big_files_are_read_by_the_bulk_reader_and_streamed(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big = root / "r" / "RunLog.json"
+    big.parent.mkdir()
+    big.write_text(json.dumps({"pad": "x" * (3 << 20)}))
+    small = write_json(root / "r" / "BranchLog-a.json", {"a": 1})
+    threads: dict[str, str] = {}
+    real = detect.read_file
+
+    def read_file(path: Path, *args: Any, **kwargs: Any) -> Any:
+        threads[path.name] = threading.current_thread().name
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(detect, "read_file", read_file)
+    rig = Rig(root)
+    rig.rescan("start")
+    assert [r.body for r in rig.submitted] == [small]  # not held up by the big one
+    rig.settle_inbox()
+    big_request = next(r for r in rig.submitted if r.key == "r/RunLog")
+    assert big_request.body is None  # read again from the file at upload, part by part
+    assert big_request.snapshot.body_size == big.stat().st_size
+    assert threads == {
+        "BranchLog-a.json": threading.current_thread().name,
+        "RunLog.json": "bulk-reader",
+    }
+
+
+# =========================================================================== the ledger
 
 
 def test_symlinks_and_unsafe_names_are_skipped_with_metric_labels(
@@ -428,7 +538,7 @@ def test_symlinks_and_unsafe_names_are_skipped_with_metric_labels(
     (run / "BranchLog-dir.json").mkdir()
 
     rig = Rig(root)
-    rig.detector.rescan("start")
+    rig.rescan("start")
     assert [r.body for r in rig.submitted] == [good]
     skipped = "runlog_relay_skipped_files_total"
     assert rig.value(skipped, reason="symlink") == 2
@@ -440,7 +550,7 @@ def test_symlinks_and_unsafe_names_are_skipped_with_metric_labels(
     assert all("\n" not in message for message in warnings)
     assert any("Bad\\nName.json" in message for message in warnings)
 
-    rig.detector.rescan("periodic")
+    rig.rescan("periodic")
     assert rig.value(skipped, reason="symlink") == 4  # counted every time...
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 6  # ...warned once
     assert rig.value("runlog_relay_files_tracked") == 1
@@ -448,7 +558,7 @@ def test_symlinks_and_unsafe_names_are_skipped_with_metric_labels(
 
 def test_a_symlink_event_is_skipped_too(root: Path, tmp_path: Path) -> None:
     rig = Rig(root)
-    rig.detector.rescan("start")
+    rig.rescan("start")
     target = tmp_path / "t.json"
     write_json(target, {"t": 1})
     link = root / "r" / "RunLog.json"
@@ -465,8 +575,8 @@ def test_deleted_file_is_forgotten_and_nothing_is_deleted(root: Path) -> None:
     write_json(keep, {"a": 1})
     write_json(gone, {"b": 1})
     rig = Rig(root)
-    rig.detector.rescan("start")
-    rig.take()
+    rig.rescan("start")
+    rig.uploaded(*rig.take())
     assert rig.value("runlog_relay_files_tracked") == 2
     assert rig.value("runlog_relay_runs_tracked") == 2
 
@@ -478,7 +588,7 @@ def test_deleted_file_is_forgotten_and_nothing_is_deleted(root: Path) -> None:
 
     # Missed the event? The rescan forgets it as well.
     keep.unlink()
-    rig.detector.rescan("periodic")
+    rig.rescan("periodic")
     assert rig.value("runlog_relay_files_tracked") == 0
     assert rig.submitted == []
 
@@ -486,12 +596,15 @@ def test_deleted_file_is_forgotten_and_nothing_is_deleted(root: Path) -> None:
 def test_a_recreated_file_is_compared_with_what_was_uploaded_since_start(root: Path) -> None:
     path = root / "r" / "RunLog.json"
     original = write_json(path, {"v": 1})
+    write_json(root / "r" / "BranchLog-keep.json", {"keep": 1})  # the run stays local
     rig = Rig(root, remote={"r/RunLog": md5(original)})
-    rig.detector.rescan("start")
-    assert rig.submitted == []
+    rig.rescan("start")
+    rig.uploaded(*rig.take())
     newer = write_json(path, {"v": 2})
     rig.changed(path)
-    assert [r.body for r in rig.take()] == [newer]  # the bucket now holds v2
+    taken = rig.take()
+    assert [r.body for r in taken] == [newer]
+    rig.uploaded(*taken)
 
     path.unlink()
     rig.changed(path)
@@ -501,16 +614,147 @@ def test_a_recreated_file_is_compared_with_what_was_uploaded_since_start(root: P
     assert [r.body for r in rig.take()] == [again]
 
 
-def test_runs_and_files_tracked_gauges(root: Path) -> None:
+def test_a_version_equal_to_the_bucket_after_a_newer_one_left_is_uploaded(root: Path) -> None:
+    path = root / "r" / "RunLog.json"
+    original = write_json(path, {"v": 1})
+    rig = Rig(root, remote={"r/RunLog": md5(original)})
+    rig.rescan("start")
+    write_json(path, {"v": 2})
+    rig.changed(path)
+    (v2,) = rig.take()  # on its way, not confirmed yet
+    write_json(path, {"v": 1})  # back to what the bucket had before v2 lands
+    rig.changed(path)
+    # v2 will land: v1 must follow it, or the bucket ends with v2.
+    assert [r.body for r in rig.take()] == [original]
+    rig.uploaded(v2)
+    assert rig.value("runlog_relay_pending_files") == 1
+
+
+def test_runs_files_and_pending_gauges(root: Path) -> None:
     for run, names in {"a": ["RunLog", "BranchLog-1", "BranchLog-2"], "b": ["RunLog"]}.items():
         for name in names:
             write_json(root / run / f"{name}.json", {"n": name})
     (root / "a" / "notes.txt").write_text("not a run log")
     rig = Rig(root)
-    rig.detector.rescan("start")
+    rig.rescan("start")
     assert rig.value("runlog_relay_files_tracked") == 4
     assert rig.value("runlog_relay_runs_tracked") == 2
     assert rig.value("runlog_relay_torn_files") == 0
+    assert rig.value("runlog_relay_pending_files") == 4
+    requests = rig.take()
+    rig.uploaded(*requests[:3])
+    assert rig.value("runlog_relay_pending_files") == 1
+    status = rig.detector.status()
+    assert (status.files, status.pending, status.to_read, status.unlisted_runs) == (4, 1, 0, 0)
+
+
+def test_back_pressure_that_outlasts_the_drain_leaves_files_named(root: Path) -> None:
+    for index in range(5):
+        write_json(root / "r" / f"BranchLog-{index}.json", {"i": index})
+    rig = Rig(root)
+    rig.accept = False  # the queue was closed: nothing more is queued
+    rig.rescan("start")
+    assert rig.submitted == []
+    assert rig.detector.unmirrored() == {
+        f"r/BranchLog-{index}.json": "not read yet" for index in range(5)
+    }
+    assert rig.value("runlog_relay_pending_files") == 5
+
+
+def test_an_upload_given_up_is_named(root: Path) -> None:
+    write_json(root / "r" / "RunLog.json", {"a": 1})
+    rig = Rig(root)
+    rig.rescan("start")
+    (request,) = rig.take()
+    rig.step(
+        UploadFailed(
+            relative=request.relative, etag=request.etag, reason="AccessDenied", given_up=True
+        )
+    )
+    assert rig.detector.unmirrored() == {"r/RunLog.json": "not uploaded: AccessDenied"}
+    assert rig.value("runlog_relay_pending_files") == 0
+
+
+def test_a_stale_upload_is_read_again(root: Path) -> None:
+    path = root / "r" / "RunLog.json"
+    write_json(path, {"a": 1})
+    rig = Rig(root)
+    rig.rescan("start")
+    (first,) = rig.take()
+    newer = write_json(path, {"a": 2})
+    rig.step(Stale(relative=first.relative, etag=first.etag))
+    assert [r.body for r in rig.take()] == [newer]
+
+
+def test_a_stale_upload_of_content_that_came_back_is_still_uploaded(root: Path) -> None:
+    path = root / "r" / "RunLog.json"
+    body = write_json(path, {"a": 1})
+    rig = Rig(root)
+    rig.rescan("start")
+    (first,) = rig.take()
+    # The file changed while it was uploaded and then got the same content again.
+    rig.step(Stale(relative=first.relative, etag=first.etag))
+    assert [r.body for r in rig.take()] == [body]
+
+
+# =========================================================================== doubtful uploads
+
+
+def test_a_doubtful_upload_has_its_run_confirmed_against_the_bucket(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = root / "r" / "RunLog.json"
+    write_json(path, {"v": 1})
+    write_json(root / "r" / "BranchLog-b.json", {"b": 1})
+    rig = Rig(root, answer_listings=False)
+    rig.rescan("start")
+    rig.answer()
+    requests = {r.key: r for r in rig.take()}
+    v1 = requests["r/RunLog"]
+    rig.uploaded(requests["r/BranchLog-b"])
+    # v1's PUT timed out: it may still land later.
+    rig.step(UploadFailed(relative=v1.relative, etag=v1.etag, reason="timeout", doubtful=True))
+    v2_body = write_json(path, {"v": 2})
+    rig.changed(path)
+    (v2,) = rig.take()
+    listings = len(rig.listings)
+    rig.uploaded(v2)
+    # The run's uploads are over: its prefix is listed to confirm what landed...
+    assert rig.listings[listings:] == [(frozenset({"r"}), ListingPurpose.VERIFY)]
+    # ...and the late v1 did land after v2: uploaded again.
+    rig.remote = {"r/RunLog": v1.etag, "r/BranchLog-b": requests["r/BranchLog-b"].etag}
+    rig.answer()
+    assert [r.body for r in rig.take()] == [v2_body]
+    assert rig.value("runlog_relay_bucket_mismatches_total") == 1
+    assert "landed late" in caplog.text
+
+
+def test_verify_confirms_every_run_that_had_a_doubtful_upload(root: Path) -> None:
+    for run in ("a", "b"):
+        write_json(root / run / "RunLog.json", {"run": run})
+    rig = Rig(root, answer_listings=False)
+    rig.rescan("start")
+    rig.answer()
+    requests = {r.key: r for r in rig.take()}
+    rig.remote = {key: r.etag for key, r in requests.items()}
+    a = requests["a/RunLog"]
+    rig.step(UploadFailed(relative=a.relative, etag=a.etag, reason="reset", doubtful=True))
+    rig.uploaded(*requests.values())
+    assert rig.unanswered == [(frozenset({"a"}), ListingPurpose.VERIFY)]
+    rig.answer()  # all there
+    assert rig.detector.status().verifying == 0
+    # The drain asks again, for every run that ever had a doubtful upload (only "a").
+    done = threading.Event()
+    rig.step(Verify(done=done))
+    assert done.is_set()
+    assert rig.unanswered == [(frozenset({"a"}), ListingPurpose.VERIFY)]
+    assert rig.detector.status().verifying == 1
+    rig.answer()
+    assert rig.detector.status().verifying == 0
+    assert rig.submitted == []
+
+
+# =========================================================================== layouts, costs
 
 
 def test_single_layout_keys_and_double_encoded_bodies(root: Path) -> None:
@@ -523,20 +767,20 @@ def test_single_layout_keys_and_double_encoded_bodies(root: Path) -> None:
         layout=Layout.SINGLE,
         remote={"run-2/run-2.json": md5(json.dumps('"unchanged doc"').encode())},
     )
-    rig.detector.rescan("start")
+    rig.rescan("start")
     (request,) = rig.submitted
     assert request.key == "run-1/run-1.json"
     assert request.run_id == "run-1"
     assert request.body == json.dumps(text).encode()
     assert json.loads(json.loads(request.body)) == {"run_id": "run-1", "note": "naïve"}
     assert request.etag == md5(request.body)  # the ETag of the body, not of the file
-    assert request.file_size == len(text.encode())
+    assert request.snapshot.file_size == len(text.encode())
 
 
 def test_single_layout_compares_the_encoded_body_with_the_bucket(root: Path) -> None:
     raw = write_json(root / "run-1.json", {"a": 1})
     rig = Rig(root, layout=Layout.SINGLE, remote={"run-1/run-1.json": md5(raw)})
-    rig.detector.rescan("start")
+    rig.rescan("start")
     # The bucket holds the raw bytes (a naive copy): not what runnable's minio store reads.
     assert [r.body for r in rig.submitted] == [json.dumps(raw.decode()).encode()]
 
@@ -545,9 +789,9 @@ def test_a_non_utf8_file_does_not_stop_the_rest_of_the_rescan(root: Path) -> Non
     (root / "a-run.json").write_bytes(json.dumps({"a": 1}).encode("utf-16"))
     good = write_json(root / "b-run.json", {"b": 1})
     rig = Rig(root, layout=Layout.SINGLE)
-    rig.detector.rescan("start")
+    rig.rescan("start")
     assert [r.key for r in rig.submitted] == ["b-run/b-run.json"]
-    assert json.loads(rig.submitted[0].body) == good.decode()
+    assert json.loads(rig.submitted[0].body or b"") == good.decode()
     assert rig.synced.is_set()
     assert rig.detector.torn_paths() == ["a-run.json"]
 
@@ -560,52 +804,66 @@ def test_settled_files_cost_no_read_on_rescans(root: Path, monkeypatch: pytest.M
     fresh = root / "r" / "BranchLog-now.json"
     write_json(fresh, {"fresh": True})
     reads: list[Path] = []
-    real = detect.read_stable
+    real = detect.read_file
 
-    def counting(path: Path, *args: Any, **kwargs: Any) -> tuple[bytes, FileSignature]:
+    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
         reads.append(path)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(detect, "read_stable", counting)
+    monkeypatch.setattr(detect, "read_file", counting)
     rig = Rig(root)
-    rig.detector.rescan("start")
+    rig.rescan("start")
     assert sorted(reads) == sorted([old, fresh])
     reads.clear()
-    rig.detector.rescan("periodic")
+    rig.rescan("periodic")
     # The old file's signature is trusted; the fresh one (mtime within a second of the
     # read, ambiguous on coarse clocks) is read again.
     assert reads == [fresh]
-    assert rig.submitted and len(rig.submitted) == 2
+
+
+def test_a_run_folder_that_cannot_be_listed_is_retried_soon_and_not_forgotten(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_json(root / "r" / "RunLog.json", {"a": 1})
+    rig = Rig(root)
+    rig.rescan("start")
+    rig.uploaded(*rig.take())
+    added = write_json(root / "r" / "BranchLog-new.json", {"b": 1})
+    real_scandir = os.scandir
+    failing = {"on": True}
+
+    def scandir(path: Any) -> Any:
+        if failing["on"] and str(path).endswith("/r"):
+            raise OSError(24, "Too many open files")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    rig.rescan("periodic")
+    assert rig.value("runlog_relay_files_tracked") == 1  # not seen is not deleted
+    failing["on"] = False
+    rig.clock.advance(1.0)  # well before the next rescan (60 s)
+    rig.step()
+    assert [r.body for r in rig.take()] == [added]
 
 
 def test_run_processes_the_inbox_until_stop(root: Path) -> None:
     write_json(root / "r" / "RunLog.json", {"a": 1})
     rig = Rig(root)
     rig.inbox.put(Rescan(reason="start"))
+    thread = threading.Thread(target=rig.detector.run)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not rig.listings and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (runs, purpose) = rig.listings[0]
+    rig.inbox.put(Listed(run_ids=runs, objects={}, purpose=purpose))
+    while not rig.submitted and time.monotonic() < deadline:
+        time.sleep(0.01)
     rig.inbox.put(Stop())
-    rig.detector.run()
+    thread.join(5)
     assert rig.detector.stopped
     assert rig.keys() == ["r/RunLog"]
 
 
-def test_run_survives_a_listing_failure_and_retries(
-    root: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    write_json(root / "r" / "RunLog.json", {"a": 1})
-    rig = Rig(root)
-    rig.remote.error = RetryableError("listing runnable/run-logs: endpoint unreachable")
-    rig.inbox.put(Rescan(reason="start"))
-    rig.inbox.put(Rescan(reason="again"))
-    rig.inbox.put(Stop())
-    rig.detector.run()
-    assert rig.submitted == []
-    assert not rig.synced.is_set()
-    assert rig.remote.calls == 2
-    assert "could not list the bucket" in caplog.text
-
-    rig.remote.error = None  # the endpoint is back
-    rig.inbox.put(Rescan(reason="timer"))
-    rig.inbox.put(Stop())
-    rig.detector.run()
-    assert rig.keys() == ["r/RunLog"]
-    assert rig.synced.is_set()
+def keys_of(items: Iterable[UploadRequest]) -> list[str]:
+    return sorted(item.key for item in items)

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from runlog_relay.layout import Layout
-from runlog_relay.localtree import Candidate, Skipped, classify_path, walk, walk_run
+from runlog_relay.localtree import (
+    Candidate,
+    Entry,
+    FolderError,
+    Skipped,
+    classify_path,
+    scan,
+    scan_run,
+    walk,
+)
 
 CHUNKED, SINGLE = Layout.CHUNKED, Layout.SINGLE
 
@@ -138,17 +147,49 @@ def test_names_with_a_newline_or_bad_bytes_are_reported_unsafe(root: Path) -> No
     assert any("control or invisible" in detail for detail in details)
 
 
-def test_walk_run_lists_one_run_folder(root: Path, outside: Path) -> None:
+def test_scan_run_lists_one_run_folder(root: Path, outside: Path) -> None:
     touch(root / "run-1" / "RunLog.json")
     touch(root / "run-2" / "RunLog.json")
     (root / "run-1" / "BranchLog-x.json").symlink_to(outside / "stolen.json")
-    items = list(walk_run(root, root / "run-1", CHUNKED))
-    assert sorted((type(i).__name__, i.path.name) for i in items) == [
-        ("Candidate", "RunLog.json"),
+    items = list(scan_run(root / "run-1"))
+    assert sorted((type(i).__name__, Path(i.path).name) for i in items) == [
+        ("Entry", "RunLog.json"),
         ("Skipped", "BranchLog-x.json"),
     ]
-    assert list(walk_run(root, root / "gone", CHUNKED)) == []
-    assert list(walk_run(root, root / "run-2" / "RunLog.json", CHUNKED)) == []  # a file
+    entry = next(i for i in items if isinstance(i, Entry))
+    assert entry.relative == "run-1/RunLog.json"
+    assert list(scan_run(root / "gone")) == []
+    assert list(scan_run(root / "run-2" / "RunLog.json")) == []  # a file
+
+
+def test_a_run_folder_that_cannot_be_listed_is_an_error_not_an_empty_folder(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    touch(root / "run-1" / "RunLog.json")
+    touch(root / "run-2" / "RunLog.json")
+    real_scandir = os.scandir
+
+    def scandir(path: str) -> object:
+        if path.endswith("run-2"):
+            raise OSError(24, "Too many open files")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    items = list(scan(root, CHUNKED))
+    errors = [i for i in items if isinstance(i, FolderError)]
+    assert [(e.run_id, e.transient) for e in errors] == [("run-2", True)]
+    assert [i.relative for i in items if isinstance(i, Entry)] == ["run-1/RunLog.json"]
+    # The tools see it as a skipped folder.
+    assert any(isinstance(i, Skipped) and i.reason == "unreadable" for i in walk(root, CHUNKED))
+
+
+def test_a_root_that_cannot_be_listed_raises(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def scandir(path: str) -> object:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(OSError):
+        list(scan(root, CHUNKED))
 
 
 def test_walk_of_a_missing_root_is_empty(tmp_path: Path) -> None:

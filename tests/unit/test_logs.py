@@ -26,7 +26,7 @@ def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     saved = [h for h in root.handlers if _ours(h)]
     level = root.level
-    quiet = {name: logging.getLogger(name).level for name in ("urllib3", "watchfiles")}
+    quiet = {name: logging.getLogger(name).level for name in ("urllib3",)}
     yield
     for handler in [h for h in root.handlers if _ours(h)]:
         root.removeHandler(handler)
@@ -148,7 +148,6 @@ def test_level_filters_and_accepts_lower_case() -> None:
 def test_sdk_loggers_are_quiet_unless_debugging() -> None:
     logs.configure("INFO", "plain", stream=io.StringIO())
     assert logging.getLogger("urllib3").level == logging.ERROR
-    assert logging.getLogger("watchfiles").level == logging.WARNING
     logging.getLogger("urllib3").setLevel(logging.NOTSET)
     logs.configure("DEBUG", "plain", stream=io.StringIO())
     assert logging.getLogger("urllib3").level == logging.NOTSET

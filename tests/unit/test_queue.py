@@ -1,4 +1,6 @@
-"""sidecar.queue: coalescing, per-key ordering, backoff, back-pressure, idle and close."""
+"""sidecar.queue: coalescing, per-key ordering, delays, holds, back-pressure, close.
+
+Delays are measured on a fake clock: a test moves time instead of sleeping."""
 
 from __future__ import annotations
 
@@ -7,15 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from tests.support.fakes import FakeClock, request, snapshot_of
 
-from runlog_relay.metrics import SidecarMetrics
-from runlog_relay.sidecar.queue import (
-    BACKOFF_BASE_SECONDS,
-    BACKOFF_CAP_SECONDS,
-    UploadQueue,
-    backoff_delay,
-)
+from runlog_relay.layout import Layout
+from runlog_relay.sidecar.queue import UploadQueue
 from runlog_relay.sidecar.types import UploadRequest
 
 #: Generous bound for a wait that must succeed; only reached when the test fails.
@@ -23,30 +20,17 @@ PATIENCE = 5.0
 
 
 @pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def uq(registry: CollectorRegistry) -> UploadQueue:
-    return UploadQueue(SidecarMetrics(registry), max_pending_bytes=1 << 20)
+def uq(clock: FakeClock) -> UploadQueue:
+    return UploadQueue(max_pending_bytes=1 << 20, clock=clock)
 
 
 def req(key: str, body: bytes | str = b"{}", seen_at: float = 0.0) -> UploadRequest:
-    data = body.encode() if isinstance(body, str) else body
-    return UploadRequest(
-        key=key,
-        run_id=key.split("/")[0],
-        path=Path("/logs") / f"{key}.json",
-        body=data,
-        etag=f"etag-of-{data[:20]!r}",
-        seen_at=seen_at,
-        file_size=len(data),
-    )
-
-
-def pending_gauge(registry: CollectorRegistry) -> float | None:
-    return registry.get_sample_value("runlog_relay_pending_files")
+    return request(key, body, seen_at=seen_at)
 
 
 # --------------------------------------------------------------------------- coalescing
@@ -139,67 +123,144 @@ def test_take_times_out_with_none(uq: UploadQueue) -> None:
 # --------------------------------------------------------------------------- retry
 
 
-def test_retry_waits_for_its_backoff(uq: UploadQueue) -> None:
+def test_retry_waits_for_its_delay(uq: UploadQueue, clock: FakeClock) -> None:
     uq.put(req("r/A", "a1"))
     a1 = uq.take(timeout=0)
     assert a1 is not None
-    retried_at = time.monotonic()
-    delay = uq.retry(a1, cap=0.1)
-    assert 0.05 <= delay <= 0.1
+    assert uq.retry(a1, 2.0) == 1
     assert uq.attempts("r/A") == 1
     assert uq.pending() == ["r/A"]  # nothing dropped
     assert uq.take(timeout=0) is None  # not before its time
-
-    again = uq.take(timeout=PATIENCE)
+    clock.advance(1.9)
+    assert uq.take(timeout=0) is None
+    clock.advance(0.2)
+    again = uq.take(timeout=0)
     assert again is not None and again.body == b"a1"
-    assert time.monotonic() - retried_at >= delay - 0.005
     uq.done(again)
-    assert uq.attempts("r/A") == 0  # success resets the backoff
+    assert uq.attempts("r/A") == 0  # success resets the count
     assert uq.pending() == []
+
+
+def test_a_sleeping_taker_wakes_when_the_delay_ends(uq: UploadQueue, clock: FakeClock) -> None:
+    uq.put(req("r/A", "a1"))
+    a1 = uq.take(timeout=0)
+    assert a1 is not None
+    uq.retry(a1, 0.5)
+    got: list[UploadRequest | None] = []
+    taker = threading.Thread(target=lambda: got.append(uq.take(timeout=PATIENCE)))
+    taker.start()
+    clock.advance(1.0)  # the taker re-reads the clock at least once a second
+    taker.join(PATIENCE)
+    assert got and got[0] is not None and got[0].body == b"a1"
 
 
 def test_retry_does_not_hold_up_other_keys(uq: UploadQueue) -> None:
     uq.put(req("r/A", "a1"))
     a1 = uq.take(timeout=0)
     assert a1 is not None
-    uq.retry(a1, cap=BACKOFF_CAP_SECONDS)
+    uq.retry(a1, 10.0)
     uq.put(req("r/B", "b1"))
     b1 = uq.take(timeout=0)
     assert b1 is not None and b1.key == "r/B"
 
 
-def test_attempts_grow_with_each_failure(uq: UploadQueue) -> None:
+def test_attempts_grow_with_each_failure(uq: UploadQueue, clock: FakeClock) -> None:
     uq.put(req("r/A", "a1"))
-    for attempt in (1, 2, 3):
-        taken = uq.take(timeout=PATIENCE)
+    for attempt in (1, 2, 3, 4, 5):
+        taken = uq.take(timeout=0)
         assert taken is not None
-        uq.retry(taken, cap=0.01)
-        assert uq.attempts("r/A") == attempt
+        assert uq.retry(taken, 1.0) == attempt
+        clock.advance(1.0)
 
 
-def test_newer_version_replaces_the_retried_one(uq: UploadQueue) -> None:
+def test_newer_version_replaces_the_retried_one(uq: UploadQueue, clock: FakeClock) -> None:
     uq.put(req("r/A", "a1"))
     a1 = uq.take(timeout=0)
     assert a1 is not None
     uq.put(req("r/A", "a2"))  # written while a1 was uploading
-    uq.retry(a1, cap=0.02)  # a1 failed: a2 goes instead, never a1
-    taken = uq.take(timeout=PATIENCE)
+    uq.retry(a1, 0.5)  # a1 failed: a2 goes instead, never a1
+    clock.advance(0.5)
+    taken = uq.take(timeout=0)
     assert taken is not None and taken.body == b"a2"
     uq.done(taken)
-    assert uq.take(timeout=0.05) is None
+    assert uq.take(timeout=0) is None
     assert uq.pending() == []
 
 
-def test_version_put_during_backoff_replaces_it_but_still_waits(uq: UploadQueue) -> None:
+def test_version_put_during_a_delay_replaces_it_but_still_waits(
+    uq: UploadQueue, clock: FakeClock
+) -> None:
     uq.put(req("r/A", "a1"))
     a1 = uq.take(timeout=0)
     assert a1 is not None
-    uq.retry(a1, cap=0.1)
+    uq.retry(a1, 1.0)
     uq.put(req("r/A", "a3"))
-    assert uq.take(timeout=0) is None  # the key is still backing off
-    taken = uq.take(timeout=PATIENCE)
+    assert uq.take(timeout=0) is None  # the key is still waiting
+    clock.advance(1.0)
+    taken = uq.take(timeout=0)
     assert taken is not None and taken.body == b"a3"
-    assert uq.take(timeout=0.05) is None
+    assert uq.take(timeout=0) is None
+
+
+def test_expedite_ends_every_delay_now(uq: UploadQueue) -> None:
+    for key in ("r/A", "r/B"):
+        uq.put(req(key))
+        taken = uq.take(timeout=0)
+        assert taken is not None
+        uq.retry(taken, 3600.0)
+    assert uq.take(timeout=0) is None
+    assert uq.expedite() == 2
+    assert {uq.take(timeout=0).key, uq.take(timeout=0).key} == {"r/A", "r/B"}  # type: ignore[union-attr]
+
+
+def test_drop_forgets_an_in_flight_request(uq: UploadQueue) -> None:
+    uq.put(req("r/A", "a1"))
+    a1 = uq.take(timeout=0)
+    assert a1 is not None
+    uq.drop(a1)
+    assert uq.pending() == []
+    uq.put(req("r/A", "a2"))
+    a2 = uq.take(timeout=0)
+    uq.put(req("r/A", "a3"))
+    assert a2 is not None
+    uq.drop(a2)  # a newer one waits: it goes next
+    a3 = uq.take(timeout=0)
+    assert a3 is not None and a3.body == b"a3"
+
+
+# --------------------------------------------------------------------------- hold
+
+
+def test_a_hold_sends_one_probe_when_it_ends(uq: UploadQueue, clock: FakeClock) -> None:
+    for key in ("r/A", "r/B", "r/C"):
+        uq.put(req(key))
+    uq.hold(30.0)
+    assert uq.take(timeout=0) is None
+    clock.advance(30.0)
+    probe = uq.take(timeout=0)
+    assert probe is not None
+    assert uq.take(timeout=0) is None  # one probe at a time
+    uq.retry(probe, 30.0)
+    uq.hold(30.0)  # the probe failed too
+    clock.advance(29.0)
+    assert uq.take(timeout=0) is None
+    clock.advance(1.0)
+    second = uq.take(timeout=0)
+    assert second is not None
+    uq.done(second)
+    uq.release()  # it worked: everything goes
+    assert uq.take(timeout=0) is not None
+    assert uq.take(timeout=0) is not None
+
+
+def test_expedite_ends_a_hold(uq: UploadQueue) -> None:
+    uq.put(req("r/A"))
+    uq.put(req("r/B"))
+    uq.hold(3600.0)
+    assert uq.take(timeout=0) is None
+    uq.expedite()
+    assert uq.take(timeout=0) is not None
+    assert uq.take(timeout=0) is not None
 
 
 # --------------------------------------------------------------------------- fail
@@ -243,56 +304,41 @@ def test_failed_returns_a_copy(uq: UploadQueue) -> None:
 # --------------------------------------------------------------------------- back-pressure
 
 
-def test_put_blocks_over_max_pending_bytes_until_a_take(registry: CollectorRegistry) -> None:
-    uq = UploadQueue(SidecarMetrics(registry), max_pending_bytes=100)
+def test_has_room_says_when_a_body_fits() -> None:
+    uq = UploadQueue(max_pending_bytes=100)
+    assert uq.has_room(1000)  # nothing waits: even an oversized body is admitted
     uq.put(req("r/A", b"a" * 60))
-    returned = threading.Event()
-
-    def producer() -> None:
-        uq.put(req("r/B", b"b" * 60))
-        returned.set()
-
-    thread = threading.Thread(target=producer, daemon=True)
-    thread.start()
-    # The producer must still be inside put(): 60 + 60 > 100.
-    assert not returned.wait(0.2)
-    assert uq.pending() == ["r/A"]
-
-    taken = uq.take(timeout=0)  # frees 60 bytes and wakes the producer
-    assert taken is not None and taken.key == "r/A"
-    assert returned.wait(PATIENCE)
-    thread.join(PATIENCE)
-    assert uq.pending() == ["r/A", "r/B"]
+    assert uq.has_room(40)
+    assert not uq.has_room(41)  # 60 + 41 > 100: the detector waits before reading
+    taken = uq.take(timeout=0)  # in flight: no longer held waiting
+    assert taken is not None
+    assert uq.has_room(100)
 
 
-def test_an_oversized_body_is_admitted_when_nothing_waits(registry: CollectorRegistry) -> None:
-    uq = UploadQueue(SidecarMetrics(registry), max_pending_bytes=100)
-    uq.put(req("r/Huge", b"x" * 1000))  # would deadlock if it had to fit
-    taken = uq.take(timeout=0)
-    assert taken is not None and len(taken.body) == 1000
-
-
-def test_in_flight_bodies_do_not_count_against_the_limit(registry: CollectorRegistry) -> None:
-    uq = UploadQueue(SidecarMetrics(registry), max_pending_bytes=100)
+def test_a_streamed_body_holds_no_memory_while_it_waits() -> None:
+    uq = UploadQueue(max_pending_bytes=100)
+    streamed = UploadRequest(
+        key="r/Big",
+        run_id="r",
+        relative="r/Big.json",
+        root=Path("/logs"),
+        layout=Layout.CHUNKED,
+        snapshot=snapshot_of(b"x" * 1000, keep=False),
+        seen_at=0.0,
+    )
+    assert streamed.held_bytes == 0
     uq.put(req("r/A", b"a" * 90))
-    assert uq.take(timeout=0) is not None
-    done = threading.Event()
-    thread = threading.Thread(target=lambda: (uq.put(req("r/B", b"b" * 90)), done.set()))
-    thread.start()
-    assert done.wait(PATIENCE)
-    thread.join(PATIENCE)
+    assert uq.put(streamed)
+    assert uq.has_room(10)
 
 
-def test_close_releases_a_blocked_producer(registry: CollectorRegistry) -> None:
-    uq = UploadQueue(SidecarMetrics(registry), max_pending_bytes=100)
+def test_a_closed_queue_queues_nothing() -> None:
+    uq = UploadQueue(max_pending_bytes=100)
     uq.put(req("r/A", b"a" * 80))
-    returned = threading.Event()
-    thread = threading.Thread(target=lambda: (uq.put(req("r/B", b"b" * 80)), returned.set()))
-    thread.start()
-    assert not returned.wait(0.1)
     uq.close()
-    assert returned.wait(PATIENCE)
-    thread.join(PATIENCE)
+    assert uq.has_room(80)  # the caller goes on, and put says no
+    assert uq.put(req("r/B", b"b" * 80)) is False
+    assert uq.pending() == ["r/A"]
 
 
 # --------------------------------------------------------------------------- idle, close
@@ -319,8 +365,8 @@ def test_wait_idle_counts_in_flight_and_backing_off(uq: UploadQueue) -> None:
     taken = uq.take(timeout=0)
     assert taken is not None
     assert uq.wait_idle(0.02) is False  # in flight
-    uq.retry(taken, cap=BACKOFF_CAP_SECONDS)
-    assert uq.wait_idle(0.02) is False  # backing off is still pending
+    uq.retry(taken, 10.0)
+    assert uq.wait_idle(0.02) is False  # waiting on a delay is still pending
 
 
 def test_close_wakes_a_blocked_take(uq: UploadQueue) -> None:
@@ -334,57 +380,4 @@ def test_close_wakes_a_blocked_take(uq: UploadQueue) -> None:
     assert got == [None]
     assert uq.closed
     assert uq.take(timeout=None) is None  # and never blocks again
-
-
-# --------------------------------------------------------------------------- gauge
-
-
-def test_pending_gauge_counts_keys_waiting_in_flight_and_retrying(
-    uq: UploadQueue, registry: CollectorRegistry
-) -> None:
-    assert pending_gauge(registry) == 0.0
-    uq.put(req("r/A", "a1"))
-    uq.put(req("r/B", "b1"))
-    assert pending_gauge(registry) == 2.0
-    for version in range(10):
-        uq.put(req("r/A", f"a{version}"))
-    assert pending_gauge(registry) == 2.0  # coalesced: still two files
-
-    a = uq.take(timeout=0)
-    assert a is not None
-    assert pending_gauge(registry) == 2.0  # in flight is still pending
-    uq.put(req("r/A", "a-next"))  # waiting and in flight: one file
-    assert pending_gauge(registry) == 2.0
-    uq.retry(a, cap=0.01)
-    assert pending_gauge(registry) == 2.0
-
-    b = uq.take(timeout=0)
-    assert b is not None and b.key == "r/B"
-    uq.done(b)
-    assert pending_gauge(registry) == 1.0
-    a2 = uq.take(timeout=PATIENCE)
-    assert a2 is not None
-    uq.fail(a2, "gone")
-    assert pending_gauge(registry) == 0.0
-
-
-# --------------------------------------------------------------------------- backoff_delay
-
-
-@pytest.mark.parametrize("attempt", [0, 1, 2, 3, 5, 8, 16, 17, 100, 10_000])
-def test_backoff_delay_stays_within_half_to_full_ceiling(attempt: int) -> None:
-    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** min(attempt, 16))
-    for _ in range(200):
-        delay = backoff_delay(attempt)
-        assert ceiling / 2 <= delay <= ceiling
-        assert delay <= BACKOFF_CAP_SECONDS
-
-
-def test_backoff_delay_grows_then_caps() -> None:
-    assert max(backoff_delay(1) for _ in range(50)) <= 2 * BACKOFF_BASE_SECONDS
-    assert min(backoff_delay(20) for _ in range(50)) >= BACKOFF_CAP_SECONDS / 2
-    assert max(backoff_delay(20, cap=0.5) for _ in range(50)) <= 0.5
-
-
-def test_backoff_delay_is_jittered() -> None:
-    assert len({backoff_delay(10) for _ in range(50)}) > 1
+    assert uq.put(req("r/late")) is False

@@ -234,13 +234,21 @@ class SyncSpec(WireModel):
     torn_grace_seconds: float = Field(default=30.0, ge=0.0, le=86400.0)
     """How long a file may stay unreadable as JSON (torn, half-written) before it is
     reported loudly (log, metric, event). It is retried all the time regardless."""
+    permanent_error_retry_seconds: float = Field(default=30.0, ge=0.1, le=3600.0)
+    """After a permanent error (AccessDenied, NoSuchBucket, refused credentials) the store
+    is tried again this often, by one request, until someone fixes it."""
     drain_timeout_seconds: float = Field(default=25.0, ge=0.0, le=3600.0)
     """On shutdown, how long to keep uploading what is pending before giving up. Keep it
     below the pod's terminationGracePeriodSeconds (30 by default)."""
     max_pending_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
-    """Upper bound on file contents held in memory waiting for upload; the reader waits
-    when it is reached (back-pressure, nothing is dropped). Keeps the sidecar's memory
-    flat during a first sync of a large folder; one larger file is always admitted."""
+    """Upper bound on file contents held in memory waiting for upload, and on the parts of
+    big files being streamed; the reader waits when it is reached (back-pressure, nothing
+    is dropped). Keeps the sidecar's memory flat whatever the folder holds; one larger
+    upload is always admitted."""
+    max_file_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    """Largest run-log file mirrored, in bytes. A bigger file is not read: it is counted
+    (`runlog_relay_skipped_files_total{reason="too_large"}`), warned about once and named
+    when the sidecar exits (which is then not a complete mirror)."""
 
 
 class StoreSpec(BucketParts, WireModel):

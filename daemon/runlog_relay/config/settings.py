@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic.alias_generators import to_snake
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from runlog_relay.config.models import (
     DEFAULT_BUCKET,
@@ -35,6 +35,7 @@ from runlog_relay.config.models import (
     WireModel,
 )
 from runlog_relay.errors import ConfigError
+from runlog_relay.layout import UnsafeNameError, key_for
 
 __all__ = [
     "ENV_PREFIX",
@@ -92,6 +93,10 @@ class SidecarSettings(BucketParts, BaseSettings):
     """TLS options."""
     sync: SyncSpec = SyncSpec()
     """Watch/upload tuning."""
+    run_ids: Annotated[tuple[str, ...], NoDecode] = ()
+    """Mirror only these runs (chunked: the ``<run_id>/`` folders; single: ``<run_id>.json``)
+    and list only their prefixes in the bucket. Empty: every run. In the environment a
+    comma-separated list (one id is valid, so a downward-API field can fill it)."""
 
     access_key_id: SecretStr = Field(
         default=SecretStr(DEFAULT_MINIO_CREDENTIAL),
@@ -120,6 +125,25 @@ class SidecarSettings(BucketParts, BaseSettings):
     """DEBUG, INFO, WARNING or ERROR."""
     log_format: LogFormat = LogFormat.PLAIN
     """plain for people, json for log pipelines."""
+
+    @field_validator("run_ids", mode="before")
+    @classmethod
+    def _split_run_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("run_ids")
+    @classmethod
+    def _valid_run_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for run_id in value:
+            if "/" in run_id or "\\" in run_id:
+                raise ValueError(f"run id {run_id!r} contains a path separator")
+            try:
+                key_for(f"{run_id}/RunLog.json", Layout.CHUNKED)
+            except UnsafeNameError as exc:
+                raise ValueError(f"run id {run_id!r} is not a safe run id: {exc.reason}") from None
+        return tuple(dict.fromkeys(value))
 
     @field_validator("log_level")
     @classmethod

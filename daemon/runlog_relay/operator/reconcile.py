@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from runlog_relay.backoff import backoff_delay as shared_backoff_delay
 from runlog_relay.config.crd import API_VERSION, KIND
 from runlog_relay.config.models import (
     MAX_STORE_NAME,
@@ -668,5 +669,6 @@ def event_manifest(
 
 
 def backoff_delay(retry: int, *, base: float = 5.0, cap: float = 300.0) -> float:
-    """Seconds before retry number ``retry`` (0-based) of a transient failure."""
-    return float(min(cap, base * (2 ** max(0, min(retry, 16)))))
+    """Seconds before retry number ``retry`` (0-based) of a transient failure: the
+    project's one backoff rule, without jitter (one retry per store, not a crowd)."""
+    return shared_backoff_delay(retry, base=base, cap=cap, jitter=False)

@@ -29,7 +29,7 @@ from runlog_relay.config.settings import (
 from runlog_relay.errors import ConfigError
 from runlog_relay.health import HealthServer
 from runlog_relay.metrics import SidecarMetrics
-from runlog_relay.sidecar.pipeline import DrainReport, Pipeline
+from runlog_relay.sidecar.pipeline import DrainReport, Pipeline, source_problem
 from runlog_relay.sidecar.reload import ConfigWatcher
 
 __all__ = ["register", "run"]
@@ -47,6 +47,9 @@ _SYNC_OPTIONS = {
     "poll_interval": "poll_interval_seconds",
     "torn_grace": "torn_grace_seconds",
     "drain_timeout": "drain_timeout_seconds",
+    "permanent_retry": "permanent_error_retry_seconds",
+    "max_pending_bytes": "max_pending_bytes",
+    "max_file_size": "max_file_bytes",
 }
 
 
@@ -74,6 +77,24 @@ _TUNING_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
         float,
         "on SIGTERM, keep uploading pending files this long",
     ),
+    (
+        "--permanent-retry",
+        "permanent_retry",
+        float,
+        "after a permanent error (AccessDenied, NoSuchBucket), try the store again this often",
+    ),
+    (
+        "--max-pending-bytes",
+        "max_pending_bytes",
+        int,
+        "file contents held in memory waiting for upload or streaming; the reader waits beyond it",
+    ),
+    (
+        "--max-file-size",
+        "max_file_size",
+        int,
+        "largest file mirrored, in bytes; a bigger one is refused, counted and named at exit",
+    ),
 )
 
 
@@ -81,7 +102,12 @@ def _tuning_help(text: str, dest: str) -> str:
     """A tuning option's help with its variable and default, both taken from SyncSpec."""
     field = _SYNC_OPTIONS[dest]
     default = SyncSpec.model_fields[field].default
-    shown = ("on" if default else "off") if isinstance(default, bool) else f"{default:g}"
+    if isinstance(default, bool):
+        shown = "on" if default else "off"
+    elif isinstance(default, int):
+        shown = str(default)
+    else:
+        shown = f"{default:g}"
     return f"{text} (env {ENV_PREFIX}SYNC__{field.upper()}; default {shown})"
 
 
@@ -112,10 +138,19 @@ def register(subparsers: Any, summary: str) -> None:
         help=f"create the bucket if it does not exist (env {ENV_PREFIX}CREATE_BUCKET)",
     )
     parser.add_argument(
+        "--run-id",
+        dest="run_ids",
+        action="append",
+        metavar="ID",
+        help=f"mirror only this run (repeatable), and list only its prefix in the bucket"
+        f" (env {ENV_PREFIX}RUN_IDS, comma-separated; default every run)",
+    )
+    parser.add_argument(
         "--once",
         action="store_true",
         help="reconcile the whole folder with the bucket, upload what differs, and exit: 0"
-        " when the bucket mirrors the folder, 1 otherwise",
+        " when the bucket mirrors the folder, 1 otherwise; it gives up after the drain"
+        " timeout (at least 60 s) without any progress",
     )
     parser.add_argument(
         "--metrics-port",
@@ -149,7 +184,7 @@ def register(subparsers: Any, summary: str) -> None:
                 flag, dest=dest, action="store_const", const=True, help=_tuning_help(text, dest)
             )
         else:
-            metavar = "N" if kind is int else "SECONDS"
+            metavar = "SECONDS" if kind is float else ("BYTES" if "bytes" in text else "N")
             tuning.add_argument(
                 flag, dest=dest, type=kind, metavar=metavar, help=_tuning_help(text, dest)
             )
@@ -169,6 +204,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "metrics_host": args.metrics_host,
         "log_level": args.log_level,
         "log_format": args.log_format,
+        "run_ids": tuple(args.run_ids) if args.run_ids else None,
     }
     if sync:
         extra["sync"] = sync
@@ -198,20 +234,27 @@ def run(args: argparse.Namespace) -> int:
             print(f"runlog-relay sidecar: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         settings = None
+    if settings is not None:
+        assert settings.source is not None
+        problem = source_problem(settings.source)
+        # A file where the folder should be is a mistake to fix; a folder that does not
+        # exist yet is normal for a long-running sidecar (runnable creates it), but not
+        # for --once, which has nothing to reconcile.
+        if problem is not None and (args.once or settings.source.exists()):
+            print(f"runlog-relay sidecar: error: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     if args.once:
         assert settings is not None
         logs.configure(settings.log_level, settings.log_format.value)
-        assert settings.source is not None
-        if not settings.source.is_dir():
-            print(
-                f"runlog-relay sidecar: error: source folder {settings.source} does not exist",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
         pipeline = Pipeline(settings, SidecarMetrics(CollectorRegistry()), open_store, once=True)
         log.info("starting: %s", settings.describe())
-        return _finish(pipeline.run_once(timeout=max(settings.sync.drain_timeout_seconds, 60.0)))
+        return _finish(pipeline.run_once(timeout=once_budget(settings)))
     return _serve(args, overrides, settings, waiting)
+
+
+def once_budget(settings: SidecarSettings) -> float:
+    """``--once`` gives up after this long without progress."""
+    return max(settings.sync.drain_timeout_seconds, 60.0)
 
 
 class _Probes:
@@ -290,10 +333,18 @@ def _run_pipeline(
     log.info("starting: %s", settings.describe())
 
     def ready() -> tuple[bool, str]:
+        assert pipeline.settings.source is not None
+        problem = source_problem(pipeline.settings.source)
+        if problem is not None:
+            return False, f"{problem} (waiting for it)"
+        health = pipeline.store_health
         if not pipeline.synced_once:
-            return False, pipeline.store_health.problem or "first sync not finished"
-        if not pipeline.store_health.ok:
-            return False, pipeline.store_health.problem or "object store not ready"
+            return False, health.problem or health.outage or "first sync not finished"
+        if not health.ok:
+            return False, health.problem or "object store not ready"
+        watch_problem = pipeline.watcher.problem if pipeline.watcher is not None else None
+        if watch_problem:
+            return False, watch_problem
         return True, ""
 
     probes.live = lambda: (pipeline.alive, "a sidecar stage stopped")
@@ -370,5 +421,9 @@ def _finish(report: DrainReport) -> int:
         return EXIT_OK
     for line in report.lines():
         print(f"runlog-relay sidecar: {line}", file=sys.stderr)
-    log.error("mirror incomplete: %d problem(s)", len(report.lines()))
+    log.error(
+        "mirror incomplete: %d file(s) not mirrored%s",
+        len(report.files),
+        f"; {report.source}" if report.source else "",
+    )
     return EXIT_INCOMPLETE

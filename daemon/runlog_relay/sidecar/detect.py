@@ -1,147 +1,217 @@
-"""Detect stage: decides which file versions are new, complete and worth uploading.
+"""Detect stage: decides which file versions are new, complete and worth uploading, and
+keeps the ledger of what is mirrored.
 
-Runs in one thread, fed by the inbox (events, rescans, reconfiguration). For a changed
-path it:
+One thread, fed by its inbox (events, rescans, listings, upload outcomes). It owns one
+record per local run-log file, so it can say at any moment, in O(1), how many files are
+not mirrored yet, and at exit exactly which ones and why:
 
-1. maps it through :mod:`runlog_relay.localtree` (no symlinks, regular files only, safe
-   names) — anything else is skipped, counted and warned about once;
-2. reads it *stably*: opened with ``O_NOFOLLOW``, ``fstat`` before and after the read, and
-   ``lstat`` of the path after, must agree on size, mtime and inode, and the bytes must
-   parse as JSON. runnable rewrites files in place with ``open(path, "w")``, so an empty
-   or half-written file is normal for a moment: such a *torn* read is counted and
-   retried on a short timer and on the next event; only if it stays torn past the grace
-   period is it reported loudly (warning, ``runlog_relay_torn_files``);
-3. computes the ETag the body will have in the bucket and compares it with what the
-   bucket has (from the start-up listing) or what was last handed to the queue; only a
-   difference becomes an :class:`UploadRequest`.
+1. A path is mapped through :mod:`runlog_relay.localtree` (no symlinks, regular files
+   only, safe names); anything else is skipped, counted and warned about once.
+2. Nothing is uploaded for a run before the bucket's objects of that run are known
+   (:mod:`.listing`: per run prefix, or one listing filtered to the local runs).
+3. A file is read *stably* (:func:`runlog_relay.stableread.read_stable`); files bigger
+   than :data:`~runlog_relay.stableread.INLINE_BODY_BYTES` are read by a second thread
+   so a huge or torn file never delays the healthy ones.
+4. The body's ETag is compared with what the bucket has (listing, or an upload's
+   answer); only a difference becomes an :class:`UploadRequest`.
 
-Rescans cost one ``lstat`` per file: a file whose signature is unchanged since a read
-that happened well after its mtime is skipped (a signature taken within a second of the
-write may be ambiguous on coarse-timestamp filesystems, so it is read again).
+A file that is torn (runnable rewrites in place) is counted and retried with backoff
+(0.2 s doubling to the rescan interval; its own events retry it at once), and reported
+loudly only after the grace period. A file that cannot be mirrored for another reason
+(unreadable, too large, any exception while handling it) is that file's problem only:
+counted by reason, warned about once, retried, and named at exit. After an upload that
+ended without an answer (the PUT may land later, even after a newer one), the run is
+confirmed against the bucket once its uploads are done, and again before the mirror is
+called complete; whatever differs is uploaded again.
+
+Everything per change is O(1): counters for the gauges, one heap for every timer. Rescans
+cost one ``lstat`` per file: a file whose signature is unchanged since a read that
+happened well after its mtime is not read again (a signature taken within a second of
+the write may be ambiguous on coarse-timestamp filesystems, so it is read again).
 """
 
 from __future__ import annotations
 
-import json
+import heapq
+import itertools
 import logging
 import os
 import queue
 import stat
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runlog_relay import layout as layouts
+from runlog_relay.backoff import backoff_delay
 from runlog_relay.config.settings import SidecarSettings
-from runlog_relay.errors import RelayError
-from runlog_relay.localtree import Candidate, Skipped, classify_path, scan, to_candidate, walk_run
+from runlog_relay.localtree import (
+    Candidate,
+    Entry,
+    FolderError,
+    Skipped,
+    classify_path,
+    scan,
+    scan_run,
+    to_candidate,
+)
 from runlog_relay.metrics import SidecarMetrics
-from runlog_relay.objectstore import expected_etag
 from runlog_relay.sidecar.types import (
-    FileSignature,
     Inbox,
+    Listed,
+    ListingPurpose,
     PathsChanged,
+    ReadDone,
     Reconfigure,
     Rescan,
+    Stale,
     Stop,
+    Uploaded,
+    UploadFailed,
     UploadRequest,
+    Verify,
+)
+from runlog_relay.stableread import (
+    INLINE_BODY_BYTES,
+    Snapshot,
+    TooLarge,
+    TornRead,
+    read_stable,
 )
 
-__all__ = ["Detector", "TornRead", "read_stable"]
+__all__ = ["Detector", "DetectorStatus"]
 
 log = logging.getLogger(__name__)
 
 #: A signature recorded less than this long after the file's mtime may not change on
 #: the next write (coarse timestamps), so such a file is re-read on rescans.
 SETTLE_SECONDS = 1.0
-#: How often torn files are retried besides on their own events.
-TORN_RETRY_SECONDS = 0.2
-#: A rescan that read at least this much returns free memory to the system afterwards.
-RELEASE_AFTER_BYTES = 4 * 1024 * 1024
+#: A torn (or failing) file is read again after this long, doubling up to the rescan
+#: interval; its own events retry it at once.
+TORN_RETRY_BASE_SECONDS = 0.2
+#: A run folder that could not be listed for want of a resource (EMFILE) is retried
+#: after this long, doubling, instead of waiting for the next rescan.
+FOLDER_RETRY_BASE_SECONDS = 0.5
+#: A run is confirmed against the bucket again this long after its last doubtful upload
+#: (a PUT stuck in a proxy can land late).
+VERIFY_WINDOW_SECONDS = 60.0
+#: Files read between two looks at the inbox, so events stay responsive during a backlog.
+WORK_BATCH = 32
+#: While the upload queue is full, look again this often.
+BACK_PRESSURE_WAIT = 0.02
+#: Files bigger than this are read by the bulk reader thread, in smaller pieces.
+BULK_CHUNK = 64 * 1024
 #: Remember at most this many warned-about paths (a hostile writer cannot grow memory).
 MAX_WARNED = 10_000
 
-
-class TornRead(Exception):
-    """The file was not a complete JSON document, or changed while being read."""
+Signature = tuple[int, int, int, int]
 
 
-def read_stable(path: Path, root: Path | None = None) -> tuple[bytes, FileSignature]:
-    """Read a complete version of ``path`` or raise TornRead / OSError.
+@dataclass(frozen=True, slots=True)
+class DetectorStatus:
+    """What the detector still has to do; all zero (and ``listed``) means quiescent."""
 
-    With ``root``, every component below it is opened relative to its parent's file
-    descriptor with ``O_NOFOLLOW``, so a run folder swapped for a symlink between the
-    scan and the read cannot make the sidecar read outside its volume.
-    """
-    dir_fds: list[int] = []
-    try:
-        if root is not None:
-            parts = path.relative_to(root).parts
-            dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            dir_fds.append(dir_fd)
-            for part in parts[:-1]:
-                dir_fd = os.open(
-                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
-                )
-                dir_fds.append(dir_fd)
-            name: str | Path = parts[-1]
-            parent: int | None = dir_fd
-        else:
-            name, parent = path, None
-        return _read_at(name, parent, path)
-    finally:
-        for fd in reversed(dir_fds):
-            os.close(fd)
+    scanned: bool  #: at least one full rescan happened
+    contacted: bool  #: the bucket answered a listing at least once
+    unlisted_runs: int  #: local runs whose objects are not known yet
+    to_read: int  #: files waiting to be read (or being read)
+    pending: int  #: files whose latest version is not confirmed in the bucket
+    verifying: int  #: runs being confirmed against the bucket
+    files: int
 
 
-def _read_at(name: str | Path, dir_fd: int | None, path: Path) -> tuple[bytes, FileSignature]:
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        before = os.fstat(fd)
-        if not stat.S_ISREG(before.st_mode):
-            raise OSError(f"{path} is not a regular file")
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        after = os.fstat(fd)
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    at_path = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    if (
-        FileSignature.of(before) != FileSignature.of(after)
-        or at_path.st_ino != after.st_ino
-        or len(data) != after.st_size
-    ):
-        raise TornRead("changed while being read")
-    if not data.strip():
-        raise TornRead("empty")
-    try:
-        # Decoded here, not sniffed by json.loads(bytes): runnable writes UTF-8, and the
-        # single layout re-encodes the text as UTF-8, which a UTF-16/32 file would crash.
-        json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TornRead(f"not complete JSON ({type(exc).__name__})") from None
-    return data, FileSignature.of(after)
-
-
-@dataclass(slots=True)
-class _FileState:
-    """What the detector knows about one local file."""
-
+@dataclass(slots=True, eq=False)
+class _Run:
     run_id: str
-    signature: FileSignature | None = None  #: of the last complete version read
+    files: dict[str, _File] = field(default_factory=dict)
+    listed: bool = False  #: the bucket's objects of this run are known
+    requested: bool = False  #: a COMPARE listing is on its way
+    unclaimed: dict[str, str] = field(default_factory=dict)  #: listed keys with no file yet
+    pending: int = 0  #: files of this run counted as pending
+    doubtful_at: float | None = None  #: last upload that may land late
+    ever_doubtful: bool = False
+    verifying: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _File:
+    relative: str
+    key: str
+    run: _Run
+    signature: Signature | None = None  #: of the last complete version read
     settled: bool = False  #: signature taken well after the write: trust it on rescans
-    etag: str | None = None  #: of the last complete version handed downstream / in bucket
-    torn_since: float | None = None  #: monotonic time it was first seen torn
+    etag: str | None = None  #: latest complete local version handed downstream
+    remote: str | None = None  #: the version the bucket holds (listing or upload answer)
+    dirty: bool = False  #: must be read
+    reading: bool = False  #: with the bulk reader
+    first_change: float | None = None  #: monotonic time of the oldest unmirrored change
+    torn_since: float | None = None
+    torn_signature: Signature | None = None  #: of the version found torn
+    torn_reason: str = ""
     torn_reported: bool = False
-    unreadable: str | None = None  #: why the last read failed (permissions, I/O error)
-    first_seen_change: float | None = None  #: monotonic time of the oldest unread change
+    retries: int = 0  #: consecutive torn or failed reads (backoff)
+    retry_at: float = 0.0
+    problem: str | None = None  #: why it cannot be mirrored now (named at exit)
+    given_up: str | None = None  #: the upload of this version was given up (--once)
+    seen: int = 0  #: rescan generation that last saw it
+    counted_pending: bool = False
+    counted_torn: bool = False
+
+
+def _signature(info: os.stat_result) -> Signature:
+    return (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+
+
+def read_file(
+    path: Path, root: Path, layout: layouts.Layout, max_size: int, chunk_size: int
+) -> Snapshot | BaseException:
+    """Read one file; any exception is returned, not raised: it is that file's problem."""
+    try:
+        return read_stable(
+            path,
+            root=root,
+            layout=layout,
+            keep_body=INLINE_BODY_BYTES,
+            max_size=max_size,
+            chunk_size=chunk_size,
+        )
+    except Exception as exc:
+        return exc
+
+
+class _BulkReader:
+    """A thread for big files: their reads take long and must not hold up small ones."""
+
+    def __init__(self, post: Callable[[Inbox], object]) -> None:
+        self._post = post
+        self._work: queue.SimpleQueue[tuple[str, Path, Path, layouts.Layout, int] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+
+    def submit(
+        self, relative: str, path: Path, root: Path, layout: layouts.Layout, limit: int
+    ) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="bulk-reader", daemon=True)
+            self._thread.start()
+        self._work.put((relative, path, root, layout, limit))
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._work.put(None)
+
+    def _run(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            relative, path, root, layout, limit = item
+            self._post(ReadDone(relative, read_file(path, root, layout, limit, BULK_CHUNK)))
 
 
 class Detector:
@@ -151,86 +221,172 @@ class Detector:
         self,
         settings: SidecarSettings,
         inbox: queue.SimpleQueue[Inbox],
-        submit: Callable[[UploadRequest], None],
-        list_remote: Callable[[], Iterable[tuple[str, str]]],
+        submit: Callable[[UploadRequest], bool],
+        request_listing: Callable[[frozenset[str], ListingPurpose], object],
         metrics: SidecarMetrics,
+        *,
+        has_room: Callable[[int], bool] = lambda size: True,
         on_synced: Callable[[], None] = lambda: None,
+        on_progress: Callable[[], None] = lambda: None,
         release_memory: Callable[[], object] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self._inbox = inbox
         self._submit = submit
-        self._list_remote = list_remote
+        self._has_room = has_room
+        self._full = False  # the queue had no room at the last try: wait a little
+        self._request_listing = request_listing
         self._metrics = metrics
         self._on_synced = on_synced
+        self._on_progress = on_progress
         self._release_memory = release_memory
-        self._bytes_read = 0  # by the current rescan
-        self._files: dict[str, _FileState] = {}  # relative path → state
-        self._remote: dict[str, str] = {}  # key → etag as listed at start-up
-        self._listed = False
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._files: dict[str, _File] = {}
+        self._runs: dict[str, _Run] = {}
+        self._dirty: deque[_File] = deque()
+        self._to_read = 0  # files dirty or reading
+        self._pending = 0
+        self._torn_reported = 0
+        self._unlisted = 0  # runs not listed yet
+        self._verifying = 0
+        self._want_listing: set[str] = set()
+        self._timers: list[tuple[float, int, str, object]] = []
+        self._seq = itertools.count()
+        self._generation = 0
+        self._scanned = False
+        self._contacted = False
+        self._synced = False
         self._warned: set[str] = set()
-        self._next_rescan = 0.0
+        self._bytes_read = 0
+        self._next_rescan = float("inf")  # set by the first (start-up) rescan
+        self._bulk = _BulkReader(self._inbox.put)
+        self.abort = threading.Event()  #: the drain is over: stop reading, report
         self.stopped = False
 
     # ----------------------------------------------------------------- thread body
     def run(self) -> None:
-        """Process inbox messages until Stop; a rescan runs on the safety-net timer."""
-        while True:
-            timeout = self._next_timeout()
-            try:
-                message = self._inbox.get(timeout=timeout)
-            except queue.Empty:
-                message = None
-            try:
+        """Process inbox messages until Stop; timers and read work in between."""
+        try:
+            while True:
+                with self._lock:
+                    if self._dirty and not self.abort.is_set():
+                        timeout = BACK_PRESSURE_WAIT if self._full else 0.0
+                    else:
+                        timeout = self._timeout()
+                try:
+                    message: object = self._inbox.get(timeout=timeout)
+                except queue.Empty:
+                    message = None
                 if isinstance(message, Stop):
-                    self.stopped = True
                     return
-                self._handle(message)
-            except RelayError as exc:
-                # Listing failed (endpoint down, bad credentials): retried by the timer.
-                log.warning("could not list the bucket: %s; retrying", exc)
-                self._next_rescan = time.monotonic() + min(
-                    5.0, self.settings.sync.rescan_interval_seconds
-                )
-            except Exception:
-                log.exception("detector error; continuing")
+                with self._lock:
+                    try:
+                        self._step(message)
+                    except Exception:
+                        # A bug in the detector must not stop the mirror: log and go on.
+                        log.exception("detector error; continuing")
+                if message is not None:
+                    self._on_progress()
+        finally:
+            self.stopped = True
+            self._bulk.stop()
 
-    def _next_timeout(self) -> float:
-        now = time.monotonic()
-        deadline = self._next_rescan
-        if any(state.torn_since is not None for state in self._files.values()):
-            deadline = min(deadline, now + TORN_RETRY_SECONDS)
-        return max(0.0, deadline - now)
+    def _step(self, message: object) -> None:
+        if message is not None:
+            self._handle(message)
+            # Take what else is waiting before reading files: a burst of events is one
+            # batch of work, and listings or upload outcomes are cheap.
+            for _ in range(256):
+                try:
+                    more = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(more, Stop):
+                    self._inbox.put(more)
+                    break
+                self._handle(more)
+        now = self._clock()
+        self._fire_timers(now)
+        if not self.abort.is_set():
+            self._work(WORK_BATCH)
+        self._flush()
+        self._update_gauges()
 
-    def _handle(self, message: Inbox | None) -> None:
-        now = time.monotonic()
-        if isinstance(message, Reconfigure):
-            old = self.settings
-            self.settings = message.settings
-            if (
-                message.relist
-                or old.layout != message.settings.layout
-                or old.source != message.settings.source
-            ):
-                self._files.clear()
-                self._listed = False
-            self.rescan("reconfigured")
-            return
-        if isinstance(message, Rescan):
-            if message.relist:
-                self._listed = False
-            self.rescan(message.reason)
-            return
+    def _handle(self, message: object) -> None:
+        now = self._clock()
         if isinstance(message, PathsChanged):
-            if not self._listed:
-                self.rescan("first events")
-                return
             for path in message.paths:
-                self._on_path(path, message.seen_at)
+                self._guard_path(path, message.seen_at)
+        elif isinstance(message, ReadDone):
+            file = self._files.get(message.relative)
+            if file is not None and file.reading:
+                file.reading = False
+                self._to_read -= 1
+                self._guard(file, lambda f=file: self._apply(f, message.outcome, now))  # type: ignore[misc]
+                if file.dirty and self._files.get(file.relative) is file:
+                    self._to_read += 1  # changed while it was read: read it again
+                    self._dirty.append(file)
+        elif isinstance(message, Uploaded):
+            self._uploaded(message)
+        elif isinstance(message, UploadFailed):
+            self._upload_failed(message, now)
+        elif isinstance(message, Stale):
+            file = self._files.get(message.relative)
+            if file is not None and file.etag == message.etag:
+                file.etag = None
+                self._mark_dirty(file, now)
+        elif isinstance(message, Listed):
+            self._listed(message, now)
+        elif isinstance(message, Rescan):
+            if message.relist:
+                self._reset()
+            self._rescan(message.reason, now)
+            if message.done is not None:
+                message.done.set()
+        elif isinstance(message, Reconfigure):
+            self._reconfigure(message, now)
+        elif isinstance(message, Verify):
+            self._verify_all(now)
+            if message.done is not None:
+                message.done.set()
+
+    # ----------------------------------------------------------------- timers
+    def _timeout(self) -> float:
+        now = self._clock()
+        deadline = self._next_rescan
+        if self._timers:
+            deadline = min(deadline, self._timers[0][0])
+        return max(0.0, min(deadline - now, 3600.0))
+
+    def _schedule(self, due: float, kind: str, ref: object) -> None:
+        heapq.heappush(self._timers, (due, next(self._seq), kind, ref))
+
+    def _fire_timers(self, now: float) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            due, _, kind, ref = heapq.heappop(self._timers)
+            if kind == "retry":
+                file = ref
+                assert isinstance(file, _File)
+                if self._files.get(file.relative) is file and file.retry_at == due:
+                    self._mark_dirty(file, now)
+            elif kind == "grace":
+                file = ref
+                assert isinstance(file, _File)
+                if self._files.get(file.relative) is file:
+                    self._report_torn(file, now)
+            elif kind == "folder":
+                assert isinstance(ref, tuple)
+                run_dir, attempt = ref
+                self._scan_folder(run_dir, now, attempt=attempt)
+            elif kind == "verify":
+                run = ref
+                assert isinstance(run, _Run)
+                if self._runs.get(run.run_id) is run:
+                    self._maybe_verify(run, now, force=True)
         if now >= self._next_rescan:
-            self.rescan("periodic")
-        else:
-            self._retry_torn()
+            self._rescan("periodic", now)
 
     # ----------------------------------------------------------------- scanning
     @property
@@ -238,175 +394,437 @@ class Detector:
         assert self.settings.source is not None
         return self.settings.source
 
-    def _ensure_listed(self) -> None:
-        if self._listed:
-            return
-        self._remote = dict(self._list_remote())
-        self._listed = True
-        log.info(
-            "listed %d objects in the bucket",
-            len(self._remote),
-            extra={"bucket": self.settings.bucket},
-        )
+    def _wanted(self, run_id: str) -> bool:
+        return not self.settings.run_ids or run_id in self.settings.run_ids
 
-    def rescan(self, reason: str) -> None:
-        """Walk the whole folder and submit every file whose content is not in the bucket."""
-        self._ensure_listed()
+    def _rescan(self, reason: str, now: float) -> None:
+        """Walk the whole folder: track new files, read changed ones, forget deleted ones."""
+        self._next_rescan = now + self.settings.sync.rescan_interval_seconds
         started = time.monotonic()
-        self._next_rescan = started + self.settings.sync.rescan_interval_seconds
-        seen: set[str] = set()
-        changed = 0  # files new or changed since their last trustworthy read
+        self._generation += 1
+        generation = self._generation
+        changed = 0
         layout = self.settings.layout
-        for entry in scan(self.root, layout):
-            if isinstance(entry, Skipped):
-                self._skip(entry)
-                continue
-            seen.add(entry.relative)
-            state = self._files.get(entry.relative)
-            if (
-                state is not None
-                and state.settled
-                and state.torn_since is None
-                and state.signature == FileSignature.of(entry.info)
-            ):
-                # Unchanged since a trustworthy read: the common case, one lstat total.
-                state.first_seen_change = None
-                continue
-            changed += 1
-            item = to_candidate(entry, layout)
-            if isinstance(item, Skipped):
-                self._skip(item)
-            else:
-                self._consider(item, started)
-        # Files deleted locally: forget them (their objects stay: run logs are records).
-        for relative in [r for r in self._files if r not in seen]:
-            del self._files[relative]
+        try:
+            for entry in scan(self.root, layout):
+                try:
+                    if isinstance(entry, Entry):
+                        changed += self._observe(entry, generation, now)
+                    elif isinstance(entry, FolderError):
+                        self._folder_failed(entry, generation, now)
+                    else:
+                        self._skip(entry)
+                except Exception:
+                    log.exception("handling %s during a rescan failed; going on", entry.path)
+        except OSError as exc:
+            # The source folder itself could not be listed (EMFILE, EACCES): nothing was
+            # seen, so nothing is forgotten; try again soon.
+            log.warning("could not scan %s (%s); retrying", self.root, exc.strerror or exc)
+            self._next_rescan = now + FOLDER_RETRY_BASE_SECONDS
+            return
+        for file in [f for f in self._files.values() if f.seen != generation]:
+            self._forget(file)  # deleted locally: its object stays (run logs are records)
         if reason == "poll":
             # In polling mode the poll is the event source: count what it found.
             self._metrics.fs_events.inc(changed)
+        self._scanned = True
+        if not self._runs and not self._contacted:
+            # Nothing local to compare: still prove the bucket answers before "ready".
+            self._want_listing.add("")
         self._update_gauges()
-        if self._bytes_read >= RELEASE_AFTER_BYTES:
-            # A big first sync reads the whole folder once; give that memory back.
-            self._release_memory()
-        self._bytes_read = 0
         log.debug("rescan (%s) took %.3fs", reason, time.monotonic() - started)
-        self._on_synced()
+
+    def _observe(self, entry: Entry, generation: int, now: float) -> int:
+        """One file found by a scan; 1 when it needs a read."""
+        file = self._files.get(entry.relative)
+        if file is None:
+            item = to_candidate(entry, self.settings.layout)
+            if isinstance(item, Skipped):
+                self._skip(item)
+                return 0
+            if not self._wanted(item.mapping.run_id):
+                return 0
+            file = self._track(item)
+            file.seen = generation
+            self._mark_dirty(file, now)
+            return 1
+        file.seen = generation
+        signature = _signature(entry.info)
+        if file.dirty or file.reading:
+            return 0
+        if file.torn_since is not None:
+            if signature == file.torn_signature:
+                return 0  # the same torn bytes: the retry timer handles it
+        elif file.problem is None and file.settled and signature == file.signature:
+            return 0  # unchanged since a trustworthy read: the common case, one lstat
+        self._mark_dirty(file, now)
+        return 1
+
+    def _folder_failed(
+        self, error: FolderError, generation: int, now: float, attempt: int = 0
+    ) -> None:
+        run = self._runs.get(error.run_id)
+        if run is not None:
+            for file in run.files.values():
+                file.seen = generation  # not seen is not deleted
+        self._skip(Skipped(error.path, "unreadable", error.detail))
+        if error.transient:
+            delay = backoff_delay(
+                attempt,
+                base=FOLDER_RETRY_BASE_SECONDS,
+                cap=self.settings.sync.rescan_interval_seconds,
+            )
+            self._schedule(now + delay, "folder", (error.path, attempt + 1))
+
+    def _scan_folder(self, run_dir: Path, now: float, *, attempt: int = 0) -> None:
+        """One run folder (a new folder, an unwatched one being polled, a retry)."""
+        run_id = run_dir.name
+        if not self._wanted(run_id):
+            return
+        self._generation += 1
+        generation = self._generation
+        for entry in scan_run(run_dir):
+            if isinstance(entry, Entry):
+                self._observe(entry, generation, now)
+            elif isinstance(entry, FolderError):
+                self._folder_failed(entry, generation, now, attempt)
+            else:
+                self._skip(entry)
+        run = self._runs.get(run_id)
+        if run is not None:
+            for file in [f for f in run.files.values() if f.seen != generation]:
+                self._forget(file)
+
+    def _guard_path(self, path: Path, seen_at: float) -> None:
+        try:
+            self._on_path(path, seen_at)
+        except Exception:
+            log.exception("handling a change of %s failed; it is retried at the next rescan", path)
 
     def _on_path(self, path: Path, seen_at: float) -> None:
-        if path == self.root:
+        root = self.root
+        if path == root:
             return
         try:
-            relative = path.relative_to(self.root)
+            relative = path.relative_to(root)
         except ValueError:
             return
+        now = self._clock()
         if self.settings.layout is layouts.Layout.CHUNKED and len(relative.parts) == 1:
-            # A new (or changed) run folder: inotify can miss files created before its
-            # watch was armed, so scan it whole.
+            # A run folder: new, changed, deleted, or polled because it is not watched.
+            # inotify misses files created before a new folder's watch was armed: scan it.
             try:
                 info = os.lstat(path)
             except OSError:
-                return
-            if stat.S_ISDIR(info.st_mode):
-                for item in walk_run(self.root, path, self.settings.layout):
-                    self._dispatch(item, seen_at)
-                self._update_gauges()
-                return
-        result = classify_path(self.root, path, self.settings.layout)
-        if result is None:
-            # Deleted or not a run-log file: forget local state, keep the object.
-            if self._files.pop(str(relative), None) is not None:
-                self._update_gauges()
+                info = None
+            if info is not None and stat.S_ISDIR(info.st_mode):
+                self._scan_folder(path, now)
+            else:
+                run = self._runs.get(relative.parts[0])
+                if run is not None and info is None:
+                    for gone in list(run.files.values()):
+                        self._forget(gone)
+            self._update_gauges()
             return
-        self._dispatch(result, seen_at)
+        file = self._files.get("/".join(relative.parts))
+        result = classify_path(root, path, self.settings.layout)
+        if result is None:
+            if file is not None:
+                self._forget(file)  # deleted or no longer a run-log file: keep the object
+        elif isinstance(result, Skipped):
+            if file is not None and result.reason == "unreadable":
+                self._set_problem(file, "unreadable", result.detail)
+            else:
+                if file is not None:
+                    self._forget(file)
+                self._skip(result)
+        elif file is None:
+            if self._wanted(result.mapping.run_id):
+                file = self._track(result)
+                self._mark_dirty(file, seen_at)
+        else:
+            file.retries = 0  # its own event: no backoff
+            self._mark_dirty(file, seen_at)
         self._update_gauges()
 
-    def _dispatch(self, item: Candidate | Skipped, seen_at: float) -> None:
-        if isinstance(item, Skipped):
-            self._skip(item)
-        else:
-            self._consider(item, seen_at)
+    # ----------------------------------------------------------------- the ledger
+    def _track(self, item: Candidate) -> _File:
+        run_id = item.mapping.run_id
+        run = self._runs.get(run_id)
+        if run is None:
+            run = self._runs[run_id] = _Run(run_id=sys.intern(run_id))
+            self._unlisted += 1
+            self._want_listing.add(run_id)
+        file = _File(relative=item.relative, key=item.mapping.key, run=run)
+        if run.listed:
+            file.remote = run.unclaimed.pop(file.key, None)
+        run.files[file.relative] = file
+        self._files[file.relative] = file
+        return file
 
-    def _retry_torn(self) -> None:
-        torn = [r for r, s in self._files.items() if s.torn_since is not None]
-        for relative in torn:
-            result = classify_path(self.root, self.root / relative, self.settings.layout)
-            if isinstance(result, Candidate):
-                self._consider(result, time.monotonic())
-            else:
-                self._files.pop(relative, None)
-        if torn:
-            self._update_gauges()
+    def _forget(self, file: _File) -> None:
+        if self._files.pop(file.relative, None) is None:
+            return
+        if file.dirty or file.reading:
+            self._to_read -= 1
+        file.dirty = file.reading = False
+        if file.counted_pending:
+            file.counted_pending = False
+            self._pending -= 1
+            file.run.pending -= 1
+        if file.counted_torn:
+            file.counted_torn = False
+            self._torn_reported -= 1
+        run = file.run
+        run.files.pop(file.relative, None)
+        if not run.files:
+            del self._runs[run.run_id]
+            if not run.listed:
+                self._unlisted -= 1
+            if run.verifying:
+                self._verifying -= 1
+            self._want_listing.discard(run.run_id)
 
-    # ----------------------------------------------------------------- one file
-    def _consider(self, item: Candidate, seen_at: float) -> None:
-        state = self._files.get(item.relative)
-        if state is None:
-            state = self._files[item.relative] = _FileState(run_id=sys.intern(item.mapping.run_id))
-            # The listing's entry moves into the file's state: memory stays one entry per
-            # file, and _remote keeps only objects with no local file (yet).
-            state.etag = self._remote.pop(item.mapping.key, None)
-        if state.first_seen_change is None:
-            state.first_seen_change = seen_at
+    def _reset(self) -> None:
+        """Forget everything known (a new target): every file is compared again."""
+        for file in list(self._files.values()):
+            self._forget(file)
+        self._dirty.clear()
+        self._contacted = False
+
+    def _account(self, file: _File) -> None:
+        """Keep the pending counters true after any change to ``file``."""
+        pending = (
+            file.problem is None
+            and file.torn_since is None
+            and file.given_up is None
+            and (file.dirty or file.reading or file.etag is None or file.etag != file.remote)
+        )
+        if pending != file.counted_pending:
+            file.counted_pending = pending
+            delta = 1 if pending else -1
+            self._pending += delta
+            file.run.pending += delta
+        if not pending and file.first_change is not None and file.etag == file.remote:
+            file.first_change = None
+
+    def _mark_dirty(self, file: _File, seen_at: float) -> None:
+        if file.first_change is None:
+            file.first_change = seen_at
+        if file.reading:
+            file.dirty = True  # read again when the bulk read returns
+        elif not file.dirty:
+            file.dirty = True
+            self._to_read += 1
+            self._dirty.append(file)
+        self._account(file)
+
+    def _work(self, budget: int) -> None:
+        self._full = False
+        while budget > 0 and self._dirty and not self.abort.is_set() and not self._full:
+            file = self._dirty.popleft()
+            if not file.dirty or self._files.get(file.relative) is not file:
+                continue
+            if not file.run.listed:
+                continue  # read once the listing arrives (_listed queues it again)
+            budget -= 1
+            self._guard(file, lambda f=file: self._consider(f))  # type: ignore[misc]
+
+    def _guard(self, file: _File, action: Callable[[], None]) -> None:
+        """The one place that owns an exception while handling one file: counted with a
+        reason, named at exit, retried with backoff; the rest goes on."""
         try:
-            data, signature = read_stable(item.path, root=self.root)
-        except TornRead as torn:
-            self._torn(item, state, str(torn))
+            action()
+        except Exception as exc:
+            self._failed(file, exc, self._clock())
+
+    def _consider(self, file: _File) -> None:
+        now = self._clock()
+        file.dirty = False
+        self._to_read -= 1
+        path = self.root / file.relative
+        item = classify_path(self.root, path, self.settings.layout)
+        if item is None:
+            self._forget(file)
             return
-        except FileNotFoundError:
-            self._files.pop(item.relative, None)
+        if isinstance(item, Skipped):
+            if item.reason == "unreadable":
+                self._set_problem(file, "unreadable", item.detail)
+            else:
+                self._forget(file)
+                self._skip(item)
             return
-        except OSError as exc:
-            # Kept in the state (and retried on every rescan): the file belongs in the
-            # mirror, so shutdown reports it until it can be read.
-            state.unreadable = exc.strerror or str(exc)
-            self._skip(Skipped(item.path, "unreadable", state.unreadable))
+        limit = self.settings.sync.max_file_bytes
+        if item.size <= INLINE_BODY_BYTES and not self._has_room(item.size):
+            # The queue is full (back-pressure): read it when there is room, then in its
+            # latest version. It stays counted as pending and is named if the drain ends.
+            file.dirty = True
+            self._to_read += 1
+            self._dirty.appendleft(file)
+            self._full = True
             return
-        state.unreadable = None
-        read_at = time.time()
-        self._bytes_read += len(data)
-        state.signature = signature
-        state.settled = read_at - signature.mtime_ns / 1e9 > SETTLE_SECONDS
-        if state.torn_since is not None:
-            log.info("file is complete again: %s", item.path, extra={"path": str(item.path)})
-        state.torn_since = None
-        state.torn_reported = False
-        body = layouts.encode_body(data, self.settings.layout)
-        etag = expected_etag(body)
-        first_seen, state.first_seen_change = state.first_seen_change or seen_at, None
-        if etag == state.etag:
+        if item.size > INLINE_BODY_BYTES:
+            file.reading = True
+            self._to_read += 1
+            self._bulk.submit(file.relative, path, self.root, self.settings.layout, limit)
+            self._account(file)
             return
-        state.etag = etag
-        self._metrics.fs_versions.inc()
-        self._metrics.fs_write_bytes.inc(len(data))
-        self._submit(
-            UploadRequest(
-                key=item.mapping.key,
-                run_id=item.mapping.run_id,
-                path=item.path,
-                body=body,
-                etag=etag,
-                seen_at=first_seen,
-                file_size=len(data),
+        self._apply(file, read_file(path, self.root, self.settings.layout, limit, 1 << 20), now)
+
+    def _apply(self, file: _File, outcome: Snapshot | BaseException, now: float) -> None:
+        if isinstance(outcome, Snapshot):
+            self._complete(file, outcome, now)
+        elif isinstance(outcome, TornRead):
+            sig = outcome.signature
+            file.torn_signature = (
+                (sig.size, sig.mtime_ns, sig.ctime_ns, sig.inode) if sig is not None else None
             )
+            self._torn(file, outcome.reason, now)
+        elif isinstance(outcome, TooLarge):
+            self._set_problem(
+                file,
+                "too_large",
+                f"{outcome.size} bytes, over the limit of {outcome.limit} (sync.maxFileBytes)",
+            )
+        elif isinstance(outcome, FileNotFoundError):
+            self._forget(file)
+        elif isinstance(outcome, OSError):
+            # Kept (and retried on every rescan and event): the file belongs in the mirror,
+            # so shutdown reports it until it can be read.
+            self._set_problem(file, "unreadable", outcome.strerror or str(outcome))
+        elif isinstance(outcome, Exception):
+            self._failed(file, outcome, now)
+        else:  # pragma: no cover - BaseException from a reader thread
+            raise outcome
+        self._update_gauges()
+
+    def _complete(self, file: _File, snapshot: Snapshot, now: float) -> None:
+        if file.torn_since is not None:
+            log.info(
+                "file is complete again: %s",
+                self.root / file.relative,
+                extra={"path": str(self.root / file.relative)},
+            )
+        self._clear_torn(file)
+        file.problem = None
+        file.retries = 0
+        file.signature = (
+            snapshot.signature.size,
+            snapshot.signature.mtime_ns,
+            snapshot.signature.ctime_ns,
+            snapshot.signature.inode,
+        )
+        file.settled = time.time() - snapshot.signature.mtime_ns / 1e9 > SETTLE_SECONDS
+        self._bytes_read += snapshot.file_size
+        etag = snapshot.etag
+        if etag == file.etag or (etag == file.remote and file.etag is None):
+            # Already handed downstream, or in the bucket with nothing else on its way.
+            file.etag = etag
+            self._account(file)
+            return
+        file.etag = etag
+        file.given_up = None
+        self._metrics.fs_versions.inc()
+        self._metrics.fs_write_bytes.inc(snapshot.file_size)
+        request = UploadRequest(
+            key=file.key,
+            run_id=file.run.run_id,
+            relative=file.relative,
+            root=self.root,
+            layout=self.settings.layout,
+            snapshot=snapshot,
+            seen_at=file.first_change if file.first_change is not None else now,
+        )
+        self._account(file)
+        # May block while the queue is full (back-pressure); False once the drain is over.
+        if not self._submit(request):
+            file.etag = None
+            self._account(file)
+
+    def _torn(self, file: _File, reason: str, now: float) -> None:
+        self._metrics.torn_reads.inc()
+        path = self.root / file.relative
+        if file.torn_since is None:
+            file.torn_since = now
+            log.debug("torn read of %s (%s); will retry", path, reason)
+            grace = self.settings.sync.torn_grace_seconds
+            self._schedule(now + grace, "grace", file)
+        file.torn_reason = reason
+        delay = backoff_delay(
+            file.retries,
+            base=TORN_RETRY_BASE_SECONDS,
+            cap=self.settings.sync.rescan_interval_seconds,
+        )
+        file.retries += 1
+        file.retry_at = now + delay
+        self._schedule(file.retry_at, "retry", file)
+        self._account(file)
+        if now - file.torn_since >= self.settings.sync.torn_grace_seconds:
+            self._report_torn(file, now)
+
+    def _report_torn(self, file: _File, now: float) -> None:
+        if file.torn_since is None or file.torn_reported:
+            return
+        grace = self.settings.sync.torn_grace_seconds
+        if now - file.torn_since < grace:
+            self._schedule(file.torn_since + grace, "grace", file)
+            return
+        file.torn_reported = True
+        file.counted_torn = True
+        self._torn_reported += 1
+        self._update_gauges()
+        path = self.root / file.relative
+        log.warning(
+            "file has not been complete JSON for %.0fs (%s): %s; the last complete version"
+            " stays in the bucket and it is retried until it is complete",
+            now - file.torn_since,
+            file.torn_reason,
+            path,
+            extra={"path": str(path), "run_id": file.run.run_id, "reason": "torn"},
         )
 
-    def _torn(self, item: Candidate, state: _FileState, why: str) -> None:
-        now = time.monotonic()
-        self._metrics.torn_reads.inc()
-        if state.torn_since is None:
-            state.torn_since = now
-            log.debug("torn read of %s (%s); will retry", item.path, why)
-        grace = self.settings.sync.torn_grace_seconds
-        if not state.torn_reported and now - state.torn_since >= grace:
-            state.torn_reported = True
-            log.warning(
-                "file has not been complete JSON for %.0fs (%s): %s; the last complete version"
-                " stays in the bucket and it is retried until it is complete",
-                now - state.torn_since,
-                why,
-                item.path,
-                extra={"path": str(item.path), "run_id": item.mapping.run_id, "reason": "torn"},
+    def _clear_torn(self, file: _File) -> None:
+        file.torn_since = None
+        file.torn_reason = ""
+        file.torn_reported = False
+        if file.counted_torn:
+            file.counted_torn = False
+            self._torn_reported -= 1
+
+    def _set_problem(self, file: _File, reason: str, detail: str) -> None:
+        self._clear_torn(file)
+        file.problem = reason
+        file.torn_reason = detail  # the detail shown at exit
+        self._account(file)
+        self._skip(Skipped(self.root / file.relative, reason, detail))
+
+    def _failed(self, file: _File, exc: BaseException, now: float) -> None:
+        """An unexpected exception while handling this file (a bug, an odd file)."""
+        if self._files.get(file.relative) is not file:
+            return
+        detail = f"{type(exc).__name__}: {exc}"
+        marker = f"error:{file.relative}"
+        if marker not in self._warned and len(self._warned) < MAX_WARNED:
+            log.error(
+                "handling %s failed (%s); it is retried with backoff and named at exit",
+                self.root / file.relative,
+                detail,
+                exc_info=exc,
+                extra={"path": str(self.root / file.relative), "reason": "error"},
             )
+        self._set_problem(file, "error", detail)
+        if file.dirty:
+            file.dirty = False
+            self._to_read -= 1
+        delay = backoff_delay(
+            file.retries,
+            base=TORN_RETRY_BASE_SECONDS,
+            cap=self.settings.sync.rescan_interval_seconds,
+        )
+        file.retries += 1
+        file.retry_at = now + delay
+        self._schedule(file.retry_at, "retry", file)
+        self._account(file)
 
     def _skip(self, item: Skipped) -> None:
         self._metrics.skipped_files.labels(reason=item.reason).inc()
@@ -414,6 +832,8 @@ class Detector:
         if marker in self._warned or len(self._warned) >= MAX_WARNED:
             return
         self._warned.add(marker)
+        if item.reason == "error":
+            return  # logged with its traceback by _failed
         log.warning(
             "not mirroring %r: %s",
             str(item.path),
@@ -421,24 +841,186 @@ class Detector:
             extra={"path": repr(str(item.path)), "reason": item.reason},
         )
 
-    def _update_gauges(self) -> None:
-        now = time.monotonic()
-        grace = self.settings.sync.torn_grace_seconds
-        self._metrics.files_tracked.set(len(self._files))
-        self._metrics.runs_tracked.set(len({s.run_id for s in self._files.values()}))
-        self._metrics.torn_files.set(
-            sum(
-                1
-                for s in self._files.values()
-                if s.torn_since is not None and now - s.torn_since >= grace
-            )
-        )
+    # ----------------------------------------------------------------- the bucket
+    def _flush(self) -> None:
+        """Ask for the listings the new runs need, and say when the first sync is done."""
+        if self._want_listing:
+            runs = frozenset(self._want_listing)
+            self._want_listing.clear()
+            for run_id in runs:
+                run = self._runs.get(run_id)
+                if run is not None:
+                    run.requested = True
+            self._request_listing(runs, ListingPurpose.COMPARE)
+        if self._bytes_read >= 4 * 1024 * 1024 and not self._dirty:
+            # A big first sync reads the whole folder once; give that memory back.
+            self._bytes_read = 0
+            self._release_memory()
+        if (
+            not self._synced
+            and self._scanned
+            and self._contacted
+            and self._unlisted == 0
+            and self._to_read == 0
+        ):
+            self._synced = True
+            self._on_synced()
+
+    def _listed(self, message: Listed, now: float) -> None:
+        self._contacted = True
+        for run_id in message.run_ids:
+            run = self._runs.get(run_id)
+            if run is None:
+                continue  # no local file any more, or the probe ("")
+            if message.purpose is ListingPurpose.VERIFY:
+                self._verified(run, message, now)
+                continue
+            if not run.listed:
+                run.listed = True
+                self._unlisted -= 1
+            run.requested = False
+            prefix = f"{run_id}/"
+            local_keys = {f.key for f in run.files.values()}
+            run.unclaimed = {
+                key: etag
+                for key, etag in message.objects.items()
+                if key.startswith(prefix) and key not in local_keys
+            }
+            for file in run.files.values():
+                file.remote = message.objects.get(file.key)
+                if file.dirty:
+                    self._dirty.append(file)  # it waited for this listing
+                self._account(file)
+
+    def _uploaded(self, message: Uploaded) -> None:
+        file = self._files.get(message.relative)
+        if file is None:
+            return
+        file.remote = message.etag
+        if file.etag == message.etag:
+            file.given_up = None
+        self._account(file)
+        self._maybe_verify(file.run, self._clock())
+
+    def _upload_failed(self, message: UploadFailed, now: float) -> None:
+        file = self._files.get(message.relative)
+        if file is None:
+            return
+        if message.doubtful:
+            run = file.run
+            run.doubtful_at = now
+            run.ever_doubtful = True
+            self._schedule(now + VERIFY_WINDOW_SECONDS, "verify", run)
+        if message.given_up and file.etag == message.etag:
+            file.given_up = message.reason
+            self._account(file)
+
+    def _maybe_verify(self, run: _Run, now: float, *, force: bool = False) -> None:
+        """Confirm a run against the bucket once its doubtful uploads are over."""
+        if run.doubtful_at is None or run.verifying or run.pending:
+            return
+        if not force and now - run.doubtful_at >= VERIFY_WINDOW_SECONDS:
+            return
+        self._start_verify(run)
+
+    def _start_verify(self, run: _Run) -> None:
+        run.verifying = True
+        self._verifying += 1
+        self._request_listing(frozenset({run.run_id}), ListingPurpose.VERIFY)
+
+    def _verify_all(self, now: float) -> None:
+        for run in self._runs.values():
+            if run.ever_doubtful and not run.verifying:
+                self._start_verify(run)
+
+    def _verified(self, run: _Run, message: Listed, now: float) -> None:
+        if run.verifying:
+            run.verifying = False
+            self._verifying -= 1
+        mismatches = 0
+        for file in run.files.values():
+            if file.counted_pending or file.etag is None:
+                continue  # still on its way: confirmed by its own upload's answer
+            actual = message.objects.get(file.key)
+            if actual != file.etag:
+                mismatches += 1
+                self._metrics.bucket_mismatches.inc()
+                log.warning(
+                    "the bucket holds another version of %s than the last one uploaded (an"
+                    " upload that timed out landed late); uploading the latest version again",
+                    file.key,
+                    extra={"key": file.key, "run_id": run.run_id},
+                )
+                file.remote = actual
+                file.etag = None
+                self._mark_dirty(file, now)
+        if not mismatches and run.doubtful_at is not None:
+            if now - run.doubtful_at >= VERIFY_WINDOW_SECONDS:
+                run.doubtful_at = None  # confirmed after the window: done
+            else:
+                self._schedule(run.doubtful_at + VERIFY_WINDOW_SECONDS, "verify", run)
+
+    def _reconfigure(self, message: Reconfigure, now: float) -> None:
+        old = self.settings
+        self.settings = message.settings
+        if (
+            message.relist
+            or old.layout != message.settings.layout
+            or old.source != message.settings.source
+            or old.run_ids != message.settings.run_ids
+        ):
+            self._reset()
+        elif old.sync.torn_grace_seconds != message.settings.sync.torn_grace_seconds:
+            for file in self._files.values():
+                if file.torn_since is not None and not file.torn_reported:
+                    self._report_torn(file, now)
+        self._rescan("reconfigured", now)
 
     # ----------------------------------------------------------------- reporting
-    def torn_paths(self) -> list[str]:
-        """Files that are torn right now (for the shutdown report)."""
-        return sorted(r for r, s in self._files.items() if s.torn_since is not None)
+    def _update_gauges(self) -> None:
+        self._metrics.files_tracked.set(len(self._files))
+        self._metrics.runs_tracked.set(len(self._runs))
+        self._metrics.torn_files.set(self._torn_reported)
+        self._metrics.pending_files.set(self._pending)
 
-    def unreadable_paths(self) -> dict[str, str]:
-        """Files that could not be read at the last attempt, with the reason."""
-        return {r: s.unreadable for r, s in sorted(self._files.items()) if s.unreadable}
+    def status(self) -> DetectorStatus:
+        with self._lock:
+            self._update_gauges()
+            return DetectorStatus(
+                scanned=self._scanned,
+                contacted=self._contacted,
+                unlisted_runs=self._unlisted,
+                to_read=self._to_read,
+                pending=self._pending,
+                verifying=self._verifying,
+                files=len(self._files),
+            )
+
+    def unmirrored(self, timeout: float = 5.0) -> dict[str, str]:
+        """Every local file whose latest content is not known to be in the bucket, with
+        the reason (for the exit report)."""
+        locked = self._lock.acquire(timeout=timeout)
+        try:
+            out: dict[str, str] = {}
+            for relative in sorted(self._files):
+                file = self._files[relative]
+                if file.problem is not None:
+                    out[relative] = f"{file.problem.replace('_', ' ')}: {file.torn_reason}"
+                elif file.torn_since is not None:
+                    out[relative] = f"torn (not complete JSON at the end): {file.torn_reason}"
+                elif file.given_up is not None:
+                    out[relative] = f"not uploaded: {file.given_up}"
+                elif not file.run.listed:
+                    out[relative] = "not compared with the bucket (its run was never listed)"
+                elif file.dirty or file.reading or file.etag is None:
+                    out[relative] = "not read yet"
+                elif file.etag != file.remote:
+                    out[relative] = "upload not finished"
+            return out
+        finally:
+            if locked:
+                self._lock.release()
+
+    def torn_paths(self) -> list[str]:
+        with self._lock:
+            return sorted(r for r, f in self._files.items() if f.torn_since is not None)

@@ -1,62 +1,83 @@
 """Wires the sidecar's stages together and owns start, drain and stop.
 
     FolderWatcher ──inbox──▶ Detector ──UploadQueue──▶ UploadWorkers ──▶ ObjectStore
+                               ▲  ▲                          │
+                        Lister ┘  └──── upload outcomes ─────┘
 
-Start-up: the watcher starts first (so nothing written during the first sync is
-missed), then the detector lists the bucket once and rescans the folder, queueing only
-what differs. Shutdown (:meth:`Pipeline.shutdown`): stop watching, rescan one last time,
-upload everything pending within the drain budget, and report what is not mirrored.
-``--once`` is the same without the watcher.
+Start-up: the watcher starts first (so nothing written during the first sync is missed),
+then the detector scans the folder and asks the lister for the local runs' objects, and
+uploads only what differs. Shutdown (:meth:`Pipeline.shutdown`): stop watching, retry
+everything that waits on a delay at once, rescan one last time, upload what is pending,
+confirm the runs that had a doubtful upload against the bucket, and report every local
+file that is not mirrored, within the drain budget. ``--once`` is the same without the
+watcher, and its budget is not a total: it gives up only after that long without any
+progress (a listing page, a file read, an upload).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runlog_relay.config.settings import SidecarSettings
-from runlog_relay.errors import PermanentError, RelayError
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar import memory
-from runlog_relay.sidecar.detect import Detector
+from runlog_relay.sidecar.detect import Detector, DetectorStatus
 from runlog_relay.sidecar.events import FolderWatcher
+from runlog_relay.sidecar.listing import Lister
 from runlog_relay.sidecar.queue import UploadQueue
 from runlog_relay.sidecar.store import StoreHealth, UploadWorkers
-from runlog_relay.sidecar.types import Inbox, Reconfigure, Rescan, Stop, StorePort
+from runlog_relay.sidecar.types import Inbox, Reconfigure, Rescan, Stop, StorePort, Verify
 
-__all__ = ["DrainReport", "Pipeline"]
+__all__ = ["DrainReport", "Pipeline", "source_problem"]
 
 log = logging.getLogger(__name__)
 
 StoreFactory = Callable[[SidecarSettings], StorePort]
 
 
+def source_problem(source: os.PathLike[str] | str) -> str | None:
+    """Why the source folder cannot be watched right now, or None."""
+    try:
+        info = os.stat(source)
+    except FileNotFoundError:
+        return f"source folder {source} does not exist"
+    except OSError as exc:
+        return f"source folder {source} cannot be read: {exc.strerror}"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"source {source} is not a directory"
+    return None
+
+
 @dataclass
 class DrainReport:
     """What shutdown (or ``--once``) achieved."""
 
-    pending: list[str] = field(default_factory=list)  #: keys not uploaded in time
-    failed: dict[str, str] = field(default_factory=dict)  #: keys given up, with reason
-    torn: list[str] = field(default_factory=list)  #: files torn at the end
-    unreadable: dict[str, str] = field(default_factory=dict)  #: files that cannot be read
+    files: dict[str, str] = field(default_factory=dict)  #: not mirrored: path → why
     problem: str | None = None  #: a store-wide problem (unreachable, access denied)
+    source: str | None = None  #: the source folder is missing or not a folder
+    ran_out: str | None = None  #: the budget that ran out, and while doing what
 
     @property
     def complete(self) -> bool:
-        return not (self.pending or self.failed or self.torn or self.unreadable or self.problem)
+        return not (self.files or self.source)
 
     def lines(self) -> list[str]:
         """One line per problem, for the exit summary."""
-        out = [f"not uploaded (still pending): {key}" for key in self.pending]
-        out += [f"not uploaded: {key}: {reason}" for key, reason in sorted(self.failed.items())]
-        out += [f"torn (not complete JSON at the end): {path}" for path in self.torn]
-        out += [f"unreadable: {path}: {why}" for path, why in self.unreadable.items()]
-        if self.problem and not (self.pending or self.failed):
+        out = []
+        if self.source:
+            out.append(f"{self.source}: nothing was mirrored")
+        out += [f"not mirrored: {path}: {why}" for path, why in self.files.items()]
+        if self.files and self.problem:
             out.append(f"object store: {self.problem}")
+        if self.files and self.ran_out:
+            out.append(self.ran_out)
         return out
 
 
@@ -70,6 +91,7 @@ class Pipeline:
         store_factory: StoreFactory,
         *,
         once: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if settings.source is None:
             raise ValueError("settings.source is required")
@@ -81,18 +103,35 @@ class Pipeline:
         # the settings object alone cannot tell whether a rotation already took effect.
         self._store_credentials = settings.credentials()
         self._once = once
+        self._clock = clock
         self._inbox: queue.SimpleQueue[Inbox] = queue.SimpleQueue()
-        self.store_health = StoreHealth(metrics)
-        self.queue = UploadQueue(metrics, max_pending_bytes=settings.sync.max_pending_bytes)
+        self._progress = threading.Condition()
+        self._progress_count = 0
+        self.store_health = StoreHealth(
+            metrics,
+            on_recovered=self._recovered,
+            permanent_retry=lambda: self.settings.sync.permanent_error_retry_seconds,
+        )
+        self.queue = UploadQueue(max_pending_bytes=settings.sync.max_pending_bytes, clock=clock)
+        self.lister = Lister(
+            self._current_store,
+            self.store_health,
+            self._post,
+            create_bucket=lambda: self.settings.create_bucket,
+            bucket_name=lambda: self.settings.bucket_name,
+        )
         self._synced = threading.Event()
         self.detector = Detector(
             settings,
             self._inbox,
             submit=self.queue.put,
-            list_remote=self._list_remote,
+            has_room=self.queue.has_room,
+            request_listing=self.lister.request,
             metrics=metrics,
             on_synced=self._synced.set,
+            on_progress=self._made_progress,
             release_memory=memory.release_free_memory,
+            clock=clock,
         )
         self._detector_thread = threading.Thread(
             target=self.detector.run, name="detector", daemon=True
@@ -101,30 +140,22 @@ class Pipeline:
         self.watcher: FolderWatcher | None = None
         self._reconfigure_lock = threading.Lock()
 
-    # ------------------------------------------------------------------ store
+    # ------------------------------------------------------------------ wiring
     def _current_store(self) -> StorePort:
         return self._store
 
-    def _list_remote(self) -> Iterable[tuple[str, str]]:
-        """The bucket's keys and ETags: one paginated listing, no HEAD (a missing bucket
-        shows up as NoSuchBucket on the listing itself, and is created if asked)."""
-        store = self._store
-        try:
-            try:
-                listing = [(obj.key, obj.etag) for obj in store.list()]
-            except PermanentError as exc:
-                if exc.code != "NoSuchBucket" or not self.settings.create_bucket:
-                    raise
-                if store.make_bucket():
-                    log.info("created bucket %s", self.settings.bucket_name)
-                listing = []
-        except RelayError as exc:
-            # Unreachable or refused: either way the mirror cannot be compared; say so in
-            # readiness until a later attempt succeeds.
-            self.store_health.broken(str(exc))
-            raise
-        self.store_health.healthy()
-        return listing
+    def _post(self, message: Inbox) -> None:
+        self._inbox.put(message)
+
+    def _recovered(self) -> None:
+        """The store answers again: whatever waits on a delay goes now."""
+        self.queue.expedite()
+        self.lister.expedite()
+
+    def _made_progress(self) -> None:
+        with self._progress:
+            self._progress_count += 1
+            self._progress.notify_all()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -135,16 +166,23 @@ class Pipeline:
             self.metrics,
             self.store_health,
             concurrency=self.settings.sync.concurrency,
+            on_outcome=self._post,
             fail_fast=self._once,
+            max_stream_bytes=self.settings.sync.max_pending_bytes,
             release_memory=memory.release_free_memory,
         )
+        self.lister.start()
         if not self._once:
             assert self.settings.source is not None
             self.watcher = FolderWatcher(
-                self.settings.source, self.settings.sync, self._inbox, self.metrics
+                self.settings.source,
+                self.settings.sync,
+                self._inbox,
+                self.metrics,
+                layout=self.settings.layout,
             )
             self.watcher.start()
-        self._inbox.put(Rescan(reason="start-up", relist=True))
+        self._inbox.put(Rescan(reason="start-up"))
         self._detector_thread.start()
 
     @property
@@ -157,22 +195,22 @@ class Pipeline:
         """Every stage's thread is running (liveness)."""
         watcher_ok = self.watcher is None or self.watcher.alive
         workers_ok = self.workers is None or self.workers.alive
-        return (
-            watcher_ok
-            and workers_ok
-            and (self._detector_thread.is_alive() or self.detector.stopped)
-        )
+        detector_ok = self._detector_thread.is_alive() or self.detector.stopped
+        return watcher_ok and workers_ok and detector_ok and self.lister.alive
 
     def wait_synced(self, timeout: float) -> bool:
         return self._synced.wait(timeout)
+
+    def status(self) -> DetectorStatus:
+        return self.detector.status()
 
     def reconfigure(self, new: SidecarSettings) -> None:
         """Apply new settings without a restart and without losing pending uploads.
 
         A new endpoint, bucket, prefix, region, TLS option or credential swaps the store
-        client; a new target (endpoint/bucket/prefix/layout/source) also re-lists the
-        bucket and rescans, so the mirror is completed at the new place. Watch tuning
-        re-arms the watcher; concurrency resizes the worker pool.
+        client; a new target (endpoint/bucket/prefix/layout/source/runs) also compares with
+        the bucket again, so the mirror is completed at the new place. Watch tuning re-arms
+        the watcher; concurrency resizes the worker pool.
         """
         with self._reconfigure_lock:
             old = self.settings
@@ -198,14 +236,21 @@ class Pipeline:
             if connection_changed:
                 self._store = self._store_factory(new)
                 self._store_credentials = credentials
+                self._recovered()  # retry what the old client failed, with the new one
             self.settings = new
             self.queue.max_pending_bytes = new.sync.max_pending_bytes
-            if self.workers is not None and new.sync.concurrency != old.sync.concurrency:
-                self.workers.resize(new.sync.concurrency)
-            if self.watcher is not None and (new.sync != old.sync or new.source != old.source):
+            if self.workers is not None:
+                self.workers.max_stream_bytes = new.sync.max_pending_bytes
+                if new.sync.concurrency != old.sync.concurrency:
+                    self.workers.resize(new.sync.concurrency)
+            if self.watcher is not None and (
+                new.sync != old.sync or new.source != old.source or new.layout != old.layout
+            ):
                 self.watcher.stop()
                 assert new.source is not None
-                self.watcher = FolderWatcher(new.source, new.sync, self._inbox, self.metrics)
+                self.watcher = FolderWatcher(
+                    new.source, new.sync, self._inbox, self.metrics, layout=new.layout
+                )
                 self.watcher.start()
             if new.log_level != old.log_level:
                 logging.getLogger().setLevel(new.log_level)
@@ -214,41 +259,105 @@ class Pipeline:
             self._inbox.put(Reconfigure(settings=new, relist=target_changed))
             log.info("configuration reloaded: %s", new.describe())
 
+    # ------------------------------------------------------------------ drain
+    def _settled(self) -> bool:
+        """Nothing left to do: every local file is mirrored, or has a problem of its own."""
+        status = self.detector.status()
+        return (
+            status.scanned
+            and status.contacted
+            and status.unlisted_runs == 0
+            and status.to_read == 0
+            and status.pending == 0
+            and status.verifying == 0
+            and self.lister.idle
+            and self.queue.idle
+        )
+
+    def _activity(self) -> str:
+        """What the sidecar is busy with, for the message when a budget runs out."""
+        status = self.detector.status()
+        if status.unlisted_runs or not status.contacted:
+            return (
+                f"listing the bucket ({self.lister.objects_listed} objects listed,"
+                f" {status.unlisted_runs} runs not listed yet)"
+            )
+        if status.to_read:
+            return f"reading files ({status.to_read} not read yet)"
+        if status.verifying:
+            return "confirming objects in the bucket"
+        return f"uploading ({status.pending} files not in the bucket yet)"
+
+    def _drain(self, budget: float, *, progress_based: bool) -> str | None:
+        """Work until settled (then confirm doubtful runs); None when settled, else what
+        ran out. ``progress_based``: the budget is the longest stretch without progress."""
+        rescanned = threading.Event()
+        self._inbox.put(Rescan(reason="shutdown" if not self._once else "once", done=rescanned))
+        verified: threading.Event | None = None
+        # Budgets are wall-clock seconds (a pod's grace period); ``clock`` runs the stages'
+        # timers (backoff, holds, retries), which the drain must not wait for.
+        deadline = time.monotonic() + budget
+        last_seen = -1
+        while True:
+            with self._progress:
+                if progress_based:
+                    marker = self._progress_count + self.lister.objects_listed
+                    if marker != last_seen:
+                        last_seen = marker
+                        deadline = time.monotonic() + budget
+            if verified is not None and verified.is_set() and self._settled():
+                return None
+            if verified is None and rescanned.is_set() and self._settled():
+                # Settled once: confirm the runs whose uploads may have landed late, then
+                # settle again (whatever differs is uploaded once more).
+                verified = threading.Event()
+                self._inbox.put(Verify(done=verified))
+                continue
+            if self._once and not self.store_health.ok and self.queue.idle:
+                # --once and a permanent error (refused credentials, no bucket): say so now.
+                return f"gave up: {self.store_health.problem}"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if progress_based:
+                    return f"gave up after {budget:.0f}s without progress while {self._activity()}"
+                return f"the drain budget of {budget:.0f}s ran out while {self._activity()}"
+            with self._progress:
+                self._progress.wait(min(remaining, 0.1))
+
     def shutdown(self, drain_timeout: float | None = None) -> DrainReport:
         """Stop watching, rescan once more, upload what is pending, report the rest."""
         budget = (
             self.settings.sync.drain_timeout_seconds if drain_timeout is None else drain_timeout
         )
-        deadline = time.monotonic() + budget
         if self.watcher is not None:
             self.watcher.stop()
-        self._inbox.put(Rescan(reason="shutdown"))
-        self._inbox.put(Stop())
-        self._detector_thread.join(max(0.0, deadline - time.monotonic()))
-        idle = self.queue.wait_idle(max(0.0, deadline - time.monotonic()))
-        report = DrainReport(
-            pending=[] if idle else self.queue.pending(),
-            failed=self.queue.failed(),
-            torn=self.detector.torn_paths(),
-            unreadable=self.detector.unreadable_paths(),
-        )
-        if not self._synced.is_set():
-            # Never managed to compare folder and bucket (unreachable from the start).
-            report.problem = self.store_health.problem or "the bucket could not be listed"
-        elif (report.pending or report.failed) and not self.store_health.ok:
-            report.problem = self.store_health.problem
+        # Whatever waits on a backoff goes now: the budget is for work, not for waiting.
+        self.queue.expedite()
+        self.lister.expedite()
+        ran_out = self._drain(budget, progress_based=False)
+        return self._finish(ran_out)
+
+    def run_once(self, timeout: float) -> DrainReport:
+        """``--once``: one full reconcile, then report. Gives up after ``timeout`` seconds
+        without progress."""
+        self.start()
+        ran_out = self._drain(timeout, progress_based=True)
+        return self._finish(ran_out)
+
+    def _finish(self, ran_out: str | None) -> DrainReport:
+        # Stop every stage before reading the ledger: nothing changes it any more.
+        self.detector.abort.set()
         self.queue.close()
+        self.lister.stop()
+        self._inbox.put(Stop())
+        self._detector_thread.join(5.0)
+        assert self.settings.source is not None
+        report = DrainReport(
+            files=self.detector.unmirrored(),
+            problem=self.store_health.problem or self.store_health.outage,
+            source=source_problem(self.settings.source),
+            ran_out=ran_out,
+        )
         if self.workers is not None:
             self.workers.join(2.0)
         return report
-
-    def run_once(self, timeout: float) -> DrainReport:
-        """``--once``: one full reconcile, then drain and report."""
-        self.start()
-        deadline = time.monotonic() + timeout
-        while not self._synced.wait(0.2):
-            if time.monotonic() > deadline:
-                break
-            if self.store_health.checked and not self.store_health.ok:
-                break  # unreachable or refused: report now rather than at the deadline
-        return self.shutdown(drain_timeout=max(0.0, deadline - time.monotonic()))

@@ -1,15 +1,27 @@
 """Store stage: worker threads that move queued versions into the bucket.
 
 Each worker takes a request from the :class:`UploadQueue`, PUTs it through the current
-object store (swapped atomically on reconfiguration) and reports back. Errors arrive
-already translated by :mod:`runlog_relay.objectstore`:
+object store (swapped atomically on reconfiguration) and reports the outcome to the
+detector (``on_outcome``: Uploaded, UploadFailed or Stale). A worker survives every
+exception; a key is never left "in flight". The rule for failures, one per class:
 
-* ``RetryableError`` (5xx, timeouts, refused connections): back to the queue with
-  backoff; counted as ``retry``; the store stays ready (outages heal by themselves).
-* ``PermanentError`` (AccessDenied, NoSuchBucket, InvalidAccessKeyId): one clear log line
-  per distinct problem, readiness false, and the version is retried slowly so the
-  sidecar recovers by itself once the bucket or credentials are fixed. With
-  ``fail_fast`` (``--once``) the key is given up and reported instead.
+* ``RetryableError`` (5xx, timeouts, resets, refused connections): back to the queue with
+  the project's backoff (0.2 s doubling to 10 s, jittered), forever while running; counted
+  as ``retry``. One WARNING when the store becomes unreachable, one INFO when it is back;
+  individual retries are DEBUG. Unless the connection was never opened, the PUT may still
+  land later (``doubtful``): the detector confirms that run against the bucket.
+* ``PermanentError`` (AccessDenied, NoSuchBucket, InvalidAccessKeyId, TLS): one ERROR per
+  distinct problem, readiness false, and the whole queue holds: one probe upload every
+  ``sync.permanentErrorRetrySeconds`` (30 s), so the sidecar heals by itself once the bucket or the
+  credentials are fixed without hammering the endpoint. With ``fail_fast`` (``--once``)
+  the key is given up and reported instead.
+* Anything else (a bug, an exhausted resource): one ERROR with the traceback per kind of
+  exception, counted as ``failure``, and retried with backoff like a transient error.
+* The file changed between its check and the upload (:class:`SnapshotChanged`): the
+  upload stops before the changed part is sent and the detector reads the file again.
+
+Big bodies stream from the file one part at a time; the bytes held by streamed uploads
+in flight are bounded by ``max_stream_bytes`` (one upload is always admitted).
 """
 
 from __future__ import annotations
@@ -19,55 +31,143 @@ import threading
 import time
 from collections.abc import Callable
 
-from runlog_relay.errors import PermanentError, RelayError, RetryableError
+from runlog_relay.backoff import backoff_delay
+from runlog_relay.errors import PermanentError, RetryableError
+from runlog_relay.etag import PART_SIZE
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar.queue import UploadQueue
-from runlog_relay.sidecar.types import StorePort, UploadRequest
+from runlog_relay.sidecar.types import (
+    Inbox,
+    Stale,
+    StorePort,
+    Uploaded,
+    UploadFailed,
+    UploadRequest,
+)
+from runlog_relay.stableread import SnapshotChanged
 
-__all__ = ["PERMANENT_RETRY_CAP_SECONDS", "StoreHealth", "UploadWorkers"]
+__all__ = [
+    "RETRY_BASE_SECONDS",
+    "RETRY_CAP_SECONDS",
+    "StoreHealth",
+    "UploadWorkers",
+]
 
 log = logging.getLogger(__name__)
 
-#: A permanent error is retried at most this often: it needs a human, but must heal by
-#: itself once fixed without hammering the endpoint.
-PERMANENT_RETRY_CAP_SECONDS = 30.0
+#: Transient failures: the first retry after about this long, doubling...
+RETRY_BASE_SECONDS = 0.2
+#: ...up to this.
+RETRY_CAP_SECONDS = 10.0
 
 
 class StoreHealth:
-    """Whether the bucket accepts our writes; feeds readiness and a gauge."""
+    """Whether the bucket answers and accepts our writes; feeds readiness, a gauge and the
+    logs.
 
-    def __init__(self, metrics: SidecarMetrics) -> None:
+    The logging rule lives here: one line per distinct problem when it starts (ERROR for a
+    permanent one, WARNING for an outage), one INFO line when it is over. A successful
+    listing proves the bucket answers, not that it takes writes: it clears an outage and a
+    listing's own problem, but not a refused upload."""
+
+    def __init__(
+        self,
+        metrics: SidecarMetrics,
+        on_recovered: Callable[[], object] = lambda: None,
+        permanent_retry: Callable[[], float] = lambda: 30.0,
+    ) -> None:
         self._metrics = metrics
+        self._on_recovered = on_recovered
+        self._permanent_retry = permanent_retry
         self._lock = threading.Lock()
-        self.problem: str | None = "not checked yet"
+        self.problem: str | None = None  #: a permanent problem: not ready until it is fixed
+        self._problem_source = "any"  # "list" or "write": which success clears it
+        self.outage: str | None = None  #: transient trouble (the store stays ready)
         self.checked = False  #: a bucket call has succeeded or failed at least once
-        self._reported: str | None = None
+        self._reported: str | None = None  # identity of the problem last logged
 
     @property
     def ok(self) -> bool:
         return self.problem is None
 
-    def healthy(self) -> None:
-        with self._lock:
-            if self.problem is not None and self._reported is not None:
-                log.info("object store is writable again")
-            self.problem = None
-            self.checked = True
-            self._reported = None
-            self._metrics.store_ready.set(1)
+    @property
+    def permanent_retry_seconds(self) -> float:
+        """How often a permanent problem is tried again."""
+        return self._permanent_retry()
 
-    def broken(self, problem: str) -> None:
+    def healthy(self, *, source: str = "write") -> None:
+        with self._lock:
+            self.checked = True
+            was_down = self.outage is not None
+            self.outage = None
+            if self.problem is not None and self._problem_source in {source, "any"}:
+                was_down = was_down or self._reported is not None
+                self.problem = None
+                self._problem_source = "any"
+            if was_down and self._reported is not None:
+                log.info("object store is reachable and accepts requests again")
+            if self.problem is None:
+                self._reported = None
+                self._metrics.store_ready.set(1)
+        if was_down:
+            self._on_recovered()
+
+    def broken(self, problem: str, *, code: str = "", source: str = "write") -> None:
+        """A permanent problem: readiness false until a request of that kind succeeds."""
         with self._lock:
             self.problem = problem
+            self._problem_source = source
             self.checked = True
             self._metrics.store_ready.set(0)
-            if self._reported != problem:
-                self._reported = problem
-                log.error("object store refuses writes: %s", problem)
+            identity = f"permanent:{code or problem}"
+            if self._reported != identity:
+                self._reported = identity
+                log.error(
+                    "object store refuses requests: %s; retrying every %.0fs until it is fixed",
+                    problem,
+                    self._permanent_retry(),
+                )
+
+    def unreachable(self, problem: str, *, code: str = "") -> None:
+        """A transient problem: logged, shown in readiness before the first sync, but the
+        store stays ready afterwards (outages heal by themselves, nothing is dropped)."""
+        with self._lock:
+            self.checked = True
+            self.outage = problem
+            identity = f"transient:{code or problem}"
+            if self._reported != identity:
+                self._reported = identity
+                log.warning(
+                    "object store unreachable: %s; retrying with backoff (%.1fs doubling to"
+                    " %.0fs), nothing is dropped",
+                    problem,
+                    RETRY_BASE_SECONDS,
+                    RETRY_CAP_SECONDS,
+                )
+
+
+class _StreamBudget:
+    """Bytes held by streamed uploads in flight (one part each)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, size: int) -> None:
+        with self._cond:
+            while self._used and self._used + size > self.limit:
+                self._cond.wait()
+            self._used += size
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self._used -= size
+            self._cond.notify_all()
 
 
 class UploadWorkers:
-    """A resizable pool of upload threads."""
+    """A resizable pool of upload threads (``concurrency`` 0: none; call ``work_once``)."""
 
     def __init__(
         self,
@@ -77,19 +177,34 @@ class UploadWorkers:
         health: StoreHealth,
         *,
         concurrency: int,
+        on_outcome: Callable[[Inbox], object] = lambda message: None,
         fail_fast: bool = False,
+        max_stream_bytes: int = PART_SIZE,
         release_memory: Callable[[], object] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._queue = queue
         self._store = store
         self._metrics = metrics
         self._health = health
+        self._on_outcome = on_outcome
         self._fail_fast = fail_fast
         self._release_memory = release_memory
+        self._clock = clock
+        self._budget = _StreamBudget(max_stream_bytes)
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._wanted = 0
+        self._reported_bugs: set[str] = set()
         self.resize(concurrency)
+
+    @property
+    def max_stream_bytes(self) -> int:
+        return self._budget.limit
+
+    @max_stream_bytes.setter
+    def max_stream_bytes(self, value: int) -> None:
+        self._budget.limit = value
 
     def resize(self, concurrency: int) -> None:
         """Grow now; shrink as surplus workers finish their current upload."""
@@ -118,54 +233,142 @@ class UploadWorkers:
             with self._lock:
                 if index >= self._wanted:
                     return
-            request = self._queue.take(timeout=1.0)
-            if request is None:
-                if self._queue.closed:
-                    return
-                continue
+            if not self.work_once(timeout=1.0) and self._queue.closed:
+                return
+
+    def work_once(self, timeout: float | None = 0.0) -> bool:
+        """Take one request and upload it; False when there was none in time."""
+        request = self._queue.take(timeout=timeout)
+        if request is None:
+            return False
+        try:
             self._upload(request)
+        except BaseException as exc:  # pragma: no cover - _upload handles Exception itself
+            self._queue.retry(request, RETRY_BASE_SECONDS)
+            if not isinstance(exc, Exception):
+                raise
+        return True
 
     def _upload(self, request: UploadRequest) -> None:
+        snapshot = request.snapshot
+        streamed = snapshot.body is None
+        held = min(snapshot.body_size, PART_SIZE) if streamed else 0
+        if streamed:
+            self._budget.acquire(held)
+        body = None
         try:
-            self._store().put(request.key, request.body)
+            body = request.open_body()
+            etag = self._store().put(request.key, body, length=snapshot.body_size, md5=snapshot.md5)
+        except SnapshotChanged:
+            self._changed(request, "changed since it was read")
+            return
+        except FileNotFoundError:
+            self._changed(request, "deleted since it was read")
+            return
         except RetryableError as exc:
-            self._metrics.uploads.labels(result="retry").inc()
-            self._metrics.retries.inc()
-            attempt = self._queue.attempts(request.key) + 1
-            if self._fail_fast and attempt >= 5:
-                self._queue.fail(request, str(exc))
-                return
-            delay = self._queue.retry(request)
-            log.warning(
-                "upload of %s failed (%s); retry %d in %.1fs",
-                request.key,
-                exc,
-                attempt,
-                delay,
-                extra={"key": request.key, "attempt": attempt, "run_id": request.run_id},
-            )
+            self._retryable(request, exc)
             return
         except PermanentError as exc:
-            self._metrics.uploads.labels(result="failure").inc()
-            self._health.broken(str(exc))
-            if self._fail_fast:
-                self._queue.fail(request, str(exc))
-                return
-            self._metrics.retries.inc()
-            self._queue.retry(request, cap=PERMANENT_RETRY_CAP_SECONDS)
+            self._permanent(request, exc)
             return
-        except RelayError as exc:  # pragma: no cover - every RelayError is one of the above
-            self._metrics.uploads.labels(result="failure").inc()
-            self._queue.retry(request)
-            log.error("upload of %s failed: %s", request.key, exc)
+        except Exception as exc:
+            self._unexpected(request, exc)
             return
+        finally:
+            if body is not None and not isinstance(body, bytes):
+                body.close()
+            if streamed:
+                self._budget.release(held)
+        del etag  # the server's ETag; the checked parts are the proof of content
         self._metrics.uploads.labels(result="success").inc()
-        self._metrics.upload_bytes.inc(len(request.body))
+        self._metrics.upload_bytes.inc(snapshot.body_size)
         self._metrics.sync_lag.observe(max(0.0, time.monotonic() - request.seen_at))
         self._metrics.last_sync.set(time.time())
         self._health.healthy()
-        if self._queue.done(request):
+        self._queue.release()
+        burst_over = self._queue.done(request)
+        self._on_outcome(Uploaded(relative=request.relative, etag=request.etag))
+        if burst_over:
             self._release_memory()
         log.debug(
-            "uploaded %s (%d bytes)", request.key, len(request.body), extra={"key": request.key}
+            "uploaded %s (%d bytes)", request.key, snapshot.body_size, extra={"key": request.key}
+        )
+
+    def _changed(self, request: UploadRequest, why: str) -> None:
+        log.debug("not uploading %s: the file %s", request.key, why, extra={"key": request.key})
+        self._queue.drop(request)
+        self._on_outcome(Stale(relative=request.relative, etag=request.etag))
+
+    def _retryable(self, request: UploadRequest, exc: RetryableError) -> None:
+        self._metrics.uploads.labels(result="retry").inc()
+        self._metrics.retries.inc()
+        self._health.unreachable(str(exc), code=exc.code)
+        attempt = self._queue.attempts(request.key)
+        delay = (
+            exc.delay
+            if exc.delay is not None
+            else backoff_delay(attempt, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS)
+        )
+        self._queue.retry(request, delay)
+        self._on_outcome(
+            UploadFailed(
+                relative=request.relative,
+                etag=request.etag,
+                reason=str(exc),
+                doubtful=not exc.unsent,
+            )
+        )
+        log.debug(
+            "upload of %s failed (%s); retry %d in %.1fs",
+            request.key,
+            exc,
+            attempt + 1,
+            delay,
+            extra={"key": request.key, "attempt": attempt + 1, "run_id": request.run_id},
+        )
+
+    def _permanent(self, request: UploadRequest, exc: PermanentError) -> None:
+        self._metrics.uploads.labels(result="failure").inc()
+        self._health.broken(str(exc), code=exc.code)
+        if self._fail_fast:
+            self._queue.fail(request, str(exc))
+            self._on_outcome(
+                UploadFailed(
+                    relative=request.relative, etag=request.etag, reason=str(exc), given_up=True
+                )
+            )
+            return
+        self._metrics.retries.inc()
+        retry = self._health.permanent_retry_seconds
+        self._queue.retry(request, retry)
+        self._queue.hold(retry)
+        self._on_outcome(
+            UploadFailed(relative=request.relative, etag=request.etag, reason=str(exc))
+        )
+
+    def _unexpected(self, request: UploadRequest, exc: Exception) -> None:
+        self._metrics.uploads.labels(result="failure").inc()
+        self._metrics.retries.inc()
+        kind = type(exc).__name__
+        if kind not in self._reported_bugs:
+            self._reported_bugs.add(kind)
+            log.error(
+                "upload of %s failed unexpectedly (%s: %s); retrying with backoff",
+                request.key,
+                kind,
+                exc,
+                exc_info=exc,
+                extra={"key": request.key, "run_id": request.run_id},
+            )
+        attempt = self._queue.attempts(request.key)
+        self._queue.retry(
+            request, backoff_delay(attempt, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS)
+        )
+        self._on_outcome(
+            UploadFailed(
+                relative=request.relative,
+                etag=request.etag,
+                reason=f"{kind}: {exc}",
+                doubtful=True,
+            )
         )

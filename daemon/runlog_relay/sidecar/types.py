@@ -1,64 +1,65 @@
 """Typed messages passed between the sidecar's stages, and the ports they use.
 
-The stages import only this module (and the lower layers: config, layout, metrics):
+The stages import only this module (and the lower layers: config, layout, stableread,
+metrics):
 
     events ──PathsChanged/Rescan──▶ detect ──UploadRequest──▶ queue ──▶ store
-                                    (inbox)                   (UploadQueue)
+                                    (inbox) ◀──Listed────── lister
+                                            ◀──Uploaded/UploadFailed/Stale── store
 
+Data flows one way; what comes back to the detector is *facts* it needs to keep its
+ledger true (what the bucket holds, what an upload achieved), as messages in its inbox.
 ``pipeline.py`` creates the stages, connects them and owns start, drain and stop.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
+import enum
+import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from runlog_relay.config.settings import SidecarSettings
-from runlog_relay.objectstore import RemoteObject
+from runlog_relay.layout import Layout
+from runlog_relay.objectstore import BodyStream, RemoteObject
+from runlog_relay.stableread import FileSignature, Snapshot, SnapshotBody
 
 __all__ = [
     "FileSignature",
     "Inbox",
+    "Listed",
+    "ListingPurpose",
     "PathsChanged",
+    "ReadDone",
     "Reconfigure",
     "Rescan",
+    "Stale",
     "Stop",
     "StorePort",
+    "UploadFailed",
     "UploadRequest",
+    "Uploaded",
+    "Verify",
 ]
 
 
 @dataclass(frozen=True, slots=True)
-class FileSignature:
-    """What ``lstat`` says about a file version; equal signatures mean "probably unchanged"."""
-
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    inode: int
-
-    @classmethod
-    def of(cls, info: os.stat_result) -> FileSignature:
-        return cls(info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
-
-
-@dataclass(frozen=True, slots=True)
 class PathsChanged:
-    """The events stage saw these paths change (added, modified or deleted)."""
+    """The events stage saw these paths change (files, or run folders to scan whole)."""
 
     paths: frozenset[Path]
-    seen_at: float  #: time.monotonic() when the batch was received
+    seen_at: float  #: time.monotonic() when the first of them was seen
 
 
 @dataclass(frozen=True, slots=True)
 class Rescan:
-    """Walk the whole folder (start-up, safety-net timer, source appeared, shutdown)."""
+    """Walk the whole folder (start-up, safety-net timer, overflow, polling, shutdown)."""
 
     reason: str
-    relist: bool = False  #: also list the bucket again (first sync, new target)
+    relist: bool = False  #: also compare with the bucket again (a new target)
+    done: threading.Event | None = field(default=None, compare=False)  #: set once scanned
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,31 +72,138 @@ class Reconfigure:
     relist: bool
 
 
+class ListingPurpose(enum.Enum):
+    COMPARE = "compare"  #: before the first upload decision for these runs
+    VERIFY = "verify"  #: confirm the bucket holds what was uploaded (after a doubtful PUT)
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """What the bucket holds under these runs' prefixes (key → ETag)."""
+
+    run_ids: frozenset[str]
+    objects: Mapping[str, str]
+    purpose: ListingPurpose
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    """This version of the file is in the bucket (the PUT was answered with success)."""
+
+    relative: str
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadFailed:
+    """An upload of this version failed.
+
+    ``doubtful``: it ended without an answer (timeout, reset connection, 5xx from a
+    proxy), so the PUT may still land later, even after a newer one; the run's objects are
+    confirmed with a listing before the mirror is called complete. ``given_up``: the key is
+    not retried (``--once`` on a permanent error); ``reason`` names the problem."""
+
+    relative: str
+    etag: str
+    reason: str
+    doubtful: bool = False
+    given_up: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """At upload the file no longer held this version: read it again."""
+
+    relative: str
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verify:
+    """Confirm every run that ever had a doubtful upload against the bucket (drain);
+    ``done`` is set once the listings are requested."""
+
+    done: threading.Event | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadDone:
+    """The detector's bulk reader finished reading one (big) file."""
+
+    relative: str
+    outcome: Snapshot | BaseException
+
+
 @dataclass(frozen=True, slots=True)
 class Stop:
     """No more messages: the detector finishes what it has and exits."""
 
 
-Inbox = PathsChanged | Rescan | Reconfigure | Stop
+Inbox = (
+    PathsChanged
+    | Rescan
+    | Reconfigure
+    | Listed
+    | Uploaded
+    | UploadFailed
+    | Stale
+    | Verify
+    | ReadDone
+    | Stop
+)
 
 
 @dataclass(frozen=True, slots=True)
 class UploadRequest:
-    """One verified, complete file version to put in the bucket."""
+    """One checked, complete file version to put in the bucket.
+
+    A small body travels in ``body``; a big one (``body`` None) is read again from
+    ``root/relative`` at upload through :class:`~runlog_relay.stableread.SnapshotBody`,
+    which refuses any part that is not the checked version."""
 
     key: str  #: object key relative to the prefix
     run_id: str
-    path: Path
-    body: bytes  #: the object body (already encoded for the layout)
-    etag: str  #: the ETag the bucket will report for ``body``
+    relative: str  #: the file, relative to ``root``
+    root: Path
+    layout: Layout
+    snapshot: Snapshot = field(compare=False)
     seen_at: float = field(compare=False)  #: monotonic time the change was first seen
-    file_size: int = field(compare=False, default=0)
+
+    @property
+    def body(self) -> bytes | None:
+        return self.snapshot.body
+
+    @property
+    def etag(self) -> str:
+        return self.snapshot.etag
+
+    @property
+    def held_bytes(self) -> int:
+        """Memory this request holds while it waits."""
+        return len(self.snapshot.body) if self.snapshot.body is not None else 0
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.relative
+
+    def open_body(self) -> bytes | SnapshotBody:
+        """The body to upload: in memory, or a checked stream over the file (close it)."""
+        if self.snapshot.body is not None:
+            return self.snapshot.body
+        return SnapshotBody(self.path, self.snapshot, root=self.root, layout=self.layout)
 
 
 class StorePort(Protocol):
     """What the store stage needs from an object store (objectstore.ObjectStore fits)."""
 
-    def put(self, key: str, body: bytes) -> str: ...
+    def put(
+        self,
+        key: str,
+        body: bytes | BodyStream,
+        *,
+        length: int | None = None,
+        md5: str | None = None,
+    ) -> str: ...
 
     def list(self, sub_prefix: str = "") -> Iterable[RemoteObject]: ...
 

@@ -43,6 +43,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from runlog_relay.backoff import backoff_delay
 from runlog_relay.cliopts import open_store, settings_from_args
 from runlog_relay.config.settings import SidecarSettings
 from runlog_relay.errors import (
@@ -224,7 +225,8 @@ def retrying(
         except RetryableError as exc:
             if exc.code == "Unreachable" or attempt == attempts:
                 raise
-            sleep(exc.delay if exc.delay is not None else base_delay * 2 ** (attempt - 1))
+            delay = backoff_delay(attempt - 1, base=base_delay, cap=60.0, jitter=False)
+            sleep(exc.delay if exc.delay is not None else delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

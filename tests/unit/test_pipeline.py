@@ -1,0 +1,258 @@
+"""sidecar.pipeline: start, drain and report, with a fake StorePort and a fake clock.
+
+The stages run in their real threads over a temporary folder; the store is an
+in-memory fake that can fail or block on purpose, and the queue's delays run on a fake
+clock that never moves unless a test moves it: whatever is retried during a drain was
+retried because the drain made it go, not because time passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from tests.support.fakes import FakeClock, FakeStore, denied, unreachable
+from tests.support.waiting import wait_until
+
+from runlog_relay.config.models import SyncSpec
+from runlog_relay.config.settings import SidecarSettings
+from runlog_relay.metrics import SidecarMetrics
+from runlog_relay.sidecar.pipeline import Pipeline
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("RUNLOG_RELAY_", "AWS_")):
+            monkeypatch.delenv(name)
+
+
+def write_json(path: Path, document: object) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(document, handle)
+    return path.read_bytes()
+
+
+class Sidecar:
+    def __init__(self, root: Path, store: FakeStore, *, once: bool = False, **sync: Any) -> None:
+        self.root = root
+        self.store = store
+        self.clock = FakeClock()
+        self.registry = CollectorRegistry()
+        sync.setdefault("drain_timeout_seconds", 5.0)
+        self.settings = SidecarSettings(source=root, sync=SyncSpec(**sync))
+        self.pipeline = Pipeline(
+            self.settings,
+            SidecarMetrics(self.registry),
+            lambda settings: store,
+            once=once,
+            clock=self.clock,
+        )
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "run_logs"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def started() -> Iterator[list[Sidecar]]:
+    sidecars: list[Sidecar] = []
+    yield sidecars
+    for sidecar in sidecars:  # never leave threads behind a failed test
+        sidecar.pipeline.detector.abort.set()
+        sidecar.pipeline.queue.close()
+        sidecar.pipeline.lister.stop()
+        if sidecar.pipeline.watcher is not None:
+            sidecar.pipeline.watcher.stop()
+
+
+def start(sidecar: Sidecar, started: list[Sidecar]) -> Sidecar:
+    started.append(sidecar)
+    sidecar.pipeline.start()
+    return sidecar
+
+
+def test_once_mirrors_the_folder_and_reports_complete(root: Path) -> None:
+    bodies = {
+        f"run-{run}/BranchLog-{index}": write_json(
+            root / f"run-{run}" / f"BranchLog-{index}.json", {"run": run, "i": index}
+        )
+        for run in range(3)
+        for index in range(4)
+    }
+    store = FakeStore()
+    report = Sidecar(root, store, once=True).pipeline.run_once(timeout=10)
+    assert report.complete, report.lines()
+    assert {key: store.body(key) for key in bodies} == bodies
+    assert sorted(store.lists) == ["run-0/", "run-1/", "run-2/"]  # per run, not the bucket
+
+
+def test_a_drain_that_runs_out_names_every_file_not_uploaded(
+    root: Path, started: list[Sidecar]
+) -> None:
+    for index in range(20):
+        write_json(root / "r" / f"BranchLog-{index}.json", {"i": index})
+    store = FakeStore(block_puts=threading.Event())
+    store.block_puts.set()  # the endpoint accepts connections and never answers
+    sidecar = start(Sidecar(root, store, max_pending_bytes=1 << 20), started)
+    wait_until(lambda: store.puts, what="an upload under way")
+    report = sidecar.pipeline.shutdown(drain_timeout=0.5)
+    assert not report.complete
+    assert sorted(report.files) == sorted(f"r/BranchLog-{index}.json" for index in range(20))
+    assert any("drain budget of 0s ran out while uploading" in line for line in report.lines())
+    store.block_puts.clear()
+
+
+def test_files_behind_back_pressure_are_named_too(root: Path, started: list[Sidecar]) -> None:
+    pad = "x" * 200_000  # 10 files fill the 1 MiB budget: the rest wait behind it
+    for index in range(60):
+        write_json(root / "r" / f"BranchLog-{index}.json", {"i": index, "pad": pad})
+    store = FakeStore(block_puts=threading.Event())
+    store.block_puts.set()
+    sidecar = start(Sidecar(root, store, max_pending_bytes=1 << 20, concurrency=1), started)
+    wait_until(lambda: store.puts, what="an upload under way")
+    report = sidecar.pipeline.shutdown(drain_timeout=0.3)
+    assert len(report.files) == 60, report.lines()
+    reasons = set(report.files.values())
+    assert reasons <= {"upload not finished", "not read yet"}
+    assert "not read yet" in reasons  # the detector was still waiting for room
+    store.block_puts.clear()
+
+
+def test_when_the_bucket_was_never_reachable_every_file_is_named(
+    root: Path, started: list[Sidecar]
+) -> None:
+    for run in ("a", "b", "c"):
+        for name in ("RunLog", "BranchLog-x"):
+            write_json(root / run / f"{name}.json", {"run": run})
+    store = FakeStore(fail_lists=[unreachable("listing") for _ in range(10_000)])
+    sidecar = start(Sidecar(root, store), started)
+    wait_until(lambda: sidecar.value("runlog_relay_files_tracked") == 6, what="files tracked")
+    assert sidecar.value("runlog_relay_pending_files") == 6  # not "nothing to do"
+    report = sidecar.pipeline.shutdown(drain_timeout=0.5)
+    assert len(report.files) == 6
+    assert set(report.files.values()) == {"not compared with the bucket (its run was never listed)"}
+    assert "unreachable" in "\n".join(report.lines())
+
+
+def test_a_first_listing_that_failed_is_retried_within_the_drain(
+    root: Path, started: list[Sidecar]
+) -> None:
+    body = write_json(root / "r" / "RunLog.json", {"a": 1})
+    store = FakeStore(fail_lists=[unreachable("listing")])
+    sidecar = start(Sidecar(root, store), started)
+    wait_until(lambda: store.lists, what="the first listing (which fails)")
+    # The lister now waits on its backoff; the drain must not wait for it to end.
+    report = sidecar.pipeline.shutdown(drain_timeout=5)
+    assert report.complete, report.lines()
+    assert store.body("r/RunLog") == body
+
+
+def test_a_permanent_error_fixed_just_before_the_drain_is_retried_at_once(
+    root: Path, started: list[Sidecar]
+) -> None:
+    body = write_json(root / "r" / "RunLog.json", {"a": 1})
+    store = FakeStore()
+    store.fail_put_for = lambda key: denied()
+    sidecar = start(Sidecar(root, store, permanent_error_retry_seconds=3600.0), started)
+    wait_until(lambda: not sidecar.pipeline.store_health.ok, what="AccessDenied")
+    store.fail_put_for = lambda key: None  # someone fixed the bucket policy
+    started_at = time.monotonic()
+    report = sidecar.pipeline.shutdown(drain_timeout=5)
+    assert report.complete, report.lines()
+    assert store.body("r/RunLog") == body
+    assert time.monotonic() - started_at < 4  # not after a 30 s (here 3600 s) hold
+
+
+def test_transient_failures_in_backoff_are_retried_when_the_drain_starts(
+    root: Path, started: list[Sidecar]
+) -> None:
+    body = write_json(root / "r" / "RunLog.json", {"a": 1})
+    store = FakeStore(fail_puts=[unreachable()])
+    sidecar = start(Sidecar(root, store), started)
+    wait_until(lambda: sidecar.value("runlog_relay_retries_total") == 1, what="a failure")
+    # The fake clock never moves: only the drain can end the backoff.
+    report = sidecar.pipeline.shutdown(drain_timeout=5)
+    assert report.complete, report.lines()
+    assert store.body("r/RunLog") == body
+
+
+class LateLandingStore(FakeStore):
+    """The first PUT of each key times out on the client, but the server still applies it
+    after the next PUT of that key: the bucket ends with the older version."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: dict[str, bytes] = {}
+
+    def put(self, key: str, body: Any, *, length: int | None = None, md5: str | None = None) -> str:
+        if key not in self.held and key not in self.objects:
+            self.held[key] = body
+            raise unreachable()
+        etag = super().put(key, body, length=length, md5=md5)
+        late = self.held.pop(key, None)
+        if late is not None:
+            super().put(key, late)  # the stale request lands now
+            self.puts.pop()
+        return etag
+
+
+def test_a_stale_put_that_landed_late_is_found_and_fixed_before_complete(
+    root: Path, started: list[Sidecar]
+) -> None:
+    path = root / "r" / "RunLog.json"
+    write_json(path, {"v": 1})
+    store = LateLandingStore()
+    sidecar = start(Sidecar(root, store), started)
+    wait_until(lambda: store.held, what="the first PUT timed out")
+    v2 = write_json(path, {"v": 2})  # the writer moved on; v1's PUT is still travelling
+    # v2 replaces v1 in the queue (v1 waits on its backoff; the fake clock never moves).
+    wait_until(lambda: sidecar.value("runlog_relay_fs_versions_total") == 2, what="v2 queued")
+    report = sidecar.pipeline.shutdown(drain_timeout=5)
+    assert report.complete, report.lines()
+    assert store.body("r/RunLog") == v2  # confirmed against the bucket, not assumed
+    assert sidecar.value("runlog_relay_bucket_mismatches_total") == 1
+
+
+def test_once_gives_up_without_progress_and_says_what_ran_out(root: Path) -> None:
+    write_json(root / "r" / "RunLog.json", {"a": 1})
+    store = FakeStore(fail_lists=[unreachable("listing") for _ in range(10_000)])
+    report = Sidecar(root, store, once=True).pipeline.run_once(timeout=0.5)
+    assert not report.complete
+    assert any(
+        "gave up after 0s without progress while listing the bucket" in line
+        for line in report.lines()
+    ), report.lines()
+
+
+def test_once_reports_a_permanent_error_at_once(root: Path) -> None:
+    write_json(root / "r" / "RunLog.json", {"a": 1})
+    store = FakeStore()
+    store.fail_put_for = lambda key: denied()
+    started_at = time.monotonic()
+    report = Sidecar(root, store, once=True).pipeline.run_once(timeout=60)
+    assert time.monotonic() - started_at < 10
+    assert report.files == {"r/RunLog.json": f"not uploaded: {denied()}"}
+
+
+def test_a_missing_source_is_not_a_complete_mirror(tmp_path: Path, started: list[Sidecar]) -> None:
+    sidecar = start(Sidecar(tmp_path / "misspelt", FakeStore()), started)
+    report = sidecar.pipeline.shutdown(drain_timeout=0.3)
+    assert not report.complete
+    assert report.lines() == [
+        f"source folder {tmp_path / 'misspelt'} does not exist: nothing was mirrored"
+    ]
