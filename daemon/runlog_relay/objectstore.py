@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import Tags
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
 from runlog_relay.errors import NotFoundError, PermanentError, RelayError, RetryableError
@@ -289,3 +290,24 @@ class ObjectStore:
             if response is not None:
                 response.close()
                 response.release_conn()
+
+    def set_tags(self, key: str, tags: Mapping[str, str]) -> None:
+        """Replace the tags of the object at ``key`` (one PutObjectTagging request).
+
+        A server without object tagging answers ``NotImplemented`` (or
+        ``MethodNotAllowed``): a PermanentError with that code."""
+        object_tags = Tags.new_object_tags()
+        object_tags.update(tags)
+        try:
+            self._client.set_object_tags(self.bucket, self.full_key(key), object_tags)
+        except _SDK_ERRORS as exc:
+            raise classify(exc, what=f"tagging {self.full_key(key)}") from exc
+
+    def get_tags(self, key: str) -> dict[str, str]:
+        """The tags of the object at ``key`` (one GetObjectTagging request); empty when it
+        has none, NotFoundError when it does not exist."""
+        try:
+            tags = self._client.get_object_tags(self.bucket, self.full_key(key))
+        except _SDK_ERRORS as exc:
+            raise classify(exc, what=f"reading the tags of {self.full_key(key)}") from exc
+        return dict(tags or {})

@@ -202,6 +202,9 @@ def sidecar_config(spec: StoreSpec) -> dict[str, Any]:
         tls["caFile"] = CA_FILE
     config["tls"] = tls
     config["sync"] = spec.sync.wire()
+    config["tagSealedRuns"] = spec.tag_sealed_runs
+    if spec.local_retention.delete_after is not None:
+        config["localRetention"] = spec.local_retention.wire()
     if spec.credentials_secret_ref is not None:
         config["accessKeyIdFile"] = ACCESS_KEY_ID_FILE
         config["secretAccessKeyFile"] = SECRET_ACCESS_KEY_FILE

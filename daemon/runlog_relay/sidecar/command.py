@@ -145,6 +145,40 @@ def register(subparsers: Any, summary: str) -> None:
         help=f"mirror only this run (repeatable), and list only its prefix in the bucket"
         f" (env {ENV_PREFIX}RUN_IDS, comma-separated; default every run)",
     )
+    runs = parser.add_argument_group(
+        "finished runs",
+        "What the sidecar does once a run's RunLog is final and every file of the run is"
+        " verified in the bucket (the run is *sealed*).",
+    )
+    runs.add_argument(
+        "--tag-sealed-runs",
+        action="store_const",
+        const=True,
+        help=f"tag each object of a sealed run runlog-relay/status=<SUCCESS|FAIL>, for bucket"
+        f" lifecycle rules (env {ENV_PREFIX}TAG_SEALED_RUNS; needs s3:PutObjectTagging)",
+    )
+    runs.add_argument(
+        "--exit-when-sealed",
+        action="store_const",
+        const=True,
+        help=f"exit 0 once the pod's runs (--run-id) are sealed and the pod's work is done,"
+        f" so a Job whose sidecar is a plain container completes"
+        f" (env {ENV_PREFIX}EXIT_WHEN_SEALED)",
+    )
+    runs.add_argument(
+        "--retain-local",
+        metavar="DURATION",
+        help=f"delete a sealed run from the volume DURATION (90s, 12h, 7d, 1h30m) after its"
+        f" seal, after checking the bucket again; needs a writable volume"
+        f" (env {ENV_PREFIX}LOCAL_RETENTION__DELETE_AFTER; default never)",
+    )
+    runs.add_argument(
+        "--retain-local-dry-run",
+        action="store_const",
+        const=True,
+        help=f"with --retain-local, only log and count what would be deleted"
+        f" (env {ENV_PREFIX}LOCAL_RETENTION__DRY_RUN)",
+    )
     parser.add_argument(
         "--once",
         action="store_true",
@@ -205,7 +239,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "log_level": args.log_level,
         "log_format": args.log_format,
         "run_ids": tuple(args.run_ids) if args.run_ids else None,
+        "tag_sealed_runs": args.tag_sealed_runs,
+        "exit_when_sealed": args.exit_when_sealed,
     }
+    retention = {
+        field: value
+        for field, value in (
+            ("delete_after", args.retain_local),
+            ("dry_run", args.retain_local_dry_run),
+        )
+        if value is not None
+    }
+    if retention:
+        extra["local_retention"] = retention
     if sync:
         extra["sync"] = sync
     return overrides_from_args(args, **extra)
