@@ -172,11 +172,26 @@ def test_a_final_mirrored_run_is_verified_once_then_sealed(harness: Harness) -> 
     (seal,) = harness.observer.seals()
     assert (seal.run_id, seal.status) == ("r1", "SUCCESS")
     assert set(seal.files) == {"r1/RunLog.json", "r1/BranchLog-map.a.json"}
+    assert seal.clock_start == seal.sealed_at  # written while watched: retention counts from now
     assert harness.value("runlog_relay_runs_sealed_total", status="SUCCESS") == 1
     assert harness.value("runlog_relay_sealed_runs") == 1
     # Final status seen → sealed, on the stage's clock.
     assert harness.value("runlog_relay_run_seal_lag_seconds_sum") == pytest.approx(1.65)
     assert ("evaluated", ("r1", "SUCCESS", True)) in harness.observer.events
+
+
+def test_a_run_complete_at_start_up_counts_from_its_last_write(harness: Harness) -> None:
+    path = harness.root / "r1" / "RunLog.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(FINAL))
+    etag = read_stable(path, root=harness.root).etag
+    # The detector's first read: already in the bucket (nothing new was written).
+    harness.sealer.process(FileVersion("r1", "r1/RunLog.json", etag, False, harness.clock()))
+    ledger = harness.mirrored("r1")
+    harness.settle()
+    harness.sealer.process(harness.listing("r1"))
+    (seal,) = harness.observer.seals()
+    assert seal.clock_start == ledger.newest_mtime_ns / 1e9 < seal.sealed_at
 
 
 def test_a_run_that_is_not_final_is_not_listed(harness: Harness) -> None:

@@ -712,6 +712,22 @@ def test_a_classic_sidecar_exits_once_sealed_and_says_when_it_cannot_know() -> N
     assert "RUNLOG_RELAY_EXIT_WHEN_SEALED" not in env_of(native)
 
 
+def test_a_classic_sidecar_of_a_retry_knows_the_run_is_retried() -> None:
+    # Argo substitutes {{workflow.parameters.retry_run_id}} before the pod is created:
+    # empty for a first attempt, the run id for runnable's retry.
+    def step(retry: str) -> dict[str, Any]:
+        argv = ["runnable", "execute-single-node", "etl-7", "summarise"]
+        env = [{"name": "RUNNABLE_RETRY_RUN_ID", "value": retry}]
+        return pod([ctr("main", command=argv, env=env)], restartPolicy="Never")
+
+    _, retried = injected(step("etl-7"), native=False)
+    assert env_of(retried)["RUNNABLE_RETRY_RUN_ID"] == "etl-7"
+    _, first = injected(step(""), native=False)
+    assert "RUNNABLE_RETRY_RUN_ID" not in env_of(first)
+    _, native = injected(step("etl-7"), native=True)
+    assert "RUNNABLE_RETRY_RUN_ID" not in env_of(native)  # only an exiting sidecar needs it
+
+
 def test_the_sidecar_mirrors_only_the_pods_runs() -> None:
     writer = ctr("default", command=["runnable", "execute-job", "job.main", "etl-7"])
     _, sidecar = injected(pod([writer]))

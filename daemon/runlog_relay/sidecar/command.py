@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from runlog_relay.errors import ConfigError
 from runlog_relay.health import HealthServer
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar.pipeline import DrainReport, Pipeline, source_problem
+from runlog_relay.sidecar.podwork import PodWork
 from runlog_relay.sidecar.reload import ConfigWatcher
 
 __all__ = ["register", "run"]
@@ -266,6 +268,9 @@ def _settings(overrides: dict[str, Any], config_file: Path | None) -> SidecarSet
 
 
 def run(args: argparse.Namespace) -> int:
+    # When this process started: with --exit-when-sealed, a retried run's final RunLog
+    # written after it is this pod's.
+    args.started_at = time.time()
     overrides = _overrides(args)
     waiting: list[Path] = []
     try:
@@ -405,14 +410,58 @@ def _run_pipeline(
             initial=settings,
             metrics=metrics,
         )
+    podwork = _pod_work(settings, pipeline, stop, started_at=args.started_at)
     pipeline.start()
     if watcher is not None:
         watcher.start()
     while not stop.wait(1.0):
-        pass
+        if podwork is not None and podwork.stuck(
+            _seal_problems(pipeline, settings.run_ids), settings.sync.drain_timeout_seconds
+        ):
+            log.error("the pod's work is done but its runs cannot be sealed: draining")
+            break
     if watcher is not None:
         watcher.stop()
     return _finish(pipeline.shutdown())
+
+
+def _pod_work(
+    settings: SidecarSettings, pipeline: Pipeline, stop: threading.Event, *, started_at: float
+) -> PodWork | None:
+    """``--exit-when-sealed``: what tells the main loop that the pod's work is done."""
+    if not settings.exit_when_sealed:
+        return None
+    if not settings.run_ids:
+        log.warning(
+            "--exit-when-sealed needs the pod's run ids (--run-id, %sRUN_IDS) to tell its"
+            " runs from others: without them this sidecar exits only when stopped",
+            ENV_PREFIX,
+        )
+        return None
+    podwork = PodWork(
+        settings.run_ids,
+        retry_run_id=settings.retry_run_id,
+        on_finished=stop.set,
+        started_at=started_at,
+    )
+    pipeline.sealer.observers.append(podwork)
+    log.info(
+        "exiting once runs %s are sealed and the pod's work on them is done",
+        ", ".join(settings.run_ids),
+    )
+    return podwork
+
+
+def _seal_problems(pipeline: Pipeline, run_ids: tuple[str, ...]) -> dict[str, str]:
+    """What keeps the pod's runs from being sealed that waiting will not fix."""
+    problems: dict[str, str] = {}
+    for run_id in run_ids:
+        ledger = pipeline.detector.run_ledger(run_id)
+        if ledger is not None:
+            problems.update(ledger.problems)
+    if pipeline.store_health.problem:
+        problems["object store"] = pipeline.store_health.problem
+    return problems
 
 
 def _missing_mounts(config: Path, overrides: dict[str, Any]) -> list[Path]:

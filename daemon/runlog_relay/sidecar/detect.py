@@ -1051,6 +1051,12 @@ class Detector:
                 },
                 newest_mtime_ns=max((f.signature[1] for f in files if f.signature), default=0),
                 doubtful=run.doubtful_at is not None,
+                problems={
+                    f.relative: why
+                    for f in files
+                    if (f.problem is not None or f.torn_reported)
+                    and (why := _why_unmirrored(f)) is not None
+                },
             )
 
     def torn_paths(self) -> list[str]:

@@ -187,6 +187,9 @@ class RunLedger:
     unmirrored: Mapping[str, str]  #: relative path → why it is not known to be mirrored
     newest_mtime_ns: int  #: of the versions read (the run's last write)
     doubtful: bool = False  #: an upload that ended without an answer may still land
+    #: the files among ``unmirrored`` that waiting does not fix (torn past the grace
+    #: period, unreadable, too large, failing): a human has to look
+    problems: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def mirrored(self) -> bool:
