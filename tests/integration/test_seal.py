@@ -113,3 +113,66 @@ def test_restart_seals_what_is_complete_without_uploading(
     wait_until(lambda: sealed(again, "SUCCESS") == 1, timeout=30, what="sealed at start-up")
     assert again.metric("runlog_relay_uploads_total", result="success") == 0
     assert again.terminate() == 0, again.log
+
+
+@pytest.mark.parametrize("layout", ["chunked", "single"])
+def test_local_retention_deletes_sealed_runs_after_the_duration(
+    layout: str, s3_server: S3Endpoint, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    sidecar = start_sidecar(
+        source,
+        s3_server.endpoint,
+        bucket,
+        tmp_path / "sidecar.log",
+        "--layout",
+        layout,
+        "--retain-local",
+        "3s",
+    )
+    sidecar.wait_ready()
+    runnable_compat.run_pipeline(source, "old-run", layout=layout, workdir=tmp_path / "work")
+    local = source / ("old-run" if layout == "chunked" else "old-run.json")
+    wait_until(lambda: sealed(sidecar, "SUCCESS") == 1, timeout=30, what="the run sealed")
+    assert local.exists()  # sealed, but not yet DURATION ago
+    objects = {
+        o.object_name for o in s3_client.list_objects(bucket, prefix="old-run/", recursive=True)
+    }
+    wait_until(
+        lambda: sidecar.metric("runlog_relay_retention_deleted_runs_total") == 1,
+        timeout=30,
+        what="the run deleted",
+    )
+    assert not local.exists()
+    assert sidecar.metric("runlog_relay_retention_deleted_bytes_total") > 0
+    # The objects stay (run logs are records), and the sidecar forgot the files.
+    after = {
+        o.object_name for o in s3_client.list_objects(bucket, prefix="old-run/", recursive=True)
+    }
+    assert after == objects
+    wait_until(lambda: sidecar.metric("runlog_relay_files_tracked") == 0, what="files forgotten")
+    assert "local retention deleted run old-run" in sidecar.log
+    assert sidecar.terminate() == 0, sidecar.log
+
+
+def test_local_retention_dry_run_keeps_everything(
+    s3_server: S3Endpoint, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    runnable_compat.run_pipeline(source, "kept-run", workdir=tmp_path / "work")
+    sidecar = start_sidecar(
+        source,
+        s3_server.endpoint,
+        bucket,
+        tmp_path / "sidecar.log",
+        "--retain-local",
+        "0s",
+        "--retain-local-dry-run",
+    )
+    wait_until(
+        lambda: sidecar.metric("runlog_relay_retention_would_delete_runs_total") == 1,
+        timeout=30,
+        what="the dry run's verdict",
+    )
+    assert (source / "kept-run" / "RunLog.json").exists()
+    assert sidecar.metric("runlog_relay_retention_deleted_runs_total") == 0
+    assert "(dry run) would delete run kept-run" in sidecar.log
+    assert sidecar.terminate() == 0, sidecar.log

@@ -307,6 +307,21 @@ def test_config_and_credentials_are_mounted_where_the_configmap_says() -> None:
     assert all(m["readOnly"] for m in sidecar["volumeMounts"])
 
 
+def test_the_volume_is_writable_only_when_retention_deletes() -> None:
+    def mount(retention: dict[str, Any] | None) -> dict[str, Any]:
+        spec = {**CREDS, **({"localRetention": retention} if retention else {})}
+        _, sidecar = injected(pod(), info=store(spec))
+        return logs_mount(sidecar)
+
+    assert mount(None)["readOnly"] is True
+    assert mount({"deleteAfter": "7d", "dryRun": True})["readOnly"] is True  # reads only
+    deleting = mount({"deleteAfter": "7d"})
+    assert deleting["readOnly"] is False
+    _, sidecar = injected(pod(), info=store({**CREDS, "localRetention": {"deleteAfter": "1h"}}))
+    # Its config and credentials stay read-only.
+    assert all(m["readOnly"] for m in sidecar["volumeMounts"][1:])
+
+
 def test_sidecar_shares_the_writers_non_root_user_and_group() -> None:
     writer = ctr(securityContext={"runAsUser": 1001})
     _, sidecar = injected(pod([writer], securityContext={"runAsGroup": 2002, "fsGroup": 3003}))

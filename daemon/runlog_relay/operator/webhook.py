@@ -530,7 +530,11 @@ def sidecar_container(
             "timeoutSeconds": 3,
             "failureThreshold": 3,
         },
-        "volumeMounts": [plan.sidecar_mount, *config_mounts],
+        # Read-only, unless local retention deletes sealed runs from the volume.
+        "volumeMounts": [
+            {**plan.sidecar_mount, "readOnly": not spec.local_retention.deletes},
+            *config_mounts,
+        ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if mode is SidecarMode.NATIVE:

@@ -32,6 +32,7 @@ from runlog_relay.sidecar.detect import Detector, DetectorStatus
 from runlog_relay.sidecar.events import FolderWatcher
 from runlog_relay.sidecar.listing import Lister
 from runlog_relay.sidecar.queue import UploadQueue
+from runlog_relay.sidecar.retention import LocalRetention
 from runlog_relay.sidecar.runs import RunSealer
 from runlog_relay.sidecar.store import StoreHealth, UploadWorkers
 from runlog_relay.sidecar.types import (
@@ -138,6 +139,8 @@ class Pipeline:
             store=self._current_store,
             clock=clock,
         )
+        self.retention = LocalRetention(lambda: self.settings, metrics.runs, self._current_store)
+        self.sealer.observers.append(self.retention)
         self.detector = Detector(
             settings,
             self._inbox,
@@ -193,6 +196,7 @@ class Pipeline:
         self.lister.start()
         self.sealer.start()
         if not self._once:
+            self.retention.start()
             assert self.settings.source is not None
             self.watcher = FolderWatcher(
                 self.settings.source,
@@ -216,7 +220,8 @@ class Pipeline:
         watcher_ok = self.watcher is None or self.watcher.alive
         workers_ok = self.workers is None or self.workers.alive
         detector_ok = self._detector_thread.is_alive() or self.detector.stopped
-        return watcher_ok and workers_ok and detector_ok and self.lister.alive and self.sealer.alive
+        runs_ok = self.sealer.alive and (self._once or self.retention.alive)
+        return watcher_ok and workers_ok and detector_ok and self.lister.alive and runs_ok
 
     def wait_synced(self, timeout: float) -> bool:
         return self._synced.wait(timeout)
@@ -272,6 +277,8 @@ class Pipeline:
                     new.source, new.sync, self._inbox, self.metrics, layout=new.layout
                 )
                 self.watcher.start()
+            if new.local_retention != old.local_retention:
+                self.retention.reschedule(self.sealer.sealed_runs().values())
             if new.log_level != old.log_level:
                 logging.getLogger().setLevel(new.log_level)
             if (new.metrics_host, new.metrics_port) != (old.metrics_host, old.metrics_port):
@@ -381,6 +388,7 @@ class Pipeline:
         self.queue.close()
         self.lister.stop()
         self.sealer.stop()
+        self.retention.stop()
         self._inbox.put(Stop())
         self._detector_thread.join(5.0)
         assert self.settings.source is not None
