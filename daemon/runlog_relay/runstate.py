@@ -38,6 +38,7 @@ from runlog_relay.layout import JSON_SUFFIX, Layout
 
 __all__ = [
     "RUN_LOG_NAME",
+    "SEAL_TAG",
     "TERMINAL_STATUSES",
     "final_status",
     "final_status_of",
@@ -50,6 +51,8 @@ TERMINAL_STATUSES = ("SUCCESS", "FAIL")
 TERMINAL_STEP_TYPES = frozenset({"success", "fail"})
 #: The chunked-fs store's run log file, without its suffix.
 RUN_LOG_NAME = "RunLog"
+#: The object tag a sealed run's objects carry (``tagSealedRuns``): its final status.
+SEAL_TAG = "runlog-relay/status"
 
 
 def run_log_relative(run_id: str, layout: Layout) -> str:

@@ -17,6 +17,7 @@ from runlog_relay.runnable_compat import FAIL_ITEM_VARIABLE, PipelineFailedError
 from tests.support.mirror import assert_mirror
 from tests.support.s3server import S3Endpoint
 from tests.support.sidecar import SidecarProcess, start_sidecar
+from tests.support.toolcli import cli
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -48,6 +49,7 @@ def test_success_failure_and_retry_are_sealed_unsealed_and_sealed_again(
     any_bucket: str,
     source: Path,
     tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     sidecar = start_sidecar(
         source,
@@ -68,6 +70,12 @@ def test_success_failure_and_retry_are_sealed_unsealed_and_sealed_again(
     assert "SUCCESS" in line
     tags = object_tags(any_s3_client, any_bucket, "logs/ok-run/")
     assert tags and all(t == {STATUS_TAG: "SUCCESS"} for t in tags.values()), tags
+    # `show` reads the seal back from the tag, straight from the bucket.
+    where = ["--endpoint", any_s3.endpoint, "--bucket", f"{any_bucket}/logs", "--layout", layout]
+    shown = cli(capsys, "show", "ok-run", "--json", "--no-catalog", *where)
+    assert shown.code == 0, shown.err
+    assert shown.json()["sealed"] == "SUCCESS"
+    assert "sealed SUCCESS" in cli(capsys, "show", "ok-run", "--no-catalog", *where).out
 
     # A failing run is sealed FAIL; runnable's retry writes it again: unsealed, then
     # sealed again with its new status, and its objects are tagged again.
@@ -93,6 +101,9 @@ def test_success_failure_and_retry_are_sealed_unsealed_and_sealed_again(
     assert sidecar.metric("runlog_relay_sealed_runs") == 2
     tags = object_tags(any_s3_client, any_bucket, "logs/flaky-run/")
     assert tags and all(t == {STATUS_TAG: "SUCCESS"} for t in tags.values()), tags
+    assert cli(capsys, "show", "flaky-run", "--json", "--no-catalog", *where).json()["sealed"] == (
+        "SUCCESS"
+    )
     assert "flaky-run was written again after its seal" in sidecar.log
     lag_count = sidecar.metric("runlog_relay_run_seal_lag_seconds_count")
     assert lag_count == 3

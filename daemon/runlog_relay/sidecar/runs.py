@@ -51,7 +51,7 @@ from runlog_relay.backoff import backoff_delay
 from runlog_relay.config.settings import SidecarSettings
 from runlog_relay.errors import PermanentError, RelayError, RetryableError
 from runlog_relay.metrics import RunMetrics
-from runlog_relay.runstate import final_status_of, run_log_relative
+from runlog_relay.runstate import SEAL_TAG, final_status_of, run_log_relative
 from runlog_relay.sidecar.types import (
     FileGone,
     FileVersion,
@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 #: A run is looked at this long after the last new version of one of its files.
 SEAL_SETTLE_SECONDS = 1.0
 #: The tag a sealed run's objects get (``tagSealedRuns``); lifecycle rules can filter on it.
-STATUS_TAG = "runlog-relay/status"
+STATUS_TAG = SEAL_TAG
 #: A RunLog bigger than this is not parsed for its status (its run is never sealed): the
 #: parse holds the whole document in memory. Chunked RunLogs are a few KiB; a single-layout
 #: file holds the whole run.
@@ -112,6 +112,8 @@ class Seal:
     clock_start: float  #: wall-clock time local retention counts from (see retention)
     files: Mapping[str, tuple[str, str]]  #: relative path → (key, ETag), as verified
     objects: Mapping[str, str]  #: every object of the run in the bucket: key → ETag
+    lag_seconds: float = 0.0  #: final status seen → sealed
+    tagged: int = 0  #: objects tagged with the status (``tagSealedRuns``)
 
 
 class RunObserver(Protocol):
@@ -193,6 +195,7 @@ class RunSealer:
         self._tagging_unsupported: str | None = None  # the code the server answered
         self._tagging_reported: set[str] = set()
         self._unreadable_reported: set[str] = set()
+        self._sealed_changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="runs", daemon=True)
         self._stopped = False
 
@@ -227,6 +230,19 @@ class RunSealer:
     def sealed_runs(self) -> dict[str, Seal]:
         """The runs sealed right now (a snapshot; for tests and the demo)."""
         return {run_id: run.sealed for run_id, run in list(self._runs.items()) if run.sealed}
+
+    def wait_sealed(self, run_id: str, timeout: float) -> Seal | None:
+        """Block until ``run_id`` is sealed; its seal, or None after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._sealed_changed:
+            while True:
+                run = self._runs.get(run_id)
+                if run is not None and run.sealed is not None:
+                    return run.sealed
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._sealed_changed.wait(remaining)
 
     # ----------------------------------------------------------------- thread body
     def _run(self) -> None:
@@ -451,6 +467,10 @@ class RunSealer:
         # Retention counts from the seal; a run that was already complete in the bucket
         # when this process found it was sealed before, no later than its last write.
         clock_start = sealed_at if run.changed_here else ledger.newest_mtime_ns / 1e9
+        self._metrics.sealed.labels(status=run.status).inc()
+        self._metrics.seal_lag.observe(lag)
+        self._metrics.sealed_now.inc()
+        count = self._tag(run.run_id, own, run.status) if self._settings().tag_sealed_runs else 0
         seal = Seal(
             run_id=run.run_id,
             status=run.status,
@@ -459,14 +479,14 @@ class RunSealer:
             clock_start=clock_start,
             files={rel: (key, etag) for rel, (key, etag) in ledger.files.items() if etag},
             objects=own,
+            lag_seconds=lag,
+            tagged=count,
         )
-        run.sealed = seal
-        self._metrics.sealed.labels(status=run.status).inc()
-        self._metrics.seal_lag.observe(lag)
-        self._metrics.sealed_now.inc()
+        with self._sealed_changed:
+            run.sealed = seal
+            self._sealed_changed.notify_all()
         tagged = ""
         if self._settings().tag_sealed_runs:
-            count = self._tag(run.run_id, own, run.status)
             tagged = f"; {count} of {len(own)} objects tagged {STATUS_TAG}={run.status}"
         log.info(
             "run %s sealed: %s, %d files verified in the bucket, %.2fs after its final status%s",
