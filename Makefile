@@ -56,8 +56,8 @@ format: $(BIN)/.installed-test ## Format and auto-fix with ruff.
 	$(BIN)/ruff check --fix daemon tests bench
 
 .PHONY: bench
-bench: $(BIN)/.installed-test ## Run the sidecar benchmark (prints figures; takes about two minutes).
-	$(BIN)/python -m bench.sidecar
+bench: $(BIN)/.installed-test ## Run the sidecar benchmark, one table of figures (about 15 min; ONLY=startup,torn for some).
+	$(BIN)/python -m bench $(if $(ONLY),--only $(ONLY))
 
 .PHONY: bench-operator
 bench-operator: $(BIN)/.installed-test ## Operator benchmark: RSS with 10,000 Secrets elsewhere, and HA failover time (a few minutes).

@@ -34,6 +34,7 @@ __all__ = [
     "decode_body",
     "encode_body",
     "key_for",
+    "key_of",
     "path_for",
     "run_id_of_key",
 ]
@@ -103,9 +104,8 @@ def key_for(relative: str, layout: Layout) -> Mapping:
         _check_component(run_id, "run id")
         if not filename.endswith(JSON_SUFFIX) or filename == JSON_SUFFIX:
             raise UnsafeNameError(relative, "not a .json chunk")
-        stem = filename[: -len(JSON_SUFFIX)]
-        _check_component(stem, "chunk name")
-        return Mapping(run_id=run_id, key=f"{run_id}/{stem}")
+        _check_component(filename[: -len(JSON_SUFFIX)], "chunk name")
+        return Mapping(run_id=run_id, key=key_of(relative, layout))
     if len(parts) != 1:
         raise UnsafeNameError(relative, "not <run_id>.json")
     filename = parts[0]
@@ -113,7 +113,14 @@ def key_for(relative: str, layout: Layout) -> Mapping:
         raise UnsafeNameError(relative, "not a .json run log")
     run_id = filename[: -len(JSON_SUFFIX)]
     _check_component(run_id, "run id")
-    return Mapping(run_id=run_id, key=f"{run_id}/{run_id}{JSON_SUFFIX}")
+    return Mapping(run_id=run_id, key=key_of(relative, layout))
+
+
+def key_of(relative: str, layout: Layout) -> str:
+    """The key of a path already validated by :func:`key_for` (no checks: cheap)."""
+    if layout is Layout.CHUNKED:
+        return relative[: -len(JSON_SUFFIX)]
+    return f"{relative[: -len(JSON_SUFFIX)]}/{relative}"
 
 
 def path_for(key: str, layout: Layout) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +112,14 @@ class Entry:
     info: os.stat_result
 
 
-def scan(root: Path, layout: Layout) -> Iterator[Entry | Skipped | FolderError]:
+#: ``trust(relative)``: True when the caller already knows this file well enough that its
+#: name is all it needs (no ``lstat``): it is then yielded as the bare relative path.
+Trust = Callable[[str], bool]
+
+
+def scan(
+    root: Path, layout: Layout, trust: Trust | None = None
+) -> Iterator[Entry | Skipped | FolderError | str]:
     """Every regular ``*.json`` file of ``layout`` under ``root``, cheaply.
 
     One ``lstat`` per file and none per folder: ``os.scandir``'s d_type says what is a
@@ -131,17 +138,19 @@ def scan(root: Path, layout: Layout) -> Iterator[Entry | Skipped | FolderError]:
         name = entry.name
         if layout is Layout.SINGLE:
             if name.endswith(JSON_SUFFIX):
-                yield _file_entry(entry, name)
+                yield name if trust is not None and trust(name) else _file_entry(entry, name)
             continue
         if entry.is_symlink():
             if name.endswith(JSON_SUFFIX) or entry.is_dir(follow_symlinks=True):
                 yield Skipped(Path(entry.path), "symlink", f"{entry.path} is a symbolic link")
             continue
         if entry.is_dir(follow_symlinks=False):
-            yield from _scan_run(entry.path, name)
+            yield from _scan_run(entry.path, name, trust)
 
 
-def _scan_run(run_path: str, run_name: str) -> Iterator[Entry | Skipped | FolderError]:
+def _scan_run(
+    run_path: str, run_name: str, trust: Trust | None = None
+) -> Iterator[Entry | Skipped | FolderError | str]:
     try:
         entries = list(os.scandir(run_path))
     except (FileNotFoundError, NotADirectoryError):
@@ -154,7 +163,11 @@ def _scan_run(run_path: str, run_name: str) -> Iterator[Entry | Skipped | Folder
     for entry in entries:
         name = entry.name
         if name.endswith(JSON_SUFFIX):
-            yield _file_entry(entry, f"{run_name}/{name}")
+            relative = f"{run_name}/{name}"
+            if trust is not None and trust(relative):
+                yield relative  # known and settled: the name is enough
+            else:
+                yield _file_entry(entry, relative)
 
 
 def _file_entry(entry: os.DirEntry[str], relative: str) -> Entry | Skipped:
@@ -184,6 +197,7 @@ def walk(root: Path, layout: Layout) -> Iterator[Candidate | Skipped]:
     """Every run-log file (or skipped look-alike) under ``root``, without following links;
     a run folder that cannot be listed is reported as skipped (``unreadable``)."""
     for item in scan(root, layout):
+        assert not isinstance(item, str)  # no trust given: every file is an Entry
         if isinstance(item, FolderError):
             yield Skipped(item.path, "unreadable", item.detail)
         else:
@@ -192,4 +206,6 @@ def walk(root: Path, layout: Layout) -> Iterator[Candidate | Skipped]:
 
 def scan_run(run_dir: Path) -> Iterator[Entry | Skipped | FolderError]:
     """The ``*.json`` files of one run folder (chunked layout), as :func:`scan` finds them."""
-    return _scan_run(os.fspath(run_dir), run_dir.name)
+    for item in _scan_run(os.fspath(run_dir), run_dir.name):
+        assert not isinstance(item, str)  # no trust given: every file is an Entry
+        yield item

@@ -11,8 +11,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["LAG_BUCKETS", "OperatorMetrics", "RunMetrics", "SidecarMetrics"]
 
-#: Change seen → object written, seconds. Dense below a second, where a healthy relay lives.
-LAG_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: Change seen → object written, seconds. Dense below a second, where a healthy relay
+#: lives, with an edge at each published target (15 ms, 150 ms, 2 s).
+LAG_BUCKETS = (
+    0.005,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
 
 UPLOAD_RESULTS = ("success", "retry", "failure")
 

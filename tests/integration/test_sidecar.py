@@ -282,7 +282,15 @@ def test_wrong_credentials_are_permanent_and_never_logged(source: Path, tmp_path
         write_json(source / "r" / "RunLog.json", {"a": 1})
         secret = "Sup3rS3cretValue-do-not-log"
         env = {"AWS_ACCESS_KEY_ID": "AKIAWRONGKEY", "AWS_SECRET_ACCESS_KEY": secret}
-        sidecar = start_sidecar(source, strict.endpoint, "runnable", tmp_path / "s.log", env=env)
+        sidecar = start_sidecar(
+            source,
+            strict.endpoint,
+            "runnable",
+            tmp_path / "s.log",
+            "--permanent-retry",
+            "0.5",
+            env=env,
+        )
         wait_until(
             lambda: (
                 sidecar.get("/readyz")[0] == 503
@@ -290,6 +298,16 @@ def test_wrong_credentials_are_permanent_and_never_logged(source: Path, tmp_path
             ),
             what="not ready with InvalidAccessKeyId",
         )
+        # Retried every 0.5 s: after several retries, still one ERROR and no WARNING
+        # (one line per distinct problem, a fixed slow retry).
+        wait_until(lambda: sidecar.log.count("GET /runnable?") >= 5, what="several retries")
+        store_lines = [
+            line
+            for line in sidecar.log.splitlines()
+            if "runlog_relay.sidecar" in line and ("ERROR" in line or "WARNING" in line)
+        ]
+        assert len(store_lines) == 1, store_lines
+        assert "ERROR" in store_lines[0] and "retrying every 0.5s" in store_lines[0]
         metrics_text = sidecar.get("/metrics")[1]
         assert sidecar.terminate() == 1
         assert secret not in sidecar.log

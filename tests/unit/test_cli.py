@@ -249,6 +249,49 @@ def test_sidecar_without_source_exits_2(capsys: pytest.CaptureFixture[str]) -> N
     assert "--source (or RUNLOG_RELAY_SOURCE) is required" in err
 
 
+@pytest.mark.parametrize("once", [True, False])
+def test_a_source_that_is_a_file_is_an_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, once: bool
+) -> None:
+    a_file = tmp_path / "run_logs"
+    a_file.write_text("not a folder")
+    code, _, err = run_main(
+        ["sidecar", "--source", str(a_file), *(["--once"] if once else [])], capsys
+    )
+    assert code == 2
+    assert f"source {a_file} is not a directory" in err
+
+
+def test_once_says_when_the_source_does_not_exist(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run_main(["sidecar", "--source", str(tmp_path / "misspelt"), "--once"], capsys)
+    assert code == 2
+    assert f"source folder {tmp_path / 'misspelt'} does not exist" in err
+
+
+def test_run_ids_come_from_flags_the_environment_or_the_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from runlog_relay.config.settings import load_sidecar_settings
+    from runlog_relay.sidecar.command import _overrides
+
+    args = cli.build_parser(only="sidecar").parse_args(
+        ["sidecar", "--source", str(tmp_path), "--run-id", "a-1", "--run-id", "b-2"]
+    )
+    assert load_sidecar_settings(_overrides(args)).run_ids == ("a-1", "b-2")
+    monkeypatch.setenv("RUNLOG_RELAY_RUN_IDS", "pod-run-7")  # one id, from a fieldRef
+    assert load_sidecar_settings({}).run_ids == ("pod-run-7",)
+    monkeypatch.setenv("RUNLOG_RELAY_RUN_IDS", "x, y,,z")
+    assert load_sidecar_settings({}).run_ids == ("x", "y", "z")
+    monkeypatch.delenv("RUNLOG_RELAY_RUN_IDS")
+    config = tmp_path / "config.yaml"
+    config.write_text("runIds: [c-3]\n")
+    assert load_sidecar_settings({}, config).run_ids == ("c-3",)
+    with pytest.raises(Exception, match="path separator"):
+        load_sidecar_settings({"run_ids": ["../etc"]})
+
+
 def test_sidecar_invalid_settings_exit_2_listing_each_without_secrets(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -30,7 +33,7 @@ class Probes:
         return self.ready
 
 
-# One server for the endpoint tests: stopping one waits out serve_forever's 0.5 s poll.
+# One server for the endpoint tests.
 @pytest.fixture(scope="module")
 def registry() -> CollectorRegistry:
     return CollectorRegistry()
@@ -153,6 +156,108 @@ def test_stop_closes_the_port(probes: Probes) -> None:
         with pytest.raises(OSError):
             conn.request("GET", "/healthz")
             conn.getresponse()
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- not a way in
+
+
+def small_server(probes: Probes, **kwargs: float) -> HealthServer:
+    health = HealthServer(
+        CollectorRegistry(),
+        live=probes.live_probe,
+        ready=probes.ready_probe,
+        host="127.0.0.1",
+        port=0,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    health.start()
+    return health
+
+
+def test_hundreds_of_idle_and_half_sent_connections_cost_no_thread(probes: Probes) -> None:
+    health = small_server(probes, read_timeout=30.0)
+    threads = threading.active_count()
+    idle = []
+    try:
+        for index in range(300):
+            sock = socket.create_connection(("127.0.0.1", health.port))
+            if index % 2:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+            idle.append(sock)
+        deadline = time.monotonic() + 10
+        while health.connections < 300 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert health.connections == 300
+        assert threading.active_count() == threads  # one loop thread, whatever comes in
+        started = time.monotonic()
+        assert get(health, "/healthz")[0] == 200  # probes still answer, at once
+        assert time.monotonic() - started < 1.0
+    finally:
+        for sock in idle:
+            sock.close()
+        health.stop()
+
+
+def test_a_silent_connection_is_dropped_after_the_read_timeout(probes: Probes) -> None:
+    health = small_server(probes, read_timeout=0.3)
+    try:
+        with socket.create_connection(("127.0.0.1", health.port)) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # half a request, then nothing
+            sock.settimeout(5)
+            started = time.monotonic()
+            assert sock.recv(100) == b""  # closed by the server
+            assert 0.25 <= time.monotonic() - started < 4
+    finally:
+        health.stop()
+
+
+def test_past_the_limit_the_longest_idle_connection_makes_room(probes: Probes) -> None:
+    health = small_server(probes, max_connections=20, read_timeout=30.0)
+    idle = [socket.create_connection(("127.0.0.1", health.port)) for _ in range(50)]
+    try:
+        assert get(health, "/readyz")[0] == 503  # a probe always gets in
+        assert health.connections <= 20
+        idle[0].settimeout(5)
+        assert idle[0].recv(100) == b""  # the oldest was closed
+    finally:
+        for sock in idle:
+            sock.close()
+        health.stop()
+
+
+def test_a_request_head_too_large_is_refused(probes: Probes) -> None:
+    health = small_server(probes)
+    try:
+        with socket.create_connection(("127.0.0.1", health.port)) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"a" * 20_000 + b"\r\n\r\n")
+            sock.settimeout(5)
+            assert sock.recv(100).startswith(b"HTTP/1.1 431")
+    finally:
+        health.stop()
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(server: HealthServer) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        for path in ("/healthz", "/metrics", "/readyz"):
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read()
+            assert response.status in (200, 503)
+        conn.request("HEAD", "/metrics")
+        response = conn.getresponse()
+        assert response.status == 200 and response.read() == b""
+    finally:
+        conn.close()
+
+
+def test_only_get_and_head(server: HealthServer) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        conn.request("DELETE", "/healthz")
+        assert conn.getresponse().status == 405
     finally:
         conn.close()
 

@@ -256,3 +256,18 @@ def test_a_missing_source_is_not_a_complete_mirror(tmp_path: Path, started: list
     assert report.lines() == [
         f"source folder {tmp_path / 'misspelt'} does not exist: nothing was mirrored"
     ]
+
+
+def test_a_permanent_error_that_fails_again_in_the_drain_ends_it_early(
+    root: Path, started: list[Sidecar]
+) -> None:
+    write_json(root / "r" / "RunLog.json", {"a": 1})
+    store = FakeStore()
+    store.fail_put_for = lambda key: denied()
+    sidecar = start(Sidecar(root, store, permanent_error_retry_seconds=3600.0), started)
+    wait_until(lambda: not sidecar.pipeline.store_health.ok, what="AccessDenied")
+    started_at = time.monotonic()
+    report = sidecar.pipeline.shutdown(drain_timeout=30)
+    assert time.monotonic() - started_at < 10  # its retry failed too: no point waiting 30 s
+    assert report.files == {"r/RunLog.json": "upload not finished"}
+    assert any("gave up: uploading" in line and "AccessDenied" in line for line in report.lines())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runlog_relay import etag
+from runlog_relay import etag, stableread
 from runlog_relay.etag import expected_etag
 from runlog_relay.layout import Layout, encode_body
 from runlog_relay.stableread import (
@@ -73,11 +73,29 @@ def test_the_body_is_encoded_for_the_layout(tmp_path: Path, layout: Layout) -> N
         (b'{"a": "caf\xc3', "not"),  # cut inside a UTF-8 sequence
     ],
 )
-def test_torn_content_is_refused(tmp_path: Path, content: bytes, why: str) -> None:
+@pytest.mark.parametrize("whole", [True, False], ids=["checked-whole", "checked-in-pieces"])
+def test_torn_content_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, why: str, whole: bool
+) -> None:
+    if not whole:
+        monkeypatch.setattr(stableread, "FAST_CHECK_BYTES", 0)
     path = tmp_path / "x.json"
     path.write_bytes(content)
     with pytest.raises(TornRead, match=why):
-        read_stable(path)
+        read_stable(path, chunk_size=7)
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["checked-whole", "checked-in-pieces"])
+def test_what_json_loads_refuses_but_is_json_is_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whole: bool
+) -> None:
+    if not whole:
+        monkeypatch.setattr(stableread, "FAST_CHECK_BYTES", 0)
+    path = tmp_path / "x.json"
+    path.write_text("[" * 5000 + "]" * 5000)  # deeper than Python's recursion limit
+    assert read_stable(path).body == path.read_bytes()
+    path.write_text('{"n": ' + "7" * 5000 + "}")  # past int_max_str_digits
+    assert read_stable(path).body == path.read_bytes()
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "utf-8-sig"])

@@ -38,6 +38,7 @@ import logging
 import os
 import queue
 import stat
+import struct
 import sys
 import threading
 import time
@@ -80,6 +81,7 @@ from runlog_relay.sidecar.types import (
 )
 from runlog_relay.stableread import (
     INLINE_BODY_BYTES,
+    FileSignature,
     Snapshot,
     TooLarge,
     TornRead,
@@ -102,6 +104,9 @@ FOLDER_RETRY_BASE_SECONDS = 0.5
 #: A run is confirmed against the bucket again this long after its last doubtful upload
 #: (a PUT stuck in a proxy can land late).
 VERIFY_WINDOW_SECONDS = 60.0
+#: Every this many periodic rescans, one is a full sweep (an lstat per file); the others
+#: only look at names (plus files not settled yet).
+FULL_SWEEP_EVERY = 10
 #: Files read between two looks at the inbox, so events stay responsive during a backlog.
 WORK_BATCH = 32
 #: While the upload queue is full, look again this often.
@@ -111,7 +116,9 @@ BULK_CHUNK = 64 * 1024
 #: Remember at most this many warned-about paths (a hostile writer cannot grow memory).
 MAX_WARNED = 10_000
 
-Signature = tuple[int, int, int, int]
+#: size, mtime, ctime and inode packed in 32 bytes (a tuple of four big ints costs ~200).
+Signature = bytes
+_SIGNATURE = struct.Struct("qqqq")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +137,7 @@ class DetectorStatus:
 @dataclass(slots=True, eq=False)
 class _Run:
     run_id: str
+    layout: layouts.Layout
     files: dict[str, _File] = field(default_factory=dict)
     listed: bool = False  #: the bucket's objects of this run are known
     requested: bool = False  #: a COMPARE listing is on its way
@@ -143,7 +151,6 @@ class _Run:
 @dataclass(slots=True, eq=False)
 class _File:
     relative: str
-    key: str
     run: _Run
     signature: Signature | None = None  #: of the last complete version read
     settled: bool = False  #: signature taken well after the write: trust it on rescans
@@ -154,6 +161,7 @@ class _File:
     first_change: float | None = None  #: monotonic time of the oldest unmirrored change
     torn_since: float | None = None
     torn_signature: Signature | None = None  #: of the version found torn
+    torn_settled: bool = False  #: that signature was taken well after the write
     torn_reason: str = ""
     torn_reported: bool = False
     retries: int = 0  #: consecutive torn or failed reads (backoff)
@@ -163,6 +171,11 @@ class _File:
     seen: int = 0  #: rescan generation that last saw it
     counted_pending: bool = False
     counted_torn: bool = False
+
+    @property
+    def key(self) -> str:
+        """Its object key (derived, not stored: one string less per file)."""
+        return layouts.key_of(self.relative, self.run.layout)
 
 
 def _why_unmirrored(file: _File) -> str | None:
@@ -183,7 +196,11 @@ def _why_unmirrored(file: _File) -> str | None:
 
 
 def _signature(info: os.stat_result) -> Signature:
-    return (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+    return _SIGNATURE.pack(info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+
+
+def _packed(signature: FileSignature) -> Signature:
+    return _SIGNATURE.pack(signature.size, signature.mtime_ns, signature.ctime_ns, signature.inode)
 
 
 def read_file(
@@ -277,6 +294,7 @@ class Detector:
         self._timers: list[tuple[float, int, str, object]] = []
         self._seq = itertools.count()
         self._generation = 0
+        self._periodic = 0  # periodic rescans so far (every FULL_SWEEP_EVERY-th is full)
         self._scanned = False
         self._contacted = False
         self._synced = False
@@ -392,7 +410,7 @@ class Detector:
                 file = ref
                 assert isinstance(file, _File)
                 if self._files.get(file.relative) is file and file.retry_at == due:
-                    self._mark_dirty(file, now)
+                    self._retry(file, now)
             elif kind == "grace":
                 file = ref
                 assert isinstance(file, _File)
@@ -420,24 +438,39 @@ class Detector:
         return not self.settings.run_ids or run_id in self.settings.run_ids
 
     def _rescan(self, reason: str, now: float) -> None:
-        """Walk the whole folder: track new files, read changed ones, forget deleted ones."""
+        """Walk the whole folder: track new files, read changed ones, forget deleted ones.
+
+        A periodic rescan is *light* (names only for files known and settled: it catches
+        a missed creation or deletion) except every :data:`FULL_SWEEP_EVERY`-th one; every
+        other rescan (start-up, overflow, re-armed watch, polling, shutdown) is a full
+        sweep with one ``lstat`` per file. With inotify healthy a change cannot be missed
+        without an overflow, which triggers a full sweep at once."""
         self._next_rescan = now + self.settings.sync.rescan_interval_seconds
         started = time.monotonic()
+        cpu = time.process_time()
         self._generation += 1
         generation = self._generation
         changed = 0
         layout = self.settings.layout
+        light = False
+        if reason == "periodic":
+            self._periodic += 1
+            light = self._periodic % FULL_SWEEP_EVERY != 0
+        trust = self._trusting(generation) if light else None
         try:
-            for entry in scan(self.root, layout):
+            for entry in scan(self.root, layout, trust):
                 try:
-                    if isinstance(entry, Entry):
+                    if isinstance(entry, str):
+                        pass  # trusted: marked seen already
+                    elif isinstance(entry, Entry):
                         changed += self._observe(entry, generation, now)
                     elif isinstance(entry, FolderError):
                         self._folder_failed(entry, generation, now)
                     else:
                         self._skip(entry)
                 except Exception:
-                    log.exception("handling %s during a rescan failed; going on", entry.path)
+                    where = entry if isinstance(entry, str) else entry.path
+                    log.exception("handling %s during a rescan failed; going on", where)
         except OSError as exc:
             # The source folder itself could not be listed (EMFILE, EACCES): nothing was
             # seen, so nothing is forgotten; try again soon.
@@ -454,7 +487,35 @@ class Detector:
             # Nothing local to compare: still prove the bucket answers before "ready".
             self._want_listing.add("")
         self._update_gauges()
-        log.debug("rescan (%s) took %.3fs", reason, time.monotonic() - started)
+        log.debug(
+            "rescan (%s%s) of %d files took %.3fs (%.3f CPU-s)",
+            reason,
+            ", light" if light else "",
+            len(self._files),
+            time.monotonic() - started,
+            time.process_time() - cpu,
+        )
+
+    def _trusting(self, generation: int) -> Callable[[str], bool]:
+        """For a light rescan: whether a file needs no ``lstat`` (known, settled, quiet),
+        marking it seen by this rescan if so (one lookup per file)."""
+        files = self._files
+
+        def trusted(relative: str) -> bool:
+            file = files.get(relative)
+            if (
+                file is None
+                or not file.settled
+                or file.problem is not None
+                or file.torn_since is not None
+                or file.dirty
+                or file.reading
+            ):
+                return False
+            file.seen = generation
+            return True
+
+        return trusted
 
     def _observe(self, entry: Entry, generation: int, now: float) -> int:
         """One file found by a scan; 1 when it needs a read."""
@@ -574,10 +635,10 @@ class Detector:
         run_id = item.mapping.run_id
         run = self._runs.get(run_id)
         if run is None:
-            run = self._runs[run_id] = _Run(run_id=sys.intern(run_id))
+            run = self._runs[run_id] = _Run(run_id=sys.intern(run_id), layout=self.settings.layout)
             self._unlisted += 1
             self._want_listing.add(run_id)
-        file = _File(relative=item.relative, key=item.mapping.key, run=run)
+        file = _File(relative=item.relative, run=run)
         if run.listed:
             file.remote = run.unclaimed.pop(file.key, None)
         run.files[file.relative] = file
@@ -699,8 +760,11 @@ class Detector:
             self._complete(file, outcome, now)
         elif isinstance(outcome, TornRead):
             sig = outcome.signature
-            file.torn_signature = (
-                (sig.size, sig.mtime_ns, sig.ctime_ns, sig.inode) if sig is not None else None
+            file.torn_signature = _packed(sig) if sig is not None else None
+            # Like ``settled``: a signature taken right after the write may not change on
+            # the next one (coarse timestamps), so such a file is read again on retries.
+            file.torn_settled = (
+                sig is not None and time.time() - sig.mtime_ns / 1e9 > SETTLE_SECONDS
             )
             self._torn(file, outcome.reason, now)
         elif isinstance(outcome, TooLarge):
@@ -731,12 +795,7 @@ class Detector:
         self._clear_torn(file)
         file.problem = None
         file.retries = 0
-        file.signature = (
-            snapshot.signature.size,
-            snapshot.signature.mtime_ns,
-            snapshot.signature.ctime_ns,
-            snapshot.signature.inode,
-        )
+        file.signature = _packed(snapshot.signature)
         file.settled = time.time() - snapshot.signature.mtime_ns / 1e9 > SETTLE_SECONDS
         self._bytes_read += snapshot.file_size
         etag = snapshot.etag
@@ -747,7 +806,8 @@ class Detector:
             )
         if etag == file.etag or (etag == file.remote and file.etag is None):
             # Already handed downstream, or in the bucket with nothing else on its way.
-            file.etag = etag
+            # One string for both where they agree: a 100,000-file ledger stays small.
+            file.etag = file.remote if etag == file.remote else etag
             self._account(file)
             return
         file.etag = etag
@@ -769,6 +829,29 @@ class Detector:
             file.etag = None
             self._account(file)
 
+    def _retry(self, file: _File, now: float) -> None:
+        """A torn or failing file's backoff is over: read it again, unless it is the very
+        version found torn (one lstat: the same torn bytes cost nothing twice)."""
+        if file.torn_since is not None and file.torn_signature is not None and file.torn_settled:
+            try:
+                info = os.lstat(self.root / file.relative)
+            except OSError:
+                info = None
+            if info is not None and _signature(info) == file.torn_signature:
+                self._schedule_retry(file, now)
+                return
+        self._mark_dirty(file, now)
+
+    def _schedule_retry(self, file: _File, now: float) -> None:
+        delay = backoff_delay(
+            file.retries,
+            base=TORN_RETRY_BASE_SECONDS,
+            cap=self.settings.sync.rescan_interval_seconds,
+        )
+        file.retries += 1
+        file.retry_at = now + delay
+        self._schedule(file.retry_at, "retry", file)
+
     def _torn(self, file: _File, reason: str, now: float) -> None:
         self._metrics.torn_reads.inc()
         path = self.root / file.relative
@@ -778,14 +861,7 @@ class Detector:
             grace = self.settings.sync.torn_grace_seconds
             self._schedule(now + grace, "grace", file)
         file.torn_reason = reason
-        delay = backoff_delay(
-            file.retries,
-            base=TORN_RETRY_BASE_SECONDS,
-            cap=self.settings.sync.rescan_interval_seconds,
-        )
-        file.retries += 1
-        file.retry_at = now + delay
-        self._schedule(file.retry_at, "retry", file)
+        self._schedule_retry(file, now)
         self._account(file)
         if now - file.torn_since >= self.settings.sync.torn_grace_seconds:
             self._report_torn(file, now)
@@ -844,14 +920,7 @@ class Detector:
         if file.dirty:
             file.dirty = False
             self._to_read -= 1
-        delay = backoff_delay(
-            file.retries,
-            base=TORN_RETRY_BASE_SECONDS,
-            cap=self.settings.sync.rescan_interval_seconds,
-        )
-        file.retries += 1
-        file.retry_at = now + delay
-        self._schedule(file.retry_at, "retry", file)
+        self._schedule_retry(file, now)
         self._account(file)
 
     def _skip(self, item: Skipped) -> None:
@@ -903,9 +972,10 @@ class Detector:
             if message.purpose is ListingPurpose.VERIFY:
                 self._verified(run, message, now)
                 continue
-            if not run.listed:
-                run.listed = True
-                self._unlisted -= 1
+            if run.listed:
+                continue  # known already; uploads' answers since are newer than this
+            run.listed = True
+            self._unlisted -= 1
             run.requested = False
             prefix = f"{run_id}/"
             local_keys = {f.key for f in run.files.values()}
@@ -924,9 +994,11 @@ class Detector:
         file = self._files.get(message.relative)
         if file is None:
             return
-        file.remote = message.etag
         if file.etag == message.etag:
+            file.remote = file.etag
             file.given_up = None
+        else:
+            file.remote = message.etag
         self._account(file)
         self._maybe_verify(file.run, self._clock())
 

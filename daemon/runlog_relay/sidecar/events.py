@@ -37,6 +37,7 @@ is missed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import heapq
 import logging
@@ -122,6 +123,9 @@ class FolderWatcher:
         self._inbox = inbox
         self._metrics = metrics
         self._stop = threading.Event()
+        # stop() writes here so a watcher blocked in poll() returns at once.
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
         self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
         self.problem: str | None = None  #: why watching is degraded (readiness)
         self._announced: set[str] = set()
@@ -138,8 +142,15 @@ class FolderWatcher:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        with contextlib.suppress(OSError):  # already closed: nothing to wake
+            os.write(self._wake_write, b"x")
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if not self._thread.is_alive():
+            for fd in (self._wake_read, self._wake_write):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wake_read = self._wake_write = -1
 
     @property
     def alive(self) -> bool:
@@ -269,6 +280,7 @@ class FolderWatcher:
         self._inbox.put(Rescan(reason="watch armed"))
         poller = select.poll()
         poller.register(watch.fd, select.POLLIN)
+        poller.register(self._wake_read, select.POLLIN)
         next_root_check = time.monotonic() + ROOT_CHECK_SECONDS
         next_poll = time.monotonic() + self.sync.poll_interval_seconds
         while not self._stop.is_set():

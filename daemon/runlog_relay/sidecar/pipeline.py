@@ -321,6 +321,10 @@ class Pipeline:
         rescanned = threading.Event()
         self._inbox.put(Rescan(reason="shutdown" if not self._once else "once", done=rescanned))
         verified: threading.Event | None = None
+        refused_before = self.store_health.permanent_failures
+        # Whatever waits on a backoff goes now: the budget is for work, not for waiting.
+        self.queue.expedite()
+        self.lister.expedite()
         # Budgets are wall-clock seconds (a pod's grace period); ``clock`` runs the stages'
         # timers (backoff, holds, retries), which the drain must not wait for.
         deadline = time.monotonic() + budget
@@ -340,9 +344,13 @@ class Pipeline:
                 verified = threading.Event()
                 self._inbox.put(Verify(done=verified))
                 continue
-            if self._once and not self.store_health.ok and self.queue.idle:
-                # --once and a permanent error (refused credentials, no bucket): say so now.
-                return f"gave up: {self.store_health.problem}"
+            health = self.store_health
+            if not health.ok and (
+                (self._once and self.queue.idle) or health.permanent_failures > refused_before
+            ):
+                # A permanent error (refused credentials, no bucket) that --once met, or that
+                # the drain's own retry met again: waiting longer only delays the report.
+                return f"gave up: {health.problem}"
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 if progress_based:
@@ -358,9 +366,6 @@ class Pipeline:
         )
         if self.watcher is not None:
             self.watcher.stop()
-        # Whatever waits on a backoff goes now: the budget is for work, not for waiting.
-        self.queue.expedite()
-        self.lister.expedite()
         started = time.monotonic()
         ran_out = self._drain(budget, progress_based=False)
         if ran_out is None:

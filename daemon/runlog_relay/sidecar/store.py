@@ -84,6 +84,7 @@ class StoreHealth:
         self._problem_source = "any"  # "list" or "write": which success clears it
         self.outage: str | None = None  #: transient trouble (the store stays ready)
         self.checked = False  #: a bucket call has succeeded or failed at least once
+        self.permanent_failures = 0  #: requests refused so far (the drain watches it)
         self._reported: str | None = None  # identity of the problem last logged
 
     @property
@@ -118,12 +119,13 @@ class StoreHealth:
             self.problem = problem
             self._problem_source = source
             self.checked = True
+            self.permanent_failures += 1
             self._metrics.store_ready.set(0)
             identity = f"permanent:{code or problem}"
             if self._reported != identity:
                 self._reported = identity
                 log.error(
-                    "object store refuses requests: %s; retrying every %.0fs until it is fixed",
+                    "object store refuses requests: %s; retrying every %gs until it is fixed",
                     problem,
                     self._permanent_retry(),
                 )

@@ -1,0 +1,74 @@
+"""A busy shared volume: 1,000 new runs of 20 files each, written over 60 s. Every file
+must be visible, with lag (change seen → object written) p95 under 2 s; each new run's
+prefix is listed once before its first upload decision."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from bench.harness import Context, Figure, sidecar, wait_until
+
+NAME = "manyruns"
+RUNS, SECONDS = 1000, 60
+SUMMARY = "1,000 new runs x 20 files in 60 s: lag"
+
+
+def lag_percentile(process, pct: float) -> float:  # type: ignore[no-untyped-def]
+    """From the sidecar's own histogram, interpolated within the bucket."""
+    samples = process.metrics()
+    buckets = sorted(
+        (float(dict(labels)["le"]), value)
+        for (name, labels), value in samples.items()
+        if name == "runlog_relay_sync_lag_seconds_bucket"
+    )
+    total = buckets[-1][1]
+    wanted = total * pct / 100
+    low_edge, low_count = 0.0, 0.0
+    for edge, count in buckets:
+        if count >= wanted:
+            if edge == float("inf") or count == low_count:
+                return edge
+            return low_edge + (edge - low_edge) * (wanted - low_count) / (count - low_count)
+        low_edge, low_count = edge, count
+    return float("inf")
+
+
+def run(ctx: Context) -> list[Figure]:
+    runs, seconds = ctx.size(RUNS, 20), ctx.size(SECONDS, 2)
+    files = runs * 20
+    source = ctx.folder("manyruns-tree")
+    bucket = ctx.bucket()
+    with sidecar(source, ctx.endpoint, bucket, ctx.work / "manyruns.log") as process:
+        process.wait_ready(120)
+
+        def writer() -> None:
+            started = time.monotonic()
+            for index in range(files):
+                run, chunk = divmod(index, 20)
+                due = started + seconds * index / files
+                time.sleep(max(0.0, due - time.monotonic()))
+                folder = source / f"busy-{run:04d}"
+                folder.mkdir(exist_ok=True)
+                name = "RunLog" if chunk == 0 else f"BranchLog-map.{chunk}"
+                (folder / f"{name}.json").write_text(json.dumps({"run": run, "chunk": chunk}))
+
+        thread = threading.Thread(target=writer)
+        started = time.monotonic()
+        thread.start()
+        thread.join()
+        wait_until(
+            lambda: process.metric("runlog_relay_uploads_total", result="success") >= files,
+            timeout=300,
+            interval=0.2,
+        )
+        behind = time.monotonic() - started - seconds
+        p50, p95 = lag_percentile(process, 50), lag_percentile(process, 95)
+    visible = sum(1 for _ in ctx.client().list_objects(bucket, recursive=True))
+    return [
+        Figure(f"objects visible of {files:,}", visible, "", f"= {files:,}", visible == files),
+        Figure("lag p50", p50, "s"),
+        Figure("lag p95", p95, "s", "< 2 s", p95 < 2),
+        Figure("last upload after the last write", behind, "s"),
+    ]
