@@ -8,11 +8,11 @@ records every call, so tests assert what reached "the wire".
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runlog_relay.errors import PermanentError, RetryableError
+from runlog_relay.errors import NotFoundError, PermanentError, RetryableError
 from runlog_relay.etag import BodyDigest
 from runlog_relay.layout import Layout
 from runlog_relay.objectstore import BodyStream, RemoteObject
@@ -91,6 +91,8 @@ class FakeStore:
     lists: list[str] = field(default_factory=list)
     block_puts: threading.Event | None = None  # when set, PUTs wait until it is cleared
     bucket_exists: bool = True
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)  # key → tags
+    fail_tags: list[BaseException] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def put(
@@ -133,6 +135,16 @@ class FakeStore:
         created = not self.bucket_exists
         self.bucket_exists = True
         return created
+
+    def set_tags(self, key: str, tags: Mapping[str, str]) -> None:
+        with self._lock:
+            error = self.fail_tags.pop(0) if self.fail_tags else None
+            if error is None and key not in self.objects:
+                error = NotFoundError(f"tagging {key}: NoSuchKey", code="NoSuchKey")
+            if error is None:
+                self.tags[key] = dict(tags)
+        if error is not None:
+            raise error
 
     def body(self, key: str) -> bytes | None:
         with self._lock:

@@ -231,6 +231,9 @@ def sidecar_config(spec: StoreSpec) -> dict[str, Any]:
         config["sse"] = sse
     if spec.storage_class:
         config["storageClass"] = spec.storage_class
+    config["tagSealedRuns"] = spec.tag_sealed_runs
+    if spec.local_retention.delete_after is not None:
+        config["localRetention"] = spec.local_retention.wire()
     creds = spec.secret_ref
     if creds is not None:
         config["credentials"] = CredentialSource.STATIC.value
