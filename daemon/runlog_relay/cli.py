@@ -9,9 +9,11 @@ returns the process exit code.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import cast
 
 from runlog_relay import __version__
 from runlog_relay.exitcodes import missing_extra
@@ -83,8 +85,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen = None
     # No (known) command: build every parser so --help and errors are complete.
     parser = build_parser() if chosen is None else build_parser(only=chosen)
-    args = parser.parse_args(args_list)
+    args, unknown = parser.parse_known_args(args_list)
+    if unknown:
+        # argparse would report these with the top-level usage; the command's own usage,
+        # and the nearest option it has, is what helps.
+        command = _command_parser(parser, args.command)
+        options = [s for action in command._actions for s in action.option_strings]
+        near = difflib.get_close_matches(unknown[0].split("=")[0], options, n=1)
+        hint = f" (did you mean {near[0]}?)" if near and unknown[0].startswith("-") else ""
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     return int(args.handler(args) or 0)
+
+
+def _command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return cast(argparse.ArgumentParser, action.choices[name])
+    raise LookupError(name)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,170 +1,402 @@
-"""Command-line options shared by every command that talks to a bucket.
+"""Command-line options of the sidecar and of every command that talks to a bucket.
 
-The sidecar and the read-side tools take the same connection options with the same
-defaults (runnable's), the same ``RUNLOG_RELAY_*`` variables and the same ``--config``
-file, so a user who set up one can use the others unchanged.
+Every option is generated from a settings field (:data:`OPTION_GROUPS` names its flag and
+placeholder; the help text, the default, the ``RUNLOG_RELAY_*`` variable and the config
+key come from the field), so the command line, the environment, the config file,
+``--help`` and the reference page (``docs/reference/settings.md``, generated from this
+table) cannot drift apart. The read-side tools take the connection options (the groups
+marked ``store``) with the same defaults (runnable's), variables and ``--config`` file, so
+a user who set up one command can use the others unchanged.
+
+Two kinds of setting have no flag, on purpose (:data:`SECRET_FIELDS`, :data:`AWS_FIELDS`):
+secret values, which a flag would show in ``ps`` and a ConfigMap-style file must not hold
+(their ``*_file`` forms are options), and the AWS SDK's standard variables, read exactly
+as the AWS tools read them. ``--config`` itself is a flag and ``RUNLOG_RELAY_CONFIG``.
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
+import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runlog_relay.config.credentials import CredentialSource
-from runlog_relay.config.models import DEFAULT_BUCKET, DEFAULT_ENDPOINT, SSEMode
-from runlog_relay.config.settings import ENV_PREFIX, SidecarSettings, load_sidecar_settings
-from runlog_relay.layout import Layout
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+
+from runlog_relay.config.models import format_size
+from runlog_relay.config.settings import (
+    CONFIG_VARIABLE,
+    SidecarSettings,
+    config_key,
+    env_names,
+    load_sidecar_settings,
+    setting_field,
+    unknown_variables,
+)
 from runlog_relay.objectstore import ObjectStore
 
 __all__ = [
-    "STORE_OPTION_NAMES",
+    "AWS_FIELDS",
+    "OPTION_GROUPS",
+    "SECRET_FIELDS",
+    "Option",
+    "OptionGroup",
+    "add_sidecar_options",
     "add_store_options",
+    "config_path",
     "open_store",
     "overrides_from_args",
     "settings_from_args",
+    "warn_unknown_variables",
 ]
 
-#: argparse dest → settings field, for the options added by add_store_options.
-STORE_OPTION_NAMES = (
-    "endpoint",
-    "bucket",
-    "layout",
-    "region",
-    "create_bucket",
-    "credential_source",
-    "sts_endpoint",
-    "storage_class",
-)
-#: argparse dest → field of the ``sse`` settings group.
-SSE_OPTION_NAMES = {
-    "sse": "mode",
-    "sse_kms_key_id": "kms_key_id",
-    "sse_kms_context": "kms_context",
-    "sse_c_key_file": "c_key_file",
-}
+_DEST = "setting:"
 
 
-def add_store_options(parser: argparse.ArgumentParser) -> None:
-    """--endpoint, --bucket, --layout, --region, credentials, --config and TLS options."""
-    group = parser.add_argument_group(
+@dataclass(frozen=True)
+class Option:
+    """One setting as an option: its flag and placeholder; the rest is the field's."""
+
+    path: tuple[str, ...]
+    flag: str
+    metavar: str = ""
+    """Placeholder of the value; empty for a switch or a choice of values."""
+    switch: bool = False
+    """A flag without a ``--no-`` form (``--once``)."""
+    tools: bool = True
+    """In a ``store`` group: the read-side tools take it too."""
+    unset: str = ""
+    """What leaving it unset means, when the field's default is None (shown as the
+    default)."""
+
+    @property
+    def field(self) -> FieldInfo:
+        return setting_field(self.path)
+
+    @property
+    def env(self) -> tuple[str, ...]:
+        return env_names(self.path)
+
+    @property
+    def key(self) -> str:
+        return config_key(self.path)
+
+    @property
+    def is_bool(self) -> bool:
+        return self.field.annotation is bool
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        kind = _bare(self.field.annotation)
+        if isinstance(kind, type) and issubclass(kind, enum.Enum):
+            return tuple(str(member.value) for member in kind)
+        return ()
+
+    @property
+    def placeholder(self) -> str:
+        """What ``--help`` and the reference show after the flag."""
+        if self.is_bool:
+            return ""
+        if self.choices:
+            return "{" + ",".join(self.choices) + "}"
+        return self.metavar
+
+    @property
+    def default(self) -> str:
+        """The default as a user would write it; empty when there is none."""
+        value = self.field.default
+        if value is None or value == ():
+            return self.unset
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, enum.Enum):
+            return str(value.value)
+        if self.metavar == "SIZE":
+            return format_size(int(value))
+        if isinstance(value, float):
+            return f"{value:g}"
+        return str(value)
+
+    @property
+    def description(self) -> str:
+        """The field's docstring as one paragraph of Markdown (the reference page's)."""
+        return " ".join((self.field.description or "").split())
+
+    def help(self) -> str:
+        """``--help``: the description without Markdown, the variables, key and default."""
+        names = ", ".join(self.env)
+        default = f"; default {self.default}" if self.default else ""
+        plain = self.description.replace("`", "").rstrip(".")
+        return f"{plain} (env {names}; key {self.key}{default})".replace("%", "%%")
+
+
+@dataclass(frozen=True)
+class OptionGroup:
+    title: str
+    description: str
+    options: tuple[Option, ...]
+    store: bool = False
+    """The read-side tools take this group too."""
+
+
+OPTION_GROUPS: tuple[OptionGroup, ...] = (
+    OptionGroup(
+        "folder",
+        "The run-log folder and the runs in it.",
+        (
+            Option(("source",), "--source", "DIR", unset="required"),
+            Option(("run_ids",), "--run-id", "ID", unset="every run"),
+            Option(("retry_run_id",), "--retry-run-id", "ID"),
+            Option(("once",), "--once", switch=True),
+        ),
+    ),
+    OptionGroup(
         "object store",
-        "Static keys come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY [/ AWS_SESSION_TOKEN]"
-        f" (or {ENV_PREFIX}ACCESS_KEY_ID_FILE / {ENV_PREFIX}SECRET_ACCESS_KEY_FILE /"
-        f" {ENV_PREFIX}SESSION_TOKEN_FILE naming files mounted from a Secret); default"
-        " minioadmin, like runnable. Web identity (IRSA) reads AWS_WEB_IDENTITY_TOKEN_FILE,"
-        " AWS_ROLE_ARN, AWS_ROLE_SESSION_NAME; container credentials (EKS Pod Identity)"
-        " AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE, as the"
-        " AWS tools do.",
+        "Where the mirror is: runnable's defaults, so a runnable user needs no new setting.",
+        (
+            Option(("endpoint",), "--endpoint", "URL"),
+            Option(("bucket",), "--bucket", "BUCKET[/PREFIX]"),
+            Option(("layout",), "--layout"),
+            Option(("region",), "--region", "REGION", unset="asked of the bucket"),
+            Option(("create_bucket",), "--create-bucket", tools=False),
+            Option(("storage_class",), "--storage-class", "CLASS", unset="the bucket's"),
+            Option(("tls", "ca_file"), "--ca-file", "FILE"),
+            Option(("tls", "insecure_skip_verify"), "--insecure-skip-verify"),
+        ),
+        store=True,
+    ),
+    OptionGroup(
+        "credentials",
+        "Static keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY [/ AWS_SESSION_TOKEN] (or"
+        " the RUNLOG_RELAY_* variables of the same names, or the files below, mounted from a"
+        " Secret and re-read when it changes); default minioadmin, like runnable. Web identity"
+        " (IRSA) reads AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN, AWS_ROLE_SESSION_NAME;"
+        " container credentials (EKS Pod Identity) AWS_CONTAINER_CREDENTIALS_FULL_URI and"
+        " AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE, as the AWS tools do.",
+        (
+            Option(("credential_source",), "--credentials"),
+            Option(("access_key_id_file",), "--access-key-id-file", "FILE"),
+            Option(("secret_access_key_file",), "--secret-access-key-file", "FILE"),
+            Option(("session_token_file",), "--session-token-file", "FILE"),
+            Option(("sts_endpoint",), "--sts-endpoint", "URL", unset="AWS's regional one"),
+        ),
+        store=True,
+    ),
+    OptionGroup(
+        "encryption",
+        "Server-side encryption of the objects written (and the SSE-C key to read them).",
+        (
+            Option(("sse", "mode"), "--sse", unset="the bucket's"),
+            Option(("sse", "kms_key_id"), "--sse-kms-key-id", "KEY"),
+            Option(("sse", "kms_context"), "--sse-kms-context", "JSON"),
+            Option(("sse", "c_key_file"), "--sse-c-key-file", "FILE"),
+        ),
+        store=True,
+    ),
+    OptionGroup(
+        "finished runs",
+        "What the sidecar does once a run's RunLog is final and every file of the run is"
+        " verified in the bucket (the run is sealed).",
+        (
+            Option(("tag_sealed_runs",), "--tag-sealed-runs"),
+            Option(("exit_when_sealed",), "--exit-when-sealed"),
+            Option(
+                ("local_retention", "delete_after"), "--retain-local", "DURATION", unset="never"
+            ),
+            Option(("local_retention", "dry_run"), "--retain-local-dry-run"),
+        ),
+    ),
+    OptionGroup(
+        "sync tuning",
+        "SECONDS may be fractional; SIZE is bytes or a number with a unit (16MiB, 512KiB,"
+        " 1GiB, 20MB).",
+        (
+            Option(("sync", "debounce_seconds"), "--debounce", "SECONDS"),
+            Option(("sync", "rescan_interval_seconds"), "--rescan-interval", "SECONDS"),
+            Option(("sync", "concurrency"), "--concurrency", "N"),
+            Option(("sync", "force_polling"), "--force-polling"),
+            Option(("sync", "poll_interval_seconds"), "--poll-interval", "SECONDS"),
+            Option(("sync", "torn_grace_seconds"), "--torn-grace", "SECONDS"),
+            Option(("sync", "permanent_error_retry_seconds"), "--permanent-retry", "SECONDS"),
+            Option(("sync", "drain_timeout_seconds"), "--drain-timeout", "SECONDS"),
+            Option(("sync", "max_pending_bytes"), "--max-pending-bytes", "SIZE"),
+            Option(("sync", "max_file_bytes"), "--max-file-size", "SIZE"),
+        ),
+    ),
+    OptionGroup(
+        "metrics and logs",
+        "",
+        (
+            Option(("metrics_host",), "--metrics-host", "ADDR"),
+            Option(("metrics_port",), "--metrics-port", "PORT"),
+            Option(("log_level",), "--log-level", "LEVEL"),
+            Option(("log_format",), "--log-format"),
+        ),
+    ),
+)
+
+#: Settings read from the environment only: a flag would show them in ``ps``, and the
+#: config file (often a ConfigMap) refuses them. Their ``*_file`` forms are options.
+SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("access_key_id",),
+    ("secret_access_key",),
+    ("session_token",),
+    ("container_authorization_token",),
+)
+#: The AWS SDK's standard variables, read as the AWS tools read them (IRSA and Pod
+#: Identity inject them); no flag of ours.
+AWS_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("web_identity_token_file",),
+    ("role_arn",),
+    ("role_session_name",),
+    ("aws_region",),
+    ("container_credentials_full_uri",),
+    ("container_credentials_relative_uri",),
+    ("container_authorization_token_file",),
+    ("ec2_metadata_endpoint",),
+)
+
+
+def _bare(annotation: Any) -> Any:
+    """``X | None`` → ``X``."""
+    args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+    return (
+        args[0]
+        if len(args) == 1 and type(None) in getattr(annotation, "__args__", ())
+        else annotation
     )
-    group.add_argument(
-        "--endpoint",
-        help=f"S3/MinIO endpoint URL (env {ENV_PREFIX}ENDPOINT; default {DEFAULT_ENDPOINT})",
-    )
-    group.add_argument(
-        "--bucket",
-        metavar="BUCKET[/PREFIX]",
-        help=f"bucket and optional key prefix, runnable's form (env {ENV_PREFIX}BUCKET;"
-        f" default {DEFAULT_BUCKET})",
-    )
-    group.add_argument(
-        "--layout",
-        choices=[layout.value for layout in Layout],
-        help="chunked: runnable chunked-fs → chunked-minio; single: file-system → minio"
-        f" (env {ENV_PREFIX}LAYOUT; default chunked)",
-    )
-    group.add_argument("--region", help=f"S3 region; unset for MinIO (env {ENV_PREFIX}REGION)")
-    group.add_argument(
-        "--credentials",
-        dest="credential_source",
-        choices=[source.value for source in CredentialSource],
-        help="where credentials come from: static keys, web-identity (IRSA), container (EKS"
-        " Pod Identity, ECS), instance (EC2 IMDSv2); auto picks static keys if given, else web"
-        f" identity, else container credentials, else minioadmin (env {ENV_PREFIX}CREDENTIALS;"
-        " default auto)",
-    )
-    group.add_argument(
-        "--sts-endpoint",
-        metavar="URL",
-        help="STS endpoint for web identity, for private clouds (env"
-        f" {ENV_PREFIX}STS_ENDPOINT or AWS_ENDPOINT_URL_STS; default AWS's regional one)",
-    )
-    group.add_argument(
-        "--sse",
-        choices=[mode.value for mode in SSEMode],
-        help="server-side encryption of what is written: s3 (SSE-S3), kms (SSE-KMS), c (SSE-C,"
-        f" your own key) (env {ENV_PREFIX}SSE__MODE; default the bucket's)",
-    )
-    group.add_argument(
-        "--sse-kms-key-id",
-        metavar="KEY",
-        help=f"KMS key id, alias or ARN for --sse kms (env {ENV_PREFIX}SSE__KMS_KEY_ID;"
-        " default the bucket's KMS key)",
-    )
-    group.add_argument(
-        "--sse-kms-context",
-        metavar="JSON",
-        help='KMS encryption context for --sse kms, a JSON object such as {"team": "data"}'
-        f" (env {ENV_PREFIX}SSE__KMS_CONTEXT)",
-    )
-    group.add_argument(
-        "--sse-c-key-file",
-        type=Path,
-        metavar="FILE",
-        help="file with the 32-byte SSE-C key, raw or base64, for --sse c; needed to read"
-        f" such objects too (env {ENV_PREFIX}SSE__C_KEY_FILE)",
-    )
-    group.add_argument(
-        "--storage-class",
-        metavar="CLASS",
-        help="S3 storage class of what is written, e.g. STANDARD_IA or INTELLIGENT_TIERING"
-        f" (env {ENV_PREFIX}STORAGE_CLASS; default the bucket's)",
-    )
-    group.add_argument(
-        "--insecure-skip-verify",
-        action="store_const",
-        const=True,
-        help=f"do not verify the endpoint's TLS certificate (env"
-        f" {ENV_PREFIX}TLS__INSECURE_SKIP_VERIFY; test setups only)",
-    )
-    group.add_argument(
-        "--ca-file",
-        type=Path,
-        help=f"PEM CA bundle to trust for https endpoints (env {ENV_PREFIX}TLS__CA_FILE)",
-    )
-    group.add_argument(
+
+
+def _group_model(path: tuple[str, ...]) -> type[BaseModel]:
+    if len(path) == 1:
+        return SidecarSettings
+    group = SidecarSettings.model_fields[path[0]].annotation
+    assert isinstance(group, type) and issubclass(group, BaseModel)
+    return group
+
+
+def _checker(option: Option) -> Any:
+    """The argparse ``type``: the field's own validation of the value (the group's other
+    fields at their defaults), so a bad value is a usage error naming the flag. The text
+    itself is passed on: the settings validate it once more with everything else."""
+    model = _group_model(option.path)
+    name = option.path[-1]
+    names = {name, *(str(a) for a in getattr(option.field.validation_alias, "choices", ()))}
+    is_list = option.flag == "--run-id"
+
+    def check(text: str) -> str:
+        value: Any = [text] if is_list else text
+        try:
+            # validate_python, not the constructor: settings sources (the environment)
+            # must not take part in checking one flag.
+            model.__pydantic_validator__.validate_python({name: value})
+        except ValidationError as exc:
+            mine = [e for e in exc.errors() if e["loc"] and str(e["loc"][0]) in names]
+            if mine:
+                raise argparse.ArgumentTypeError(
+                    "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in mine)
+                ) from None
+        return text
+
+    check.__name__ = option.placeholder or name  # argparse: "invalid <name> value"
+    return check
+
+
+def _add(parser: Any, option: Option) -> None:
+    kwargs: dict[str, Any] = {
+        "dest": _DEST + ".".join(option.path),
+        "default": argparse.SUPPRESS,
+        "help": option.help(),
+    }
+    if option.switch:
+        kwargs.update(action="store_const", const=True)
+    elif option.is_bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = _checker(option)
+        if option.choices:
+            kwargs["choices"] = option.choices
+        else:
+            kwargs["metavar"] = option.metavar
+        if option.flag == "--run-id":
+            kwargs["action"] = "append"
+    parser.add_argument(option.flag, **kwargs)
+
+
+def _add_config(parser: Any) -> None:
+    parser.add_argument(
         "--config",
         type=Path,
         metavar="FILE",
-        help=f"YAML settings file; options and {ENV_PREFIX}* variables take precedence",
+        default=argparse.SUPPRESS,
+        help=f"YAML settings file, with the keys named below; options and variables take"
+        f" precedence (env {CONFIG_VARIABLE})",
     )
+
+
+def add_store_options(parser: argparse.ArgumentParser) -> None:
+    """The connection options (object store, credentials, encryption) and ``--config``."""
+    first = True
+    for group in OPTION_GROUPS:
+        if not group.store:
+            continue
+        target = parser.add_argument_group(group.title, group.description or None)
+        if first:
+            _add_config(target)
+            first = False
+        for option in group.options:
+            if option.tools:
+                _add(target, option)
+
+
+def add_sidecar_options(parser: argparse.ArgumentParser) -> None:
+    """Every option of the sidecar, in :data:`OPTION_GROUPS` order."""
+    for group in OPTION_GROUPS:
+        target = parser.add_argument_group(group.title, group.description or None)
+        if group.title == "folder":
+            _add_config(target)
+        for option in group.options:
+            _add(target, option)
+
+
+def config_path(args: argparse.Namespace) -> Path | None:
+    """``--config``, else ``RUNLOG_RELAY_CONFIG``, else none."""
+    given = getattr(args, "config", None)
+    if given is not None:
+        return Path(given)
+    named = os.environ.get(CONFIG_VARIABLE, "").strip()
+    return Path(named) if named else None
 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> SidecarSettings:
     """Settings from the parsed options (unset options fall through to env/file/defaults)."""
-    return load_sidecar_settings(overrides_from_args(args, **extra), getattr(args, "config", None))
+    return load_sidecar_settings(overrides_from_args(args, **extra), config_path(args))
 
 
 def overrides_from_args(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
-    """The settings the command line sets explicitly (they win over env and file, and
-    keep winning when the config file is reloaded)."""
-    overrides: dict[str, Any] = {name: getattr(args, name, None) for name in STORE_OPTION_NAMES}
-    tls: dict[str, Any] = {}
-    if getattr(args, "insecure_skip_verify", None):
-        tls["insecure_skip_verify"] = True
-    if getattr(args, "ca_file", None):
-        tls["ca_file"] = args.ca_file
-    if tls:
-        overrides["tls"] = tls
-    sse = {
-        field: getattr(args, dest)
-        for dest, field in SSE_OPTION_NAMES.items()
-        if getattr(args, dest, None) is not None
-    }
-    if sse:
-        overrides["sse"] = sse
-    overrides.update(extra)
-    return {key: value for key, value in overrides.items() if value is not None}
+    """The settings the command line sets explicitly, as a nested mapping (they win over
+    env and file, and keep winning when the config file is reloaded)."""
+    overrides: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if not dest.startswith(_DEST) or value is None:
+            continue
+        path = dest.removeprefix(_DEST).split(".")
+        target = overrides
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = tuple(value) if isinstance(value, list) else value
+    overrides.update({key: value for key, value in extra.items() if value is not None})
+    return overrides
+
+
+def warn_unknown_variables(command: str) -> None:
+    """One stderr line per ``RUNLOG_RELAY_*`` variable that is no setting."""
+    for warning in unknown_variables():
+        print(f"runlog-relay {command}: warning: {warning}", file=sys.stderr)
 
 
 def open_store(settings: SidecarSettings, *, max_connections: int = 10) -> ObjectStore:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from runlog_relay import __version__, cli
-from runlog_relay.config.models import SyncSpec
+from runlog_relay.config.models import SyncSpec, size_bytes
 from runlog_relay.config.settings import load_sidecar_settings
 
 SECRET = "S3CR3T-cli-Zm9vYmFyYmF6"
@@ -180,7 +180,8 @@ def sidecar_help(capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
 
 def test_sidecar_help_covers_every_option(sidecar_help: dict[str, str]) -> None:
     expected = set(SIDECAR_OPTIONS) | set(SSE_OPTIONS) | set(TUNING_OPTIONS)
-    expected |= {"--once", "--config", "--run-id"}
+    expected |= {"--once", "--config", "--run-id", "--retry-run-id"}
+    expected |= {"--access-key-id-file", "--secret-access-key-file", "--session-token-file"}
     assert set(sidecar_help) == expected
 
 
@@ -206,9 +207,10 @@ def test_tuning_option_documents_its_env_variable_and_true_default(
     shown = re.search(r"default (\S+?)\)", text)
     assert shown is not None, text
     if isinstance(default, bool):
-        assert shown.group(1) == ("on" if default else "off")
-    else:
-        assert float(shown.group(1)) == default  # the help cannot drift from the model
+        assert shown.group(1) == ("true" if default else "false")
+    else:  # the help cannot drift from the model
+        value = shown.group(1)
+        assert (size_bytes(value) if "bytes" in field else float(value)) == default
 
 
 def attribute(settings: Any, dotted: str) -> Any:
@@ -326,23 +328,54 @@ def test_sidecar_invalid_settings_exit_2_listing_each_without_secrets(
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("RUNLOG_RELAY_SYNC__CONCURRENCY", "0")
-    argv = [
-        "sidecar",
-        "--source",
-        str(tmp_path),
-        "--bucket",
-        "Not_A_Bucket",
-        "--endpoint",
-        f"http://user:{SECRET}@minio:9000/path",
-        "--metrics-port",
-        "70000",
-    ]
-    code, out, err = run_main(argv, capsys)
+    monkeypatch.setenv("RUNLOG_RELAY_BUCKET", "Not_A_Bucket")
+    monkeypatch.setenv("RUNLOG_RELAY_ENDPOINT", f"http://user:{SECRET}@minio:9000/path")
+    monkeypatch.setenv("RUNLOG_RELAY_METRICS_PORT", "70000")
+    code, out, err = run_main(["sidecar", "--source", str(tmp_path)], capsys)
     assert code == 2
     assert err.startswith("runlog-relay sidecar: error: invalid settings")
-    for field in ("bucket", "endpoint", "metrics_port", "sync.concurrency"):
+    for field, variable in (
+        ("bucket", "RUNLOG_RELAY_BUCKET"),
+        ("endpoint", "RUNLOG_RELAY_ENDPOINT"),
+        ("metrics_port", "RUNLOG_RELAY_METRICS_PORT"),
+        ("sync.concurrency", "RUNLOG_RELAY_SYNC__CONCURRENCY"),
+    ):
         assert f"{field}:" in err, field
+        assert f"({variable})" in err, variable  # where the bad value came from
     assert SECRET not in out + err
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--bucket", "Not_A_Bucket"], "argument --bucket: bucket must be BUCKET[/PREFIX]"),
+        (["--endpoint", f"http://user:{SECRET}@minio:9000"], "argument --endpoint:"),
+        (["--metrics-port", "70000"], "argument --metrics-port: Input should be less than"),
+        (["--max-pending-bytes", "16XB"], "argument --max-pending-bytes: a size is"),
+        (["--debounce", "soon"], "argument --debounce: Input should be a valid number"),
+    ],
+)
+def test_a_bad_option_value_is_a_usage_error_naming_the_flag(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], problem: str
+) -> None:
+    code, out, err = run_main(["sidecar", "--source", str(tmp_path), *argv], capsys)
+    assert code == 2
+    assert problem in err
+    assert "usage: runlog-relay sidecar" in err
+    assert SECRET not in out + err
+
+
+def test_a_misspelt_option_shows_the_commands_usage_and_the_nearest_option(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run_main(["sidecar", "--sorce", str(tmp_path)], capsys)
+    assert code == 2
+    assert err.startswith("usage: runlog-relay sidecar")
+    assert "unrecognized arguments: --sorce" in err and "did you mean --source?" in err
+    code, _, err = run_main(["runs", "--endpont", "http://x:1"], capsys)
+    assert code == 2
+    assert err.startswith("usage: runlog-relay runs")
+    assert "did you mean --endpoint?" in err
 
 
 def test_sidecar_unreadable_credentials_file_exits_2(

@@ -16,7 +16,7 @@ import re
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from runlog_relay.layout import Layout
@@ -40,13 +40,16 @@ __all__ = [
     "SSESpec",
     "SecretKeyRef",
     "ServiceAccountIdentity",
+    "Size",
     "StoreSpec",
     "SyncSpec",
     "TLSSpec",
     "WireModel",
     "check_sse_fields",
     "duration_seconds",
+    "format_size",
     "parse_bucket",
+    "size_bytes",
     "validate_endpoint",
 ]
 
@@ -171,6 +174,47 @@ Duration = Annotated[
     Field(pattern=DURATION_PATTERN, max_length=32),
 ]
 """A duration on the wire: ``90s``, ``15m``, ``12h``, ``7d``, ``1h30m`` or seconds."""
+
+
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]i?)?[bB]?\s*$")
+_SIZE_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4}
+_BINARY_UNITS = ("KiB", "MiB", "GiB", "TiB")
+
+
+def size_bytes(value: Any) -> Any:
+    """Bytes in a size such as ``16MiB``, ``512KiB``, ``1.5GiB``, ``16Mi`` (Kubernetes'
+    spelling) or ``20MB`` (decimal), or a plain number of bytes; other values are left for
+    the integer validation to refuse."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        return value
+    match = _SIZE.match(value)
+    if match is None:
+        raise ValueError(
+            f"a size is a number of bytes or one with a unit, like 16MiB, 512KiB, 1GiB or"
+            f" 20MB; got {value!r}"
+        )
+    number, unit = match.groups()
+    if unit is None:
+        amount = float(number)
+    else:
+        base = 1024 if unit.endswith("i") else 1000
+        amount = float(number) * base ** _SIZE_POWERS[unit[0].lower()]
+    if amount != int(amount):
+        raise ValueError(f"{value!r} is not a whole number of bytes")
+    return int(amount)
+
+
+def format_size(value: int) -> str:
+    """``16777216`` → ``16MiB``: the largest binary unit that divides it exactly."""
+    for power in range(len(_BINARY_UNITS), 0, -1):
+        if value and value % 1024**power == 0:
+            return f"{value // 1024**power}{_BINARY_UNITS[power - 1]}"
+    return str(value)
+
+
+Size = Annotated[int, BeforeValidator(size_bytes)]
+"""A number of bytes; on input also ``16MiB``, ``512KiB``, ``1GiB``, ``16Mi`` or ``20MB``.
+The CRD keeps an integer (bytes): Kubernetes checks its bounds before the operator sees it."""
 
 
 BucketRef = Annotated[
@@ -366,12 +410,12 @@ class SyncSpec(WireModel):
     drain_timeout_seconds: float = Field(default=25.0, ge=0.0, le=3600.0)
     """On shutdown, how long to keep uploading what is pending before giving up. Keep it
     below the pod's terminationGracePeriodSeconds (30 by default)."""
-    max_pending_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
+    max_pending_bytes: Size = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
     """Upper bound on file contents held in memory waiting for upload, and on the parts of
     big files being streamed; the reader waits when it is reached (back-pressure, nothing
     is dropped). Keeps the sidecar's memory flat whatever the folder holds; one larger
     upload is always admitted."""
-    max_file_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    max_file_bytes: Size = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     """Largest run-log file mirrored, in bytes. A bigger file is not read: it is counted
     (`runlog_relay_skipped_files_total{reason="too_large"}`), warned about once and named
     when the sidecar exits (which is then not a complete mirror)."""

@@ -1,9 +1,14 @@
 """The sidecar's settings: one typed object per process, built once by the CLI.
 
 Sources, highest first: command-line options, ``RUNLOG_RELAY_*`` environment variables,
-the YAML ``--config`` file, defaults. The connection fields (endpoint, bucket, region,
-layout, create_bucket) and the embedded ``tls``/``sync`` groups use the same types as
-:class:`~runlog_relay.config.models.StoreSpec`, so the ConfigMap the operator renders
+the YAML ``--config`` file, defaults. Each setting's variable is :func:`env_names` and its
+file key :func:`config_key`, for ``--help``, the reference docs and the check of the
+environment: a ``RUNLOG_RELAY_*`` variable that is no setting is ignored, whatever its
+depth, and :func:`unknown_variables` says so (the commands warn), with the nearest name.
+
+The connection fields (endpoint, bucket, region, layout, create_bucket) and the embedded
+``tls``/``sync`` groups use the same types as :class:`~runlog_relay.config.models.StoreSpec`,
+so the ConfigMap the operator renders
 from a RunLogStore (camelCase) is a valid config file here too.
 
 Credentials (:mod:`runlog_relay.config.credentials` has the table): ``credentials``
@@ -20,9 +25,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import enum
 import ipaddress
 import json
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -36,8 +44,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_snake
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.alias_generators import to_camel, to_snake
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from runlog_relay.config.credentials import (
     CONTAINER_CREDENTIALS_HOST,
@@ -71,17 +86,31 @@ from runlog_relay.errors import ConfigError
 from runlog_relay.layout import UnsafeNameError, key_for
 
 __all__ = [
+    "CONFIG_VARIABLE",
     "ENV_PREFIX",
+    "GROUPS",
     "LogFormat",
     "SidecarSSE",
     "SidecarSettings",
     "SidecarTLS",
     "ambient_identity",
+    "config_key",
+    "env_names",
     "load_sidecar_settings",
     "read_config_file",
+    "setting_field",
+    "setting_fields",
+    "unknown_variables",
 ]
 
 ENV_PREFIX = "RUNLOG_RELAY_"
+#: Names the config file: the one option that cannot be a key of that file.
+CONFIG_VARIABLE = f"{ENV_PREFIX}CONFIG"
+#: Settings that are groups of settings: ``RUNLOG_RELAY_<GROUP>__<FIELD>`` in the
+#: environment, a ``group: {field: …}`` mapping in the file.
+GROUPS = ("tls", "sync", "sse", "local_retention")
+#: Variables of other runlog-relay programs that share the prefix (the operator's own).
+_OTHER_PREFIXES = (f"{ENV_PREFIX}OPERATOR_",)
 DEFAULT_METRICS_PORT = 9464
 DEFAULT_MINIO_CREDENTIAL = "minioadmin"
 
@@ -149,15 +178,17 @@ class SidecarSettings(BucketParts, BaseSettings):
     )
 
     source: Path | None = None
-    """Folder runnable writes run logs to (its log_folder); may not exist yet at start."""
+    """The folder runnable writes run logs to (its `log_folder`); required. It may not
+    exist yet when a long-running sidecar starts (runnable creates it): until it does,
+    `/readyz` says so and a warning repeats. A file there is an error."""
     endpoint: Endpoint = DEFAULT_ENDPOINT
     """S3/MinIO endpoint URL."""
     bucket: BucketRef = DEFAULT_BUCKET
     """runnable's BUCKET[/PREFIX]."""
     region: str | None = None
-    """S3 region; unset for MinIO."""
+    """S3 region; unset for MinIO. On AWS, setting it saves a `GetBucketLocation`."""
     layout: Layout = Layout.CHUNKED
-    """chunked (chunked-fs → chunked-minio) or single (file-system → minio)."""
+    """`chunked` (runnable's chunked-fs → chunked-minio) or `single` (file-system → minio)."""
     create_bucket: bool = False
     """Create the bucket if it is missing."""
     tls: SidecarTLS = SidecarTLS()
@@ -165,25 +196,26 @@ class SidecarSettings(BucketParts, BaseSettings):
     sync: SyncSpec = SyncSpec()
     """Watch/upload tuning."""
     tag_sealed_runs: bool = False
-    """Tag a sealed run's objects ``runlog-relay/status=<status>``."""
+    """Tag each object of a sealed run `runlog-relay/status=<SUCCESS|FAIL>`, for bucket
+    lifecycle rules (needs `s3:PutObjectTagging`)."""
     local_retention: LocalRetention = LocalRetention()
     """Delete sealed runs from the volume after a while (needs a writable mount)."""
     exit_when_sealed: bool = False
-    """Exit 0 once the pod's runs (``run_ids``) are sealed and the pod's work is done, so a
-    Job whose sidecar is a plain container completes (see the README)."""
+    """Exit 0 once the pod's runs (`runIds`) are sealed and the pod's work is done, so a
+    Job whose sidecar is a plain (classic) container completes."""
     retry_run_id: str | None = Field(
         default=None,
         validation_alias=AliasChoices(
             "retry_run_id", f"{ENV_PREFIX}RETRY_RUN_ID", "RUNNABLE_RETRY_RUN_ID"
         ),
     )
-    """The run this pod retries (runnable's ``RUNNABLE_RETRY_RUN_ID``, which the webhook
-    copies from the pipeline's container): with ``exit_when_sealed``, its final status
-    from before the pod does not count as the pod's work being done."""
+    """The run this pod retries (runnable's `RUNNABLE_RETRY_RUN_ID`, which the webhook
+    copies from the pipeline's container): with `exitWhenSealed`, its final status from
+    before the pod does not count as the pod's work being done."""
     run_ids: Annotated[tuple[str, ...], NoDecode] = ()
-    """Mirror only these runs (chunked: the ``<run_id>/`` folders; single: ``<run_id>.json``)
-    and list only their prefixes in the bucket. Empty: every run. In the environment a
-    comma-separated list (one id is valid, so a downward-API field can fill it)."""
+    """Mirror only these runs (chunked: the `<run_id>/` folders; single: `<run_id>.json`)
+    and list only their prefixes in the bucket; empty: every run. The flag repeats; the
+    variable is comma-separated (one id is valid, so a downward-API field can fill it)."""
     sse: SidecarSSE = SidecarSSE()
     """Server-side encryption of the objects written (and the SSE-C key to read them)."""
     storage_class: str | None = Field(default=None, pattern=STORAGE_CLASS_PATTERN)
@@ -223,14 +255,18 @@ class SidecarSettings(BucketParts, BaseSettings):
             "credentials", "credential_source", f"{ENV_PREFIX}CREDENTIALS"
         ),
     )
-    """auto, static, web-identity, container, instance or service-account (see --help)."""
+    """Where credentials come from: `static` keys, `web-identity` (IRSA), `container` (EKS
+    Pod Identity, ECS), `instance` (EC2 IMDSv2), `service-account` (the pod's IRSA or Pod
+    Identity, an error if it has neither). `auto`: static keys if given, else web identity,
+    else container credentials, else runnable's `minioadmin`."""
     sts_endpoint: str | None = Field(
         default=None,
         validation_alias=AliasChoices(
             "sts_endpoint", f"{ENV_PREFIX}STS_ENDPOINT", "AWS_ENDPOINT_URL_STS"
         ),
     )
-    """STS endpoint for web identity; default AWS's regional one (AWS_REGION)."""
+    """STS endpoint for web identity, for private clouds; default AWS's regional one (from
+    `AWS_REGION`)."""
     web_identity_token_file: Path | None = Field(
         default=None,
         validation_alias=AliasChoices("web_identity_token_file", "AWS_WEB_IDENTITY_TOKEN_FILE"),
@@ -286,13 +322,17 @@ class SidecarSettings(BucketParts, BaseSettings):
     """IMDS address for --credentials instance; default the SDK's 169.254.169.254."""
 
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
-    """Address the metrics/health server binds to."""
+    """Address the metrics and health server binds to."""
     metrics_port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535)
-    """Port for /metrics, /healthz and /readyz (0 = pick a free port, 9464 default)."""
+    """Port for `/metrics`, `/healthz` and `/readyz`; 0 picks a free port."""
     log_level: str = "INFO"
-    """DEBUG, INFO, WARNING or ERROR."""
+    """`DEBUG`, `INFO`, `WARNING` or `ERROR`."""
     log_format: LogFormat = LogFormat.PLAIN
-    """plain for people, json for log pipelines."""
+    """`plain` for people, `json` lines for log pipelines."""
+    once: bool = False
+    """Reconcile the whole folder with the bucket once, upload what differs, and exit: 0
+    when the bucket mirrors the folder, 1 otherwise. Gives up after the drain timeout (at
+    least 60 s) without progress."""
 
     @field_validator("retry_run_id")
     @classmethod
@@ -671,7 +711,11 @@ def load_sidecar_settings(
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, _FileSource(settings_cls, file_data))
+            return (
+                init_settings,
+                _KnownEnvSource(settings_cls),
+                _FileSource(settings_cls, file_data),
+            )
 
     try:
         return _Settings(**overrides)
@@ -684,5 +728,95 @@ def _format_validation_error(exc: ValidationError, config_file: Path | None) -> 
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
         location = ".".join(str(part) for part in error["loc"]) or "settings"
-        problems.append(f"{location}: {error['msg']}")
+        variable = _variable_of(error["loc"])
+        problems.append(f"{location}: {error['msg']}" + (f" ({variable})" if variable else ""))
     return f"invalid settings{where}: " + "; ".join(problems)
+
+
+def _variable_of(loc: tuple[int | str, ...]) -> str | None:
+    """The variable of the setting an error is about: by the time settings are loaded,
+    flags have been checked, so a bad value comes from the environment or the file."""
+    parts = tuple(str(part) for part in loc)
+    for path, field in setting_fields():
+        names = {path[-1], *(str(a) for a in getattr(field.validation_alias, "choices", ()))}
+        depth = len(path)
+        if len(parts) >= depth and parts[: depth - 1] == path[:-1] and parts[depth - 1] in names:
+            return env_names(path)[0]
+    return None
+
+
+def setting_fields() -> Iterator[tuple[tuple[str, ...], FieldInfo]]:
+    """Every setting that holds a value, as (path, field): groups are walked into."""
+    for name, field in SidecarSettings.model_fields.items():
+        if name in GROUPS:
+            group = field.annotation
+            assert isinstance(group, type) and issubclass(group, WireModel)
+            for sub, subfield in group.model_fields.items():
+                yield (name, sub), subfield
+        else:
+            yield (name,), field
+
+
+def setting_field(path: tuple[str, ...]) -> FieldInfo:
+    field = SidecarSettings.model_fields[path[0]]
+    if len(path) == 1:
+        return field
+    group = field.annotation
+    assert isinstance(group, type) and issubclass(group, WireModel)
+    return group.model_fields[path[1]]
+
+
+def env_names(path: tuple[str, ...]) -> tuple[str, ...]:
+    """The variables a setting reads, the ``RUNLOG_RELAY_*`` one first: upper-case
+    aliases where the field has them (``AWS_ACCESS_KEY_ID``), else prefix + path."""
+    field = setting_field(path)
+    alias = field.validation_alias
+    if len(path) == 1 and isinstance(alias, AliasChoices):
+        names = [str(choice) for choice in alias.choices if str(choice).isupper()]
+        return tuple(sorted(names, key=lambda name: not name.startswith(ENV_PREFIX)))
+    return (ENV_PREFIX + "__".join(part.upper() for part in path),)
+
+
+def config_key(path: tuple[str, ...]) -> str:
+    """A setting's key in the config file (camelCase, the operator's ConfigMap spelling;
+    snake_case is accepted too), dotted for a group's field: ``sync.debounceSeconds``."""
+    field = setting_field(path)
+    alias = field.validation_alias
+    if len(path) == 1 and isinstance(alias, AliasChoices):
+        first = str(alias.choices[0])  # the short name, e.g. ``credentials``
+        return to_camel(first)
+    return ".".join(to_camel(part) for part in path)
+
+
+def _known_variables() -> frozenset[str]:
+    names = {name for path, _ in setting_fields() for name in env_names(path)}
+    names.update(ENV_PREFIX + group.upper() for group in GROUPS)  # a group as JSON
+    names.add(CONFIG_VARIABLE)
+    return frozenset(names)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per ``RUNLOG_RELAY_*`` variable that is no setting (it is ignored),
+    with the nearest known name when there is one."""
+    environ = os.environ if environ is None else environ
+    known = _known_variables()
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(_OTHER_PREFIXES):
+            continue
+        near = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        warnings.append(f"{name} is not a setting{hint}; it is ignored")
+    return warnings
+
+
+class _KnownEnvSource(EnvSettingsSource):
+    """The environment, limited to the settings' own variables. Without the limit a
+    misspelt group variable (``RUNLOG_RELAY_SYNC__DEBOUNCE``) would be an error while a
+    misspelt top-level one is ignored, and the fields' short aliases (``credentials``)
+    would read unprefixed variables such as ``CREDENTIALS``."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        known = {name.lower() for name in _known_variables()}
+        return {k: v for k, v in super()._load_env_vars().items() if k.lower() in known}

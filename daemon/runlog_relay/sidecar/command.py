@@ -19,13 +19,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from runlog_relay import logs
-from runlog_relay.cliopts import add_store_options, open_store, overrides_from_args
-from runlog_relay.config.models import SyncSpec
+from runlog_relay.cliopts import add_sidecar_options, config_path, open_store, overrides_from_args
 from runlog_relay.config.settings import (
-    DEFAULT_METRICS_PORT,
     ENV_PREFIX,
     SidecarSettings,
     load_sidecar_settings,
+    unknown_variables,
 )
 from runlog_relay.errors import ConfigError
 from runlog_relay.exitcodes import ExitCode, epilog
@@ -41,222 +40,39 @@ log = logging.getLogger("runlog_relay.sidecar")
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = ExitCode.OK, ExitCode.NOT_DONE, ExitCode.USAGE
 
-#: option dest → SyncSpec field, for the tuning options.
-_SYNC_OPTIONS = {
-    "debounce": "debounce_seconds",
-    "rescan_interval": "rescan_interval_seconds",
-    "concurrency": "concurrency",
-    "force_polling": "force_polling",
-    "poll_interval": "poll_interval_seconds",
-    "torn_grace": "torn_grace_seconds",
-    "drain_timeout": "drain_timeout_seconds",
-    "permanent_retry": "permanent_error_retry_seconds",
-    "max_pending_bytes": "max_pending_bytes",
-    "max_file_size": "max_file_bytes",
-}
-
-
-#: flag, argparse dest (a key of _SYNC_OPTIONS), type, help text.
-_TUNING_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
-    ("--debounce", "debounce", float, "coalesce bursts of writes to a file for at most this long"),
-    (
-        "--rescan-interval",
-        "rescan_interval",
-        float,
-        "full rescan as a safety net for missed events",
-    ),
-    ("--concurrency", "concurrency", int, "uploads in flight at once"),
-    (
-        "--force-polling",
-        "force_polling",
-        bool,
-        "poll instead of inotify (NFS, CIFS, some CSI volumes)",
-    ),
-    ("--poll-interval", "poll_interval", float, "polling period with --force-polling"),
-    ("--torn-grace", "torn_grace", float, "report a file that stays half-written longer than this"),
-    (
-        "--drain-timeout",
-        "drain_timeout",
-        float,
-        "on SIGTERM, keep uploading pending files this long",
-    ),
-    (
-        "--permanent-retry",
-        "permanent_retry",
-        float,
-        "after a permanent error (AccessDenied, NoSuchBucket), try the store again this often",
-    ),
-    (
-        "--max-pending-bytes",
-        "max_pending_bytes",
-        int,
-        "file contents held in memory waiting for upload or streaming; the reader waits beyond it",
-    ),
-    (
-        "--max-file-size",
-        "max_file_size",
-        int,
-        "largest file mirrored, in bytes; a bigger one is refused, counted and named at exit",
-    ),
-)
-
-
-def _tuning_help(text: str, dest: str) -> str:
-    """A tuning option's help with its variable and default, both taken from SyncSpec."""
-    field = _SYNC_OPTIONS[dest]
-    default = SyncSpec.model_fields[field].default
-    if isinstance(default, bool):
-        shown = "on" if default else "off"
-    elif isinstance(default, int):
-        shown = str(default)
-    else:
-        shown = f"{default:g}"
-    return f"{text} (env {ENV_PREFIX}SYNC__{field.upper()}; default {shown})"
-
 
 def register(subparsers: Any, summary: str) -> None:
     parser = subparsers.add_parser(
         "sidecar",
         help=summary,
+        usage="%(prog)s --source DIR [options]",
         description="Watch a runnable run-log folder (chunked-fs or file-system store) and"
         " keep an exact mirror of it in an S3/MinIO bucket, in the layout runnable's"
         " chunked-minio (or minio) store reads. Never deletes objects.",
-        epilog="Every option can also be set as a RUNLOG_RELAY_* environment variable"
-        " (nested ones with __, e.g. RUNLOG_RELAY_SYNC__DEBOUNCE_SECONDS) or as a key in the"
-        " --config YAML file. " + epilog("sidecar"),
+        epilog=f"Every option is also the {ENV_PREFIX}* variable and the config-file key"
+        " named in its help (a group's field is VARIABLE__FIELD in the environment and"
+        " group: {field: ...} in the file; camelCase or snake_case keys). Secret values are"
+        f" variables only ({ENV_PREFIX}SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY, ...; a"
+        " flag would show in ps), and --config is also RUNLOG_RELAY_CONFIG. Precedence:"
+        " options, variables, the file, defaults. An unknown RUNLOG_RELAY_* variable is"
+        " ignored with a warning. " + epilog("sidecar"),
     )
-    parser.add_argument(
-        "--source",
-        type=Path,
-        metavar="DIR",
-        help=f"the folder runnable writes run logs to (its log_folder); it may not exist yet"
-        f" (env {ENV_PREFIX}SOURCE; required)",
-    )
-    add_store_options(parser)
-    parser.add_argument(
-        "--create-bucket",
-        action="store_const",
-        const=True,
-        help=f"create the bucket if it does not exist (env {ENV_PREFIX}CREATE_BUCKET)",
-    )
-    parser.add_argument(
-        "--run-id",
-        dest="run_ids",
-        action="append",
-        metavar="ID",
-        help=f"mirror only this run (repeatable), and list only its prefix in the bucket"
-        f" (env {ENV_PREFIX}RUN_IDS, comma-separated; default every run)",
-    )
-    runs = parser.add_argument_group(
-        "finished runs",
-        "What the sidecar does once a run's RunLog is final and every file of the run is"
-        " verified in the bucket (the run is *sealed*).",
-    )
-    runs.add_argument(
-        "--tag-sealed-runs",
-        action="store_const",
-        const=True,
-        help=f"tag each object of a sealed run runlog-relay/status=<SUCCESS|FAIL>, for bucket"
-        f" lifecycle rules (env {ENV_PREFIX}TAG_SEALED_RUNS; needs s3:PutObjectTagging)",
-    )
-    runs.add_argument(
-        "--exit-when-sealed",
-        action="store_const",
-        const=True,
-        help=f"exit 0 once the pod's runs (--run-id) are sealed and the pod's work is done,"
-        f" so a Job whose sidecar is a plain container completes"
-        f" (env {ENV_PREFIX}EXIT_WHEN_SEALED)",
-    )
-    runs.add_argument(
-        "--retain-local",
-        metavar="DURATION",
-        help=f"delete a sealed run from the volume DURATION (90s, 12h, 7d, 1h30m) after its"
-        f" seal, after checking the bucket again; needs a writable volume"
-        f" (env {ENV_PREFIX}LOCAL_RETENTION__DELETE_AFTER; default never)",
-    )
-    runs.add_argument(
-        "--retain-local-dry-run",
-        action="store_const",
-        const=True,
-        help=f"with --retain-local, only log and count what would be deleted"
-        f" (env {ENV_PREFIX}LOCAL_RETENTION__DRY_RUN)",
-    )
-    parser.add_argument(
-        "--once",
-        action="store_true",
-        help="reconcile the whole folder with the bucket, upload what differs, and exit: 0"
-        " when the bucket mirrors the folder, 1 otherwise; it gives up after the drain"
-        " timeout (at least 60 s) without any progress",
-    )
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="N",
-        help=f"port for /metrics, /healthz, /readyz (env {ENV_PREFIX}METRICS_PORT; default"
-        f" {DEFAULT_METRICS_PORT}; 0 picks a free port)",
-    )
-    parser.add_argument(
-        "--metrics-host",
-        metavar="ADDR",
-        help=f"address to serve metrics on (env {ENV_PREFIX}METRICS_HOST; default 0.0.0.0)",
-    )
-    parser.add_argument(
-        "--log-level",
-        metavar="LEVEL",
-        help=f"DEBUG, INFO, WARNING, ERROR (env {ENV_PREFIX}LOG_LEVEL; default INFO)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=["plain", "json"],
-        help=f"plain for people, json lines for log pipelines (env {ENV_PREFIX}LOG_FORMAT;"
-        " default plain)",
-    )
-    tuning = parser.add_argument_group(
-        "sync tuning", f"Also as {ENV_PREFIX}SYNC__<FIELD> variables or the config's sync: map."
-    )
-    for flag, dest, kind, text in _TUNING_OPTIONS:
-        if kind is bool:
-            tuning.add_argument(
-                flag, dest=dest, action="store_const", const=True, help=_tuning_help(text, dest)
-            )
-        else:
-            metavar = "SECONDS" if kind is float else ("BYTES" if "bytes" in text else "N")
-            tuning.add_argument(
-                flag, dest=dest, type=kind, metavar=metavar, help=_tuning_help(text, dest)
-            )
+    add_sidecar_options(parser)
     parser.set_defaults(handler=run)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    sync = {
-        field: getattr(args, dest)
-        for dest, field in _SYNC_OPTIONS.items()
-        if getattr(args, dest) is not None
-    }
-    extra: dict[str, Any] = {
-        "source": args.source,
-        "create_bucket": args.create_bucket,
-        "metrics_port": args.metrics_port,
-        "metrics_host": args.metrics_host,
-        "log_level": args.log_level,
-        "log_format": args.log_format,
-        "run_ids": tuple(args.run_ids) if args.run_ids else None,
-        "tag_sealed_runs": args.tag_sealed_runs,
-        "exit_when_sealed": args.exit_when_sealed,
-    }
-    retention = {
-        field: value
-        for field, value in (
-            ("delete_after", args.retain_local),
-            ("dry_run", args.retain_local_dry_run),
-        )
-        if value is not None
-    }
-    if retention:
-        extra["local_retention"] = retention
-    if sync:
-        extra["sync"] = sync
-    return overrides_from_args(args, **extra)
+    return overrides_from_args(args)
+
+
+def _wants_once(overrides: dict[str, Any]) -> bool:
+    """``once`` when the settings cannot be loaded (yet): the option, else the environment."""
+    if "once" in overrides:
+        return bool(overrides["once"])
+    try:
+        return load_sidecar_settings().once
+    except ConfigError:
+        return False
 
 
 def _settings(overrides: dict[str, Any], config_file: Path | None) -> SidecarSettings:
@@ -273,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     # When this process started: with --exit-when-sealed, a retried run's final RunLog
     # written after it is this pod's.
     args.started_at = time.time()
+    args.config = config_path(args)
     overrides = _overrides(args)
     waiting: list[Path] = []
     try:
@@ -280,9 +97,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         # A ConfigMap or Secret that does not exist yet (optional volumes, GitOps
         # ordering) is worth waiting for; anything else is a usage error.
-        waiting = (
-            [] if args.once or args.config is None else _missing_mounts(args.config, overrides)
-        )
+        once = _wants_once(overrides)
+        waiting = [] if once or args.config is None else _missing_mounts(args.config, overrides)
         if not waiting:
             print(f"runlog-relay sidecar: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -293,16 +109,21 @@ def run(args: argparse.Namespace) -> int:
         # A file where the folder should be is a mistake to fix; a folder that does not
         # exist yet is normal for a long-running sidecar (runnable creates it), but not
         # for --once, which has nothing to reconcile.
-        if problem is not None and (args.once or settings.source.exists()):
+        if problem is not None and (settings.once or settings.source.exists()):
             print(f"runlog-relay sidecar: error: {problem}", file=sys.stderr)
             return EXIT_USAGE
-    if args.once:
-        assert settings is not None
+    if settings is not None and settings.once:
         logs.configure(settings.log_level, settings.log_format.value)
+        _warn_unknown_variables()
         pipeline = Pipeline(settings, SidecarMetrics(CollectorRegistry()), open_store, once=True)
         log.info("starting: %s", settings.describe())
         return _finish(pipeline.run_once(timeout=once_budget(settings)))
     return _serve(args, overrides, settings, waiting)
+
+
+def _warn_unknown_variables() -> None:
+    for warning in unknown_variables():
+        log.warning("%s", warning)
 
 
 def once_budget(settings: SidecarSettings) -> float:
@@ -329,6 +150,7 @@ def _serve(
     # environment give (the config file cannot be read yet).
     early = settings or load_sidecar_settings({k: v for k, v in overrides.items() if k != "source"})
     logs.configure(early.log_level, early.log_format.value)
+    _warn_unknown_variables()
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:

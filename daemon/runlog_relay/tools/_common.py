@@ -45,7 +45,7 @@ from rich.progress import (
 )
 
 from runlog_relay.backoff import backoff_delay
-from runlog_relay.cliopts import open_store, settings_from_args
+from runlog_relay.cliopts import open_store, settings_from_args, warn_unknown_variables
 from runlog_relay.config.settings import SidecarSettings
 from runlog_relay.errors import (
     ConfigError,
@@ -203,6 +203,7 @@ class StoreContext:
 
 def open_context(args: argparse.Namespace) -> StoreContext:
     """Settings from the shared store options, and the store; ConfigError when invalid."""
+    warn_unknown_variables(getattr(args, "command", None) or "tools")
     settings = settings_from_args(args)
     # For the messages of errors raised later (see guarded).
     args._endpoint, args._bucket = settings.endpoint, settings.bucket_name
