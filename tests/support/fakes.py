@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from runlog_relay.errors import NotFoundError, PermanentError, RetryableError
@@ -93,6 +94,7 @@ class FakeStore:
     bucket_exists: bool = True
     tags: dict[str, dict[str, str]] = field(default_factory=dict)  # key → tags
     fail_tags: list[BaseException] = field(default_factory=list)
+    modified: dict[str, datetime] = field(default_factory=dict)  # key → listed LastModified
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def put(
@@ -129,7 +131,9 @@ class FakeStore:
             raise error
         for key, (data, etag) in items:
             if key.startswith(sub_prefix):
-                yield RemoteObject(key=key, etag=etag, size=len(data), last_modified=None)
+                yield RemoteObject(
+                    key=key, etag=etag, size=len(data), last_modified=self.modified.get(key)
+                )
 
     def make_bucket(self) -> bool:
         created = not self.bucket_exists

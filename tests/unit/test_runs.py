@@ -286,6 +286,20 @@ def test_the_status_read_must_be_the_version_the_detector_has(harness: Harness) 
     assert harness.verify_requests == [] and not harness.observer.events
 
 
+def test_each_new_version_restarts_the_settle_time(harness: Harness) -> None:
+    harness.write("r1", FINAL)
+    harness.mirrored("r1")
+    harness.clock.advance(0.6)
+    harness.write("r1", {"b": 1}, "BranchLog-late")  # still writing
+    harness.mirrored("r1")
+    harness.clock.advance(0.5)  # the first version's timer is due, the second's is not
+    harness.sealer.process()
+    assert harness.verify_requests == []
+    harness.clock.advance(0.5)
+    harness.sealer.process()
+    assert harness.verify_requests == ["r1"]
+
+
 def test_single_layout_reads_the_status_from_the_run_file(tmp_path: Path) -> None:
     harness = Harness(tmp_path / "logs", layout=Layout.SINGLE)
     harness.write("r1", FINAL)
