@@ -464,8 +464,9 @@ class RunSealer:
         own = {key: etag for key, etag in objects.items() if key.startswith(prefix)}
         sealed_at = time.time()
         lag = max(0.0, now - (run.final_seen_at if run.final_seen_at is not None else now))
-        # Retention counts from the seal; a run that was already complete in the bucket
-        # when this process found it was sealed before, no later than its last write.
+        # Retention counts from the seal. A run already complete in the bucket when this
+        # process found it was sealed before, at some time after its last write (retention
+        # also waits for its newest object's LastModified, which it lists anyway).
         clock_start = sealed_at if run.changed_here else ledger.newest_mtime_ns / 1e9
         self._metrics.sealed.labels(status=run.status).inc()
         self._metrics.seal_lag.observe(lag)
