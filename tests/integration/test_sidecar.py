@@ -300,7 +300,11 @@ def test_wrong_credentials_are_permanent_and_never_logged(source: Path, tmp_path
         )
         # Retried every 0.5 s: after several retries, still one ERROR and no WARNING
         # (one line per distinct problem, a fixed slow retry).
-        wait_until(lambda: sidecar.log.count("GET /runnable?") >= 5, what="several retries")
+        server_log = tmp_path / "strict.log"
+        wait_until(
+            lambda: server_log.read_text(errors="replace").count("GET /runnable?") >= 5,
+            what="several retries at the server",
+        )
         store_lines = [
             line
             for line in sidecar.log.splitlines()
