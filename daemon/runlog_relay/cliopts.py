@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from runlog_relay.config.models import DEFAULT_BUCKET, DEFAULT_ENDPOINT
+from runlog_relay.config.credentials import CredentialSource
+from runlog_relay.config.models import DEFAULT_BUCKET, DEFAULT_ENDPOINT, SSEMode
 from runlog_relay.config.settings import ENV_PREFIX, SidecarSettings, load_sidecar_settings
 from runlog_relay.layout import Layout
 from runlog_relay.objectstore import ObjectStore
@@ -25,16 +26,36 @@ __all__ = [
 ]
 
 #: argparse dest → settings field, for the options added by add_store_options.
-STORE_OPTION_NAMES = ("endpoint", "bucket", "layout", "region", "create_bucket")
+STORE_OPTION_NAMES = (
+    "endpoint",
+    "bucket",
+    "layout",
+    "region",
+    "create_bucket",
+    "credential_source",
+    "sts_endpoint",
+    "storage_class",
+)
+#: argparse dest → field of the ``sse`` settings group.
+SSE_OPTION_NAMES = {
+    "sse": "mode",
+    "sse_kms_key_id": "kms_key_id",
+    "sse_kms_context": "kms_context",
+    "sse_c_key_file": "c_key_file",
+}
 
 
 def add_store_options(parser: argparse.ArgumentParser) -> None:
-    """--endpoint, --bucket, --layout, --region, --config and TLS options."""
+    """--endpoint, --bucket, --layout, --region, credentials, --config and TLS options."""
     group = parser.add_argument_group(
         "object store",
-        "Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or"
-        f" {ENV_PREFIX}ACCESS_KEY_ID_FILE / {ENV_PREFIX}SECRET_ACCESS_KEY_FILE naming files"
-        " mounted from a Secret); default minioadmin, like runnable.",
+        "Static keys come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY [/ AWS_SESSION_TOKEN]"
+        f" (or {ENV_PREFIX}ACCESS_KEY_ID_FILE / {ENV_PREFIX}SECRET_ACCESS_KEY_FILE /"
+        f" {ENV_PREFIX}SESSION_TOKEN_FILE naming files mounted from a Secret); default"
+        " minioadmin, like runnable. Web identity (IRSA) reads AWS_WEB_IDENTITY_TOKEN_FILE,"
+        " AWS_ROLE_ARN, AWS_ROLE_SESSION_NAME; container credentials (EKS Pod Identity)"
+        " AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE, as the"
+        " AWS tools do.",
     )
     group.add_argument(
         "--endpoint",
@@ -53,6 +74,52 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
         f" (env {ENV_PREFIX}LAYOUT; default chunked)",
     )
     group.add_argument("--region", help=f"S3 region; unset for MinIO (env {ENV_PREFIX}REGION)")
+    group.add_argument(
+        "--credentials",
+        dest="credential_source",
+        choices=[source.value for source in CredentialSource],
+        help="where credentials come from: static keys, web-identity (IRSA), container (EKS"
+        " Pod Identity, ECS), instance (EC2 IMDSv2); auto picks static keys if given, else web"
+        f" identity, else container credentials, else minioadmin (env {ENV_PREFIX}CREDENTIALS;"
+        " default auto)",
+    )
+    group.add_argument(
+        "--sts-endpoint",
+        metavar="URL",
+        help="STS endpoint for web identity, for private clouds (env"
+        f" {ENV_PREFIX}STS_ENDPOINT or AWS_ENDPOINT_URL_STS; default AWS's regional one)",
+    )
+    group.add_argument(
+        "--sse",
+        choices=[mode.value for mode in SSEMode],
+        help="server-side encryption of what is written: s3 (SSE-S3), kms (SSE-KMS), c (SSE-C,"
+        f" your own key) (env {ENV_PREFIX}SSE__MODE; default the bucket's)",
+    )
+    group.add_argument(
+        "--sse-kms-key-id",
+        metavar="KEY",
+        help=f"KMS key id, alias or ARN for --sse kms (env {ENV_PREFIX}SSE__KMS_KEY_ID;"
+        " default the bucket's KMS key)",
+    )
+    group.add_argument(
+        "--sse-kms-context",
+        metavar="JSON",
+        help='KMS encryption context for --sse kms, a JSON object such as {"team": "data"}'
+        f" (env {ENV_PREFIX}SSE__KMS_CONTEXT)",
+    )
+    group.add_argument(
+        "--sse-c-key-file",
+        type=Path,
+        metavar="FILE",
+        help="file with the 32-byte SSE-C key, raw or base64, for --sse c; needed to read"
+        f" such objects too (env {ENV_PREFIX}SSE__C_KEY_FILE)",
+    )
+    group.add_argument(
+        "--storage-class",
+        metavar="CLASS",
+        help="S3 storage class of what is written, e.g. STANDARD_IA or INTELLIGENT_TIERING"
+        f" (env {ENV_PREFIX}STORAGE_CLASS; default the bucket's)",
+    )
     group.add_argument(
         "--insecure-skip-verify",
         action="store_const",
@@ -89,20 +156,28 @@ def overrides_from_args(args: argparse.Namespace, **extra: Any) -> dict[str, Any
         tls["ca_file"] = args.ca_file
     if tls:
         overrides["tls"] = tls
+    sse = {
+        field: getattr(args, dest)
+        for dest, field in SSE_OPTION_NAMES.items()
+        if getattr(args, dest, None) is not None
+    }
+    if sse:
+        overrides["sse"] = sse
     overrides.update(extra)
     return {key: value for key, value in overrides.items() if value is not None}
 
 
 def open_store(settings: SidecarSettings, *, max_connections: int = 10) -> ObjectStore:
     """An ObjectStore for the settings' endpoint, bucket, prefix and credentials."""
-    access_key, secret_key = settings.credentials()
     return ObjectStore(
         endpoint=settings.endpoint,
         bucket=settings.bucket_name,
         prefix=settings.prefix,
-        access_key=access_key,
-        secret_key=secret_key,
+        credentials=settings.credentials(),
+        encryption=settings.encryption(),
+        storage_class=settings.storage_class,
         region=settings.region,
+        fallback_region=settings.aws_region,
         insecure_skip_verify=settings.tls.insecure_skip_verify,
         ca_file=str(settings.tls.ca_file) if settings.tls.ca_file else None,
         max_connections=max_connections,

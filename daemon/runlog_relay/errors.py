@@ -7,8 +7,11 @@ class alone::
     RelayError
     ├── ConfigError            invalid settings or spec; the user must fix something
     ├── RetryableError(delay)  the world may heal by itself: 5xx, timeouts, refused
-    │                          connections, throttling. Retried with backoff, forever
-    │                          while running; nothing is dropped.
+    │   │                      connections, throttling. Retried with backoff, forever
+    │   │                      while running; nothing is dropped.
+    │   └── CredentialsError   temporary credentials could not be obtained or renewed
+    │                          (STS, the Pod Identity agent, IMDS): retried, but nothing
+    │                          can be written meanwhile, so readiness is false.
     └── PermanentError         retrying the same call will not help until someone acts:
         │                      AccessDenied, NoSuchBucket, InvalidAccessKeyId. Surfaces
         │                      in readiness/status; the caller still re-checks slowly so
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "CredentialsError",
     "NotFoundError",
     "PermanentError",
     "RelayError",
@@ -51,6 +55,11 @@ class RetryableError(RelayError):
         self.delay = delay
         self.code = code
         self.unsent = unsent
+
+
+class CredentialsError(RetryableError):
+    """Temporary credentials could not be obtained or refreshed; the store is unusable
+    until they can (readiness false), and the call is retried."""
 
 
 class PermanentError(RelayError):

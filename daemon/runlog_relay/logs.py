@@ -52,6 +52,6 @@ def configure(level: str = "INFO", fmt: str = "plain", stream: TextIO | None = N
     root.addHandler(handler)
     root.setLevel(level.upper())
     # urllib3 logs every retry and pool event at DEBUG/WARNING; the relay reports those
-    # itself with context, so keep the SDK quiet unless debugging.
-    if level.upper() != "DEBUG":
-        logging.getLogger("urllib3").setLevel(logging.ERROR)
+    # itself with context. Quiet even when debugging: its DEBUG lines carry full request
+    # URLs, and STS's AssumeRoleWithWebIdentity puts the web identity token in the URL.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)

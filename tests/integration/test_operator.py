@@ -451,3 +451,86 @@ def test_secret_values_never_reach_status_events_configmaps_or_logs(
     for value in secrets + encoded:
         assert value not in stored, "a secret value was written to a non-Secret object"
         assert value not in logs, "a secret value was logged"
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def test_new_credentials_secret_ref_spelling(cluster: Cluster, bucket: str) -> None:
+    cluster.start()
+    cluster.put_creds()
+    spec = {**cluster.spec(bucket), "credentials": {"secretRef": {"name": "s3-creds"}}}
+    del spec["credentialsSecretRef"]
+    cluster.create_store("main", spec)
+    assert bucket in cluster.wait_ready("main", reason="Ready")["message"]
+
+
+def test_service_account_store_without_an_operator_identity(
+    cluster: Cluster, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    cluster.start()
+    spec = {
+        "endpoint": cluster.s3.endpoint,
+        "bucket": bucket,
+        "credentials": {"serviceAccount": {}},
+    }
+    cluster.create_store("main", spec)
+
+    ready = cluster.wait_ready("main", "True", "CheckedBySidecars")
+    conditions = cluster.conditions("main")
+    assert (conditions["BucketReady"]["status"], conditions["BucketReady"]["reason"]) == (
+        "Unknown",
+        "CheckedBySidecars",
+    )
+    assert conditions["SecretsAvailable"]["reason"] == "ServiceAccountIdentity"
+    assert "readiness" in ready["message"]
+    config = cluster.kube.get("v1/configmaps", "runlog-relay-main", NS)["data"]["config.yaml"]
+    assert "credentials: service-account" in config and "accessKeyIdFile" not in config
+
+
+def test_service_account_store_checked_with_the_operators_own_identity(
+    cluster: Cluster, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator pod's own identity (here static keys in its environment; on EKS its
+    ServiceAccount's IRSA role) checks the bucket; the signature-checking S3 proves it."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", cluster.s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", cluster.s3.secret_key)
+    cluster.start()
+    spec = {
+        "endpoint": cluster.s3.endpoint,
+        "bucket": bucket,
+        "credentials": {"serviceAccount": {}},
+    }
+    cluster.create_store("main", spec)
+    assert bucket in cluster.wait_ready("main", "True", "Ready")["message"]
+
+    cluster.s3.client().remove_bucket(bucket)  # and it really looks
+    cluster.create_store("other", {**spec, "bucket": f"{bucket}-gone"})
+    cluster.wait_ready("other", "False", "BucketNotFound")
+
+
+def test_a_secret_reference_cannot_name_another_namespace(cluster: Cluster, bucket: str) -> None:
+    """Issue 9: a `namespace` on the Secret reference, were it added and used, would let a
+    store in team-a use team-b's keys and turn Ready. It must not."""
+    cluster.kube.ensure_namespace("team-b")
+    cluster.start(namespaces=(NS, "team-b"), allow_errors=True)  # InvalidSpec is logged
+    cluster.put_creds(namespace="team-b")
+    for name, ref in (
+        ("old", {"credentialsSecretRef": {"name": "s3-creds", "namespace": "team-b"}}),
+        ("new", {"credentials": {"secretRef": {"name": "s3-creds", "namespace": "team-b"}}}),
+    ):
+        spec = {"endpoint": cluster.s3.endpoint, "bucket": f"{bucket}/run-logs", **ref}
+        cluster.create_store(name, spec)
+        # Pruned by the API server's structural schema, or refused by the operator:
+        # either way never Ready with another namespace's Secret.
+        ready = cluster.wait(
+            lambda n=name: (
+                (c := cluster.conditions(n).get("Ready")) and c["status"] == "False" and c
+            ),
+            f"{name} not Ready",
+        )
+        assert ready["reason"] in {"SecretNotFound", "InvalidSpec"}, ready
+        if ready["reason"] == "SecretNotFound":
+            assert f"namespace '{NS}'" in ready["message"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,8 @@ from runlog_relay.runnable_compat import (
     read_run_log_from_folder,
     run_pipeline,
 )
-from tests.support.s3server import S3Endpoint, start_auth_s3_server
+from tests.support.etagproxy import EtagRewritingProxy
+from tests.support.s3server import S3Endpoint, free_port, start_auth_s3_server
 from tests.support.toolcli import ACCESS_KEY, SECRET_KEY, cli, upload_like_the_sidecar
 
 pytestmark = [pytest.mark.integration]
@@ -435,13 +435,65 @@ def test_pull_all_and_since(
     assert none.code == 0 and "no runs matched" in none.out and not future.exists()
 
 
+@pytest.mark.parametrize("opaque", [False, True], ids=["md5-etags", "opaque-etags"])
+def test_pull_downloads_only_what_differs(
+    capsys: pytest.CaptureFixture[str],
+    any_s3: S3Endpoint,
+    runs: Runs,
+    tmp_path: Path,
+    opaque: bool,
+) -> None:
+    """An up-to-date folder costs the listing alone where ETags are MD5s, and at most one
+    HEAD per object (no GET) where they are not (SSE-KMS, SSE-C, a rewriting gateway;
+    here a real HTTP proxy makes them opaque)."""
+    proxy = EtagRewritingProxy(any_s3.port, rewrite=opaque)
+    try:
+        dest = tmp_path / "pulled"
+        args = ("pull", "tools-a", "--dest", str(dest), "--json", *store_args(proxy.endpoint))
+        first = cli(capsys, *args)
+        assert first.code == 0, first.err
+        objects = len(first.json()["runs"][0]["written"])
+        assert objects == 6 and proxy.count("GET") == objects
+
+        proxy.reset_counts()
+        again = cli(capsys, *args)
+        assert again.code == 0, again.err
+        [outcome] = again.json()["runs"]
+        assert outcome["outcome"] == "up_to_date" and len(outcome["unchanged"]) == objects
+        assert proxy.count("GET") == 0  # not one body downloaded
+        assert proxy.count("HEAD") == (objects if opaque else 0)
+        assert proxy.count("GET", "list") >= 1
+
+        # One file changed locally: only it is fetched, and refused as it differs.
+        (dest / "tools-a" / "RunLog.json").write_text('{"mine": true}')
+        proxy.reset_counts()
+        changed = cli(capsys, *args)
+        [refused] = changed.json()["runs"]
+        assert changed.code == 1 and refused["outcome"] == "refused"
+        assert refused["conflicts"] == [
+            {"path": "tools-a/RunLog.json", "detail": "differs from the bucket's copy"}
+        ]
+        assert proxy.count("GET") == 1
+
+        # verify agrees on such a bucket, with the same HEADs.
+        proxy.reset_counts()
+        verified = cli(
+            capsys,
+            "verify",
+            "tools-b",
+            "--source",
+            str(runs.chunked),
+            "--json",
+            *store_args(proxy.endpoint),
+        )
+        assert verified.code == 0, verified.out
+        assert verified.json()["counts"]["same"] == 6
+        assert proxy.count("HEAD") == (6 if opaque else 0) and proxy.count("GET") == 0
+    finally:
+        proxy.close()
+
+
 # ------------------------------------------------------------------- exit codes, for real
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_cli_processes(

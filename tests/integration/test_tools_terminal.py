@@ -17,7 +17,6 @@ import os
 import re
 import select
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from runlog_relay.cli import main
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.runnable_compat import run_pipeline
+from tests.support.s3server import free_port
 
 pytestmark = [pytest.mark.integration]
 
@@ -220,12 +220,6 @@ class Row:
 def rate(text: str) -> float:
     """``12.5/s`` → 12.5; ``…`` (no window yet) → 0."""
     return float(text.removesuffix("/s")) if text.endswith("/s") else 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def terminal_env() -> dict[str, str]:

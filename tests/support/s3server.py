@@ -18,8 +18,8 @@ import contextlib
 import io
 import json
 import os
+import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,17 +35,58 @@ from minio import Minio
 from minio.error import MinioException
 
 
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 def free_port() -> int:
     return free_ports(1)[0]
 
 
+#: Ports handed out by this process; never handed out twice.
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports on 127.0.0.1 (all bound at once, so none repeats)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
+    """``count`` distinct free ports on 127.0.0.1 for servers the tests start.
+
+    They come from below the kernel's ephemeral range: a port picked there (bind to 0, close,
+    hand it to a child) could meanwhile be taken as the local port of any outgoing
+    connection, and the child would fail with "address already in use". Below the range the
+    kernel never assigns ports by itself, and this process never hands one out twice.
+    """
+    low, high = 20000, _ephemeral_low()
+    if high - low < 1000:
+        low = max(1024, high - 10000)
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use by someone else
+        _handed_out.add(port)
+        ports.append(port)
+    return ports
 
 
 class S3Endpoint(Protocol):
@@ -87,12 +128,7 @@ class S3Server:
         return _client(self.endpoint, self.access_key, self.secret_key)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_process(self.process)
 
 
 def start_s3_server(
@@ -116,32 +152,55 @@ def start_s3_server(
             stderr=subprocess.STDOUT,
             env=env,
         )
+    try:
+        wait_for_moto(process, port, log_path, timeout)
+    except BaseException:
+        process.kill()
+        process.wait(10)
+        raise
+    return S3Server(process=process, port=port)
+
+
+def wait_for_moto(
+    process: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float = 30.0
+) -> None:
+    """Until moto's API answers on ``port`` (or the process exits)."""
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with {process.returncode}; see {log_path}")
+            raise RuntimeError(f"moto exited with {process.returncode}; see {log_path}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1):
-                break
+                return
         except urllib.error.HTTPError:
-            break  # it answered: good enough
+            return  # it answered: good enough
         except OSError:
             if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(
-                    f"moto server did not start in {timeout}s; see {log_path}"
-                ) from None
+                raise RuntimeError(f"moto did not start in {timeout}s; see {log_path}") from None
             time.sleep(0.1)
-    return S3Server(process=process, port=port)
+
+
+def enable_moto_auth(endpoint: str) -> None:
+    """Switch moto's signature and IAM checks on (process-wide, from now on)."""
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/reset-auth",
+        data=b"0",
+        method="POST",
+        headers={"Content-Type": "text/plain"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
 
 
 @dataclass
 class AuthS3:
-    """A moto server that checks signatures, and the one key pair its IAM knows."""
+    """A moto server that checks signatures, and the key pair its IAM allows everything
+    (plus the keys of the users created with policies of their own, by user name)."""
 
     server: S3Server
     access_key: str
     secret_key: str
+    users: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def endpoint(self) -> str:
@@ -154,12 +213,18 @@ class AuthS3:
         self.server.stop()
 
 
-def start_auth_s3_server(log_path: Path, *, prepare: Callable[[str], None] | None = None) -> AuthS3:
+def start_auth_s3_server(
+    log_path: Path,
+    *,
+    prepare: Callable[[str], None] | None = None,
+    users: dict[str, dict[str, object]] | None = None,
+) -> AuthS3:
     """moto with authentication on, and one IAM user allowed everything on S3.
 
     moto accepts any credentials until ``/moto-api/reset-auth`` switches checks on; the
     switch is process-wide, hence a server process of its own. ``prepare(endpoint)`` runs
-    before the switch, while any key still works (for example to seed objects).
+    before the switch, while any key still works (for example to seed objects). ``users``
+    maps further user names to their IAM policy documents (least-privilege tests).
     """
     import boto3  # comes with moto
 
@@ -179,20 +244,21 @@ def start_auth_s3_server(log_path: Path, *, prepare: Callable[[str], None] | Non
         }
         iam.put_user_policy(UserName="relay", PolicyName="s3", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName="relay")["AccessKey"]
+        more = {}
+        for name, document in (users or {}).items():
+            iam.create_user(UserName=name)
+            iam.put_user_policy(
+                UserName=name, PolicyName="policy", PolicyDocument=json.dumps(document)
+            )
+            created = iam.create_access_key(UserName=name)["AccessKey"]
+            more[name] = (created["AccessKeyId"], created["SecretAccessKey"])
         if prepare is not None:
             prepare(server.endpoint)
-        request = urllib.request.Request(
-            f"{server.endpoint}/moto-api/reset-auth",
-            data=b"0",
-            method="POST",
-            headers={"Content-Type": "text/plain"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            assert answer.status == 200
+        enable_moto_auth(server.endpoint)
     except BaseException:
         server.stop()
         raise
-    return AuthS3(server, key["AccessKeyId"], key["SecretAccessKey"])
+    return AuthS3(server, key["AccessKeyId"], key["SecretAccessKey"], more)
 
 
 # ---------------------------------------------------------------------------- SeaweedFS
@@ -289,14 +355,7 @@ class SeaweedFS:
 
     def stop(self) -> None:
         """Stop the server and remove the unix sockets it leaves in /tmp."""
-        if self.process.poll() is None:
-            # The data is throw-away: no graceful hand-over to wait for.
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(2)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, grace=2.0)  # throw-away data: no hand-over to wait for
         _remove(self._sockets)
 
 
@@ -364,8 +423,14 @@ def start_seaweedfs(workdir: Path, *, timeout: float = 60.0) -> SeaweedFS:
     return server
 
 
+#: SeaweedFS's SSE-S3 key (hex, 256 bits): without one it refuses SSE-S3 uploads.
+_SSE_S3_KEY = "5e" * 32
+
+
 def _server_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "WEED_"))}
+    env["WEED_S3_SSE_KEY"] = _SSE_S3_KEY
+    return env
 
 
 def _wait_writable(server: SeaweedFS, timeout: float) -> None:

@@ -86,13 +86,15 @@ def start_sidecar(
     bucket: str | None,
     log_path: Path,
     *extra: str,
-    env: dict[str, str] | None = None,
+    env: dict[str, str | None] | None = None,
     metrics: bool = True,
     wrapper: tuple[str, ...] = (),
 ) -> SidecarProcess:
     """Start the sidecar; with ``metrics`` wait for its server and learn its port.
 
     ``endpoint``/``bucket`` None: not on the command line (a config file decides).
+    ``env``: variables to set (None: to remove) over the test's environment, where the
+    static minioadmin keys are set unless removed.
     ``wrapper``: a command to run it under (e.g. ``setpriv`` to drop capabilities)."""
     args = [
         *wrapper,
@@ -115,7 +117,11 @@ def start_sidecar(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLOG_RELAY_")}
     full_env.setdefault("AWS_ACCESS_KEY_ID", "minioadmin")
     full_env.setdefault("AWS_SECRET_ACCESS_KEY", "minioadmin")
-    full_env.update(env or {})
+    for name, value in (env or {}).items():
+        if value is None:  # None removes a variable, e.g. the default static keys
+            full_env.pop(name, None)
+        else:
+            full_env[name] = value
     with log_path.open("ab") as log_file:  # the child keeps its own descriptor
         process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
     sidecar = SidecarProcess(process=process, log_path=log_path)

@@ -4,6 +4,9 @@ putting a run-log folder into the bucket the way the sidecar would."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,19 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
         code = exc.code if isinstance(exc.code, int) else 2
     out, err = capsys.readouterr()
     return Result(code, out, err)
+
+
+def tool_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m runlog_relay ARGS`` as a real process, with none of this process's
+    ``AWS_*`` / ``RUNLOG_RELAY_*`` variables (``env`` adds some)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUNLOG_RELAY_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "runlog_relay", *args],
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def bucket_store(endpoint: str, location: str) -> ObjectStore:

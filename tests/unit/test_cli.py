@@ -6,6 +6,7 @@ errors); the running sidecar is covered by tests/integration/test_sidecar.py.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from importlib.metadata import entry_points
@@ -102,6 +103,15 @@ SIDECAR_OPTIONS: dict[str, tuple[str, str, str, str | None]] = {
     "--bucket": ("RUNLOG_RELAY_BUCKET", "bucket", "logs/team", "runnable/run-logs"),
     "--layout": ("RUNLOG_RELAY_LAYOUT", "layout", "single", "chunked"),
     "--region": ("RUNLOG_RELAY_REGION", "region", "eu-west-1", None),
+    "--credentials": ("RUNLOG_RELAY_CREDENTIALS", "credential_source", "web-identity", "auto"),
+    "--sse": ("RUNLOG_RELAY_SSE__MODE", "sse.mode", "s3", None),
+    "--storage-class": ("RUNLOG_RELAY_STORAGE_CLASS", "storage_class", "STANDARD_IA", None),
+    "--sts-endpoint": (
+        "RUNLOG_RELAY_STS_ENDPOINT",
+        "sts_endpoint",
+        "https://sts.internal:8443",
+        None,
+    ),
     "--insecure-skip-verify": (
         "RUNLOG_RELAY_TLS__INSECURE_SKIP_VERIFY",
         "tls.insecure_skip_verify",
@@ -128,6 +138,12 @@ SIDECAR_OPTIONS: dict[str, tuple[str, str, str, str | None]] = {
         "true",
         None,
     ),
+}
+#: Options that only mean something with a --sse mode: variable, field, value, the mode.
+SSE_OPTIONS = {
+    "--sse-kms-key-id": ("RUNLOG_RELAY_SSE__KMS_KEY_ID", "kms_key_id", "alias/relay", "kms"),
+    "--sse-kms-context": ("RUNLOG_RELAY_SSE__KMS_CONTEXT", "kms_context", '{"a": "b"}', "kms"),
+    "--sse-c-key-file": ("RUNLOG_RELAY_SSE__C_KEY_FILE", "c_key_file", "/run/key", "c"),
 }
 TUNING_OPTIONS = {
     "--debounce": "debounce_seconds",
@@ -163,7 +179,8 @@ def sidecar_help(capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
 
 
 def test_sidecar_help_covers_every_option(sidecar_help: dict[str, str]) -> None:
-    expected = set(SIDECAR_OPTIONS) | set(TUNING_OPTIONS) | {"--once", "--config", "--run-id"}
+    expected = set(SIDECAR_OPTIONS) | set(SSE_OPTIONS) | set(TUNING_OPTIONS)
+    expected |= {"--once", "--config", "--run-id"}
     assert set(sidecar_help) == expected
 
 
@@ -208,6 +225,18 @@ def test_documented_env_variables_really_work(monkeypatch: pytest.MonkeyPatch, o
     after = attribute(load_sidecar_settings(), path)
     assert after != before
     assert str(getattr(after, "value", after)).lower() == value.lower()
+
+
+@pytest.mark.parametrize("option", sorted(SSE_OPTIONS))
+def test_sse_options_document_and_read_their_variables(
+    sidecar_help: dict[str, str], monkeypatch: pytest.MonkeyPatch, option: str
+) -> None:
+    env, field, value, mode = SSE_OPTIONS[option]
+    assert f"env {env}" in sidecar_help[option]
+    monkeypatch.setenv("RUNLOG_RELAY_SSE__MODE", mode)
+    monkeypatch.setenv(env, value)
+    got = getattr(load_sidecar_settings().sse, field)
+    assert got == (json.loads(value) if field == "kms_context" else type(got)(value))
 
 
 @pytest.mark.parametrize("option", sorted(TUNING_OPTIONS))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from tests.support.credentials import key_pair
 
 from runlog_relay.config import (
     DEFAULT_BUCKET,
@@ -283,7 +284,7 @@ def test_settings_defaults() -> None:
     assert settings.log_level == "INFO"
     assert settings.log_format is LogFormat.PLAIN
     assert settings.sync == SyncSpec()
-    assert settings.credentials() == ("minioadmin", "minioadmin")
+    assert key_pair(settings) == ("minioadmin", "minioadmin")
 
 
 def test_precedence_overrides_then_env_then_file_then_defaults(
@@ -457,7 +458,7 @@ def test_yaml_syntax_error_does_not_echo_a_secret_on_the_bad_line(tmp_path: Path
 def test_credentials_from_env(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
     monkeypatch.setenv(f"{prefix}ACCESS_KEY_ID", ACCESS)
     monkeypatch.setenv(f"{prefix}SECRET_ACCESS_KEY", SECRET)
-    assert load_sidecar_settings().credentials() == (ACCESS, SECRET)
+    assert key_pair(load_sidecar_settings()) == (ACCESS, SECRET)
 
 
 def test_credential_files_win_and_are_reread_on_rotation(
@@ -470,12 +471,12 @@ def test_credential_files_win_and_are_reread_on_rotation(
     monkeypatch.setenv("RUNLOG_RELAY_ACCESS_KEY_ID_FILE", str(key_file))
     monkeypatch.setenv("RUNLOG_RELAY_SECRET_ACCESS_KEY_FILE", str(secret_file))
     settings = load_sidecar_settings()
-    assert settings.credentials() == (ACCESS, SECRET)  # stripped of the newline
-    assert settings.describe()["credentials"] == "file"
+    assert key_pair(settings) == (ACCESS, SECRET)  # stripped of the newline
+    assert settings.describe()["credentials"] == "static keys from mounted files"
 
     write(secret_file, "rotated-secret")
     write(key_file, "rotated-id")
-    assert settings.credentials() == ("rotated-id", "rotated-secret")
+    assert key_pair(settings) == ("rotated-id", "rotated-secret")
 
 
 def test_missing_credential_file_is_a_config_error_without_secrets(
@@ -515,7 +516,7 @@ def test_no_secret_in_repr_describe_or_errors(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     settings = load_sidecar_settings({"source": tmp_path})
-    assert settings.credentials() == (ACCESS, SECRET)
+    assert key_pair(settings) == (ACCESS, SECRET)
     shown = [
         repr(settings),
         str(settings),
@@ -526,7 +527,8 @@ def test_no_secret_in_repr_describe_or_errors(
     for text in shown:
         assert SECRET not in text
         assert ACCESS not in text
-    assert settings.describe()["credentials"] == "env/default"
+    assert settings.describe()["credentials"] == "static keys from the environment"
+    assert ACCESS not in repr(settings.credentials()) and SECRET not in repr(settings.credentials())
 
     with pytest.raises(ConfigError) as caught:
         load_sidecar_settings({"metrics_port": -1, "bucket": "BAD"})

@@ -26,7 +26,13 @@ from runlog_relay.operator.settings import InjectionSettings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
 K8S = "1.30"
-EXPECTED = {"runlogstore.yaml", "k8s-job.yaml", "argo-workflow.yaml", "shared-pvc-deployment.yaml"}
+EXPECTED = {
+    "runlogstore.yaml",
+    "runlogstore-irsa.yaml",
+    "k8s-job.yaml",
+    "argo-workflow.yaml",
+    "shared-pvc-deployment.yaml",
+}
 
 
 def documents(name: str) -> list[dict[str, Any]]:
@@ -71,11 +77,9 @@ def test_every_document_is_valid(name: str) -> None:
 def test_examples_share_one_namespace_store_and_secret() -> None:
     store = by_kind("runlogstore.yaml", "RunLogStore")
     secret = by_kind("runlogstore.yaml", "Secret")
-    assert store["spec"]["credentialsSecretRef"]["name"] == secret["metadata"]["name"]
-    assert set(secret["stringData"]) == {
-        store["spec"]["credentialsSecretRef"]["accessKeyIdKey"],
-        store["spec"]["credentialsSecretRef"]["secretAccessKeyKey"],
-    }
+    ref = store["spec"]["credentials"]["secretRef"]
+    assert ref["name"] == secret["metadata"]["name"]
+    assert set(secret["stringData"]) == {ref["accessKeyIdKey"], ref["secretAccessKeyKey"]}
     for name in EXPECTED:
         for doc in documents(name):
             assert doc["metadata"]["namespace"] == "team-a", (name, doc["kind"])

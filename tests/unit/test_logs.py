@@ -145,9 +145,13 @@ def test_level_filters_and_accepts_lower_case() -> None:
     assert [json.loads(line)["msg"] for line in lines(stream)] == ["shown"]
 
 
-def test_sdk_loggers_are_quiet_unless_debugging() -> None:
+def test_sdk_loggers_are_quiet() -> None:
     logs.configure("INFO", "plain", stream=io.StringIO())
     assert logging.getLogger("urllib3").level == logging.ERROR
+
+
+def test_urllib3_stays_quiet_even_when_debugging() -> None:
+    """Its DEBUG lines are full request URLs: STS web identity calls carry the token."""
     logging.getLogger("urllib3").setLevel(logging.NOTSET)
     logs.configure("DEBUG", "plain", stream=io.StringIO())
-    assert logging.getLogger("urllib3").level == logging.NOTSET
+    assert logging.getLogger("urllib3").level == logging.ERROR

@@ -56,6 +56,11 @@ def s3_error(code: str, status: int, message: str = "details") -> S3Error:
         ("SlowDown", 503, RetryableError),
         ("ServiceUnavailable", 503, RetryableError),
         ("RequestTimeout", 400, RetryableError),
+        ("InvalidArgument", 400, PermanentError),  # e.g. an SSE-C object read without its key
+        ("BadRequest", 400, PermanentError),  # the same for a HEAD (no body to say more)
+        ("InvalidStorageClass", 400, PermanentError),
+        ("KMS.NotFoundException", 400, PermanentError),
+        ("KMS.DisabledException", 400, PermanentError),
     ],
 )
 def test_s3_errors_by_code_and_status(code: str, status: int, kind: type[RelayError]) -> None:
@@ -253,3 +258,31 @@ def test_unreachable_endpoint_errors_are_retryable_and_secret_free(refused_port:
             assert ACCESS not in text
     with pytest.raises(RetryableError, match=r"uploading run-logs/r/RunLog"):
         store.put("r/RunLog", b"{}")
+
+
+@pytest.mark.parametrize(
+    ("operation", "permission"),
+    [
+        ("ListObjectsV2", "s3:ListBucket"),
+        ("HeadBucket", "s3:ListBucket"),
+        ("PutObject", "s3:PutObject"),
+        ("GetObject", "s3:GetObject"),
+        ("HeadObject", "s3:GetObject"),
+        ("GetBucketLocation", "s3:GetBucketLocation"),
+        ("CreateBucket", "s3:CreateBucket"),
+    ],
+)
+def test_a_refusal_names_the_operation_and_the_permission(operation: str, permission: str) -> None:
+    error = classify(
+        s3_error("AccessDenied", 403, "Access Denied"), what="doing it", operation=operation
+    )
+    assert isinstance(error, PermanentError)
+    assert str(error) == (
+        f"doing it ({operation}): AccessDenied (Access Denied); the credentials may lack"
+        f" {permission}"
+    )
+
+
+def test_other_failures_name_the_operation_without_a_permission_hint() -> None:
+    error = classify(s3_error("InternalError", 500), what="listing b/p", operation="ListObjectsV2")
+    assert str(error) == "listing b/p (ListObjectsV2): InternalError (details)"

@@ -14,11 +14,13 @@ import copy
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from runlog_relay.config.credentials import WebIdentity
 from runlog_relay.config.models import StoreSpec
 from runlog_relay.errors import NotFoundError, PermanentError, RetryableError
 from runlog_relay.metrics import OperatorMetrics
@@ -510,3 +512,113 @@ def test_an_endpoint_outside_the_allow_list_is_never_connected_to(world: World) 
     assert "allow-list" in ready["message"]
     assert world.bucket.calls == []  # not a single request to it
     assert not [path for _, path in world.api.reads if "/secrets/" in path]  # nor a Secret read
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def test_credentials_secret_ref_is_the_same_as_the_deprecated_spelling(world: World) -> None:
+    world.api.objects[SECRET_PATH] = SECRET_BODY
+    world.put_store(
+        {"endpoint": "http://s3.local:9000", "credentials": {"secretRef": {"name": "creds"}}}
+    )
+    assert world.reconcile().ready.ok
+    assert world.bucket.calls == [("http://s3.local:9000", ACCESS, SECRET)]
+    config = world.api.objects[CM_PATH]["data"]["config.yaml"]
+    assert "accessKeyIdFile: /var/run/secrets/runlog-relay/credentials/access-key-id" in config
+
+    del world.api.objects[SECRET_PATH]
+    world.reconcile()
+    message = world.conditions()["SecretsAvailable"]["message"]
+    assert message == (
+        f"Secret 'creds' not found in namespace '{NS}' (spec.credentials.secretRef.name)"
+    )
+
+
+def test_both_credentials_fields_are_an_invalid_spec(world: World) -> None:
+    world.put_store(
+        {**CREDS_SPEC, "credentials": {"serviceAccount": {}}}  # and credentialsSecretRef
+    )
+    result = world.reconcile()
+    assert result.spec_error is not None
+    assert "not both" in world.conditions()["SpecValid"]["message"]
+    assert world.bucket.calls == []
+
+
+def test_service_account_store_without_an_operator_identity_is_checked_by_sidecars(
+    world: World,
+) -> None:
+    world.put_store(
+        {"endpoint": "https://s3.eu-west-1.amazonaws.com", "credentials": {"serviceAccount": {}}}
+    )
+    result = world.reconcile()
+    conditions = world.conditions()
+    assert world.bucket.calls == []  # nothing to check with
+    assert (conditions["BucketReady"]["status"], conditions["BucketReady"]["reason"]) == (
+        "Unknown",
+        "CheckedBySidecars",
+    )
+    assert conditions["Connected"]["reason"] == "CheckedBySidecars"
+    assert conditions["SecretsAvailable"]["reason"] == "ServiceAccountIdentity"
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == (
+        "True",
+        "CheckedBySidecars",
+    )
+    assert result.ready.ok and not result.retry
+    assert not [r for r in world.api.reads if "/secrets/" in r[1]]  # no Secret read at all
+    config = world.api.objects[CM_PATH]["data"]["config.yaml"]
+    assert "credentials: service-account" in config
+    assert "accessKeyIdFile" not in config
+
+
+def test_service_account_store_is_checked_with_the_operators_own_identity() -> None:
+    identity = WebIdentity(
+        token_file=Path("/var/run/secrets/eks.amazonaws.com/serviceaccount/token"),
+        sts_endpoint="https://sts.eu-west-1.amazonaws.com",
+        role_arn="arn:aws:iam::1:role/operator",
+    )
+    seen: list[object] = []
+
+    def bucket_check(spec: StoreSpec, secrets: rc.ResolvedSecrets, timeout: float) -> bool:
+        seen.append(secrets.plan())
+        raise PermanentError("checking bucket 'runs': AccessDenied", code="AccessDenied")
+
+    api = FakeApi()
+    controller = StoreController(
+        api, OperatorMetrics(CollectorRegistry()), bucket_check=bucket_check, identity=identity
+    )
+    body = store(
+        {
+            "endpoint": "https://s3.amazonaws.com",
+            "bucket": "runs",
+            "credentials": {"serviceAccount": {}},
+        }
+    )
+    api.objects[STORE_PATH] = copy.deepcopy(body)
+    result = asyncio.run(controller.reconcile(body))
+    assert seen == [identity]
+    assert result.ready.reason == "AccessDenied"
+
+
+def test_a_secret_reference_never_names_another_namespace(world: World) -> None:
+    """A reference is a name only. Were a `namespace` field added and used, the store
+    below would read team-b's Secret and turn Ready: this test would fail."""
+    other = "/api/v1/namespaces/team-b/secrets/creds"
+    world.api.objects[other] = {**SECRET_BODY, "metadata": {"name": "creds", "namespace": "team-b"}}
+    for ref in (
+        {"credentialsSecretRef": {"name": "creds", "namespace": "team-b"}},
+        {"credentials": {"secretRef": {"name": "creds", "namespace": "team-b"}}},
+        {"tls": {"caSecretRef": {"name": "creds", "key": "ca", "namespace": "team-b"}}},
+    ):
+        world.put_store({"endpoint": "https://s3.local:9000", **ref})
+        result = world.reconcile()
+        assert not result.ready.ok
+        assert "namespace: Extra inputs are not permitted" in result.ready.message
+    # And a valid reference is looked up in the store's own namespace only.
+    world.put_store(CREDS_SPEC)
+    assert world.reconcile().ready.reason == "SecretNotFound"
+    secret_reads = [path for verb, path in world.api.reads if "/secrets/" in path]
+    assert secret_reads and all(
+        p.startswith(f"/api/v1/namespaces/{NS}/secrets/") for p in secret_reads
+    )
+    assert world.bucket.calls == []

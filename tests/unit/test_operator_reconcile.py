@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.support.credentials import key_pair
 
+from runlog_relay.config.crd import spec_schema, structural_schema
+from runlog_relay.config.credentials import ContainerCredentials, WebIdentity
 from runlog_relay.config.models import StoreSpec
 from runlog_relay.config.settings import load_sidecar_settings
-from runlog_relay.errors import PermanentError, RetryableError
+from runlog_relay.errors import ConfigError, PermanentError, RetryableError
 from runlog_relay.operator import reconcile as rc
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -122,7 +125,7 @@ def test_configmap_without_secret_ref_uses_defaults(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(cm["data"]["config.yaml"], encoding="utf-8")
     settings = load_sidecar_settings({}, path)
-    assert settings.credentials() == ("minioadmin", "minioadmin")
+    assert key_pair(settings) == ("minioadmin", "minioadmin")
     assert str(settings.source) == "/tmp/run_logs"
 
 
@@ -411,3 +414,101 @@ def test_backoff_grows_and_is_capped() -> None:
     delays = [rc.backoff_delay(n, base=1, cap=10) for n in range(6)]
     assert delays == [1, 2, 4, 8, 10, 10]
     assert rc.backoff_delay(10_000) == 300
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def test_referenced_secrets_include_the_new_spelling() -> None:
+    assert rc.referenced_secret_names({"credentials": {"secretRef": {"name": "b"}}}) == {"b"}
+    assert rc.referenced_secret_names({"credentials": {"serviceAccount": {}}}) == set()
+    assert rc.referenced_secret_names({"credentials": "oops"}) == set()
+
+
+def test_session_token_key_is_mounted_and_named_in_the_config(tmp_path: Path) -> None:
+    spec = rc.parse_spec(
+        {"credentials": {"secretRef": {"name": "creds", "sessionTokenKey": "AWS_SESSION_TOKEN"}}}
+    )
+    volumes, _ = rc.pod_volumes(spec, store="main")
+    secret = next(v for v in volumes if "secret" in v)["secret"]
+    assert secret["secretName"] == "creds"
+    assert {"key": "AWS_SESSION_TOKEN", "path": "session-token"} in secret["items"]
+    path = tmp_path / "config.yaml"
+    path.write_text(rc.render_sidecar_config(spec, namespace="ns", store="main"))
+    settings = load_sidecar_settings({}, path)
+    assert str(settings.session_token_file) == rc.SESSION_TOKEN_FILE
+    assert settings.credential_source == "static"  # a Secret's keys, whatever the pod has
+    uses = [(u.secret, u.key, u.field, u.key_field) for u in rc.secret_key_uses(spec)]
+    assert uses[-1] == (
+        "creds",
+        "AWS_SESSION_TOKEN",
+        "spec.credentials.secretRef",
+        "sessionTokenKey",
+    )
+
+
+def test_a_service_account_store_mounts_nothing_and_needs_the_pods_identity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = rc.parse_spec({"credentials": {"serviceAccount": {}}})
+    volumes, _ = rc.pod_volumes(spec, store="main")
+    assert [v["name"] for v in volumes] == ["runlog-relay-config"]  # no Secret volume
+    assert rc.secret_key_uses(spec) == []
+    path = tmp_path / "config.yaml"
+    path.write_text(rc.render_sidecar_config(spec, namespace="ns", store="main"))
+    for name in (
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIGNORED")  # static keys do not count here
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "ignored")
+    settings = load_sidecar_settings({}, path)
+    with pytest.raises(ConfigError, match=r"neither IRSA .* nor EKS Pod Identity"):
+        settings.credentials()
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://169.254.170.23/v1/credentials")
+    assert load_sidecar_settings({}, path).credentials() == ContainerCredentials(
+        uri="http://169.254.170.23/v1/credentials"
+    )
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/eks/token")
+    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::1:role/r")
+    plan = load_sidecar_settings({}, path).credentials()
+    assert isinstance(plan, WebIdentity) and plan.role_arn == "arn:aws:iam::1:role/r"
+
+
+def test_checked_by_sidecars_keeps_ready_true_and_says_why() -> None:
+    connected, bucket = rc.checked_by_sidecars_steps()
+    steps = [
+        *rc.spec_steps(None),
+        rc.configmap_step(name="runlog-relay-main", error=None),
+        rc.Step(rc.SECRETS_AVAILABLE, rc.ConditionStatus.TRUE, "ServiceAccountIdentity", "x"),
+        connected,
+        bucket,
+    ]
+    ready = rc.ready_step(steps)
+    assert (ready.status, ready.reason) == (rc.ConditionStatus.TRUE, rc.CHECKED_BY_SIDECARS)
+    assert "readiness" in ready.message
+    # Any real failure still wins.
+    failing = [
+        *steps[:2],
+        rc.Step(rc.SECRETS_AVAILABLE, rc.ConditionStatus.FALSE, "SecretNotFound", "y"),
+    ]
+    assert rc.ready_step([*failing, connected, bucket]).reason == "SecretNotFound"
+
+
+def test_no_secret_reference_in_the_crd_can_name_a_namespace() -> None:
+    """A store never reaches another namespace's Secret: no reference has the field."""
+    found: list[str] = []
+
+    def walk(node: dict[str, object], path: str) -> None:
+        properties = node.get("properties")
+        if isinstance(properties, dict):
+            if "namespace" in properties:
+                found.append(path)
+            for name, sub in properties.items():
+                if isinstance(sub, dict):
+                    walk(sub, f"{path}.{name}")
+
+    walk(structural_schema(spec_schema()), "spec")
+    assert found == []

@@ -9,7 +9,8 @@ model's docstrings. ``runlog-relay crd`` prints it; the committed
 pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3 schema.
 :func:`structural_schema` bridges the two: ``$ref`` are inlined, ``anyOf [X, null]``
 (optional fields) become plain ``X``, ``additionalProperties: false`` goes (it may not sit
-beside ``properties``; the API server prunes unknown fields instead), ``title`` goes,
+beside ``properties``; the API server prunes unknown fields instead) while a map's
+``additionalProperties: {type: …}`` stays, ``title`` goes,
 ``null`` defaults go, numeric ``exclusiveMinimum``/``exclusiveMaximum`` become the OpenAPI
 3.0 boolean form. Anything else it cannot express raises, so a new model field that the
 CRD cannot carry fails the CRD test instead of silently vanishing.
@@ -60,11 +61,29 @@ HEADER = (
     f"# change the model and run `runlog-relay crd > {CRD_FILE}`.\n"
 )
 
-# The one cross-field rule of StoreSpec (`_https_only_options`), as CEL so the API server
-# enforces it too. Guarded with has() because defaults may not have been applied.
+# The cross-field rules of StoreSpec, as CEL so the API server enforces them too.
+# `_https_only_options`: Guarded with has() because defaults may not have been applied.
 _TLS_NEEDS_HTTPS = (
     "!(has(self.tls) && ((has(self.tls.insecureSkipVerify) && self.tls.insecureSkipVerify)"
     " || has(self.tls.caSecretRef))) || (has(self.endpoint) && self.endpoint.startsWith('https://'))"
+)
+
+# StoreSpec._one_credentials_field and CredentialsSpec._exactly_one, as CEL.
+_ONE_CREDENTIALS_FIELD = "!(has(self.credentials) && has(self.credentialsSecretRef))"
+_EXACTLY_ONE_CREDENTIALS_SOURCE = (
+    "!has(self.credentials) || has(self.credentials.secretRef) !="
+    " has(self.credentials.serviceAccount)"
+)
+
+# SSESpec._fields_of_the_mode and StoreSpec._customer_keys_over_https.
+_SSE_C_KEY = "!has(self.sse) || ((self.sse.mode == 'c') == has(self.sse.customerKeySecretRef))"
+_SSE_KMS_FIELDS = (
+    "!has(self.sse) || self.sse.mode == 'kms' || !(has(self.sse.kmsKeyId) ||"
+    " has(self.sse.kmsContext))"
+)
+_SSE_C_NEEDS_HTTPS = (
+    "!has(self.sse) || self.sse.mode != 'c' || (has(self.endpoint) &&"
+    " self.endpoint.startsWith('https://'))"
 )
 
 # Emit keys in the order people read schemas: what it is, what it means, its limits, then
@@ -107,6 +126,7 @@ _ALLOWED_KEYS = frozenset(
         "minItems",
         "maxItems",
         "uniqueItems",
+        "maxProperties",
         "nullable",
     }
 )
@@ -169,6 +189,10 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
         if key == "additionalProperties":
             if value is False and "properties" in node:
                 continue  # pruning does this job in a structural schema
+            if isinstance(value, dict) and "properties" not in node:
+                # A map (dict[str, X]): structural as long as its values are.
+                out[key] = _convert(value, defs, f"{path}.*")
+                continue
             raise ValueError(f"{path}: additionalProperties={value!r} is not supported")
         if key == "default":
             if value is None:
@@ -288,7 +312,18 @@ def crd_manifest() -> dict[str, Any]:
     """The CustomResourceDefinition object."""
     spec = structural_schema(spec_schema())
     spec["x-kubernetes-validations"] = [
-        {"rule": _TLS_NEEDS_HTTPS, "message": "tls options need an https:// endpoint"}
+        {"rule": _TLS_NEEDS_HTTPS, "message": "tls options need an https:// endpoint"},
+        {
+            "rule": _ONE_CREDENTIALS_FIELD,
+            "message": "set credentials or the deprecated credentialsSecretRef, not both",
+        },
+        {
+            "rule": _EXACTLY_ONE_CREDENTIALS_SOURCE,
+            "message": "credentials: set exactly one of secretRef and serviceAccount",
+        },
+        {"rule": _SSE_C_KEY, "message": "sse: mode c needs customerKeySecretRef, and only c"},
+        {"rule": _SSE_KMS_FIELDS, "message": "sse: kmsKeyId and kmsContext need mode kms"},
+        {"rule": _SSE_C_NEEDS_HTTPS, "message": "sse mode c needs an https:// endpoint"},
     ]
     status = _status_schema()
     unbounded = unbounded_strings(spec, ".spec") + unbounded_strings(status, ".status")

@@ -10,6 +10,7 @@ description ends up in the CRD, so write them for users.
 
 from __future__ import annotations
 
+import enum
 import posixpath
 import re
 from typing import TYPE_CHECKING, Annotated, Any
@@ -31,14 +32,19 @@ __all__ = [
     "BucketParts",
     "BucketRef",
     "CredentialsSecretRef",
+    "CredentialsSpec",
     "Duration",
     "Layout",
     "LocalRetention",
+    "SSEMode",
+    "SSESpec",
     "SecretKeyRef",
+    "ServiceAccountIdentity",
     "StoreSpec",
     "SyncSpec",
     "TLSSpec",
     "WireModel",
+    "check_sse_fields",
     "duration_seconds",
     "parse_bucket",
     "validate_endpoint",
@@ -247,6 +253,85 @@ class CredentialsSecretRef(WireModel):
         default="AWS_SECRET_ACCESS_KEY", pattern=_SECRET_DATA_KEY, max_length=253
     )
     """Key in the Secret holding the secret access key."""
+    session_token_key: str | None = Field(default=None, pattern=_SECRET_DATA_KEY, max_length=253)
+    """Key in the Secret holding a session token, for temporary keys (unset: none)."""
+
+
+class SSEMode(enum.StrEnum):
+    """Server-side encryption of the objects written: S3-managed keys, a KMS key, or a
+    key of your own sent with every request (SSE-C)."""
+
+    S3 = "s3"
+    KMS = "kms"
+    C = "c"
+
+
+#: A KMS key id, alias or ARN (AWS: up to 2048 characters, no spaces).
+KMS_KEY_PATTERN = r"^[^\s]{1,2048}$"
+#: An S3 storage class name (STANDARD, STANDARD_IA, INTELLIGENT_TIERING, GLACIER_IR, …).
+STORAGE_CLASS_PATTERN = r"^[A-Z][A-Z0-9_]{0,63}$"
+
+
+def check_sse_fields(
+    mode: SSEMode | None, *, kms_key_id: str | None, kms_context: object, customer_key: object
+) -> None:
+    """The SSE fields that go together: KMS options only with ``kms``, the customer key
+    with ``c`` and only then (one rule for the CRD spec and the sidecar settings)."""
+    if (kms_key_id or kms_context) and mode is not SSEMode.KMS:
+        raise ValueError("kmsKeyId and kmsContext need mode kms")
+    if mode is SSEMode.C and not customer_key:
+        raise ValueError("mode c needs the customer key (a 32-byte key in a Secret / file)")
+    if customer_key and mode is not SSEMode.C:
+        raise ValueError("a customer key is only used with mode c")
+
+
+class SSESpec(WireModel):
+    """Server-side encryption of the objects the sidecars write."""
+
+    mode: SSEMode
+    """`s3` (S3-managed keys, SSE-S3), `kms` (a KMS key, SSE-KMS) or `c` (your own key,
+    SSE-C: sent with every request, so it needs an https endpoint)."""
+    kms_key_id: str | None = Field(default=None, pattern=KMS_KEY_PATTERN, max_length=2048)
+    """KMS key id, alias or ARN for `kms`; unset: the bucket's default (aws/s3) key."""
+    kms_context: dict[str, Annotated[str, Field(max_length=1024)]] | None = Field(
+        default=None, max_length=16
+    )
+    """Encryption context for `kms` (string pairs), bound to every object's data key."""
+    customer_key_secret_ref: SecretKeyRef | None = None
+    """For `c`: the key in a Secret of this namespace, 32 bytes raw or base64-encoded."""
+
+    @model_validator(mode="after")
+    def _fields_of_the_mode(self) -> SSESpec:
+        check_sse_fields(
+            self.mode,
+            kms_key_id=self.kms_key_id,
+            kms_context=self.kms_context,
+            customer_key=self.customer_key_secret_ref,
+        )
+        return self
+
+
+class ServiceAccountIdentity(WireModel):
+    """The pods' own AWS identity: IRSA (a role-arn annotation on their ServiceAccount) or
+    EKS Pod Identity (an association for it). Nothing secret is stored or mounted."""
+
+
+class CredentialsSpec(WireModel):
+    """Where the sidecars get their S3 credentials: exactly one of the fields."""
+
+    secret_ref: CredentialsSecretRef | None = None
+    """A Secret in the RunLogStore's own namespace with an access key pair (and optionally a
+    session token), mounted into the sidecar as files."""
+    service_account: ServiceAccountIdentity | None = None
+    """`{}`: the pods' own identity (IRSA web identity or EKS Pod Identity, as EKS injects it
+    into every container). The operator checks the bucket with its own identity if it has
+    one; otherwise `BucketReady` is `Unknown` (reason `CheckedBySidecars`)."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CredentialsSpec:
+        if (self.secret_ref is None) == (self.service_account is None):
+            raise ValueError("set exactly one of secretRef and serviceAccount")
+        return self
 
 
 class TLSSpec(WireModel):
@@ -326,9 +411,18 @@ class StoreSpec(BucketParts, WireModel):
     """S3 region; leave unset for MinIO."""
     tls: TLSSpec = TLSSpec()
     """TLS options for https endpoints."""
+    credentials: CredentialsSpec | None = None
+    """Where the sidecars' S3 credentials come from: `secretRef` (a Secret in this
+    namespace) or `serviceAccount` (the pods' IRSA / EKS Pod Identity). Unset (and no
+    `credentialsSecretRef`): runnable's default `minioadmin` credentials."""
     credentials_secret_ref: CredentialsSecretRef | None = None
-    """Secret (same namespace) with the access key pair. Unset: runnable's default
-    `minioadmin` credentials."""
+    """Deprecated spelling of `credentials.secretRef`, still honoured; set one or the
+    other, not both."""
+    sse: SSESpec | None = None
+    """Server-side encryption of the objects written; unset: the bucket's default."""
+    storage_class: str | None = Field(default=None, pattern=STORAGE_CLASS_PATTERN, max_length=64)
+    """S3 storage class of the objects written (e.g. `STANDARD_IA`, `INTELLIGENT_TIERING`);
+    unset: the bucket's default (`STANDARD`)."""
     layout: Layout = Layout.CHUNKED
     """`chunked` (runnable chunked-fs → chunked-minio) or `single` (file-system → minio)."""
     log_folder: Annotated[str, AfterValidator(_check_log_folder)] = Field(
@@ -348,6 +442,45 @@ class StoreSpec(BucketParts, WireModel):
     reported once and the run is sealed untagged."""
     local_retention: LocalRetention = LocalRetention()
     """Delete sealed runs from the volume after a while (shared volumes)."""
+
+    @property
+    def secret_ref(self) -> CredentialsSecretRef | None:
+        """The credentials Secret reference, whichever field names it."""
+        if self.credentials is not None:
+            return self.credentials.secret_ref
+        return self.credentials_secret_ref
+
+    @property
+    def secret_ref_field(self) -> str:
+        """Where that reference is in the spec, for messages."""
+        if self.credentials_secret_ref is not None:
+            return "spec.credentialsSecretRef"
+        return "spec.credentials.secretRef"
+
+    @property
+    def uses_service_account(self) -> bool:
+        return self.credentials is not None and self.credentials.service_account is not None
+
+    @model_validator(mode="after")
+    def _one_credentials_field(self) -> StoreSpec:
+        if self.credentials is not None and self.credentials_secret_ref is not None:
+            raise ValueError(
+                "set credentials or the deprecated credentialsSecretRef, not both"
+                " (credentials.secretRef replaces credentialsSecretRef)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _customer_keys_over_https(self) -> StoreSpec:
+        if (
+            self.sse is not None
+            and self.sse.mode is SSEMode.C
+            and self.endpoint.startswith("http://")
+        ):
+            raise ValueError(
+                "sse mode c sends the key with every request: it needs an https:// endpoint"
+            )
+        return self
 
     @model_validator(mode="after")
     def _https_only_options(self) -> StoreSpec:

@@ -6,34 +6,66 @@ layout, create_bucket) and the embedded ``tls``/``sync`` groups use the same typ
 :class:`~runlog_relay.config.models.StoreSpec`, so the ConfigMap the operator renders
 from a RunLogStore (camelCase) is a valid config file here too.
 
-Credentials: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (like runnable and the AWS
-tools) or ``RUNLOG_RELAY_ACCESS_KEY_ID`` / ``RUNLOG_RELAY_SECRET_ACCESS_KEY``, or files
-(``*_file``) mounted from a Secret, which are re-read on reload so a rotated Secret takes
-effect without a restart. Default ``minioadmin`` like runnable. They are ``SecretStr``:
-never printed, logged or put in ``--help``.
+Credentials (:mod:`runlog_relay.config.credentials` has the table): ``credentials``
+chooses the source, ``auto`` by default. Static keys come from ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` [/ ``AWS_SESSION_TOKEN``] (like runnable and the AWS tools), the
+``RUNLOG_RELAY_*`` variables of the same names, or files (``*_file``) mounted from a Secret,
+which are re-read on reload so a rotated Secret takes effect without a restart; default
+``minioadmin`` like runnable. Web identity and container credentials are read from the
+standard AWS variables, exactly as the AWS tools read them. Secret values are
+``SecretStr``: never printed, logged or put in ``--help``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import ipaddress
+import json
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_snake
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from runlog_relay.config.credentials import (
+    CONTAINER_CREDENTIALS_HOST,
+    ContainerCredentials,
+    CredentialPlan,
+    CredentialSource,
+    Encryption,
+    InstanceProfile,
+    StaticKeys,
+    WebIdentity,
+    check_container_uri,
+    sts_endpoint_for,
+)
+from runlog_relay.config.credentials import describe as describe_credentials
 from runlog_relay.config.models import (
     DEFAULT_BUCKET,
     DEFAULT_ENDPOINT,
+    KMS_KEY_PATTERN,
+    STORAGE_CLASS_PATTERN,
     BucketParts,
     BucketRef,
     Endpoint,
     Layout,
     LocalRetention,
+    SSEMode,
     SyncSpec,
     WireModel,
+    check_sse_fields,
 )
 from runlog_relay.errors import ConfigError
 from runlog_relay.layout import UnsafeNameError, key_for
@@ -41,8 +73,10 @@ from runlog_relay.layout import UnsafeNameError, key_for
 __all__ = [
     "ENV_PREFIX",
     "LogFormat",
+    "SidecarSSE",
     "SidecarSettings",
     "SidecarTLS",
+    "ambient_identity",
     "load_sidecar_settings",
     "read_config_file",
 ]
@@ -64,6 +98,42 @@ class SidecarTLS(WireModel):
     """Skip certificate verification (test setups only)."""
     ca_file: Path | None = None
     """PEM CA bundle to trust, e.g. mounted from the Secret named in the RunLogStore."""
+
+
+class SidecarSSE(WireModel):
+    """Server-side encryption, as the sidecar and the tools see it (the SSE-C key is a
+    mounted file)."""
+
+    mode: SSEMode | None = None
+    """s3, kms or c; unset: the bucket's default encryption."""
+    kms_key_id: str | None = Field(default=None, pattern=KMS_KEY_PATTERN)
+    """KMS key id, alias or ARN (mode kms); unset: the bucket's default KMS key."""
+    kms_context: dict[str, str] | None = None
+    """KMS encryption context (mode kms): a mapping, or its JSON text."""
+    c_key_file: Path | None = None
+    """File with the 32-byte customer key, raw or base64 (mode c), mounted from a Secret."""
+
+    @field_validator("kms_context", mode="before")
+    @classmethod
+    def _json_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(
+                    'must be a JSON object of strings, e.g. {"team": "data"}'
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _fields_of_the_mode(self) -> SidecarSSE:
+        check_sse_fields(
+            self.mode,
+            kms_key_id=self.kms_key_id,
+            kms_context=self.kms_context,
+            customer_key=self.c_key_file,
+        )
+        return self
 
 
 class SidecarSettings(BucketParts, BaseSettings):
@@ -114,16 +184,20 @@ class SidecarSettings(BucketParts, BaseSettings):
     """Mirror only these runs (chunked: the ``<run_id>/`` folders; single: ``<run_id>.json``)
     and list only their prefixes in the bucket. Empty: every run. In the environment a
     comma-separated list (one id is valid, so a downward-API field can fill it)."""
+    sse: SidecarSSE = SidecarSSE()
+    """Server-side encryption of the objects written (and the SSE-C key to read them)."""
+    storage_class: str | None = Field(default=None, pattern=STORAGE_CLASS_PATTERN)
+    """S3 storage class of the objects written; unset: the bucket's default."""
 
-    access_key_id: SecretStr = Field(
-        default=SecretStr(DEFAULT_MINIO_CREDENTIAL),
+    access_key_id: SecretStr | None = Field(
+        default=None,
         validation_alias=AliasChoices(
             "access_key_id", f"{ENV_PREFIX}ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"
         ),
     )
-    """S3 access key id."""
-    secret_access_key: SecretStr = Field(
-        default=SecretStr(DEFAULT_MINIO_CREDENTIAL),
+    """S3 access key id (default: runnable's minioadmin, when no other source applies)."""
+    secret_access_key: SecretStr | None = Field(
+        default=None,
         validation_alias=AliasChoices(
             "secret_access_key", f"{ENV_PREFIX}SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"
         ),
@@ -133,6 +207,83 @@ class SidecarSettings(BucketParts, BaseSettings):
     """File holding the access key id (a mounted Secret key); wins over the variable."""
     secret_access_key_file: Path | None = None
     """File holding the secret access key (a mounted Secret key); wins over the variable."""
+    session_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "session_token", f"{ENV_PREFIX}SESSION_TOKEN", "AWS_SESSION_TOKEN"
+        ),
+    )
+    """Session token of temporary static credentials (STS, `aws sts get-session-token`)."""
+    session_token_file: Path | None = None
+    """File holding the session token (a mounted Secret key); wins over the variable."""
+
+    credential_source: CredentialSource = Field(
+        default=CredentialSource.AUTO,
+        validation_alias=AliasChoices(
+            "credentials", "credential_source", f"{ENV_PREFIX}CREDENTIALS"
+        ),
+    )
+    """auto, static, web-identity, container, instance or service-account (see --help)."""
+    sts_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "sts_endpoint", f"{ENV_PREFIX}STS_ENDPOINT", "AWS_ENDPOINT_URL_STS"
+        ),
+    )
+    """STS endpoint for web identity; default AWS's regional one (AWS_REGION)."""
+    web_identity_token_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("web_identity_token_file", "AWS_WEB_IDENTITY_TOKEN_FILE"),
+    )
+    """The projected service-account token (IRSA injects AWS_WEB_IDENTITY_TOKEN_FILE)."""
+    role_arn: str | None = Field(
+        default=None, validation_alias=AliasChoices("role_arn", "AWS_ROLE_ARN")
+    )
+    """Role to assume with the web identity token (AWS_ROLE_ARN)."""
+    role_session_name: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("role_session_name", "AWS_ROLE_SESSION_NAME"),
+    )
+    """Session name in CloudTrail (AWS_ROLE_SESSION_NAME); default a timestamp."""
+    aws_region: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("aws_region", "AWS_REGION", "AWS_DEFAULT_REGION"),
+    )
+    """The pod's AWS region (EKS sets AWS_REGION): the regional STS endpoint, and the bucket's
+    region when GetBucketLocation is refused and --region is not set."""
+    container_credentials_full_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "container_credentials_full_uri", "AWS_CONTAINER_CREDENTIALS_FULL_URI"
+        ),
+    )
+    """Container credentials endpoint (EKS Pod Identity injects it)."""
+    container_credentials_relative_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "container_credentials_relative_uri", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
+        ),
+    )
+    """ECS task role: a path on the ECS agent (169.254.170.2)."""
+    container_authorization_token_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "container_authorization_token_file", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"
+        ),
+    )
+    """Token for the container credentials endpoint, re-read on every refresh."""
+    container_authorization_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "container_authorization_token", "AWS_CONTAINER_AUTHORIZATION_TOKEN"
+        ),
+    )
+    """Token for the container credentials endpoint, when not in a file."""
+    ec2_metadata_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ec2_metadata_endpoint", "AWS_EC2_METADATA_SERVICE_ENDPOINT"),
+    )
+    """IMDS address for --credentials instance; default the SDK's 169.254.169.254."""
 
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
     """Address the metrics/health server binds to."""
@@ -169,6 +320,16 @@ class SidecarSettings(BucketParts, BaseSettings):
                 raise ValueError(f"run id {run_id!r} is not a safe run id: {exc.reason}") from None
         return tuple(dict.fromkeys(value))
 
+    @field_validator("sts_endpoint", "ec2_metadata_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname or "@" in parts.netloc:
+            raise ValueError("must be an http(s)://HOST[:PORT] URL without credentials")
+        return value.rstrip("/")
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -177,22 +338,176 @@ class SidecarSettings(BucketParts, BaseSettings):
             raise ValueError("log level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
 
-    def credentials(self) -> tuple[str, str]:
-        """The access key pair, files first (re-read on every call, for rotation)."""
-        return (
-            _read_secret_file(self.access_key_id_file) or self.access_key_id.get_secret_value(),
-            _read_secret_file(self.secret_access_key_file)
-            or self.secret_access_key.get_secret_value(),
+    def credential_files(self) -> list[Path]:
+        """The mounted files holding static credentials (re-read for rotation)."""
+        files = (self.access_key_id_file, self.secret_access_key_file, self.session_token_file)
+        return [path for path in files if path is not None]
+
+    def mounted_files(self) -> list[Path]:
+        """Every file these settings name that a Secret mount provides: the static
+        credential files, the CA bundle and the SSE-C key (waited for at start, watched
+        for changes)."""
+        extra = [path for path in (self.tls.ca_file, self.sse.c_key_file) if path is not None]
+        return self.credential_files() + extra
+
+    def encryption(self) -> Encryption | None:
+        """The server-side encryption to ask for (the SSE-C key read now); None: the
+        bucket's default. ConfigError when the key file is unusable (never its content)."""
+        sse = self.sse
+        if sse.mode is None:
+            return None
+        if sse.mode is SSEMode.C and not _customer_key_may_travel(self.endpoint):
+            raise ConfigError(
+                "sse mode c sends the key with every request: it needs an https:// endpoint"
+                " (or a loopback one)"
+            )
+        return Encryption(
+            mode=sse.mode.value,
+            kms_key_id=sse.kms_key_id,
+            kms_context=tuple(sorted((sse.kms_context or {}).items())),
+            customer_key=_read_customer_key(sse.c_key_file) if sse.c_key_file else None,
         )
+
+    def _static_keys_given(self) -> bool:
+        return bool(
+            self.access_key_id_file
+            or self.secret_access_key_file
+            or _secret(self.access_key_id)
+            or _secret(self.secret_access_key)
+        )
+
+    def credentials(self) -> CredentialPlan:
+        """Where the credentials come from (``auto`` resolved); ConfigError naming what is
+        missing or contradictory. Static keys are read now: files are re-read on every
+        call, so comparing two results tells whether a mounted Secret was rotated."""
+        source = self.credential_source
+        if source is CredentialSource.AUTO:
+            source = self._auto_source()
+        elif source is CredentialSource.SERVICE_ACCOUNT:
+            source = self._pod_identity_source()
+        if source is CredentialSource.STATIC:
+            return self._static_keys()
+        if source is CredentialSource.WEB_IDENTITY:
+            if self.web_identity_token_file is None:
+                raise ConfigError(
+                    "--credentials web-identity needs AWS_WEB_IDENTITY_TOKEN_FILE (IRSA sets it"
+                    " with AWS_ROLE_ARN on pods whose ServiceAccount has the"
+                    " eks.amazonaws.com/role-arn annotation)"
+                )
+            return WebIdentity(
+                token_file=self.web_identity_token_file,
+                sts_endpoint=self.sts_endpoint or sts_endpoint_for(self.aws_region),
+                role_arn=self.role_arn,
+                role_session_name=self.role_session_name,
+            )
+        if source is CredentialSource.CONTAINER:
+            return self._container_credentials()
+        for name, value in self._federation_variables().items():
+            if value:
+                # The SDK's instance provider would quietly prefer these over IMDS.
+                raise ConfigError(
+                    f"--credentials instance, but {name} is set; unset it, or choose"
+                    " --credentials web-identity or container"
+                )
+        return InstanceProfile(endpoint=self.ec2_metadata_endpoint)
+
+    def _auto_source(self) -> CredentialSource:
+        if self._static_keys_given():
+            return CredentialSource.STATIC
+        if self.web_identity_token_file and self.role_arn:
+            return CredentialSource.WEB_IDENTITY
+        if self.container_credentials_full_uri or self.container_credentials_relative_uri:
+            return CredentialSource.CONTAINER
+        return CredentialSource.STATIC  # runnable's default minioadmin pair
+
+    def _pod_identity_source(self) -> CredentialSource:
+        if self.web_identity_token_file:
+            return CredentialSource.WEB_IDENTITY
+        if self.container_credentials_full_uri or self.container_credentials_relative_uri:
+            return CredentialSource.CONTAINER
+        raise ConfigError(
+            "credentials: service-account, but this pod has no AWS identity: neither IRSA"
+            " (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, from an eks.amazonaws.com/role-arn"
+            " annotation on its ServiceAccount) nor EKS Pod Identity"
+            " (AWS_CONTAINER_CREDENTIALS_FULL_URI, from a pod identity association) is set"
+        )
+
+    def _static_keys(self) -> StaticKeys:
+        access = _read_secret_file(self.access_key_id_file) or _secret(self.access_key_id)
+        secret = _read_secret_file(self.secret_access_key_file) or _secret(self.secret_access_key)
+        token = _read_secret_file(self.session_token_file) or _secret(self.session_token)
+        if bool(access) != bool(secret):
+            have, lack = (
+                ("access key id", "secret access key")
+                if access
+                else ("secret access key", "access key id")
+            )
+            raise ConfigError(
+                f"a {have} is given but no {lack} (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,"
+                " or their *_FILE settings): give both"
+            )
+        if not access:
+            origin = "default"
+        elif self.access_key_id_file or self.secret_access_key_file:
+            origin = "files"
+        else:
+            origin = "environment"
+        return StaticKeys(
+            access or DEFAULT_MINIO_CREDENTIAL,
+            secret or DEFAULT_MINIO_CREDENTIAL,
+            token or None,
+            origin=origin,
+        )
+
+    def _container_credentials(self) -> ContainerCredentials:
+        full, relative = (
+            self.container_credentials_full_uri,
+            self.container_credentials_relative_uri,
+        )
+        if not full and not relative:
+            raise ConfigError(
+                "--credentials container needs AWS_CONTAINER_CREDENTIALS_FULL_URI (EKS Pod"
+                " Identity sets it) or AWS_CONTAINER_CREDENTIALS_RELATIVE_URI (ECS)"
+            )
+        if relative:  # ECS's agent address is fixed; the AWS SDKs give it precedence too
+            uri = CONTAINER_CREDENTIALS_HOST + "/" + relative.lstrip("/")
+        else:
+            assert full is not None
+            try:
+                uri = check_container_uri(full)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        return ContainerCredentials(
+            uri=uri,
+            token_file=self.container_authorization_token_file,
+            token=_secret(self.container_authorization_token) or None,
+        )
+
+    def _federation_variables(self) -> dict[str, object]:
+        return {
+            "AWS_WEB_IDENTITY_TOKEN_FILE": self.web_identity_token_file,
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI": self.container_credentials_full_uri,
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": self.container_credentials_relative_uri,
+        }
 
     def describe(self) -> dict[str, Any]:
         """A loggable summary: no secret values, only where they come from."""
-        return {
+        try:
+            credentials = describe_credentials(self.credentials())
+        except ConfigError as exc:
+            credentials = f"invalid: {exc}"
+        try:
+            encryption = self.encryption()
+            sse = encryption.describe() if encryption else "bucket default"
+        except ConfigError as exc:
+            sse = f"invalid: {exc}"
+        summary = {
             "source": str(self.source),
             "endpoint": self.endpoint,
             "bucket": self.bucket,
             "layout": self.layout.value,
-            "credentials": "file" if self.access_key_id_file else "env/default",
+            "credentials": credentials,
+            "encryption": sse,
             "polling": self.sync.force_polling,
             "runs": list(self.run_ids) or "all",
             "exit_when_sealed": self.exit_when_sealed,
@@ -204,15 +519,74 @@ class SidecarSettings(BucketParts, BaseSettings):
                 + (" (dry run)" if self.local_retention.dry_run else "")
             ),
         }
+        if self.storage_class:
+            summary["storage_class"] = self.storage_class
+        return summary
+
+
+def _customer_key_may_travel(endpoint: str) -> bool:
+    """SSE-C keys go in request headers: https only, or a loopback endpoint (a local
+    proxy, the tests), which never leaves the machine."""
+    parts = urlsplit(endpoint)
+    if parts.scheme == "https":
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_customer_key(path: Path) -> bytes:
+    """A 32-byte SSE-C key from a file: the raw bytes, or their base64 text."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the SSE-C key file {path}: {exc.strerror}") from None
+    if len(data) == 32:
+        return data
+    try:
+        decoded = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if len(decoded) != 32:
+        raise ConfigError(
+            f"the SSE-C key file {path} must hold 32 bytes, raw or base64-encoded"
+            f" ({len(data)} bytes found)"
+        )
+    return decoded
+
+
+def ambient_identity() -> CredentialPlan | None:
+    """The identity this process has from its environment (the operator's own IRSA, Pod
+    Identity or static keys), or None when it has none beyond runnable's default keys.
+    ConfigError when the environment names one inconsistently."""
+    plan = load_sidecar_settings().credentials()
+    if isinstance(plan, StaticKeys) and plan.origin == "default":
+        return None
+    return plan
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value().strip() if value is not None else ""
 
 
 def _read_secret_file(path: Path | None) -> str | None:
+    """A credential file's content; ConfigError when it cannot be read or is empty (an
+    empty file must not silently fall back to other credentials)."""
     if path is None:
         return None
     try:
-        return path.read_text(encoding="utf-8").strip()
+        content = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"cannot read credentials file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"credentials file {path} is not UTF-8 text") from None
+    if not content:
+        raise ConfigError(f"credentials file {path} is empty")
+    return content
 
 
 def _snake_keys(value: Any) -> Any:
@@ -239,7 +613,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} must hold a mapping of settings")
     data = _snake_keys(data)
     # Keys that are credentials must not come from a ConfigMap-style file.
-    for forbidden in ("access_key_id", "secret_access_key"):
+    for forbidden in (
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "container_authorization_token",
+    ):
         if forbidden in data:
             raise ConfigError(
                 f"config file {path} must not contain {forbidden}: use the environment or"

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import tempfile
@@ -37,8 +38,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from runlog_relay.config.credentials import CredentialPlan
 from runlog_relay.config.models import StoreSpec
-from runlog_relay.config.settings import DEFAULT_MINIO_CREDENTIAL
 from runlog_relay.errors import NotFoundError, PermanentError, RelayError, RetryableError
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.objectstore import ObjectStore
@@ -72,8 +73,9 @@ BucketCheck = Callable[[StoreSpec, rc.ResolvedSecrets, float], bool]
 
 
 def check_bucket(spec: StoreSpec, secrets: rc.ResolvedSecrets, timeout: float) -> bool:
-    """The real bucket check: connect with the Secret's credentials, HEAD the bucket,
-    create it when ``createBucket``. Raises the project's RetryableError/PermanentError."""
+    """The real bucket check: connect with the Secret's credentials (or the operator's own
+    identity, for a service-account store), HEAD the bucket, create it when
+    ``createBucket``. Raises the project's RetryableError/PermanentError."""
     with contextlib.ExitStack() as stack:
         ca_file = None
         if secrets.ca_pem is not None:
@@ -85,8 +87,7 @@ def check_bucket(spec: StoreSpec, secrets: rc.ResolvedSecrets, timeout: float) -
             endpoint=spec.endpoint,
             bucket=spec.bucket_name,
             prefix=spec.prefix,
-            access_key=secrets.access_key or DEFAULT_MINIO_CREDENTIAL,
-            secret_key=secrets.secret_key or DEFAULT_MINIO_CREDENTIAL,
+            credentials=secrets.plan(),
             region=spec.region,
             insecure_skip_verify=spec.tls.insecure_skip_verify,
             ca_file=ca_file,
@@ -135,7 +136,12 @@ class StoreController:
         gate: Gate = always,
         policy: EndpointPolicy | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        identity: CredentialPlan | None = None,
     ) -> None:
+        """``identity``: the operator's own AWS identity (its pod's IRSA or Pod Identity),
+        used for stores whose sidecars use theirs (``credentials.serviceAccount``); None:
+        such stores' buckets are left to the sidecars (``CheckedBySidecars``)."""
+        self._identity = identity
         self._api = api
         self._metrics = metrics
         self._bucket_check = bucket_check
@@ -451,6 +457,12 @@ class StoreController:
         return rc.resolve_secrets(spec, namespace=namespace, secrets=fetched)
 
     async def _check(self, spec: StoreSpec, secrets: rc.ResolvedSecrets) -> list[rc.Step]:
+        hint = f"the access key pair in the Secret named by {spec.secret_ref_field}"
+        if secrets.service_account:
+            if self._identity is None:
+                return list(rc.checked_by_sidecars_steps())
+            secrets = dataclasses.replace(secrets, identity=self._identity)
+            hint = "the operator's own AWS identity (its ServiceAccount's role)"
         loop = asyncio.get_running_loop()
         error: RelayError | None = None
         created = False
@@ -466,6 +478,10 @@ class StoreController:
             )
         location = f"{spec.bucket_name}/{spec.prefix}" if spec.prefix else spec.bucket_name
         connected, bucket = rc.bucket_steps(
-            location=location, endpoint=spec.endpoint, error=error, created=created
+            location=location,
+            endpoint=spec.endpoint,
+            error=error,
+            created=created,
+            credentials=hint,
         )
         return [connected, bucket]

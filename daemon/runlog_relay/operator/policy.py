@@ -111,6 +111,7 @@ def credential_exposure(spec: Mapping[str, Any] | None) -> tuple[Any, ...]:
         _frozen(spec.get("tls")),
         _frozen(spec.get("credentialsSecretRef")),
         _frozen(spec.get("credentials")),
+        _frozen(spec.get("sse")),  # an SSE-C key is a Secret sent with every request
     )
 
 

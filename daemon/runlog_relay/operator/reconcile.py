@@ -35,18 +35,21 @@ from pydantic import ValidationError
 
 from runlog_relay.backoff import backoff_delay as shared_backoff_delay
 from runlog_relay.config.crd import API_VERSION, KIND
+from runlog_relay.config.credentials import CredentialPlan, CredentialSource, StaticKeys
 from runlog_relay.config.models import (
     MAX_STORE_NAME,
     SIDECAR_CONFIG_DIR,
     SIDECAR_SECRETS_DIR,
     StoreSpec,
 )
+from runlog_relay.config.settings import DEFAULT_MINIO_CREDENTIAL
 from runlog_relay.errors import PermanentError, RelayError, RetryableError
 
 __all__ = [
     "ACCESS_KEY_ID_FILE",
     "BUCKET_READY",
     "CA_FILE",
+    "CHECKED_BY_SIDECARS",
     "CONDITION_TYPES",
     "CONFIG_FILE",
     "CONFIG_KEY",
@@ -56,14 +59,18 @@ __all__ = [
     "READY",
     "SECRETS_AVAILABLE",
     "SECRET_ACCESS_KEY_FILE",
+    "SESSION_TOKEN_FILE",
     "SPEC_VALID",
+    "SSE_C_KEY_FILE",
     "ConditionStatus",
     "Event",
     "ResolvedSecrets",
+    "SecretKeyUse",
     "SpecError",
     "Step",
     "backoff_delay",
     "bucket_steps",
+    "checked_by_sidecars_steps",
     "configmap_manifest",
     "configmap_name",
     "configmap_needs_update",
@@ -78,6 +85,7 @@ __all__ = [
     "referenced_secret_names",
     "render_sidecar_config",
     "resolve_secrets",
+    "secret_key_uses",
     "too_long",
     "transition_event",
     "unknown_after",
@@ -100,8 +108,11 @@ CONFIG_FILE = f"{CONFIG_DIR}/{CONFIG_KEY}"
 CREDENTIALS_DIR = f"{SIDECAR_SECRETS_DIR}/credentials"
 ACCESS_KEY_ID_FILE = f"{CREDENTIALS_DIR}/access-key-id"
 SECRET_ACCESS_KEY_FILE = f"{CREDENTIALS_DIR}/secret-access-key"
+SESSION_TOKEN_FILE = f"{CREDENTIALS_DIR}/session-token"
 CA_DIR = f"{SIDECAR_SECRETS_DIR}/ca"
 CA_FILE = f"{CA_DIR}/ca.crt"
+SSE_C_DIR = f"{SIDECAR_SECRETS_DIR}/sse-c"
+SSE_C_KEY_FILE = f"{SSE_C_DIR}/key"
 
 MANAGED_BY = "runlog-relay-operator"
 STORE_LABEL = "runlog-relay.dev/store"
@@ -163,13 +174,20 @@ def referenced_secret_names(raw_spec: Mapping[str, Any] | None) -> set[str]:
     event can find the stores waiting for it."""
     names: set[str] = set()
     spec = raw_spec if isinstance(raw_spec, Mapping) else {}
-    creds = spec.get("credentialsSecretRef")
-    if isinstance(creds, Mapping) and isinstance(creds.get("name"), str):
-        names.add(creds["name"])
-    tls = spec.get("tls")
-    ca = tls.get("caSecretRef") if isinstance(tls, Mapping) else None
-    if isinstance(ca, Mapping) and isinstance(ca.get("name"), str):
-        names.add(ca["name"])
+    credentials = spec.get("credentials")
+    for creds in (
+        spec.get("credentialsSecretRef"),
+        credentials.get("secretRef") if isinstance(credentials, Mapping) else None,
+    ):
+        if isinstance(creds, Mapping) and isinstance(creds.get("name"), str):
+            names.add(creds["name"])
+    tls, sse = spec.get("tls"), spec.get("sse")
+    for ref in (
+        tls.get("caSecretRef") if isinstance(tls, Mapping) else None,
+        sse.get("customerKeySecretRef") if isinstance(sse, Mapping) else None,
+    ):
+        if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
+            names.add(ref["name"])
     return names
 
 
@@ -205,9 +223,27 @@ def sidecar_config(spec: StoreSpec) -> dict[str, Any]:
     config["tagSealedRuns"] = spec.tag_sealed_runs
     if spec.local_retention.delete_after is not None:
         config["localRetention"] = spec.local_retention.wire()
-    if spec.credentials_secret_ref is not None:
+    if spec.sse is not None:
+        sse: dict[str, Any] = {"mode": spec.sse.mode.value}
+        if spec.sse.kms_key_id:
+            sse["kmsKeyId"] = spec.sse.kms_key_id
+        if spec.sse.kms_context:
+            sse["kmsContext"] = dict(spec.sse.kms_context)
+        if spec.sse.customer_key_secret_ref is not None:
+            sse["cKeyFile"] = SSE_C_KEY_FILE
+        config["sse"] = sse
+    if spec.storage_class:
+        config["storageClass"] = spec.storage_class
+    creds = spec.secret_ref
+    if creds is not None:
+        config["credentials"] = CredentialSource.STATIC.value
         config["accessKeyIdFile"] = ACCESS_KEY_ID_FILE
         config["secretAccessKeyFile"] = SECRET_ACCESS_KEY_FILE
+        if creds.session_token_key:
+            config["sessionTokenFile"] = SESSION_TOKEN_FILE
+    elif spec.uses_service_account:
+        # The pod's IRSA or Pod Identity variables; an error naming both if it has neither.
+        config["credentials"] = CredentialSource.SERVICE_ACCOUNT.value
     return config
 
 
@@ -323,18 +359,18 @@ def pod_volumes(
     mounts: list[dict[str, Any]] = [
         {"name": "runlog-relay-config", "mountPath": CONFIG_DIR, "readOnly": True}
     ]
-    creds = spec.credentials_secret_ref
+    creds = spec.secret_ref
     if creds is not None:
+        items = [
+            {"key": creds.access_key_id_key, "path": "access-key-id"},
+            {"key": creds.secret_access_key_key, "path": "secret-access-key"},
+        ]
+        if creds.session_token_key:
+            items.append({"key": creds.session_token_key, "path": "session-token"})
         volumes.append(
             {
                 "name": "runlog-relay-credentials",
-                "secret": {
-                    "secretName": creds.name,
-                    "items": [
-                        {"key": creds.access_key_id_key, "path": "access-key-id"},
-                        {"key": creds.secret_access_key_key, "path": "secret-access-key"},
-                    ],
-                },
+                "secret": {"secretName": creds.name, "items": items},
             }
         )
         mounts.append(
@@ -349,6 +385,18 @@ def pod_volumes(
             }
         )
         mounts.append({"name": "runlog-relay-ca", "mountPath": CA_DIR, "readOnly": True})
+    customer_key = spec.sse.customer_key_secret_ref if spec.sse is not None else None
+    if customer_key is not None:
+        volumes.append(
+            {
+                "name": "runlog-relay-sse-c",
+                "secret": {
+                    "secretName": customer_key.name,
+                    "items": [{"key": customer_key.key, "path": "key"}],
+                },
+            }
+        )
+        mounts.append({"name": "runlog-relay-sse-c", "mountPath": SSE_C_DIR, "readOnly": True})
     return volumes, mounts
 
 
@@ -375,19 +423,70 @@ class ResolvedSecrets:
 
     access_key: str | None = None
     secret_key: str | None = None
+    session_token: str | None = None
     ca_pem: bytes | None = None
     step: Step = field(
         default_factory=lambda: Step(
             SECRETS_AVAILABLE, ConditionStatus.TRUE, "SecretsFound", "referenced Secrets found"
         )
     )
+    #: ``spec.credentials.serviceAccount``: the pods use their own identity.
+    service_account: bool = False
+    #: The operator's own identity, used to check a service-account store's bucket.
+    identity: CredentialPlan | None = None
 
     def __repr__(self) -> str:
         return f"ResolvedSecrets(step={self.step!r})"
 
     def values(self) -> list[str]:
         """The secret strings, for :func:`redact`."""
-        return [v for v in (self.access_key, self.secret_key) if v]
+        return [v for v in (self.access_key, self.secret_key, self.session_token) if v]
+
+    def plan(self) -> CredentialPlan:
+        """The credentials to check the bucket with: the operator's own identity for a
+        service-account store, else the Secret's keys, else runnable's default."""
+        if self.identity is not None:
+            return self.identity
+        if self.access_key and self.secret_key:
+            return StaticKeys(self.access_key, self.secret_key, self.session_token, "Secret")
+        return StaticKeys(DEFAULT_MINIO_CREDENTIAL, DEFAULT_MINIO_CREDENTIAL, origin="default")
+
+
+@dataclass(frozen=True, slots=True)
+class SecretKeyUse:
+    """One key of one Secret that a spec needs, and where the spec says so."""
+
+    secret: str
+    key: str
+    field: str  #: the reference, e.g. ``spec.credentials.secretRef``
+    key_field: str  #: the field naming the key, e.g. ``accessKeyIdKey``
+
+
+def secret_key_uses(spec: StoreSpec) -> list[SecretKeyUse]:
+    """Every Secret key the sidecar will mount for ``spec``: the credentials (the key
+    pair, and the session token when named) and the CA bundle. Always Secrets of the
+    store's own namespace: a reference has a name, never a namespace."""
+    uses = []
+    creds = spec.secret_ref
+    if creds is not None:
+        ref = spec.secret_ref_field
+        uses.append(SecretKeyUse(creds.name, creds.access_key_id_key, ref, "accessKeyIdKey"))
+        uses.append(
+            SecretKeyUse(creds.name, creds.secret_access_key_key, ref, "secretAccessKeyKey")
+        )
+        if creds.session_token_key:
+            uses.append(SecretKeyUse(creds.name, creds.session_token_key, ref, "sessionTokenKey"))
+    ca = spec.tls.ca_secret_ref
+    if ca is not None:
+        uses.append(SecretKeyUse(ca.name, ca.key, "spec.tls.caSecretRef", "key"))
+    customer_key = spec.sse.customer_key_secret_ref if spec.sse is not None else None
+    if customer_key is not None:
+        uses.append(
+            SecretKeyUse(
+                customer_key.name, customer_key.key, "spec.sse.customerKeySecretRef", "key"
+            )
+        )
+    return uses
 
 
 def resolve_secrets(
@@ -416,49 +515,48 @@ def resolve_secrets(
             return missing("SecretKeyEmpty", f"key {key!r} of Secret {name!r} is empty")
         return value
 
-    access = secret = None
-    creds = spec.credentials_secret_ref
-    if creds is not None:
-        ref = "spec.credentialsSecretRef"
-        found = lookup(creds.name, creds.access_key_id_key, ref, "accessKeyIdKey")
-        if isinstance(found, ResolvedSecrets):
-            return found
-        access = found
-        found = lookup(creds.name, creds.secret_access_key_key, ref, "secretAccessKeyKey")
-        if isinstance(found, ResolvedSecrets):
-            return found
-        secret = found
-    ca_pem = None
-    ca = spec.tls.ca_secret_ref
-    if ca is not None:
-        found = lookup(ca.name, ca.key, "spec.tls.caSecretRef", "key")
-        if isinstance(found, ResolvedSecrets):
-            return found
-        ca_pem = found
+    found: dict[str, bytes] = {}
+    for use in secret_key_uses(spec):
+        value = lookup(use.secret, use.key, use.field, use.key_field)
+        if isinstance(value, ResolvedSecrets):
+            return value
+        found[f"{use.field}.{use.key_field}"] = value
+    ref = spec.secret_ref_field
+    access, secret, token = (
+        found.get(f"{ref}.{key_field}")
+        for key_field in ("accessKeyIdKey", "secretAccessKeyKey", "sessionTokenKey")
+    )
+    ca_pem = found.get("spec.tls.caSecretRef.key")
+    creds = spec.secret_ref
     try:
-        access_text = access.decode("utf-8").strip() if access is not None else None
-        secret_text = secret.decode("utf-8").strip() if secret is not None else None
+        access_text, secret_text, token_text = (
+            value.decode("utf-8").strip() if value is not None else None
+            for value in (access, secret, token)
+        )
     except UnicodeDecodeError:
         return missing(
             "SecretKeyInvalid",
-            f"the access key pair in Secret {getattr(creds, 'name', '')!r} is not UTF-8 text",
+            f"the credentials in Secret {getattr(creds, 'name', '')!r} are not UTF-8 text",
         )
     names = sorted(referenced_secret_names(spec.wire()))
-    message = (
-        f"using Secret{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)}"
-        if names
-        else "no Secret referenced: runnable's default minioadmin credentials"
-    )
+    using = f"Secret{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)}"
+    if spec.uses_service_account:
+        reason = "ServiceAccountIdentity"
+        message = "the pods' own identity (spec.credentials.serviceAccount)" + (
+            f"; using {using}" if names else ""
+        )
+    elif names:
+        reason, message = "SecretsFound", f"using {using}"
+    else:
+        reason = "DefaultCredentials"
+        message = "no Secret referenced: runnable's default minioadmin credentials"
     return ResolvedSecrets(
         access_key=access_text,
         secret_key=secret_text,
+        session_token=token_text,
         ca_pem=ca_pem,
-        step=Step(
-            SECRETS_AVAILABLE,
-            ConditionStatus.TRUE,
-            "SecretsFound" if names else "DefaultCredentials",
-            message,
-        ),
+        step=Step(SECRETS_AVAILABLE, ConditionStatus.TRUE, reason, message),
+        service_account=spec.uses_service_account,
     )
 
 
@@ -478,9 +576,33 @@ def secret_api_step(name: str, error: RelayError) -> Step:
 _CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch"})
 
 
+#: Neither Connected nor BucketReady can be checked by the operator: a service-account
+#: store, and no identity of its own. The sidecars' readiness is the truth.
+CHECKED_BY_SIDECARS = "CheckedBySidecars"
+
+
+def checked_by_sidecars_steps() -> tuple[Step, Step]:
+    """Connected and BucketReady for a service-account store the operator cannot check."""
+    message = (
+        "the operator has no AWS identity of its own to check with (spec.credentials."
+        "serviceAccount uses the pods' identity); each sidecar's readiness reports it"
+    )
+    return (
+        Step(CONNECTED, ConditionStatus.UNKNOWN, CHECKED_BY_SIDECARS, message),
+        Step(BUCKET_READY, ConditionStatus.UNKNOWN, CHECKED_BY_SIDECARS, message),
+    )
+
+
 def bucket_steps(
-    *, location: str, endpoint: str, error: RelayError | None, created: bool = False
+    *,
+    location: str,
+    endpoint: str,
+    error: RelayError | None,
+    created: bool = False,
+    credentials: str = "the access key pair in the Secret named by spec.credentials.secretRef",
 ) -> tuple[Step, Step]:
+    """The Connected and BucketReady steps for the result of the bucket check;
+    ``credentials`` says what to check when they are rejected."""
     """The Connected and BucketReady steps for the result of the bucket check."""
     connected_ok = Step(
         CONNECTED, ConditionStatus.TRUE, "Connected", f"{endpoint} accepts the credentials"
@@ -510,8 +632,7 @@ def bucket_steps(
             CONNECTED,
             ConditionStatus.FALSE,
             "InvalidCredentials",
-            f"{endpoint} rejected the credentials ({code}); check the access key pair in the"
-            " Secret named by spec.credentialsSecretRef",
+            f"{endpoint} rejected the credentials ({code}); check {credentials}",
         )
     elif code in {"AccessDenied", "HTTP403", "HTTP401"}:
         connected = Step(
@@ -556,9 +677,13 @@ def ready_step(steps: Sequence[Step]) -> Step:
         if not step.ok and step.status is ConditionStatus.FALSE:
             return Step(READY, ConditionStatus.FALSE, step.reason, step.message, step.retryable)
     for step in steps:
-        if not step.ok:
+        # A bucket only the sidecars can check does not hold the store back: the operator
+        # did all it can, and each sidecar's /readyz tells the rest.
+        if not step.ok and step.reason != CHECKED_BY_SIDECARS:
             return Step(READY, ConditionStatus.UNKNOWN, step.reason, step.message)
     bucket = next((s for s in steps if s.type == BUCKET_READY), None)
+    if bucket is not None and bucket.reason == CHECKED_BY_SIDECARS:
+        return Step(READY, ConditionStatus.TRUE, CHECKED_BY_SIDECARS, f"ready: {bucket.message}")
     message = f"ready: {bucket.message}" if bucket else "ready"
     return Step(READY, ConditionStatus.TRUE, "Ready", message)
 

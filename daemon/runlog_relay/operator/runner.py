@@ -20,6 +20,9 @@ from typing import Any, cast
 import kopf
 from prometheus_client import CollectorRegistry, start_http_server
 
+from runlog_relay.config.credentials import describe as describe_credentials
+from runlog_relay.config.settings import ambient_identity
+from runlog_relay.errors import ConfigError
 from runlog_relay.metrics import OperatorMetrics
 from runlog_relay.operator.admission import Admission
 from runlog_relay.operator.cluster import ClusterVersions
@@ -113,6 +116,16 @@ def build_operator(
         on_change=leadership_changed,
     )
     metrics.leading.set(1 if leadership.leading else 0)
+    try:  # the operator pod's own AWS variables (IRSA / Pod Identity on its ServiceAccount)
+        own_identity = ambient_identity()
+    except ConfigError as exc:
+        raise SystemExit(f"runlog-relay operator: {exc}") from None
+    log.info(
+        "bucket checks of service-account stores: %s",
+        describe_credentials(own_identity)
+        if own_identity
+        else "left to the sidecars (the operator has no AWS identity of its own)",
+    )
     policy = EndpointPolicy.from_patterns(options.allowed_endpoints)
     controller = StoreController(
         api,
@@ -121,6 +134,7 @@ def build_operator(
         options=options.reconcile,
         instance=options.instance,
         gate=leadership.gate,
+        identity=own_identity,
         policy=policy,
     )
     background: list[Callable[[], Coroutine[Any, Any, None]]] = [leadership.run]

@@ -640,12 +640,7 @@ def missing_files(
     missing = []
     if configmap is None or rc.CONFIG_KEY not in (configmap.get("data") or {}):
         missing.append(f"ConfigMap {rc.configmap_name(store)!r}")
-    refs: list[tuple[str, str]] = []
-    if spec.credentials_secret_ref is not None:
-        creds = spec.credentials_secret_ref
-        refs += [(creds.name, creds.access_key_id_key), (creds.name, creds.secret_access_key_key)]
-    if spec.tls.ca_secret_ref is not None:
-        refs.append((spec.tls.ca_secret_ref.name, spec.tls.ca_secret_ref.key))
+    refs = [(use.secret, use.key) for use in rc.secret_key_uses(spec)]
     for secret, key in refs:
         data = secrets.get(secret)
         if data is None:
@@ -958,23 +953,7 @@ def store_warnings(
 
     Warnings, not a denial: creating a store before its Secret is the normal order of a
     GitOps sync, and the store turns Ready by itself once the Secret appears."""
-    refs: list[tuple[str, str, str, str]] = []  # secret, key, ref field, key field
-    creds = spec.credentials_secret_ref
-    if creds is not None:
-        refs.append(
-            (creds.name, creds.access_key_id_key, "spec.credentialsSecretRef", "accessKeyIdKey")
-        )
-        refs.append(
-            (
-                creds.name,
-                creds.secret_access_key_key,
-                "spec.credentialsSecretRef",
-                "secretAccessKeyKey",
-            )
-        )
-    ca = spec.tls.ca_secret_ref
-    if ca is not None:
-        refs.append((ca.name, ca.key, "spec.tls.caSecretRef", "key"))
+    refs = [(u.secret, u.key, u.field, u.key_field) for u in rc.secret_key_uses(spec)]
     warnings: list[str] = []
     reported: set[str] = set()
     for secret, key, ref_field, key_field in refs:

@@ -263,7 +263,9 @@ def _settings(overrides: dict[str, Any], config_file: Path | None) -> SidecarSet
     settings = load_sidecar_settings(overrides, config_file)
     if settings.source is None:
         raise ConfigError(f"--source (or {ENV_PREFIX}SOURCE) is required")
-    settings.credentials()  # a missing credentials file is a start-up error, not a crash later
+    # A missing credentials or SSE-C key file is a start-up error, not a crash later.
+    settings.credentials()
+    settings.encryption()
     return settings
 
 
@@ -473,12 +475,7 @@ def _missing_mounts(config: Path, overrides: dict[str, Any]) -> list[Path]:
         settings = load_sidecar_settings(overrides, config)
     except ConfigError:
         return []
-    named = (
-        settings.access_key_id_file,
-        settings.secret_access_key_file,
-        settings.tls.ca_file,
-    )
-    return [path for path in named if path is not None and not path.exists()]
+    return [path for path in settings.mounted_files() if not path.exists()]
 
 
 def _not_ready(reason: str) -> Callable[[], tuple[bool, str]]:

@@ -109,9 +109,10 @@ class Pipeline:
         self.metrics = metrics
         self._store_factory = store_factory
         self._store: StorePort = store_factory(settings)
-        # What the store client was built with: credentials() re-reads mounted files, so
-        # the settings object alone cannot tell whether a rotation already took effect.
-        self._store_credentials = settings.credentials()
+        # What the store client was built with: credentials() and encryption() re-read
+        # mounted files (keys, the SSE-C key), so the settings object alone cannot tell
+        # whether a rotation already took effect.
+        self._store_credentials = (settings.credentials(), settings.encryption())
         self._once = once
         self._clock = clock
         self._inbox: queue.SimpleQueue[Inbox] = queue.SimpleQueue()
@@ -232,31 +233,39 @@ class Pipeline:
     def reconfigure(self, new: SidecarSettings) -> None:
         """Apply new settings without a restart and without losing pending uploads.
 
-        A new endpoint, bucket, prefix, region, TLS option or credential swaps the store
-        client; a new target (endpoint/bucket/prefix/layout/source/runs) also compares with
-        the bucket again, so the mirror is completed at the new place. Watch tuning re-arms
-        the watcher; concurrency resizes the worker pool.
+        A new endpoint, bucket, prefix, region, TLS option, credential, encryption or
+        storage class swaps the store client; a new target (endpoint/bucket/prefix/layout/
+        source/runs) also compares with the bucket again, so the mirror is completed at the
+        new place. Watch tuning re-arms the watcher; concurrency resizes the worker pool.
         """
         with self._reconfigure_lock:
             old = self.settings
             # Settings classes are rebuilt per load, so compare values, not objects.
-            credentials = new.credentials()
+            credentials = (new.credentials(), new.encryption())
             if new.model_dump() == old.model_dump() and credentials == self._store_credentials:
                 return
-            connection_changed = (new.endpoint, new.bucket, new.region, new.tls) != (
+            connection_changed = (
+                new.endpoint,
+                new.bucket,
+                new.region,
+                new.tls,
+                new.storage_class,
+            ) != (
                 old.endpoint,
                 old.bucket,
                 old.region,
                 old.tls,
+                old.storage_class,
             ) or credentials != self._store_credentials
             # Only a new place (or a new way of naming files) needs the bucket listed
             # again; a rotated credential just swaps the client, and uploads it failed
             # are still queued and retried with the new one.
-            target_changed = (new.endpoint, new.bucket, new.layout, new.source) != (
+            target_changed = (new.endpoint, new.bucket, new.layout, new.source, new.run_ids) != (
                 old.endpoint,
                 old.bucket,
                 old.layout,
                 old.source,
+                old.run_ids,
             )
             if connection_changed:
                 self._store = self._store_factory(new)

@@ -8,7 +8,8 @@ symlink in the mount directory, so the visible files (themselves symlinks throug
 with inotify misses that (the watched inode never changes; the symlink above it does),
 so :class:`ConfigWatcher` polls: every ``interval`` it hashes the content of the config
 file and of every file the current config names (``accessKeyIdFile``,
-``secretAccessKeyFile``, ``tls.caFile``). A different hash set means a reload:
+``secretAccessKeyFile``, ``sessionTokenFile``, ``tls.caFile``). A different hash set
+means a reload:
 
 - the settings are rebuilt with :func:`~runlog_relay.config.settings.load_sidecar_settings`
   (same overrides and environment as at start-up, so command-line options keep winning)
@@ -48,12 +49,8 @@ Snapshot = dict[Path, str | None]
 def watched_files(config_file: Path, settings: SidecarSettings) -> list[Path]:
     """The config file and every file it points to."""
     paths = [config_file]
-    for extra in (
-        settings.access_key_id_file,
-        settings.secret_access_key_file,
-        settings.tls.ca_file,
-    ):
-        if extra is not None and extra not in paths:
+    for extra in settings.mounted_files():
+        if extra not in paths:
             paths.append(extra)
     return paths
 
@@ -67,22 +64,6 @@ def _digest(path: Path) -> str | None:
 
 def _snapshot(paths: Iterable[Path]) -> Snapshot:
     return {path: _digest(path) for path in paths}
-
-
-def _check_credential_files(settings: SidecarSettings) -> None:
-    """Credential files must be readable and non-empty: an empty file would silently fall
-    back to the default credentials."""
-    for path in (settings.access_key_id_file, settings.secret_access_key_file):
-        if path is None:
-            continue
-        try:
-            content = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read credentials file {path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"credentials file {path} is not UTF-8 text") from None
-        if not content:
-            raise ConfigError(f"credentials file {path} is empty")
 
 
 class ConfigWatcher:
@@ -130,7 +111,10 @@ class ConfigWatcher:
 
     def _load(self) -> SidecarSettings:
         settings = self._loader(self._overrides, self.config_file)
-        _check_credential_files(settings)
+        # Credential files must be readable, UTF-8 and non-empty, and the source must
+        # resolve (a whole key pair): else the last good config stays in force.
+        settings.credentials()
+        settings.encryption()
         return settings
 
     def poll(self) -> SidecarSettings | None:

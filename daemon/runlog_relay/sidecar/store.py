@@ -10,6 +10,8 @@ exception; a key is never left "in flight". The rule for failures, one per class
   as ``retry``. One WARNING when the store becomes unreachable, one INFO when it is back;
   individual retries are DEBUG. Unless the connection was never opened, the PUT may still
   land later (``doubtful``): the detector confirms that run against the bucket.
+  Except for ``CredentialsError`` (temporary credentials could not be renewed), the store
+  stays ready: nothing can be written until they are, so readiness is false meanwhile.
 * ``PermanentError`` (AccessDenied, NoSuchBucket, InvalidAccessKeyId, TLS): one ERROR per
   distinct problem, readiness false, and the whole queue holds: one probe upload every
   ``sync.permanentErrorRetrySeconds`` (30 s), so the sidecar heals by itself once the bucket or the
@@ -32,7 +34,7 @@ import time
 from collections.abc import Callable
 
 from runlog_relay.backoff import backoff_delay
-from runlog_relay.errors import PermanentError, RetryableError
+from runlog_relay.errors import CredentialsError, PermanentError, RetryableError
 from runlog_relay.etag import PART_SIZE
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar.queue import UploadQueue
@@ -113,13 +115,19 @@ class StoreHealth:
         if was_down:
             self._on_recovered()
 
-    def broken(self, problem: str, *, code: str = "", source: str = "write") -> None:
-        """A permanent problem: readiness false until a request of that kind succeeds."""
+    def broken(
+        self, problem: str, *, code: str = "", source: str = "write", refused: bool = True
+    ) -> None:
+        """A permanent problem: readiness false until a request of that kind succeeds.
+
+        ``refused``: the store refused the request (counted for the drain), rather than
+        the sidecar being unable to send it (expired credentials)."""
         with self._lock:
             self.problem = problem
             self._problem_source = source
             self.checked = True
-            self.permanent_failures += 1
+            if refused:
+                self.permanent_failures += 1
             self._metrics.store_ready.set(0)
             identity = f"permanent:{code or problem}"
             if self._reported != identity:
@@ -251,8 +259,40 @@ class UploadWorkers:
                 raise
         return True
 
+    def _already_there(self, request: UploadRequest) -> bool:
+        """Whether the bucket holds this version although its listed ETag differs (a
+        bucket whose ETags are not MD5s): one HEAD at most, none where they are MD5s.
+        Any doubt means upload: a needless PUT costs less than a lost version."""
+        if request.listed_etag is None:
+            return False
+        try:
+            return self._store().matches_digests(
+                request.key,
+                request.listed_etag,
+                expected=request.etag,
+                md5=request.snapshot.md5,
+            )
+        except Exception as exc:
+            log.debug(
+                "could not confirm %s without uploading it (%s); uploading",
+                request.key,
+                exc,
+                extra={"key": request.key},
+            )
+            return False
+
     def _upload(self, request: UploadRequest) -> None:
         snapshot = request.snapshot
+        if self._already_there(request):
+            self._health.healthy(source="list")  # it answered (writes are not proven)
+            self._queue.done(request)
+            self._on_outcome(Uploaded(relative=request.relative, etag=request.etag))
+            log.debug(
+                "%s is already in the bucket (its stored MD5 matches)",
+                request.key,
+                extra={"key": request.key},
+            )
+            return
         streamed = snapshot.body is None
         held = min(snapshot.body_size, PART_SIZE) if streamed else 0
         if streamed:
@@ -304,7 +344,12 @@ class UploadWorkers:
     def _retryable(self, request: UploadRequest, exc: RetryableError) -> None:
         self._metrics.uploads.labels(result="retry").inc()
         self._metrics.retries.inc()
-        self._health.unreachable(str(exc), code=exc.code)
+        if isinstance(exc, CredentialsError):
+            # Nothing can be written until the credentials are renewed: not ready, but not
+            # a refusal either (the drain does not count it as one).
+            self._health.broken(str(exc), code=exc.code, refused=False)
+        else:
+            self._health.unreachable(str(exc), code=exc.code)
         attempt = self._queue.attempts(request.key)
         delay = (
             exc.delay

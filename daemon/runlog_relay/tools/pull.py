@@ -5,6 +5,11 @@ The inverse of the sidecar, through the same mapping (:func:`layout.path_for`,
 so runnable's own ``chunked-fs`` / ``file-system`` store on a laptop reads the run as the
 ``chunked-minio`` / ``minio`` store reads it from the bucket (a test checks exactly that).
 
+Only what differs is downloaded: each object's listed ETag is compared with the local
+file first (as the sidecar compares on start-up, through :meth:`ObjectStore.matches`, so
+a bucket whose ETags are not MD5s costs one HEAD per such object, not a GET). An up-to-date
+folder costs the listing alone.
+
 Unlike runnable, files are written atomically (a hidden temporary file in the same
 folder, then ``rename``), so a reader, or a sidecar watching the folder, never sees a
 half-written pulled file. A local file that differs from the bucket's copy is never
@@ -28,7 +33,7 @@ from typing import Any, Literal
 from rich.markup import escape
 
 from runlog_relay.cliopts import add_store_options
-from runlog_relay.layout import Layout, UnsafeNameError, decode_body, path_for
+from runlog_relay.layout import Layout, UnsafeNameError, decode_body, encode_body, path_for
 from runlog_relay.objectstore import ObjectStore, RemoteObject
 from runlog_relay.tools._common import (
     EXIT_DIFFERENT,
@@ -161,16 +166,38 @@ def plan_run(
     return result, to_write
 
 
+def _local_body(path: Path, layout: Layout) -> bytes | None:
+    """The object body the local file corresponds to; None when there is no regular
+    file there (a symlink, a folder, nothing) or it cannot be read."""
+    info = _lstat(path)
+    if info is None or not stat.S_ISREG(info.st_mode):
+        return None
+    try:
+        return encode_body(path.read_bytes(), layout)
+    except (OSError, ValueError):
+        return None
+
+
 def _download(
-    store: ObjectStore, objects: list[RemoteObject], layout: Layout, ticker: Any
-) -> dict[str, bytes]:
-    def fetch(obj: RemoteObject) -> tuple[str, bytes]:
+    store: ObjectStore, objects: list[RemoteObject], layout: Layout, dest: Path, ticker: Any
+) -> tuple[dict[str, bytes], list[str]]:
+    """The files that differ from the bucket (relative path → bytes, downloaded) and
+    the ones that do not (compared by ETag, or one HEAD where ETags are not MD5s)."""
+
+    def fetch(obj: RemoteObject) -> tuple[str, bytes | None]:
+        relative = path_for(obj.key, layout)
+        local = _local_body(dest / relative, layout)
+        if local is not None and store.matches(obj.key, obj.etag, local):
+            ticker.advance(obj.size)
+            return relative, None
         body = get_object(store, obj.key)
         ticker.advance(len(body))
-        return path_for(obj.key, layout), decode_body(body, layout)
+        return relative, decode_body(body, layout)
 
     with ThreadPoolExecutor(max_workers=_DOWNLOAD_WORKERS) as pool:
-        return dict(pool.map(fetch, objects))
+        fetched = list(pool.map(fetch, objects))
+    files = {relative: data for relative, data in fetched if data is not None}
+    return files, sorted(relative for relative, data in fetched if data is None)
 
 
 def pull_run(
@@ -210,11 +237,12 @@ def pull_run(
         )
         return result
     try:
-        files = _download(ctx.store, mapped, layout, ticker)
+        files, unchanged = _download(ctx.store, mapped, layout, dest, ticker)
     except ValueError as exc:  # decode_body: not a JSON string (single layout)
         return RunResult(run_id, outcome="failed", message=f"run {run_id!r}: bad object: {exc}")
     result, to_write = plan_run(dest, run_id, files, force=force)
     result.ignored_keys = ignored
+    result.unchanged = sorted([*result.unchanged, *unchanged])
     for relative, data in to_write.items():
         target = dest / relative
         target.parent.mkdir(parents=True, exist_ok=True)

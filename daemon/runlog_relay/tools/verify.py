@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +69,7 @@ class LocalFile:
     mtime: float  #: seconds since the epoch
     etag: str | None  #: expected ETag of its object body; None when torn
     torn: str = ""  #: why the content is not usable right now
+    md5: str | None = None  #: MD5 of its object body, for buckets whose ETags are not MD5s
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +168,7 @@ def read_local(candidate: Candidate, layout: Layout, root: Path | None = None) -
         snapshot.file_size,
         snapshot.signature.mtime_ns / 1e9,
         snapshot.etag,
+        md5=snapshot.md5,
     )
 
 
@@ -173,8 +176,19 @@ def _stamp(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def compare(local: list[LocalFile], remote: list[RemoteObject], layout: Layout) -> Report:
-    """The verdict for every local file and every remote object (pure)."""
+#: Asked when a listed ETag differs from a local file's: is the content the same anyway?
+#: (buckets whose ETags are not MD5s: :meth:`ObjectStore.matches_digests`).
+Confirm = Callable[[RemoteObject, LocalFile], bool]
+
+
+def compare(
+    local: list[LocalFile],
+    remote: list[RemoteObject],
+    layout: Layout,
+    confirm: Confirm | None = None,
+) -> Report:
+    """The verdict for every local file and every remote object (pure but for
+    ``confirm``, which may ask the bucket)."""
     report = Report()
     remote_by_key = {obj.key: obj for obj in remote}
     local_keys = set()
@@ -207,7 +221,7 @@ def compare(local: list[LocalFile], remote: list[RemoteObject], layout: Layout) 
                     size=file.size,
                 )
             )
-        elif obj.etag != file.etag:
+        elif obj.etag != file.etag and not (confirm is not None and confirm(obj, file)):
             newer = newer_side(file.mtime, obj.last_modified)
             report.differences.append(
                 Difference(
@@ -334,7 +348,11 @@ def handle(args: argparse.Namespace) -> int:
                 )
             ticker.advance()
 
-    verdict = compare(local, remote, layout)
+    def confirm(obj: RemoteObject, file: LocalFile) -> bool:
+        assert file.etag is not None and file.md5 is not None
+        return ctx.store.matches_digests(obj.key, obj.etag, expected=file.etag, md5=file.md5)
+
+    verdict = compare(local, remote, layout, confirm)
     verdict.skipped = report.skipped
     if args.json:
         emit_json(
