@@ -6,6 +6,9 @@ file; the seal is what the sidecar reports (its log, its metrics, the tags it se
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import re
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from minio import Minio
 from runlog_relay import runnable_compat
 from runlog_relay.runnable_compat import FAIL_ITEM_VARIABLE, PipelineFailedError
 from tests.support.mirror import assert_mirror
-from tests.support.s3server import S3Endpoint
+from tests.support.s3server import S3Endpoint, SeaweedFS
 from tests.support.sidecar import SidecarProcess, start_sidecar
 from tests.support.toolcli import cli
 from tests.support.waiting import wait_until
@@ -188,3 +191,36 @@ def test_local_retention_dry_run_keeps_everything(
     assert sidecar.metric("runlog_relay_retention_deleted_runs_total") == 0
     assert "(dry run) would delete run kept-run" in sidecar.log
     assert sidecar.terminate() == 0, sidecar.log
+
+
+def test_a_bucket_with_customer_keys_seals_and_tags_too(
+    seaweedfs: SeaweedFS, source: Path, tmp_path: Path
+) -> None:
+    # SSE-C on a server that really encrypts: the seal's listing and its tags work on
+    # objects nobody can read without the key. (Buckets whose listed ETags are not MD5s,
+    # as SSE-KMS on AWS, are confirmed by the stored MD5: tests/unit/test_runs.py.)
+    client = seaweedfs.client()
+    client.make_bucket("sealed-sse-c")
+    key_file = tmp_path / "sse-c.key"
+    key_file.write_text(base64.b64encode(os.urandom(32)).decode())
+    (source / "job-c").mkdir()
+    (source / "job-c" / "RunLog.json").write_text(
+        json.dumps({"run_id": "job-c", "status": "SUCCESS", "steps": {}})  # a finished job
+    )
+    sidecar = start_sidecar(
+        source,
+        seaweedfs.endpoint,
+        "sealed-sse-c",
+        tmp_path / "s.log",
+        "--once",
+        "--tag-sealed-runs",
+        "--sse",
+        "c",
+        "--sse-c-key-file",
+        str(key_file),
+    )
+    assert sidecar.process.wait(60) == 0, sidecar.log
+    assert "run job-c sealed: SUCCESS, 1 files verified" in sidecar.log, sidecar.log
+    assert object_tags(client, "sealed-sse-c", "job-c/") == {
+        "job-c/RunLog": {STATUS_TAG: "SUCCESS"}
+    }

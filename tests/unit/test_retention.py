@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from tests.support.fakes import FakeClock, FakeStore, unreachable
+from tests.support.fakes import FakeClock, FakeStore, opaque_etag, unreachable
 
 from runlog_relay.config.models import LocalRetention as RetentionSpec
 from runlog_relay.config.settings import SidecarSettings
@@ -266,6 +266,22 @@ def test_a_run_id_that_is_not_one_name_is_never_a_path(
     assert (outside / "RunLog.json").exists() and (hidden / "RunLog.json").exists()
     assert volume.store.lists == []  # refused before anything is asked or opened
     assert volume.value("runlog_relay_retention_failures_total", reason="not_removable") == 1
+
+
+def test_a_bucket_whose_etags_are_not_md5s_is_confirmed_by_the_stored_md5(volume: Volume) -> None:
+    paths = volume.run("r1", "RunLog", "BranchLog-b")
+    kept = volume.run("r2")
+    # SSE-KMS: the listing shows ETags that are not the bodies' MD5s.
+    for key, (body, etag) in list(volume.store.objects.items()):
+        data = b'{"another": "version"}' if key.startswith("r2/") else body
+        volume.store.objects[key] = (data, opaque_etag(etag))
+    volume.seal("r1")
+    volume.seal("r2")
+    volume.after(DAY)
+    assert not any(p.exists() for p in paths)
+    assert sorted(volume.store.heads) == ["r1/BranchLog-b", "r1/RunLog", "r2/RunLog"]
+    assert kept[0].exists()  # its stored MD5 is another version's
+    assert volume.value("runlog_relay_retention_failures_total", reason="bucket_differs") == 1
 
 
 def test_turning_retention_off_stops_what_was_planned(volume: Volume) -> None:

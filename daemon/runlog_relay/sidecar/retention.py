@@ -51,7 +51,7 @@ from runlog_relay.metrics import RunMetrics
 from runlog_relay.objectstore import RemoteObject
 from runlog_relay.runstate import run_log_relative
 from runlog_relay.sidecar.runs import Seal
-from runlog_relay.stableread import FileSignature, TornRead, read_stable
+from runlog_relay.stableread import FileSignature, Snapshot, TornRead, read_stable
 
 __all__ = ["RETRY_SECONDS", "ListingPort", "LocalRetention"]
 
@@ -68,6 +68,8 @@ class ListingPort(Protocol):
     """What retention needs from the object store (objectstore.ObjectStore fits)."""
 
     def list(self, sub_prefix: str = "") -> Iterable[RemoteObject]: ...
+
+    def matches_digests(self, key: str, etag: str, *, expected: str, md5: str) -> bool: ...
 
 
 class _NotYet(Exception):
@@ -336,7 +338,7 @@ class LocalRetention:
         found = objects.get(key)
         if found is None:
             raise _Keep("bucket_differs", f"the bucket has no object {key}", retry=False)
-        if found != snapshot.etag:
+        if found != snapshot.etag and not self._same_content(key, found, snapshot):
             raise _Keep(
                 "bucket_differs",
                 f"the bucket's {key} is not the local {relative} (ETag {found}, local"
@@ -344,6 +346,16 @@ class LocalRetention:
                 retry=False,
             )
         return snapshot.signature
+
+    def _same_content(self, key: str, listed: str, snapshot: Snapshot) -> bool:
+        """A bucket whose ETags are not MD5s (SSE-KMS, SSE-C): one HEAD of the object's
+        stored MD5 decides; any doubt keeps the run."""
+        try:
+            return self._store().matches_digests(
+                key, listed, expected=snapshot.etag, md5=snapshot.md5
+            )
+        except RelayError:
+            return False
 
     def _verify_folder(
         self, root: Path, root_fd: int, run_id: str, objects: dict[str, str]
