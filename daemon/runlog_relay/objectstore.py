@@ -147,6 +147,8 @@ PERMISSIONS = {
     "HeadObject": "s3:GetObject",
     "CreateBucket": "s3:CreateBucket",
     "GetBucketLocation": "s3:GetBucketLocation",
+    "PutObjectTagging": "s3:PutObjectTagging",
+    "GetObjectTagging": "s3:GetObjectTagging",
 }
 
 
@@ -742,7 +744,9 @@ class ObjectStore:
         try:
             self._client.set_object_tags(self.bucket, self.full_key(key), object_tags)
         except _SDK_ERRORS as exc:
-            raise classify(exc, what=f"tagging {self.full_key(key)}") from exc
+            raise classify(
+                exc, what=f"tagging {self.full_key(key)}", operation="PutObjectTagging"
+            ) from exc
 
     def get_tags(self, key: str) -> dict[str, str]:
         """The tags of the object at ``key`` (one GetObjectTagging request); empty when it
@@ -750,5 +754,9 @@ class ObjectStore:
         try:
             tags = self._client.get_object_tags(self.bucket, self.full_key(key))
         except _SDK_ERRORS as exc:
-            raise classify(exc, what=f"reading the tags of {self.full_key(key)}") from exc
+            raise classify(
+                exc,
+                what=f"reading the tags of {self.full_key(key)}",
+                operation="GetObjectTagging",
+            ) from exc
         return dict(tags or {})

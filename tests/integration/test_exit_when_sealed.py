@@ -51,20 +51,20 @@ def exits(sidecar: SidecarProcess, timeout: float = 30.0) -> int:
 
 
 def test_the_sidecar_of_a_job_pod_exits_once_the_job_is_sealed(
-    any_s3: S3Endpoint, any_s3_client: Minio, any_bucket: str, source: Path, tmp_path: Path
+    s3_server: S3Endpoint, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
 ) -> None:
-    sidecar = classic_sidecar(source, any_s3, any_bucket, tmp_path / "s.log", runs="etl-1")
+    sidecar = classic_sidecar(source, s3_server, bucket, tmp_path / "s.log", runs="etl-1")
     sidecar.wait_ready()
     assert sidecar.process.poll() is None  # nothing written yet: it stays
     runnable_compat.run_job(source, "etl-1", workdir=tmp_path / "work")
     assert exits(sidecar) == 0, sidecar.log
     assert "run etl-1 sealed: SUCCESS" in sidecar.log
     assert "the pod's runs (etl-1) are sealed and its work is done" in sidecar.log
-    assert_mirror(any_s3_client, any_bucket, "", source)
+    assert_mirror(s3_client, bucket, "", source)
 
     # The Job's next pod (backoffLimit) runs `execute-job` for a run that exists:
     # runnable refuses it at once, so that pod's sidecar has nothing to wait for.
-    again = classic_sidecar(source, any_s3, any_bucket, tmp_path / "again.log", runs="etl-1")
+    again = classic_sidecar(source, s3_server, bucket, tmp_path / "again.log", runs="etl-1")
     with pytest.raises(PipelineFailedError):
         runnable_compat.run_job(source, "etl-1", workdir=tmp_path / "work")
     assert exits(again) == 0, again.log
@@ -72,9 +72,9 @@ def test_the_sidecar_of_a_job_pod_exits_once_the_job_is_sealed(
 
 
 def test_a_failed_job_is_sealed_and_the_pod_ends(
-    any_s3: S3Endpoint, any_bucket: str, source: Path, tmp_path: Path
+    s3_server: S3Endpoint, bucket: str, source: Path, tmp_path: Path
 ) -> None:
-    sidecar = classic_sidecar(source, any_s3, any_bucket, tmp_path / "s.log", runs="etl-2")
+    sidecar = classic_sidecar(source, s3_server, bucket, tmp_path / "s.log", runs="etl-2")
     runnable_compat.run_job(
         source, "etl-2", workdir=tmp_path / "work", env={FAIL_JOB_VARIABLE: "1"}
     )

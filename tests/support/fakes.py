@@ -7,9 +7,11 @@ records every call, so tests assert what reached "the wire".
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from runlog_relay.errors import NotFoundError, PermanentError, RetryableError
@@ -93,6 +95,12 @@ class FakeStore:
     bucket_exists: bool = True
     tags: dict[str, dict[str, str]] = field(default_factory=dict)  # key → tags
     fail_tags: list[BaseException] = field(default_factory=list)
+    modified: dict[str, datetime] = field(default_factory=dict)  # key → listed LastModified
+    #: ETags are not the bodies' MD5s (SSE-KMS, SSE-C): listings show an opaque value,
+    #: and matches_digests confirms with a (counted) HEAD of the stored MD5.
+    opaque_etags: bool = False
+    heads: list[str] = field(default_factory=list)
+    fail_heads: list[BaseException] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def put(
@@ -114,9 +122,23 @@ class FakeStore:
         data = body if isinstance(body, bytes) else _read_all(body, length or 0)
         digest = BodyDigest()
         digest.update(data)
+        etag = opaque_etag(digest.etag) if self.opaque_etags else digest.etag
         with self._lock:
-            self.objects[key] = (data, digest.etag)
-        return digest.etag
+            self.objects[key] = (data, etag)
+        return etag
+
+    def matches_digests(self, key: str, etag: str, *, expected: str, md5: str) -> bool:
+        if etag == expected:
+            return True
+        with self._lock:
+            self.heads.append(key)
+            error = self.fail_heads.pop(0) if self.fail_heads else None
+            found = self.objects.get(key)
+        if error is not None:
+            raise error
+        if found is None:
+            return False
+        return hashlib.md5(found[0], usedforsecurity=False).hexdigest() == md5
 
     def list(self, sub_prefix: str = "") -> Iterator[RemoteObject]:
         with self._lock:
@@ -129,7 +151,9 @@ class FakeStore:
             raise error
         for key, (data, etag) in items:
             if key.startswith(sub_prefix):
-                yield RemoteObject(key=key, etag=etag, size=len(data), last_modified=None)
+                yield RemoteObject(
+                    key=key, etag=etag, size=len(data), last_modified=self.modified.get(key)
+                )
 
     def make_bucket(self) -> bool:
         created = not self.bucket_exists
@@ -150,6 +174,11 @@ class FakeStore:
         with self._lock:
             found = self.objects.get(key)
         return found[0] if found else None
+
+
+def opaque_etag(etag: str) -> str:
+    """What a bucket with SSE-KMS shows instead of an MD5: stable, MD5-shaped, unrelated."""
+    return hashlib.md5(f"opaque:{etag}".encode(), usedforsecurity=False).hexdigest()
 
 
 def _read_all(stream: BodyStream, length: int) -> bytes:

@@ -271,3 +271,35 @@ def test_a_permanent_error_that_fails_again_in_the_drain_ends_it_early(
     assert time.monotonic() - started_at < 10  # its retry failed too: no point waiting 30 s
     assert report.files == {"r/RunLog.json": "upload not finished"}
     assert any("gave up: uploading" in line and "AccessDenied" in line for line in report.lines())
+
+
+def test_a_restart_on_a_bucket_with_opaque_etags_confirms_with_one_head_each(
+    root: Path,
+) -> None:
+    """SSE-KMS/SSE-C buckets list ETags that are not MD5s: every listed ETag differs from
+    the local one, yet nothing has changed. The stored MD5 confirms it, one HEAD per object
+    and no PUT; a file that did change is still uploaded."""
+    for index in range(5):
+        write_json(root / "r" / f"BranchLog-{index}.json", {"i": index})
+    store = FakeStore(opaque_etags=True)
+    first = Sidecar(root, store, once=True).pipeline.run_once(timeout=10)
+    assert first.complete, first.lines()
+    assert len(store.puts) == 5 and store.heads == []  # new files: nothing to confirm
+    store.puts.clear()
+    changed = write_json(root / "r" / "BranchLog-0.json", {"i": "changed"})
+    again = Sidecar(root, store, once=True).pipeline.run_once(timeout=10)
+    assert again.complete, again.lines()
+    assert store.puts == ["r/BranchLog-0"]
+    assert store.body("r/BranchLog-0") == changed
+    assert sorted(store.heads) == sorted(f"r/BranchLog-{index}" for index in range(5))
+
+
+def test_a_failed_confirmation_uploads_rather_than_assumes(root: Path) -> None:
+    body = write_json(root / "r" / "RunLog.json", {"a": 1})
+    store = FakeStore(opaque_etags=True)
+    assert Sidecar(root, store, once=True).pipeline.run_once(timeout=10).complete
+    store.puts.clear()
+    store.fail_heads.append(unreachable("reading the metadata"))
+    report = Sidecar(root, store, once=True).pipeline.run_once(timeout=10)
+    assert report.complete, report.lines()
+    assert store.puts == ["r/RunLog"] and store.body("r/RunLog") == body

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from tests.support.fakes import FakeClock
 
+from runlog_relay.sidecar.command import _seal_problems
 from runlog_relay.sidecar.podwork import PodWork
 from runlog_relay.sidecar.runs import Seal
+from runlog_relay.sidecar.types import RunLedger
 
 STARTED = 1_000_000.0  # wall clock when the sidecar started
 
@@ -104,3 +108,23 @@ def test_stuck_only_when_the_work_is_done_and_the_problem_lasts() -> None:
 def test_it_needs_run_ids() -> None:
     with pytest.raises(ValueError, match="run ids"):
         PodWork((), retry_run_id=None, on_finished=lambda: None)
+
+
+def test_an_outage_is_waited_out_refused_credentials_and_broken_files_are_not() -> None:
+    # What the main loop hands `stuck`: problems waiting will not fix, never an outage.
+    ledgers = {
+        "r1": RunLedger("r1", {}, {}, newest_mtime_ns=0),
+        "r2": RunLedger(
+            "r2", {}, {"r2/BranchLog-x.json": "torn"}, 0, problems={"r2/BranchLog-x.json": "torn"}
+        ),
+    }
+    health = SimpleNamespace(problem=None, outage="connection refused by 127.0.0.1:9")
+    pipeline = SimpleNamespace(
+        detector=SimpleNamespace(run_ledger=ledgers.get), store_health=health
+    )
+    assert _seal_problems(pipeline, ("r1",)) == {}  # type: ignore[arg-type]
+    assert _seal_problems(pipeline, ("r1", "r2", "r3")) == {"r2/BranchLog-x.json": "torn"}  # type: ignore[arg-type]
+    health.problem = "uploading r1/RunLog: AccessDenied"
+    assert _seal_problems(pipeline, ("r1",)) == {  # type: ignore[arg-type]
+        "object store": "uploading r1/RunLog: AccessDenied"
+    }

@@ -11,11 +11,12 @@ import dataclasses
 import json
 import logging
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from tests.support.fakes import FakeClock, FakeStore, unreachable
+from tests.support.fakes import FakeClock, FakeStore, opaque_etag, unreachable
 
 from runlog_relay.config.models import LocalRetention as RetentionSpec
 from runlog_relay.config.settings import SidecarSettings
@@ -229,6 +230,58 @@ def test_the_clock_starts_at_the_seals_clock_start(volume: Volume) -> None:
     volume.retention.run_sealed(earlier)
     volume.after(0)
     assert not paths[0].exists()
+
+
+def test_after_a_restart_the_clock_waits_for_the_buckets_last_upload(volume: Volume) -> None:
+    paths = volume.run("r1", "RunLog", "BranchLog-b")
+    # Written a day ago, but its branch log reached the bucket only an hour ago (the
+    # sidecar was down): the seal, by whichever process, is no older than that upload.
+    hour_ago = datetime.fromtimestamp(volume.clock() - 3600, tz=UTC)
+    volume.store.modified["r1/BranchLog-b"] = hour_ago
+    seal = dataclasses.replace(volume.seal("r1"), serial=99, clock_start=volume.clock() - DAY)
+    volume.retention.run_unsealed("r1")
+    volume.retention.run_sealed(seal)
+    volume.after(0)
+    assert all(p.exists() for p in paths)
+    assert volume.value("runlog_relay_retention_failures_total", reason="changed") == 0
+    assert volume.retention.pending() == {"r1": volume.clock() + DAY - 3600}
+    volume.after(DAY - 3601)
+    assert all(p.exists() for p in paths)
+    volume.after(1)
+    assert not (volume.root / "r1").exists()
+
+
+@pytest.mark.parametrize("run_id", ["..", "../outside", ".hidden", "a/b", ""])
+def test_a_run_id_that_is_not_one_name_is_never_a_path(
+    volume: Volume, tmp_path: Path, run_id: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "RunLog.json").write_text('{"status": "SUCCESS"}')
+    hidden = volume.root / ".hidden"
+    hidden.mkdir()
+    (hidden / "RunLog.json").write_text('{"status": "SUCCESS"}')
+    volume.seal(run_id)
+    volume.after(DAY)
+    assert (outside / "RunLog.json").exists() and (hidden / "RunLog.json").exists()
+    assert volume.store.lists == []  # refused before anything is asked or opened
+    assert volume.value("runlog_relay_retention_failures_total", reason="not_removable") == 1
+
+
+def test_a_bucket_whose_etags_are_not_md5s_is_confirmed_by_the_stored_md5(volume: Volume) -> None:
+    paths = volume.run("r1", "RunLog", "BranchLog-b")
+    kept = volume.run("r2")
+    # SSE-KMS: the listing shows ETags that are not the bodies' MD5s.
+    for key, (body, etag) in list(volume.store.objects.items()):
+        data = b'{"another": "version"}' if key.startswith("r2/") else body
+        volume.store.objects[key] = (data, opaque_etag(etag))
+    volume.seal("r1")
+    volume.seal("r2")
+    volume.after(DAY)
+    assert not any(p.exists() for p in paths)
+    assert sorted(volume.store.heads) == ["r1/BranchLog-b", "r1/RunLog", "r2/RunLog"]
+    assert kept[0].exists()  # its stored MD5 is another version's
+    assert volume.value("runlog_relay_retention_failures_total", reason="bucket_differs") == 1
 
 
 def test_turning_retention_off_stops_what_was_planned(volume: Volume) -> None:

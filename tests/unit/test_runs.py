@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from tests.support.fakes import FakeClock, FakeStore, denied, unreachable
+from tests.support.fakes import FakeClock, FakeStore, denied, opaque_etag, unreachable
 
 from runlog_relay.config.settings import SidecarSettings
 from runlog_relay.errors import PermanentError
-from runlog_relay.layout import Layout
+from runlog_relay.layout import Layout, encode_body
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar import runs
 from runlog_relay.sidecar.runs import STATUS_TAG, RunSealer, Seal
@@ -284,6 +284,67 @@ def test_the_status_read_must_be_the_version_the_detector_has(harness: Harness) 
     (harness.root / "r1" / "RunLog.json").write_text(json.dumps(NOT_FINAL))
     harness.settle()
     assert harness.verify_requests == [] and not harness.observer.events
+
+
+def test_each_new_version_restarts_the_settle_time(harness: Harness) -> None:
+    harness.write("r1", FINAL)
+    harness.mirrored("r1")
+    harness.clock.advance(0.6)
+    harness.write("r1", {"b": 1}, "BranchLog-late")  # still writing
+    harness.mirrored("r1")
+    harness.clock.advance(0.5)  # the first version's timer is due, the second's is not
+    harness.sealer.process()
+    assert harness.verify_requests == []
+    harness.clock.advance(0.5)
+    harness.sealer.process()
+    assert harness.verify_requests == ["r1"]
+
+
+def opaque(harness: Harness, run_id: str, *, body: bytes | None = None) -> None:
+    """The bucket holds the run's files as SSE-KMS shows them: ETags that are not MD5s."""
+    for relative, (key, etag) in harness.ledgers[run_id].files.items():
+        data = (
+            body
+            if body is not None
+            else encode_body((harness.root / relative).read_bytes(), harness.layout)
+        )
+        harness.store.objects[key] = (data, opaque_etag(str(etag)))
+
+
+def test_a_bucket_whose_etags_are_not_md5s_is_confirmed_by_the_stored_md5(
+    harness: Harness,
+) -> None:
+    harness.write("r1", {"b": 1}, "BranchLog-x")
+    harness.write("r1", FINAL)
+    harness.mirrored("r1")
+    opaque(harness, "r1")
+    harness.settle()
+    harness.sealer.process(harness.listing("r1"))
+    assert [s.run_id for s in harness.observer.seals()] == ["r1"]
+    assert sorted(harness.store.heads) == ["r1/BranchLog-x", "r1/RunLog"]  # one HEAD each
+
+
+def test_a_bucket_that_keeps_disagreeing_is_listed_less_and_less_often(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.write("r1", FINAL)
+    harness.mirrored("r1")
+    opaque(harness, "r1", body=b'{"another": "version"}')
+    harness.settle()
+    waits = []
+    with caplog.at_level(logging.WARNING, logger="runlog_relay.sidecar.runs"):
+        for _ in range(7):
+            assert harness.verify_requests
+            harness.verify_requests.clear()
+            harness.sealer.process(harness.listing("r1"))
+            start = harness.clock()
+            while not harness.verify_requests:
+                harness.clock.advance(0.25)
+                harness.sealer.process()
+            waits.append(harness.clock() - start)
+    assert harness.observer.seals() == []
+    assert waits == sorted(waits) and waits[-1] >= 8 * waits[0], waits
+    assert len([r for r in caplog.records if "did not hold every file" in r.message]) == 1
 
 
 def test_single_layout_reads_the_status_from_the_run_file(tmp_path: Path) -> None:

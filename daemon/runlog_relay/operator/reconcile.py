@@ -220,6 +220,9 @@ def sidecar_config(spec: StoreSpec) -> dict[str, Any]:
         tls["caFile"] = CA_FILE
     config["tls"] = tls
     config["sync"] = spec.sync.wire()
+    config["tagSealedRuns"] = spec.tag_sealed_runs
+    if spec.local_retention.delete_after is not None:
+        config["localRetention"] = spec.local_retention.wire()
     if spec.sse is not None:
         sse: dict[str, Any] = {"mode": spec.sse.mode.value}
         if spec.sse.kms_key_id:
@@ -231,9 +234,6 @@ def sidecar_config(spec: StoreSpec) -> dict[str, Any]:
         config["sse"] = sse
     if spec.storage_class:
         config["storageClass"] = spec.storage_class
-    config["tagSealedRuns"] = spec.tag_sealed_runs
-    if spec.local_retention.delete_after is not None:
-        config["localRetention"] = spec.local_retention.wire()
     creds = spec.secret_ref
     if creds is not None:
         config["credentials"] = CredentialSource.STATIC.value

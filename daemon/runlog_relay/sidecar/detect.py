@@ -156,6 +156,7 @@ class _File:
     settled: bool = False  #: signature taken well after the write: trust it on rescans
     etag: str | None = None  #: latest complete local version handed downstream
     remote: str | None = None  #: the version the bucket holds (listing or upload answer)
+    remote_listed: bool = False  #: ``remote`` is a listed ETag (maybe not an MD5)
     dirty: bool = False  #: must be read
     reading: bool = False  #: with the bulk reader
     first_change: float | None = None  #: monotonic time of the oldest unmirrored change
@@ -641,6 +642,7 @@ class Detector:
         file = _File(relative=item.relative, run=run)
         if run.listed:
             file.remote = run.unclaimed.pop(file.key, None)
+            file.remote_listed = file.remote is not None
         run.files[file.relative] = file
         self._files[file.relative] = file
         return file
@@ -822,6 +824,7 @@ class Detector:
             layout=self.settings.layout,
             snapshot=snapshot,
             seen_at=file.first_change if file.first_change is not None else now,
+            listed_etag=file.remote if file.remote_listed else None,
         )
         self._account(file)
         # May block while the queue is full (back-pressure); False once the drain is over.
@@ -986,6 +989,7 @@ class Detector:
             }
             for file in run.files.values():
                 file.remote = message.objects.get(file.key)
+                file.remote_listed = file.remote is not None
                 if file.dirty:
                     self._dirty.append(file)  # it waited for this listing
                 self._account(file)
@@ -999,6 +1003,7 @@ class Detector:
             file.given_up = None
         else:
             file.remote = message.etag
+        file.remote_listed = False
         self._account(file)
         self._maybe_verify(file.run, self._clock())
 
@@ -1052,6 +1057,7 @@ class Detector:
                     extra={"key": file.key, "run_id": run.run_id},
                 )
                 file.remote = actual
+                file.remote_listed = actual is not None
                 file.etag = None
                 self._mark_dirty(file, now)
         if not mismatches and run.doubtful_at is not None:

@@ -23,6 +23,7 @@ Guarantees, all enforced here under one lock:
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import threading
@@ -281,12 +282,4 @@ class UploadQueue:
 def _with_seen_at(request: UploadRequest, seen_at: float) -> UploadRequest:
     if seen_at == request.seen_at:
         return request
-    return UploadRequest(
-        key=request.key,
-        run_id=request.run_id,
-        relative=request.relative,
-        root=request.root,
-        layout=request.layout,
-        snapshot=request.snapshot,
-        seen_at=seen_at,
-    )
+    return dataclasses.replace(request, seen_at=seen_at)

@@ -8,7 +8,11 @@ the bucket:
 * A run is deleted ``delete_after`` after it was **sealed** (:mod:`.runs`: final, every
   file verified in the bucket), never before. A run written again is unsealed, which
   cancels its deletion; its next seal restarts the clock. After a restart, a run that was
-  already complete in the bucket counts from its last write (it was sealed no earlier).
+  already complete in the bucket was sealed by an earlier process at a time nobody
+  recorded: it counts from the later of its last local write and the last time the bucket
+  received one of its objects (the listing's LastModified), the earliest it can have been
+  sealed; so no restart makes the wait start over, and no object uploaded within the last
+  DURATION has its run deleted.
 * Right before deleting, it is **verified again**: one listing of the run's prefix, and
   every local file of the run read again (the shared stable read) and compared with its
   object's ETag. Anything that differs (the bucket lost an object, the run changed since)
@@ -45,8 +49,9 @@ from runlog_relay.config.settings import SidecarSettings
 from runlog_relay.errors import RelayError
 from runlog_relay.metrics import RunMetrics
 from runlog_relay.objectstore import RemoteObject
+from runlog_relay.runstate import run_log_relative
 from runlog_relay.sidecar.runs import Seal
-from runlog_relay.stableread import FileSignature, TornRead, read_stable
+from runlog_relay.stableread import FileSignature, Snapshot, TornRead, read_stable
 
 __all__ = ["RETRY_SECONDS", "ListingPort", "LocalRetention"]
 
@@ -63,6 +68,16 @@ class ListingPort(Protocol):
     """What retention needs from the object store (objectstore.ObjectStore fits)."""
 
     def list(self, sub_prefix: str = "") -> Iterable[RemoteObject]: ...
+
+    def matches_digests(self, key: str, etag: str, *, expected: str, md5: str) -> bool: ...
+
+
+class _NotYet(Exception):
+    """The run's seal is more recent than planned: due again at ``due`` (wall-clock)."""
+
+    def __init__(self, due: float) -> None:
+        super().__init__(due)
+        self.due = due
 
 
 class _Keep(Exception):
@@ -188,6 +203,10 @@ class LocalRetention:
                     continue  # unsealed, sealed again or gone since
             try:
                 self._expire(run_id)
+            except _NotYet as later:
+                with self._cond:
+                    heapq.heappush(self._due, (later.due, serial, run_id))
+                continue
             except _Keep as keep:
                 self._kept(run_id, serial, keep)
             except Exception as exc:  # a bug must not stop retention of other runs
@@ -243,9 +262,20 @@ class LocalRetention:
         root = settings.source
         chunked = settings.layout is layouts.Layout.CHUNKED
         try:
-            objects = {o.key: o.etag for o in self._store().list(f"{run_id}/")}
+            # The run id becomes a path below the source: one safe name, never a path.
+            layouts.key_for(run_log_relative(run_id, settings.layout), settings.layout)
+        except layouts.UnsafeNameError as exc:
+            raise _Keep("not_removable", f"{run_id!r} is not a run id", retry=False) from exc
+        try:
+            listed = list(self._store().list(f"{run_id}/"))
         except RelayError as exc:
             raise _Keep("error", f"listing its prefix failed: {exc}", retry=True) from exc
+        uploaded = [o.last_modified.timestamp() for o in listed if o.last_modified is not None]
+        if uploaded and max(uploaded) + retention.seconds > self._clock():
+            # An object of the run reached the bucket within DURATION (a seal follows its
+            # last upload): its seal is that recent at least.
+            raise _NotYet(max(uploaded) + retention.seconds)
+        objects = {o.key: o.etag for o in listed}
         root_fd = os.open(root, _OPEN_DIR)
         try:
             if chunked:
@@ -308,7 +338,7 @@ class LocalRetention:
         found = objects.get(key)
         if found is None:
             raise _Keep("bucket_differs", f"the bucket has no object {key}", retry=False)
-        if found != snapshot.etag:
+        if found != snapshot.etag and not self._same_content(key, found, snapshot):
             raise _Keep(
                 "bucket_differs",
                 f"the bucket's {key} is not the local {relative} (ETag {found}, local"
@@ -316,6 +346,16 @@ class LocalRetention:
                 retry=False,
             )
         return snapshot.signature
+
+    def _same_content(self, key: str, listed: str, snapshot: Snapshot) -> bool:
+        """A bucket whose ETags are not MD5s (SSE-KMS, SSE-C): one HEAD of the object's
+        stored MD5 decides; any doubt keeps the run."""
+        try:
+            return self._store().matches_digests(
+                key, listed, expected=snapshot.etag, md5=snapshot.md5
+            )
+        except RelayError:
+            return False
 
     def _verify_folder(
         self, root: Path, root_fd: int, run_id: str, objects: dict[str, str]

@@ -89,6 +89,8 @@ BLOCKED_RECHECK_CAP = 30.0
 #: The RunLog could not be read as the version the detector has (being rewritten):
 #: looked at again this soon.
 NOT_READY_RETRY = 0.2
+#: A final run whose VERIFY listings disagreed this many times in a row is logged once.
+VERIFY_MISSES_REPORTED = 5
 #: Error codes of a server that has no object tagging.
 TAGGING_UNSUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed", "XNotImplemented"})
 #: Transient tagging failures are retried this many times per object.
@@ -96,9 +98,14 @@ TAGGING_ATTEMPTS = 3
 
 
 class TaggingPort(Protocol):
-    """What tagging needs from the object store (objectstore.ObjectStore fits)."""
+    """What sealing needs from the object store (objectstore.ObjectStore fits)."""
 
     def set_tags(self, key: str, tags: Mapping[str, str]) -> None: ...
+
+    def matches_digests(self, key: str, etag: str, *, expected: str, md5: str) -> bool:
+        """Whether the object listed with ``etag`` holds the body whose ETag would be
+        ``expected`` and MD5 ``md5`` (a bucket whose ETags are not MD5s: one HEAD)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +150,7 @@ class _Run:
     final_seen_at: float | None = None  #: when the final status was first seen
     verify_for: int = -1  #: generation a VERIFY listing was requested for
     blocked_checks: int = 0  #: looks in a row that found files not mirrored
+    verify_misses: int = 0  #: VERIFY listings in a row that did not hold every file
     looked: bool = False
     changed_here: bool = False  #: a version new to the bucket was seen by this process
     sealed: Seal | None = None
@@ -332,6 +340,7 @@ class RunSealer:
         run.changed_at = now
         run.changed_here = True
         run.blocked_checks = 0
+        run.verify_misses = 0
         if run.sealed is not None:
             self._unseal(run)
         self._schedule(run, now if self._draining else now + self._settle)
@@ -448,14 +457,53 @@ class RunSealer:
         differs = [
             relative
             for relative, (key, etag) in ledger.files.items()
-            if etag is None or objects.get(key) != etag
+            if not self._holds(relative, key, objects.get(key), etag)
         ]
         if differs or not ledger.mirrored:
-            # The detector uploads what differs; look again once that is done.
+            # The detector uploads what differs; look again once that is done, less and
+            # less often while the bucket keeps disagreeing with what the ledger says.
             run.verify_for = -1
-            self._schedule(run, now + BLOCKED_RECHECK_BASE)
+            delay = min(BLOCKED_RECHECK_CAP, BLOCKED_RECHECK_BASE * 2**run.verify_misses)
+            run.verify_misses += 1
+            if run.verify_misses == VERIFY_MISSES_REPORTED:
+                log.warning(
+                    "run %s is final but %d listings in a row did not hold every file (%s);"
+                    " it is not sealed until they do",
+                    run.run_id,
+                    run.verify_misses,
+                    ", ".join(sorted(differs)[:3]) or "an upload pending",
+                    extra={"run_id": run.run_id},
+                )
+            self._schedule(run, now + delay)
             return
+        run.verify_misses = 0
         self._seal(run, ledger, objects, now)
+
+    def _holds(self, relative: str, key: str, listed: str | None, etag: str | None) -> bool:
+        """Whether the object listed with ``listed`` is the local version ``etag``. Equal
+        ETags say so at once; a bucket whose ETags are not MD5s (SSE-KMS, SSE-C) is
+        asked once more with the local file's MD5 (one HEAD, none on MD5 buckets)."""
+        if etag is None or listed is None:
+            return False
+        if listed == etag:
+            return True
+        settings = self._settings()
+        assert settings.source is not None
+        try:
+            snapshot = read_stable(
+                settings.source / relative,
+                root=settings.source,
+                layout=settings.layout,
+                keep_body=0,
+            )
+        except (TornRead, OSError):
+            return False  # being rewritten: a new version comes, and a new look
+        if snapshot.etag != etag:
+            return False
+        try:
+            return self._store().matches_digests(key, listed, expected=etag, md5=snapshot.md5)
+        except RelayError:
+            return False
 
     # ----------------------------------------------------------------- sealing
     def _seal(self, run: _Run, ledger: RunLedger, objects: Mapping[str, str], now: float) -> None:
@@ -464,8 +512,9 @@ class RunSealer:
         own = {key: etag for key, etag in objects.items() if key.startswith(prefix)}
         sealed_at = time.time()
         lag = max(0.0, now - (run.final_seen_at if run.final_seen_at is not None else now))
-        # Retention counts from the seal; a run that was already complete in the bucket
-        # when this process found it was sealed before, no later than its last write.
+        # Retention counts from the seal. A run already complete in the bucket when this
+        # process found it was sealed before, at some time after its last write (retention
+        # also waits for its newest object's LastModified, which it lists anyway).
         clock_start = sealed_at if run.changed_here else ledger.newest_mtime_ns / 1e9
         self._metrics.sealed.labels(status=run.status).inc()
         self._metrics.seal_lag.observe(lag)

@@ -259,8 +259,40 @@ class UploadWorkers:
                 raise
         return True
 
+    def _already_there(self, request: UploadRequest) -> bool:
+        """Whether the bucket holds this version although its listed ETag differs (a
+        bucket whose ETags are not MD5s): one HEAD at most, none where they are MD5s.
+        Any doubt means upload: a needless PUT costs less than a lost version."""
+        if request.listed_etag is None:
+            return False
+        try:
+            return self._store().matches_digests(
+                request.key,
+                request.listed_etag,
+                expected=request.etag,
+                md5=request.snapshot.md5,
+            )
+        except Exception as exc:
+            log.debug(
+                "could not confirm %s without uploading it (%s); uploading",
+                request.key,
+                exc,
+                extra={"key": request.key},
+            )
+            return False
+
     def _upload(self, request: UploadRequest) -> None:
         snapshot = request.snapshot
+        if self._already_there(request):
+            self._health.healthy(source="list")  # it answered (writes are not proven)
+            self._queue.done(request)
+            self._on_outcome(Uploaded(relative=request.relative, etag=request.etag))
+            log.debug(
+                "%s is already in the bucket (its stored MD5 matches)",
+                request.key,
+                extra={"key": request.key},
+            )
+            return
         streamed = snapshot.body is None
         held = min(snapshot.body_size, PART_SIZE) if streamed else 0
         if streamed:

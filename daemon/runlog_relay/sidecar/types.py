@@ -213,6 +213,10 @@ class UploadRequest:
     layout: Layout
     snapshot: Snapshot = field(compare=False)
     seen_at: float = field(compare=False)  #: monotonic time the change was first seen
+    #: The ETag the bucket's listing gave this key, when it differs from ``etag``. On a
+    #: bucket whose ETags are not MD5s (SSE-KMS, SSE-C, some gateways) that is no proof
+    #: of a difference: the store stage confirms with the stored MD5 before a PUT.
+    listed_etag: str | None = field(default=None, compare=False)
 
     @property
     def body(self) -> bytes | None:
@@ -251,6 +255,11 @@ class StorePort(Protocol):
     ) -> str: ...
 
     def list(self, sub_prefix: str = "") -> Iterable[RemoteObject]: ...
+
+    def matches_digests(self, key: str, etag: str, *, expected: str, md5: str) -> bool:
+        """Whether the object at ``key``, listed with ``etag``, holds the body whose
+        ETag would be ``expected`` and MD5 ``md5`` (at most one HEAD)."""
+        ...
 
     def make_bucket(self) -> bool: ...
 
