@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 
 .PHONY: help
 help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n\n"} /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@if [ -t 1 ]; then on='\033[36m'; off='\033[0m'; else on=''; off=''; fi; \
+	awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n\n"} /^[a-zA-Z_-]+:.*?##/ { printf "  %s%-18s%s %s\n", on, $$1, off, $$2 }' $(MAKEFILE_LIST)
 
 $(BIN)/.installed-%: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +22,7 @@ $(BIN)/.installed-%: pyproject.toml
 	@touch $@
 
 .PHONY: install
-install: $(BIN)/.installed-test ## Create .venv with runlog-relay and every extra (operator, demo, test).
+install: $(BIN)/.installed-test ## Create .venv with runlog-relay and every extra (operator, demo, docs, test).
 
 .PHONY: demo
 demo: $(BIN)/.installed-test ## Run the main job locally: S3 server, sidecar, a real runnable pipeline, the mirror.
@@ -50,6 +51,22 @@ lint: $(BIN)/.installed-test ## ruff, mypy and the import-layer contracts.
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+.PHONY: typecheck
+typecheck: $(BIN)/.installed-test ## mypy alone (also part of lint).
+	$(BIN)/mypy
+
+.PHONY: docs
+docs: $(BIN)/.installed-test ## Build the docs site into site/ (mkdocs build --strict).
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+.PHONY: docs-serve
+docs-serve: $(BIN)/.installed-test ## Serve the docs site on http://127.0.0.1:8000, rebuilt as you edit.
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
+.PHONY: docs-reference
+docs-reference: $(BIN)/.installed-test ## Regenerate docs/reference/ (settings, CRD fields, metrics, exit codes) from the code.
+	$(BIN)/python hack/docs_reference.py
+
 .PHONY: format
 format: $(BIN)/.installed-test ## Format and auto-fix with ruff.
 	$(BIN)/ruff format daemon tests bench
@@ -69,7 +86,7 @@ crd: $(BIN)/.installed-test ## Regenerate the committed CRD from the pydantic mo
 
 .PHONY: clean
 clean: ## Remove the virtualenv and caches.
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
 
 .PHONY: manifests
 manifests: $(BIN)/.installed-test ## Regenerate the chart's CRD copy and values table, and manifests/install.yaml, from the chart.

@@ -15,22 +15,28 @@ from __future__ import annotations
 import enum
 import sys
 
-__all__ = ["MEANINGS", "ExitCode", "epilog", "missing_extra"]
+__all__ = ["GENERAL", "MEANINGS", "ExitCode", "epilog", "missing_extra"]
 
 
 class ExitCode(enum.IntEnum):
     OK = 0
-    """Done: mirrored, in sync, pulled, equal, printed."""
     NOT_DONE = 1
-    """Not done: differences found, the mirror is incomplete, a run not pulled or shown."""
     USAGE = 2
-    """Cannot run as invoked or installed: a bad option, setting or config file, a
-    missing extra."""
     UNREACHABLE = 3
-    """The object store (or, for ``top``, a sidecar) cannot be reached or refused the
-    credentials."""
     INTERRUPTED = 130
-    """Interrupted with Ctrl-C (128 + SIGINT, as shells report it)."""
+
+
+#: What each code means for every command (the per-command rows below refine it).
+GENERAL: dict[ExitCode, str] = {
+    ExitCode.OK: "done: mirrored, in sync, pulled, equal, printed",
+    ExitCode.NOT_DONE: "not done: differences found, the mirror is incomplete, a run not"
+    " pulled or shown",
+    ExitCode.USAGE: "cannot run as invoked or installed: a bad option, setting or config"
+    " file, a missing extra",
+    ExitCode.UNREACHABLE: "the object store (or, for `top`, a sidecar) cannot be reached or"
+    " refused the credentials",
+    ExitCode.INTERRUPTED: "interrupted with Ctrl-C (128 + SIGINT, as shells report it)",
+}
 
 
 def _missing(extra: str) -> str:

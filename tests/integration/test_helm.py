@@ -649,12 +649,12 @@ def test_rbac_is_exactly_what_the_operator_needs(values: dict[str, Any]) -> None
 
 def test_rbac_is_documented_where_users_look() -> None:
     """docs/rbac.md is generated from the same rules (test_generated_files_are_up_to_date
-    keeps it so); the README's RBAC section points there."""
+    keeps it so); the Helm page's RBAC section points there."""
     doc = (REPO / "docs" / "rbac.md").read_text(encoding="utf-8")
     for rule in permissions.RULES:
         assert rule.why in doc
-    section = (REPO / "README.md").read_text(encoding="utf-8").split("### RBAC", 1)[1]
-    assert "docs/rbac.md" in section.split("\n## ", 1)[0]
+    section = (REPO / "docs" / "helm.md").read_text(encoding="utf-8").split("## RBAC", 1)[1]
+    assert "](rbac.md)" in section.split("\n## ", 1)[0]
 
 
 # --------------------------------------------------------------------------- the operator

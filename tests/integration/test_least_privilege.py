@@ -1,6 +1,6 @@
-"""The README's minimal policy works, against servers that enforce it.
+"""The documented minimal policy works, against servers that enforce it.
 
-moto with IAM checks on gets the policy JSON copied from the README (the section "Least
+moto with IAM checks on gets the policy JSON copied from docs/security.md (the section "Least
 privilege"), byte for byte but for BUCKET/PREFIX; SeaweedFS gets the same permissions as
 identities of its ``-s3.config`` (tests/support/s3server.py: WRITER, READER). Neither key
 may ask for the bucket's location, so this also proves the GetBucketLocation fallback:
@@ -52,8 +52,8 @@ def policy_for(template: str) -> dict[str, object]:
 
 
 def reader_policy() -> dict[str, object]:
-    """The README's readers' policy: the sidecar's listing statement, and GetObject."""
-    policy = policy_for(documented_policy(REPO / "README.md"))
+    """The documented readers' policy: the sidecar's listing statement, and GetObject."""
+    policy = policy_for(documented_policy(REPO / "docs" / "security.md"))
     statements = policy["Statement"]
     assert isinstance(statements, list)
     listing = next(s for s in statements if s["Action"] == "s3:ListBucket")
@@ -66,7 +66,9 @@ def reader_policy() -> dict[str, object]:
 
 
 def test_the_docs_give_one_policy() -> None:
-    assert documented_policy(REPO / "README.md") == documented_policy(REPO / "docs" / "aws.md")
+    assert documented_policy(REPO / "docs" / "security.md") == documented_policy(
+        REPO / "docs" / "aws.md"
+    )
 
 
 @dataclass
@@ -105,7 +107,7 @@ def restricted(
         tmp_path_factory.mktemp("moto-iam") / "moto.log",
         prepare=create_bucket,
         users={
-            "relay-writer": policy_for(documented_policy(REPO / "README.md")),
+            "relay-writer": policy_for(documented_policy(REPO / "docs" / "security.md")),
             "relay-reader": reader_policy(),
         },
     )

@@ -285,8 +285,8 @@ class Identity:
 LEAST_PRIVILEGE_BUCKET = "least-privilege"
 #: Everything, everywhere: test set-up and assertions (runnable's default key pair).
 ADMIN = Identity("admin", "minioadmin", "minioadmin", ("Admin", "Read", "Write", "List", "Tagging"))
-#: The README's minimal sidecar policy: list the bucket, put objects; no GetBucketLocation,
-#: no reads, no bucket creation.
+#: The documented minimal sidecar policy (docs/security.md): list the bucket, put
+#: objects; no GetBucketLocation, no reads, no bucket creation.
 WRITER = Identity(
     "relay-writer",
     "relaywriterkey",

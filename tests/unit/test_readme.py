@@ -1,4 +1,4 @@
-"""The README is where users look: its links, anchors and commands must be real."""
+"""The README is the front door: short, and its links, anchors and commands real."""
 
 from __future__ import annotations
 
@@ -42,6 +42,36 @@ def test_every_relative_link_points_to_a_file_in_the_repository() -> None:
     targets = [t for t in re.findall(r"\]\(([^)#:]+)\)", README) if not t.startswith("http")]
     assert targets
     assert not [t for t in targets if not (REPO / t).exists()]
+
+
+def _page_anchors(text: str) -> set[str]:
+    """The anchors of a page's headings, as GitHub and the docs site (pymdownx's
+    slugify, configured in mkdocs.yml) both make them."""
+    anchors, in_code = set(), False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        if not in_code and re.match(r"^#+ ", line):
+            anchors.add(_slug(line.lstrip("#")))
+    return anchors
+
+
+def test_links_into_the_docs_name_real_sections() -> None:
+    links = re.findall(r"\]\((docs/[^)#]+)#([^)]+)\)", README)
+    assert links
+    broken = [
+        f"{page}#{anchor}"
+        for page, anchor in links
+        if anchor not in _page_anchors((REPO / page).read_text(encoding="utf-8"))
+    ]
+    assert not broken
+
+
+def test_the_readme_is_a_front_door_not_the_manual() -> None:
+    assert len(README.splitlines()) <= 400
+    for page in ("install.md", "helm.md", "argo.md", "k8s-job.md", "aws.md", "minio.md"):
+        assert f"](docs/{page})" in README, page
+    assert "](docs/troubleshooting.md)" in README and "](docs/faq.md)" in README
 
 
 def test_the_two_set_up_commands_exist() -> None:

@@ -87,7 +87,7 @@ GROUPS = {
     "peering": (
         "high availability",
         "Several replicas elect one active operator through kopf's peering objects; the"
-        " others stand by and take over when it stops (see the README, 'High availability').",
+        " others stand by and take over when it stops (see docs/high-availability.md).",
     ),
     "webhook": (
         "admission webhooks",
