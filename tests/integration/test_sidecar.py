@@ -367,9 +367,22 @@ def test_large_file_goes_up_in_parts(
 
 
 def test_invalid_settings_exit_2_with_a_clear_message(tmp_path: Path) -> None:
+    # A bad flag is a usage error naming the flag, as it is parsed.
     sidecar = start_sidecar(tmp_path, "ftp://nope", "BAD_BUCKET", tmp_path / "s.log", metrics=False)
     assert sidecar.process.wait(30) == 2
-    assert "endpoint" in sidecar.log and "bucket" in sidecar.log
+    assert "argument --endpoint: endpoint must be http(s)://HOST[:PORT]" in sidecar.log
+    # Bad variables are listed together, each with its variable.
+    sidecar = start_sidecar(
+        tmp_path,
+        None,
+        None,
+        tmp_path / "env.log",
+        metrics=False,
+        env={"RUNLOG_RELAY_ENDPOINT": "ftp://nope", "RUNLOG_RELAY_BUCKET": "BAD_BUCKET"},
+    )
+    assert sidecar.process.wait(30) == 2
+    assert "endpoint: " in sidecar.log and "(RUNLOG_RELAY_ENDPOINT)" in sidecar.log
+    assert "bucket: " in sidecar.log and "(RUNLOG_RELAY_BUCKET)" in sidecar.log
 
 
 def test_polling_mode_mirrors_without_inotify(
