@@ -100,3 +100,27 @@ def test_the_exit_codes_page_has_every_command_and_code() -> None:
         section = page.split(f"## `runlog-relay {command}`", 1)[1].split("\n## ", 1)[0]
         for code in meanings:
             assert f"| {int(code)} |" in section, (command, code)
+
+
+def test_help_and_the_settings_page_use_the_same_placeholders(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runlog_relay.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")  # one option per line, unwrapped
+    with pytest.raises(SystemExit):
+        main(["sidecar", "--help"])
+    shown = capsys.readouterr().out
+    page = PAGES[REPO / "docs" / "reference" / "settings.md"]
+    for group in OPTION_GROUPS:
+        for option in group.options:
+            if option.is_bool and not option.switch:
+                usage = f"{option.flag}, --no-{option.flag[2:]}"
+            else:
+                usage = f"{option.flag} {option.placeholder}".strip()
+            assert f"  {usage}" in shown, usage
+            assert f"| `{usage}` |" in page, usage
+            flat = " ".join(shown.split())
+            assert f"key {option.key}" in flat, option.key
+            if option.default:
+                assert f"default {option.default}" in flat, option.default
