@@ -267,6 +267,7 @@ def layout_hint(run_id: str, objects: Iterable[RemoteObject], layout: Layout) ->
 
 # ----------------------------------------------------------------------------- parsing
 
+
 def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     """``2h``, ``3d``, ``1h30m`` (ago), or an ISO date/time; an aware UTC datetime.
 
