@@ -303,3 +303,20 @@ def test_a_failed_confirmation_uploads_rather_than_assumes(root: Path) -> None:
     report = Sidecar(root, store, once=True).pipeline.run_once(timeout=10)
     assert report.complete, report.lines()
     assert store.puts == ["r/RunLog"] and store.body("r/RunLog") == body
+
+
+def test_where_a_listed_etag_matched_an_md5_a_changed_file_costs_no_head(
+    root: Path, started: list[Sidecar]
+) -> None:
+    for index in range(3):
+        write_json(root / "r" / f"BranchLog-{index}.json", {"i": index})
+    store = FakeStore()
+    assert Sidecar(root, store, once=True).pipeline.run_once(timeout=10).complete
+    store.puts.clear()
+    sidecar = start(Sidecar(root, store), started)
+    assert sidecar.pipeline.wait_synced(10)  # every listed ETag matched its file's MD5
+    changed = write_json(root / "r" / "BranchLog-0.json", {"i": "changed"})
+    wait_until(lambda: store.body("r/BranchLog-0") == changed, what="the change uploaded")
+    assert store.puts == ["r/BranchLog-0"]
+    assert store.heads == []  # an MD5 bucket: a different ETag is a real difference
+    assert sidecar.pipeline.shutdown(drain_timeout=5).complete

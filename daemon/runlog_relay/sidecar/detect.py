@@ -276,6 +276,9 @@ class Detector:
         self._periodic = 0  # periodic rescans so far (every FULL_SWEEP_EVERY-th is full)
         self._scanned = False
         self._contacted = False
+        # A listed ETag has equalled a local body's: this bucket's ETags are MD5s, so a
+        # listed ETag that differs is a real difference (no HEAD needed to confirm it).
+        self._etags_are_md5 = False
         self._synced = False
         self._warned: set[str] = set()
         self._bytes_read = 0
@@ -654,6 +657,7 @@ class Detector:
             self._forget(file)
         self._dirty.clear()
         self._contacted = False
+        self._etags_are_md5 = False
 
     def _account(self, file: _File) -> None:
         """Keep the pending counters true after any change to ``file``."""
@@ -778,6 +782,8 @@ class Detector:
         file.settled = time.time() - snapshot.signature.mtime_ns / 1e9 > SETTLE_SECONDS
         self._bytes_read += snapshot.file_size
         etag = snapshot.etag
+        if etag == file.remote and file.remote_listed:
+            self._etags_are_md5 = True
         if etag == file.etag or (etag == file.remote and file.etag is None):
             # Already handed downstream, or in the bucket with nothing else on its way.
             # One string for both where they agree: a 100,000-file ledger stays small.
@@ -796,7 +802,7 @@ class Detector:
             layout=self.settings.layout,
             snapshot=snapshot,
             seen_at=file.first_change if file.first_change is not None else now,
-            listed_etag=file.remote if file.remote_listed else None,
+            listed_etag=file.remote if file.remote_listed and not self._etags_are_md5 else None,
         )
         self._account(file)
         # May block while the queue is full (back-pressure); False once the drain is over.
