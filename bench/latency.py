@@ -53,7 +53,7 @@ def _measure(ctx: Context, port: int, endpoint: str, server: str, *, targets: bo
             started = time.perf_counter()
             store.put("bare/RunLog", body)
             bare.append((time.perf_counter() - started) * 1000)
-        with sidecar(source, proxy.endpoint, bucket, ctx.work / "latency.log") as process:
+        with sidecar(source, proxy.endpoint, bucket, ctx.work / f"latency-{server}.log") as process:
             process.wait_ready(120)
             samples = []
             for index in range(rewrites):
