@@ -12,7 +12,7 @@ import json
 import threading
 import time
 
-from bench.harness import Context, Figure, sidecar, wait_until
+from bench.harness import Context, Figure, cpu_seconds, sidecar, wait_until
 from bench.sync import bare_put_ceiling
 
 NAME = "manyruns"
@@ -66,6 +66,7 @@ def run(ctx: Context) -> list[Figure]:
                 (folder / f"{name}.json").write_text(json.dumps({"run": run, "chunk": chunk}))
 
         thread = threading.Thread(target=writer)
+        cpu = cpu_seconds(process.process.pid)
         started = time.monotonic()
         thread.start()
         thread.join()
@@ -75,6 +76,7 @@ def run(ctx: Context) -> list[Figure]:
             interval=0.2,
         )
         behind = time.monotonic() - started - seconds
+        cpu_per_file = (cpu_seconds(process.process.pid) - cpu) / files * 1000
         p50, p95 = lag_percentile(process, 50), lag_percentile(process, 95)
     visible = sum(1 for _ in ctx.client(server.endpoint).list_objects(bucket, recursive=True))
     needed = files / seconds
@@ -87,4 +89,5 @@ def run(ctx: Context) -> list[Figure]:
         Figure("lag p50", p50, "s"),
         Figure("lag p95", p95, "s", "< 2 s", p95 < 2),
         Figure("last upload after the last write", behind, "s"),
+        Figure("sidecar CPU per file (read, check, upload)", cpu_per_file, "ms"),
     ]
