@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minio import Minio
-from tests.support.s3server import S3Server, start_s3_server
+from tests.support.s3server import S3Server, SeaweedFS, start_s3_server, start_seaweedfs
 from tests.support.sidecar import SidecarProcess, start_sidecar
 from tests.support.waiting import wait_until
 
@@ -68,11 +68,13 @@ class Figure:
 
 @dataclass
 class Context:
-    """One benchmark run: a work folder, a moto S3 server, and the toy switch."""
+    """One benchmark run: a work folder, S3 servers (moto, and SeaweedFS for figures
+    named on a real S3 server), and the toy switch. Servers start on first use."""
 
     work: Path
     toy: bool = False  #: tiny sizes, for the smoke test
     _server: S3Server | None = None
+    _seaweedfs: SeaweedFS | None = None
     _ceilings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -84,6 +86,13 @@ class Context:
     @property
     def endpoint(self) -> str:
         return self.server.endpoint
+
+    @property
+    def seaweedfs(self) -> SeaweedFS:
+        """A real S3 server (``weed server`` on 127.0.0.1, every port explicit)."""
+        if self._seaweedfs is None:
+            self._seaweedfs = start_seaweedfs(self.work / "seaweedfs")
+        return self._seaweedfs
 
     def client(self, endpoint: str | None = None) -> Minio:
         netloc = (endpoint or self.endpoint).removeprefix("http://")
@@ -105,6 +114,8 @@ class Context:
     def close(self) -> None:
         if self._server is not None:
             self._server.stop()
+        if self._seaweedfs is not None:
+            self._seaweedfs.stop()
 
 
 # --------------------------------------------------------------------------- trees

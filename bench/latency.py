@@ -5,7 +5,10 @@ HTTP proxy in front of it (from then on every reader gets them), so the figure i
 blurred by a reader polling with GETs. The same proxy and server give the ceiling: a bare
 PUT of the same body through the same client. The first change of a quiet file goes at
 once (leading edge); a busy file is read at most once per debounce (50 ms), so a storm
-costs no more PUTs than the trailing 50 ms debounce did before."""
+costs no more PUTs than the trailing 50 ms debounce did before.
+
+Measured on SeaweedFS (a real S3 server; the target is set there), with moto's figures
+beside it: moto's Python server alone takes longer than the target per PUT."""
 
 from __future__ import annotations
 
@@ -23,12 +26,18 @@ DEBOUNCE = 0.05
 
 
 def run(ctx: Context) -> list[Figure]:
+    seaweedfs = ctx.seaweedfs
+    figures = _measure(ctx, seaweedfs.port, seaweedfs.endpoint, "SeaweedFS", targets=True)
+    return figures + _measure(ctx, ctx.server.port, ctx.endpoint, "moto", targets=False)
+
+
+def _measure(ctx: Context, port: int, endpoint: str, server: str, *, targets: bool) -> list[Figure]:
     source = ctx.folder("latency-tree")
     path = source / "run-latency" / "RunLog.json"
     path.parent.mkdir()
     path.write_text("{}")
-    bucket = ctx.bucket()
-    proxy = HttpProxy(ctx.server.port)
+    bucket = ctx.bucket(endpoint)
+    proxy = HttpProxy(port)
     rewrites = ctx.size(200, 10)
     try:
         store = ObjectStore(
@@ -44,7 +53,7 @@ def run(ctx: Context) -> list[Figure]:
             started = time.perf_counter()
             store.put("bare/RunLog", body)
             bare.append((time.perf_counter() - started) * 1000)
-        with sidecar(source, proxy.endpoint, bucket, ctx.work / "latency.log") as process:
+        with sidecar(source, proxy.endpoint, bucket, ctx.work / f"latency-{server}.log") as process:
             process.wait_ready(120)
             samples = []
             for index in range(rewrites):
@@ -71,12 +80,30 @@ def run(ctx: Context) -> list[Figure]:
         proxy.close()
     bound = storm_seconds / DEBOUNCE + 2  # what the 50 ms trailing debounce allowed
     p50, p95 = percentile(samples, 50), percentile(samples, 95)
+    ceiling = percentile(bare, 50)
     return [
-        Figure("bare PUT of the same body (ceiling), p50", percentile(bare, 50), "ms"),
-        Figure(f"write -> visible p50, {len(samples)} rewrites", p50, "ms", "<= 15 ms", p50 <= 15),
-        Figure("write -> visible p95", p95, "ms", "< 150 ms", p95 < 150),
-        Figure(f"rewrites in a {storm_seconds} s storm", count, ""),
+        Figure(f"{server}: bare PUT of the same body (ceiling), p50", ceiling, "ms"),
         Figure(
-            "PUTs for the storm", puts, "", f"<= {bound:.0f} (once per debounce)", puts <= bound
+            f"{server}: write -> visible p50, {len(samples)} rewrites",
+            p50,
+            "ms",
+            "<= 15 ms" if targets else "",
+            p50 <= 15 if targets else None,
+            note=f"{p50 / ceiling:.2f}x the bare PUT",
+        ),
+        Figure(
+            f"{server}: write -> visible p95",
+            p95,
+            "ms",
+            "< 150 ms" if targets else "",
+            p95 < 150 if targets else None,
+        ),
+        Figure(f"{server}: rewrites in a {storm_seconds} s storm", count, ""),
+        Figure(
+            f"{server}: PUTs for the storm",
+            puts,
+            "",
+            f"<= {bound:.0f} (once per debounce)",
+            puts <= bound,
         ),
     ]

@@ -9,6 +9,7 @@ retried because the drain made it go, not because time passed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -303,3 +304,46 @@ def test_a_failed_confirmation_uploads_rather_than_assumes(root: Path) -> None:
     report = Sidecar(root, store, once=True).pipeline.run_once(timeout=10)
     assert report.complete, report.lines()
     assert store.puts == ["r/RunLog"] and store.body("r/RunLog") == body
+
+
+def test_where_a_listed_etag_matched_an_md5_a_changed_file_costs_no_head(
+    root: Path, started: list[Sidecar]
+) -> None:
+    for index in range(3):
+        write_json(root / "r" / f"BranchLog-{index}.json", {"i": index})
+    store = FakeStore()
+    assert Sidecar(root, store, once=True).pipeline.run_once(timeout=10).complete
+    store.puts.clear()
+    sidecar = start(Sidecar(root, store), started)
+    assert sidecar.pipeline.wait_synced(10)  # every listed ETag matched its file's MD5
+    changed = write_json(root / "r" / "BranchLog-0.json", {"i": "changed"})
+    wait_until(lambda: store.body("r/BranchLog-0") == changed, what="the change uploaded")
+    assert store.puts == ["r/BranchLog-0"]
+    assert store.heads == []  # an MD5 bucket: a different ETag is a real difference
+    assert sidecar.pipeline.shutdown(drain_timeout=5).complete
+
+
+def test_a_run_folder_made_while_watched_is_uploaded_without_a_listing(
+    root: Path, tmp_path: Path, started: list[Sidecar], caplog: pytest.LogCaptureFixture
+) -> None:
+    """1,000 new runs a minute on a shared volume: a folder made under the watcher's eyes
+    started empty, so listing its prefix first would only delay its uploads. A folder
+    moved in may be an old run: it is listed."""
+    caplog.set_level(logging.DEBUG, logger="runlog_relay.sidecar.detect")
+    store = FakeStore()
+    sidecar = start(Sidecar(root, store), started)
+    # The detector has handled the rescan the watcher posts once its watches are armed:
+    # from then on a new folder is seen being made.
+    wait_until(
+        lambda: any("rescan (watch armed)" in r.getMessage() for r in caplog.records),
+        what="the watch armed",
+    )
+    made = write_json(root / "new-run" / "RunLog.json", {"new": True})
+    wait_until(lambda: store.body("new-run/RunLog") == made, what="the new run uploaded")
+    elsewhere = tmp_path / "old-run"
+    moved = write_json(elsewhere / "RunLog.json", {"old": True})
+    os.rename(elsewhere, root / "old-run")
+    wait_until(lambda: store.body("old-run/RunLog") == moved, what="the moved run uploaded")
+    assert "new-run/" not in store.lists
+    assert "old-run/" in store.lists
+    assert sidecar.pipeline.shutdown(drain_timeout=5).complete

@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 from tests.support.fakes import FakeClock, FakeStore, opaque_etag, unreachable
 
 from runlog_relay.config.models import LocalRetention as RetentionSpec
-from runlog_relay.config.settings import SidecarSettings
+from runlog_relay.config.settings import SidecarSettings, load_sidecar_settings
+from runlog_relay.errors import ConfigError
 from runlog_relay.layout import Layout, encode_body, key_for
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar.retention import RETRY_SECONDS, LocalRetention
@@ -302,3 +303,26 @@ def test_read_only_volume_is_reported_at_start(
         volume.retention.start()
         volume.retention.stop()
     assert any("is not writable" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("15m", 900),
+        ("12h", 43200),
+        ("7d", 604800),
+        ("1h30m", 5400),
+        ("3600", 3600),
+        ("0s", 0),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert RetentionSpec(delete_after=text).seconds == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "7 days", "-1h", "1y", ""])
+def test_a_bad_duration_is_refused_with_the_field_named(text: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_sidecar_settings({"local_retention": {"delete_after": text}})
+    assert "local_retention.delete_after" in str(refused.value), refused.value

@@ -454,3 +454,24 @@ def test_flush_seals_at_once_and_waits_for_the_listing(tmp_path: Path) -> None:
     finally:
         harness.sealer.stop()
     assert [s.run_id for s in harness.observer.seals()] == ["r1"]
+
+
+def test_the_stage_is_alive_from_before_it_starts_until_its_thread_dies(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert harness.sealer.alive  # the health server answers while the pipeline starts
+    stopped = Harness(harness.root.parent / "other")
+    stopped.sealer.start()
+    assert stopped.sealer.alive
+    stopped.sealer.stop()
+    assert stopped.sealer.alive  # stopped on purpose (the drain): not a dead stage
+
+    def dies(message: object = None) -> None:
+        raise SystemExit  # what no `except Exception` catches: the thread ends
+
+    monkeypatch.setattr(harness.sealer, "process", dies)
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # expected: quiet
+    harness.sealer.start()
+    harness.sealer.post(FileVersion("r1", "r1/RunLog.json", "e", True, 0.0))
+    harness.sealer._thread.join(5)
+    assert not harness.sealer.alive

@@ -298,6 +298,11 @@ class Detector:
         self._periodic = 0  # periodic rescans so far (every FULL_SWEEP_EVERY-th is full)
         self._scanned = False
         self._contacted = False
+        # A listed ETag has equalled a local body's: this bucket's ETags are MD5s, so a
+        # listed ETag that differs is a real difference (no HEAD needed to confirm it).
+        self._etags_are_md5 = False
+        # Run folders made while watched, not tracked yet: no listing needed (PathsChanged).
+        self._born: set[str] = set()
         self._synced = False
         self._warned: set[str] = set()
         self._bytes_read = 0
@@ -358,6 +363,11 @@ class Detector:
     def _handle(self, message: object) -> None:
         now = self._clock()
         if isinstance(message, PathsChanged):
+            if len(self._born) + len(message.created) > MAX_WARNED:
+                self._born.clear()  # empty folders by the thousand: list them instead
+            for path in message.created:
+                if path.parent == self.root and path.name not in self._runs:
+                    self._born.add(path.name)
             for path in message.paths:
                 self._guard_path(path, message.seen_at)
         elif isinstance(message, ReadDone):
@@ -637,8 +647,12 @@ class Detector:
         run = self._runs.get(run_id)
         if run is None:
             run = self._runs[run_id] = _Run(run_id=sys.intern(run_id), layout=self.settings.layout)
-            self._unlisted += 1
-            self._want_listing.add(run_id)
+            if run_id in self._born:
+                self._born.discard(run_id)
+                run.listed = True  # made under our eyes: nothing in the bucket to compare
+            else:
+                self._unlisted += 1
+                self._want_listing.add(run_id)
         file = _File(relative=item.relative, run=run)
         if run.listed:
             file.remote = run.unclaimed.pop(file.key, None)
@@ -677,6 +691,8 @@ class Detector:
             self._forget(file)
         self._dirty.clear()
         self._contacted = False
+        self._etags_are_md5 = False
+        self._born.clear()
 
     def _account(self, file: _File) -> None:
         """Keep the pending counters true after any change to ``file``."""
@@ -801,6 +817,8 @@ class Detector:
         file.settled = time.time() - snapshot.signature.mtime_ns / 1e9 > SETTLE_SECONDS
         self._bytes_read += snapshot.file_size
         etag = snapshot.etag
+        if etag == file.remote and file.remote_listed:
+            self._etags_are_md5 = True
         if etag != file.etag:
             seen_at = file.first_change if file.first_change is not None else now
             self._on_file(
@@ -824,7 +842,7 @@ class Detector:
             layout=self.settings.layout,
             snapshot=snapshot,
             seen_at=file.first_change if file.first_change is not None else now,
-            listed_etag=file.remote if file.remote_listed else None,
+            listed_etag=file.remote if file.remote_listed and not self._etags_are_md5 else None,
         )
         self._account(file)
         # May block while the queue is full (back-pressure); False once the drain is over.

@@ -135,7 +135,9 @@ class LocalRetention:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() or self._stopped
+        """False only once the thread died: not before it started (the health server
+        answers while the pipeline is starting), nor after a stop."""
+        return self._thread.ident is None or self._thread.is_alive() or self._stopped
 
     def reschedule(self, seals: Iterable[Seal]) -> None:
         """The settings changed: plan again for the runs sealed now."""

@@ -218,7 +218,9 @@ class RunSealer:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() or self._stopped
+        """False only once the thread died: not before it started (the health server
+        answers while the pipeline is starting), nor after a stop."""
+        return self._thread.ident is None or self._thread.is_alive() or self._stopped
 
     def post(self, message: object) -> None:
         """A fact from another stage; anything this stage does not follow is ignored."""
@@ -254,24 +256,22 @@ class RunSealer:
 
     # ----------------------------------------------------------------- thread body
     def _run(self) -> None:
-        try:
-            while True:
-                timeout = None
-                if self._timers:
-                    timeout = max(0.0, self._timers[0][0] - self._clock())
-                try:
-                    message: _Message | None = self._inbox.get(timeout=timeout)
-                except queue.Empty:
-                    message = None
-                if isinstance(message, _Stop):
-                    return
-                try:
-                    self.process(message)
-                except Exception:
-                    # A bug here must not stop the mirror (or sealing of other runs).
-                    log.exception("run stage error; continuing")
-        finally:
-            self._stopped = True
+        while True:
+            timeout = None
+            if self._timers:
+                timeout = max(0.0, self._timers[0][0] - self._clock())
+            try:
+                message: _Message | None = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                message = None
+            if isinstance(message, _Stop):
+                self._stopped = True  # asked to: a thread that dies otherwise is not alive
+                return
+            try:
+                self.process(message)
+            except Exception:
+                # A bug here must not stop the mirror (or sealing of other runs).
+                log.exception("run stage error; continuing")
 
     def process(self, message: object = None) -> None:
         """One step of the thread body: handle ``message`` (if any), then every look that
