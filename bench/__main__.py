@@ -38,6 +38,7 @@ SCENARIOS = (
     "startup",
     "scale",
     "manyruns",
+    "podcost",
 )
 
 
