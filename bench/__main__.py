@@ -39,6 +39,7 @@ SCENARIOS = (
     "scale",
     "manyruns",
     "podcost",
+    "rclone",
 )
 
 

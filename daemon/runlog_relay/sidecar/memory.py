@@ -16,7 +16,7 @@ import ctypes
 import gc
 import logging
 
-__all__ = ["limit_arenas", "release_free_memory"]
+__all__ = ["freeze_startup_objects", "limit_arenas", "release_free_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,17 @@ def limit_arenas(count: int = 2) -> bool:
     if _LIBC is None:
         return False
     return bool(_LIBC.mallopt(_M_ARENA_MAX, count))
+
+
+def freeze_startup_objects() -> None:
+    """Move every object alive now (modules, classes, functions: what start-up imported)
+    out of the garbage collector's sight; call once, before the work starts.
+
+    They live as long as the process, yet each full collection walked them all: 50k
+    objects, tens of milliseconds holding the GIL, at every end of a burst
+    (:func:`release_free_memory`) and at each automatic collection (bench: rclone)."""
+    gc.collect()
+    gc.freeze()
 
 
 def release_free_memory() -> bool:

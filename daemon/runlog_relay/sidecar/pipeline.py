@@ -161,6 +161,7 @@ class Pipeline:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         memory.limit_arenas()  # before the worker threads exist
+        memory.freeze_startup_objects()
         self.workers = UploadWorkers(
             self.queue,
             self._current_store,
