@@ -74,6 +74,7 @@ __all__ = [
     "LogFormat",
     "SidecarSSE",
     "SidecarSettings",
+    "SidecarShard",
     "SidecarTLS",
     "ambient_identity",
     "load_sidecar_settings",
@@ -135,6 +136,26 @@ class SidecarSSE(WireModel):
         return self
 
 
+class SidecarShard(WireModel):
+    """Scale-out: replicas on one shared folder split its runs (docs/scale-out.md)."""
+
+    group: str = Field(default="", max_length=40, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$")
+    """Name the replicas of one folder share (a DNS label); empty: no sharding, this
+    process mirrors every run. Each replica holds a Lease ``<group>-<identity>`` in
+    ``namespace``; a run belongs to one live replica by rendezvous hashing."""
+    identity: str = Field(default="", max_length=200)
+    """This replica's name, unique in the group; empty: the pod's name (``POD_NAME``,
+    else the host name, which is the pod's name in Kubernetes)."""
+    namespace: str = Field(default="", max_length=63)
+    """Namespace of the Leases; empty: ``POD_NAMESPACE``, else the service account's."""
+    lease_seconds: float = Field(default=15.0, ge=1.0, le=600.0)
+    """A replica whose Lease has not been renewed for this long is gone: its runs move to
+    the others. Renewed every third of it."""
+    api_url: str = Field(default="", max_length=2048)
+    """Kubernetes API URL; empty: in-cluster (``KUBERNETES_SERVICE_HOST``, the service
+    account's token and CA)."""
+
+
 class SidecarSettings(BucketParts, BaseSettings):
     """Everything the sidecar needs; see ``runlog-relay sidecar --help``."""
 
@@ -163,6 +184,8 @@ class SidecarSettings(BucketParts, BaseSettings):
     """TLS options."""
     sync: SyncSpec = SyncSpec()
     """Watch/upload tuning."""
+    shard: SidecarShard = SidecarShard()
+    """Scale-out over replicas sharing one folder (off unless ``shard.group`` is set)."""
     run_ids: Annotated[tuple[str, ...], NoDecode] = ()
     """Mirror only these runs (chunked: the ``<run_id>/`` folders; single: ``<run_id>.json``)
     and list only their prefixes in the bucket. Empty: every run. In the environment a

@@ -146,6 +146,18 @@ def register(subparsers: Any, summary: str) -> None:
         f" (env {ENV_PREFIX}RUN_IDS, comma-separated; default every run)",
     )
     parser.add_argument(
+        "--shard-group",
+        metavar="NAME",
+        help="scale out: replicas on one shared folder with this group name split its runs,"
+        f" membership from Leases (env {ENV_PREFIX}SHARD__GROUP; docs/scale-out.md)",
+    )
+    parser.add_argument(
+        "--shard-identity",
+        metavar="NAME",
+        help=f"this replica's name in the group (env {ENV_PREFIX}SHARD__IDENTITY;"
+        " default POD_NAME, else the host name)",
+    )
+    parser.add_argument(
         "--once",
         action="store_true",
         help="reconcile the whole folder with the bucket, upload what differs, and exit: 0"
@@ -208,6 +220,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     if sync:
         extra["sync"] = sync
+    shard = {
+        field: getattr(args, f"shard_{field}")
+        for field in ("group", "identity")
+        if getattr(args, f"shard_{field}") is not None
+    }
+    if shard:
+        extra["shard"] = shard
     return overrides_from_args(args, **extra)
 
 

@@ -32,6 +32,7 @@ from runlog_relay.sidecar.detect import Detector, DetectorStatus
 from runlog_relay.sidecar.events import FolderWatcher
 from runlog_relay.sidecar.listing import Lister
 from runlog_relay.sidecar.queue import UploadQueue
+from runlog_relay.sidecar.shard import shard_from_settings
 from runlog_relay.sidecar.store import StoreHealth, UploadWorkers
 from runlog_relay.sidecar.types import Inbox, Reconfigure, Rescan, Stop, StorePort, Verify
 
@@ -122,6 +123,12 @@ class Pipeline:
             bucket_name=lambda: self.settings.bucket_name,
         )
         self._synced = threading.Event()
+        # Scale-out (shard.group set): a membership change makes the detector compare its
+        # new share with the bucket.
+        self.shard = shard_from_settings(
+            settings.shard,
+            on_change=lambda why: self._inbox.put(Rescan(reason="scale-out", relist=True)),
+        )
         self.detector = Detector(
             settings,
             self._inbox,
@@ -132,6 +139,7 @@ class Pipeline:
             on_synced=self._synced.set,
             on_progress=self._made_progress,
             release_memory=memory.release_free_memory,
+            owns=self.shard.owns if self.shard is not None else lambda run_id: True,
             clock=clock,
         )
         self._detector_thread = threading.Thread(
@@ -186,6 +194,8 @@ class Pipeline:
             self.watcher.start()
         self._inbox.put(Rescan(reason="start-up"))
         self._detector_thread.start()
+        if self.shard is not None:
+            self.shard.start()
 
     @property
     def synced_once(self) -> bool:
@@ -198,7 +208,8 @@ class Pipeline:
         watcher_ok = self.watcher is None or self.watcher.alive
         workers_ok = self.workers is None or self.workers.alive
         detector_ok = self._detector_thread.is_alive() or self.detector.stopped
-        return watcher_ok and workers_ok and detector_ok and self.lister.alive
+        shard_ok = self.shard is None or self.shard.alive
+        return watcher_ok and workers_ok and detector_ok and self.lister.alive and shard_ok
 
     def wait_synced(self, timeout: float) -> bool:
         return self._synced.wait(timeout)
@@ -375,4 +386,6 @@ class Pipeline:
         )
         if self.workers is not None:
             self.workers.join(2.0)
+        if self.shard is not None:
+            self.shard.leave()  # drained: the others take this replica's runs at once
         return report
