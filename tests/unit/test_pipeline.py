@@ -9,6 +9,7 @@ retried because the drain made it go, not because time passed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -319,4 +320,30 @@ def test_where_a_listed_etag_matched_an_md5_a_changed_file_costs_no_head(
     wait_until(lambda: store.body("r/BranchLog-0") == changed, what="the change uploaded")
     assert store.puts == ["r/BranchLog-0"]
     assert store.heads == []  # an MD5 bucket: a different ETag is a real difference
+    assert sidecar.pipeline.shutdown(drain_timeout=5).complete
+
+
+def test_a_run_folder_made_while_watched_is_uploaded_without_a_listing(
+    root: Path, tmp_path: Path, started: list[Sidecar], caplog: pytest.LogCaptureFixture
+) -> None:
+    """1,000 new runs a minute on a shared volume: a folder made under the watcher's eyes
+    started empty, so listing its prefix first would only delay its uploads. A folder
+    moved in may be an old run: it is listed."""
+    caplog.set_level(logging.DEBUG, logger="runlog_relay.sidecar.detect")
+    store = FakeStore()
+    sidecar = start(Sidecar(root, store), started)
+    # The detector has handled the rescan the watcher posts once its watches are armed:
+    # from then on a new folder is seen being made.
+    wait_until(
+        lambda: any("rescan (watch armed)" in r.getMessage() for r in caplog.records),
+        what="the watch armed",
+    )
+    made = write_json(root / "new-run" / "RunLog.json", {"new": True})
+    wait_until(lambda: store.body("new-run/RunLog") == made, what="the new run uploaded")
+    elsewhere = tmp_path / "old-run"
+    moved = write_json(elsewhere / "RunLog.json", {"old": True})
+    os.rename(elsewhere, root / "old-run")
+    wait_until(lambda: store.body("old-run/RunLog") == moved, what="the moved run uploaded")
+    assert "new-run/" not in store.lists
+    assert "old-run/" in store.lists
     assert sidecar.pipeline.shutdown(drain_timeout=5).complete

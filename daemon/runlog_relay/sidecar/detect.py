@@ -281,6 +281,8 @@ class Detector:
         # A listed ETag has equalled a local body's: this bucket's ETags are MD5s, so a
         # listed ETag that differs is a real difference (no HEAD needed to confirm it).
         self._etags_are_md5 = False
+        # Run folders made while watched, not tracked yet: no listing needed (PathsChanged).
+        self._born: set[str] = set()
         self._synced = False
         self._warned: set[str] = set()
         self._bytes_read = 0
@@ -341,6 +343,11 @@ class Detector:
     def _handle(self, message: object) -> None:
         now = self._clock()
         if isinstance(message, PathsChanged):
+            if len(self._born) + len(message.created) > MAX_WARNED:
+                self._born.clear()  # empty folders by the thousand: list them instead
+            for path in message.created:
+                if path.parent == self.root and path.name not in self._runs:
+                    self._born.add(path.name)
             for path in message.paths:
                 self._guard_path(path, message.seen_at)
         elif isinstance(message, ReadDone):
@@ -620,8 +627,12 @@ class Detector:
         run = self._runs.get(run_id)
         if run is None:
             run = self._runs[run_id] = _Run(run_id=sys.intern(run_id), layout=self.settings.layout)
-            self._unlisted += 1
-            self._want_listing.add(run_id)
+            if run_id in self._born:
+                self._born.discard(run_id)
+                run.listed = True  # made under our eyes: nothing in the bucket to compare
+            else:
+                self._unlisted += 1
+                self._want_listing.add(run_id)
         file = _File(relative=item.relative, run=run)
         if run.listed:
             file.remote = run.unclaimed.pop(file.key, None)
@@ -660,6 +671,7 @@ class Detector:
         self._dirty.clear()
         self._contacted = False
         self._etags_are_md5 = False
+        self._born.clear()
 
     def _account(self, file: _File) -> None:
         """Keep the pending counters true after any change to ``file``."""

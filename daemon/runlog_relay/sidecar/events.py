@@ -132,6 +132,7 @@ class FolderWatcher:
         self._last_overflow_log = -OVERFLOW_LOG_SECONDS
         # Per-path posting state (leading edge and throttle).
         self._last_post: dict[Path, float] = {}
+        self._created: set[Path] = set()  # run folders made while watched, not posted yet
         self._first_event: dict[Path, float] = {}
         self._due: dict[Path, float] = {}
         self._due_heap: list[tuple[float, str]] = []
@@ -397,6 +398,8 @@ class FolderWatcher:
                 return
             self._metrics.fs_events.inc()
             if event.mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO):
+                if event.mask & inotify.IN_CREATE:
+                    self._created.add(path)  # moved in: it may be an old run, list it
                 if not self._add_folder(watch, event.name, folders, watched, unwatched):
                     self._unwatched_changed(unwatched)
             elif event.mask & (inotify.IN_DELETE | inotify.IN_MOVED_FROM):
@@ -471,7 +474,9 @@ class FolderWatcher:
         for path in paths:
             self._last_post[path] = now
             self._due.pop(path, None)
-        self._inbox.put(PathsChanged(paths=paths, seen_at=seen_at))
+        created = frozenset(self._created)
+        self._created.clear()
+        self._inbox.put(PathsChanged(paths=paths, seen_at=seen_at, created=created))
 
     def _prune(self, now: float) -> None:
         """Forget throttle state older than the debounce (memory stays per active file)."""

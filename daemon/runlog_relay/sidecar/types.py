@@ -51,6 +51,10 @@ class PathsChanged:
 
     paths: frozenset[Path]
     seen_at: float  #: time.monotonic() when the first of them was seen
+    #: Run folders among ``paths`` made (``mkdir``) while the source was watched: they
+    #: started empty under our eyes, so the bucket can hold nothing the local files would
+    #: not replace anyway, and no listing is needed before their uploads.
+    created: frozenset[Path] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
