@@ -38,6 +38,8 @@ SCENARIOS = (
     "startup",
     "scale",
     "manyruns",
+    "podcost",
+    "rclone",
 )
 
 

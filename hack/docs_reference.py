@@ -102,7 +102,7 @@ def settings_page() -> str:
                 flag = f"{option.flag}, --no-{option.flag[2:]}"
             sidecar_only = " Sidecar only." if group.store and not option.tools else ""
             variables = "<br>".join(_code(name) for name in option.env)
-            has_default = option.field.default not in (None, ())
+            has_default = option.field.default not in (None, (), "")
             default = _code(option.default) if has_default else _cell(option.unset)
             lines.append(
                 f"| `{_cell(flag)}` | {variables} | `{option.key}` | {default} |"

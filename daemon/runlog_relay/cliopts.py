@@ -109,7 +109,7 @@ class Option:
     def default(self) -> str:
         """The default as a user would write it; empty when there is none."""
         value = self.field.default
-        if value is None or value == ():
+        if value is None or value == () or value == "":
             return self.unset
         if isinstance(value, bool):
             return "true" if value else "false"
@@ -208,6 +208,18 @@ OPTION_GROUPS: tuple[OptionGroup, ...] = (
                 ("local_retention", "delete_after"), "--retain-local", "DURATION", unset="never"
             ),
             Option(("local_retention", "dry_run"), "--retain-local-dry-run"),
+        ),
+    ),
+    OptionGroup(
+        "scale-out",
+        "Several replicas on one shared folder split its runs, each run mirrored by one live"
+        " replica; membership from Kubernetes Leases (off unless the group is set).",
+        (
+            Option(("shard", "group"), "--shard-group", "NAME", unset="off"),
+            Option(("shard", "identity"), "--shard-identity", "NAME", unset="the pod's name"),
+            Option(("shard", "namespace"), "--shard-namespace", "NS", unset="the pod's"),
+            Option(("shard", "lease_seconds"), "--shard-lease-seconds", "SECONDS"),
+            Option(("shard", "api_url"), "--shard-api-url", "URL", unset="in-cluster"),
         ),
     ),
     OptionGroup(

@@ -43,6 +43,10 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+# Before minio: leaves out the admin API's cryptography (see the module's docstring).
+from runlog_relay import _minio_lazy  # noqa: F401
+
+# isort: split
 import urllib3
 from minio import Minio
 from minio.commonconfig import Tags

@@ -182,6 +182,8 @@ def test_sidecar_help_covers_every_option(sidecar_help: dict[str, str]) -> None:
     expected = set(SIDECAR_OPTIONS) | set(SSE_OPTIONS) | set(TUNING_OPTIONS)
     expected |= {"--once", "--config", "--run-id", "--retry-run-id"}
     expected |= {"--access-key-id-file", "--secret-access-key-file", "--session-token-file"}
+    expected |= {f"--shard-{name}" for name in ("group", "identity", "namespace")}
+    expected |= {"--shard-lease-seconds", "--shard-api-url"}
     assert set(sidecar_help) == expected
 
 

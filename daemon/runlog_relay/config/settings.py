@@ -92,6 +92,7 @@ __all__ = [
     "LogFormat",
     "SidecarSSE",
     "SidecarSettings",
+    "SidecarShard",
     "SidecarTLS",
     "ambient_identity",
     "config_key",
@@ -108,7 +109,7 @@ ENV_PREFIX = "RUNLOG_RELAY_"
 CONFIG_VARIABLE = f"{ENV_PREFIX}CONFIG"
 #: Settings that are groups of settings: ``RUNLOG_RELAY_<GROUP>__<FIELD>`` in the
 #: environment, a ``group: {field: …}`` mapping in the file.
-GROUPS = ("tls", "sync", "sse", "local_retention")
+GROUPS = ("tls", "sync", "sse", "local_retention", "shard")
 #: Variables of other runlog-relay programs that share the prefix (the operator's own).
 _OTHER_PREFIXES = (f"{ENV_PREFIX}OPERATOR_",)
 DEFAULT_METRICS_PORT = 9464
@@ -165,6 +166,26 @@ class SidecarSSE(WireModel):
         return self
 
 
+class SidecarShard(WireModel):
+    """Scale-out: replicas on one shared folder split its runs (docs/scale-out.md)."""
+
+    group: str = Field(default="", max_length=40, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$")
+    """Name the replicas of one folder share (a DNS label); empty: no sharding, this
+    process mirrors every run. Each replica holds a Lease ``<group>-<identity>`` in
+    ``namespace``; a run belongs to one live replica by rendezvous hashing."""
+    identity: str = Field(default="", max_length=200)
+    """This replica's name, unique in the group; empty: the pod's name (``POD_NAME``,
+    else the host name, which is the pod's name in Kubernetes)."""
+    namespace: str = Field(default="", max_length=63)
+    """Namespace of the Leases; empty: ``POD_NAMESPACE``, else the service account's."""
+    lease_seconds: float = Field(default=15.0, ge=1.0, le=600.0)
+    """A replica whose Lease has not been renewed for this long is gone: its runs move to
+    the others. Renewed every third of it."""
+    api_url: str = Field(default="", max_length=2048)
+    """Kubernetes API URL; empty: in-cluster (``KUBERNETES_SERVICE_HOST``, the service
+    account's token and CA)."""
+
+
 class SidecarSettings(BucketParts, BaseSettings):
     """Everything the sidecar needs; see ``runlog-relay sidecar --help``."""
 
@@ -212,6 +233,8 @@ class SidecarSettings(BucketParts, BaseSettings):
     """The run this pod retries (runnable's `RUNNABLE_RETRY_RUN_ID`, which the webhook
     copies from the pipeline's container): with `exitWhenSealed`, its final status from
     before the pod does not count as the pod's work being done."""
+    shard: SidecarShard = SidecarShard()
+    """Scale-out over replicas sharing one folder (off unless ``shard.group`` is set)."""
     run_ids: Annotated[tuple[str, ...], NoDecode] = ()
     """Mirror only these runs (chunked: the `<run_id>/` folders; single: `<run_id>.json`)
     and list only their prefixes in the bucket; empty: every run. The flag repeats; the

@@ -267,11 +267,13 @@ class Detector:
         on_synced: Callable[[], None] = lambda: None,
         on_progress: Callable[[], None] = lambda: None,
         release_memory: Callable[[], object] = lambda: None,
+        owns: Callable[[str], bool] = lambda run_id: True,
         clock: Callable[[], float] = time.monotonic,
         on_file: Callable[[FileVersion | FileGone], object] = lambda event: None,
     ) -> None:
         self.settings = settings
         self._on_file = on_file  # the run tracker (sealing) follows each run's files
+        self._owns = owns  # scale-out: whether this replica mirrors the run (shard.py)
         self._inbox = inbox
         self._submit = submit
         self._has_room = has_room
@@ -446,7 +448,7 @@ class Detector:
         return self.settings.source
 
     def _wanted(self, run_id: str) -> bool:
-        return not self.settings.run_ids or run_id in self.settings.run_ids
+        return (not self.settings.run_ids or run_id in self.settings.run_ids) and self._owns(run_id)
 
     def _rescan(self, reason: str, now: float) -> None:
         """Walk the whole folder: track new files, read changed ones, forget deleted ones.

@@ -16,7 +16,6 @@ recursion is a loop here, not a library's job.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
@@ -75,9 +74,8 @@ class Event:
 
 
 def _load() -> ctypes.CDLL:
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # libc is loaded already; no ldconfig run
         for function in ("inotify_init1", "inotify_add_watch", "inotify_rm_watch"):
             getattr(libc, function)
     except (OSError, AttributeError, TypeError) as exc:

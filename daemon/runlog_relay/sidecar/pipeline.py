@@ -34,6 +34,7 @@ from runlog_relay.sidecar.listing import Lister
 from runlog_relay.sidecar.queue import UploadQueue
 from runlog_relay.sidecar.retention import LocalRetention
 from runlog_relay.sidecar.runs import RunSealer
+from runlog_relay.sidecar.shard import shard_from_settings
 from runlog_relay.sidecar.store import StoreHealth, UploadWorkers
 from runlog_relay.sidecar.types import (
     Inbox,
@@ -142,6 +143,12 @@ class Pipeline:
         )
         self.retention = LocalRetention(lambda: self.settings, metrics.runs, self._current_store)
         self.sealer.observers.append(self.retention)
+        # Scale-out (shard.group set): a membership change makes the detector compare its
+        # new share with the bucket.
+        self.shard = shard_from_settings(
+            settings.shard,
+            on_change=lambda why: self._inbox.put(Rescan(reason="scale-out", relist=True)),
+        )
         self.detector = Detector(
             settings,
             self._inbox,
@@ -152,6 +159,7 @@ class Pipeline:
             on_synced=self._synced.set,
             on_progress=self._made_progress,
             release_memory=memory.release_free_memory,
+            owns=self.shard.owns if self.shard is not None else lambda run_id: True,
             clock=clock,
             on_file=self.sealer.post,
         )
@@ -183,6 +191,7 @@ class Pipeline:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         memory.limit_arenas()  # before the worker threads exist
+        memory.freeze_startup_objects()
         self.workers = UploadWorkers(
             self.queue,
             self._current_store,
@@ -209,6 +218,8 @@ class Pipeline:
             self.watcher.start()
         self._inbox.put(Rescan(reason="start-up"))
         self._detector_thread.start()
+        if self.shard is not None:
+            self.shard.start()
 
     @property
     def synced_once(self) -> bool:
@@ -222,7 +233,10 @@ class Pipeline:
         workers_ok = self.workers is None or self.workers.alive
         detector_ok = self._detector_thread.is_alive() or self.detector.stopped
         runs_ok = self.sealer.alive and (self._once or self.retention.alive)
-        return watcher_ok and workers_ok and detector_ok and self.lister.alive and runs_ok
+        shard_ok = self.shard is None or self.shard.alive
+        return (
+            watcher_ok and workers_ok and detector_ok and self.lister.alive and runs_ok and shard_ok
+        )
 
     def wait_synced(self, timeout: float) -> bool:
         return self._synced.wait(timeout)
@@ -414,4 +428,6 @@ class Pipeline:
         )
         if self.workers is not None:
             self.workers.join(2.0)
+        if self.shard is not None:
+            self.shard.leave()  # drained: the others take this replica's runs at once
         return report

@@ -1,0 +1,85 @@
+"""What every opted-in pod pays for its sidecar: start-up CPU and idle memory.
+
+The sidecar is started as the webhook starts it (``sidecar --config config.yaml``, INFO
+logs, metrics served) on the empty run-log folder of a pod that has not written yet, and
+measured from /proc: CPU-seconds when ``/readyz`` first answers 200 (imports, settings,
+the bucket check, the first, empty, sync), then CPU and RSS after a few idle seconds. Best
+of three starts, because the machine is shared; the bare interpreter (``python -c pass``)
+is measured the same way beside it as the floor. These figures size the injected
+sidecar's default requests and limits (docs/benchmarks.md, "Per-pod cost").
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.harness import Context, Figure, cpu_seconds, rss_mib, sidecar, wait_until
+
+NAME = "podcost"
+SUMMARY = "per-pod sidecar: start-up CPU and idle RSS on an empty folder"
+
+STARTUP_CPU_TARGET = 0.3  #: CPU-s, issue 12 item 5
+IDLE_RSS_TARGET = 45.0  #: MiB
+
+
+def _interpreter_floor() -> tuple[float, float]:
+    """(CPU-s, RSS MiB) of a Python that imports nothing: what no change of ours can cut."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        time.sleep(0.3)  # the measurement itself: let it settle before reading /proc
+        return cpu_seconds(process.pid), rss_mib(process.pid)
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(10)
+
+
+def _one_start(ctx: Context, config: Path, idle: float) -> tuple[float, float, float]:
+    """(CPU-s at first ready, CPU-s after ``idle`` s, RSS MiB after ``idle`` s)."""
+    source = ctx.folder("podcost")
+    log = ctx.work / f"{source.name}.log"  # one per start: the port is read from the log
+    with sidecar(source, None, None, log, "--config", str(config)) as process:
+        pid = process.process.pid
+        wait_until(lambda: process.get("/readyz")[0] == 200, timeout=60, interval=0.01)
+        ready_cpu = cpu_seconds(pid)
+        time.sleep(idle)  # the measurement itself: an idle sidecar must stay this small
+        return ready_cpu, cpu_seconds(pid), rss_mib(pid)
+
+
+def run(ctx: Context) -> list[Figure]:
+    config = ctx.work / "podcost-config.yaml"
+    config.write_text(
+        yaml.safe_dump({"endpoint": ctx.endpoint, "bucket": f"{ctx.bucket()}/run-logs"})
+    )
+    idle = ctx.size(10, 1)
+    starts = [_one_start(ctx, config, idle) for _ in range(ctx.size(3, 1))]
+    ready_cpu = min(s[0] for s in starts)
+    idle_cpu = min(s[1] - s[0] for s in starts)
+    rss = min(s[2] for s in starts)
+    floor_cpu, floor_rss = _interpreter_floor()
+    return [
+        Figure(
+            "start-up CPU to first ready",
+            ready_cpu,
+            "CPU-s",
+            f"< {STARTUP_CPU_TARGET} CPU-s",
+            ready_cpu < STARTUP_CPU_TARGET,
+        ),
+        Figure(
+            f"idle RSS after {idle} s",
+            rss,
+            "MiB",
+            f"< {IDLE_RSS_TARGET:.0f} MiB",
+            rss < IDLE_RSS_TARGET,
+        ),
+        Figure(f"CPU over {idle} s idle", idle_cpu, "CPU-s"),
+        Figure("floor: bare interpreter CPU", floor_cpu, "CPU-s"),
+        Figure("floor: bare interpreter RSS", floor_rss, "MiB"),
+    ]

@@ -1,0 +1,139 @@
+"""First sync of 2,000 files (100 runs x 20, 1-20 KiB) on SeaweedFS: the sidecar against
+tuned rclone, with the server's ceiling beside them.
+
+Each contender copies the same tree into its own fresh bucket, end to end as a user runs
+it: ``runlog-relay sidecar --once`` (a process start, the listing, every PUT, the check
+that the mirror is complete) and ``rclone copy --checksum --fast-list --s3-no-head
+--transfers 8`` (and 16). The ceiling is the same bodies PUT with nothing else to do, by
+our client at concurrency 16 in this process. Rounds are interleaved and the best of each
+kept, because the server's speed drifts on a shared machine. rclone comes from Debian
+(``apt-get install rclone``; ``make bench`` installs it where it can); without it the
+rclone rows say so and the scenario still measures the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench.harness import Context, Figure, write_tree
+from runlog_relay.cliopts import open_store
+from runlog_relay.config.settings import load_sidecar_settings
+
+NAME = "rclone"
+SUMMARY = "first sync of 2,000 files on SeaweedFS: sidecar vs rclone 8/16 vs the ceiling"
+CEILING_CONCURRENCY = 16
+RCLONE_TRANSFERS = (8, 16)
+
+
+def _ceiling(endpoint: str, bucket: str, bodies: list[tuple[str, bytes]]) -> float:
+    settings = load_sidecar_settings(
+        {
+            "source": Path("/nonexistent"),
+            "endpoint": endpoint,
+            "bucket": bucket,
+            "access_key_id": "minioadmin",
+            "secret_access_key": "minioadmin",
+        }
+    )
+    store = open_store(settings, max_connections=CEILING_CONCURRENCY + 2)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CEILING_CONCURRENCY) as pool:
+        list(pool.map(lambda kb: store.put(*kb), bodies))
+    return len(bodies) / (time.perf_counter() - started)
+
+
+def _sidecar(source: Path, endpoint: str, bucket: str, files: int, log: Path) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLOG_RELAY_")}
+    env.update(AWS_ACCESS_KEY_ID="minioadmin", AWS_SECRET_ACCESS_KEY="minioadmin")
+    args = [sys.executable, "-m", "runlog_relay", "sidecar", "--once", "--source", str(source)]
+    args += ["--endpoint", endpoint, "--bucket", bucket, "--metrics-port", "0"]
+    started = time.perf_counter()
+    with log.open("ab") as out:
+        result = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=600)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, f"sidecar --once exited {result.returncode}; see {log}"
+    return files / elapsed
+
+
+def _rclone(
+    binary: str, source: Path, endpoint: str, bucket: str, transfers: int, files: int, work: Path
+) -> float:
+    config = work / "rclone.conf"
+    config.write_text("")
+    # Not AWS_*: the AWS SDK inside rclone refuses a CA bundle over plain http.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
+    env.update(
+        RCLONE_CONFIG=str(config),
+        RCLONE_S3_PROVIDER="Other",
+        RCLONE_S3_ENDPOINT=endpoint,
+        RCLONE_S3_ACCESS_KEY_ID="minioadmin",
+        RCLONE_S3_SECRET_ACCESS_KEY="minioadmin",
+        RCLONE_S3_REGION="us-east-1",
+    )
+    args = [binary, "copy", str(source), f":s3:{bucket}/run-logs", "--checksum", "--fast-list"]
+    args += ["--s3-no-head", "--transfers", str(transfers), "--checkers", str(transfers)]
+    started = time.perf_counter()
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, f"rclone exited {result.returncode}: {result.stderr[-2000:]}"
+    return files / elapsed
+
+
+def run(ctx: Context) -> list[Figure]:
+    server = ctx.seaweedfs
+    endpoint = server.endpoint
+    source = ctx.folder("rclone-tree")
+    write_tree(source, runs=ctx.size(100, 5), per_run=20)
+    bodies = [(str(p.relative_to(source)), p.read_bytes()) for p in sorted(source.glob("*/*.json"))]
+    files = len(bodies)
+    binary = shutil.which("rclone")
+    best: dict[str, float] = {}
+
+    def keep(name: str, rate: float) -> None:
+        best[name] = max(best.get(name, 0.0), rate)
+
+    for _ in range(ctx.size(3, 1)):
+        keep("ceiling", _ceiling(endpoint, ctx.bucket(endpoint), bodies))
+        log = ctx.work / "rclone-sidecar.log"
+        keep("sidecar", _sidecar(source, endpoint, f"{ctx.bucket(endpoint)}/run-logs", files, log))
+        for transfers in RCLONE_TRANSFERS if binary else ():
+            rate = _rclone(
+                binary, source, endpoint, ctx.bucket(endpoint), transfers, files, ctx.work
+            )
+            keep(f"rclone{transfers}", rate)
+    ceiling, sidecar = best["ceiling"], best["sidecar"]
+    figures = [
+        Figure(f"ceiling: bare PUTs, concurrency {CEILING_CONCURRENCY}", ceiling, "PUT/s"),
+        Figure(f"sidecar --once, {files:,} files", sidecar, "files/s"),
+        Figure("sidecar / ceiling", sidecar / ceiling * 100, "%"),
+    ]
+    for transfers in RCLONE_TRANSFERS:
+        name = f"rclone --transfers {transfers}"
+        if binary is None:
+            figures.append(
+                Figure(
+                    name,
+                    float("nan"),
+                    "",
+                    note="skipped: rclone not installed (apt-get install rclone)",
+                )
+            )
+            continue
+        rate = best[f"rclone{transfers}"]
+        figures += [
+            Figure(name, rate, "files/s", note=f"{rate / ceiling * 100:.0f} % of the ceiling"),
+            Figure(
+                f"sidecar / rclone {transfers}",
+                sidecar / rate,
+                "x",
+                ">= 1.0 x",
+                sidecar >= rate,
+            ),
+        ]
+    return figures
