@@ -25,7 +25,12 @@ from pydantic.fields import FieldInfo
 
 from runlog_relay import logs
 from runlog_relay.exitcodes import ExitCode, epilog, missing_extra
-from runlog_relay.operator.settings import OperatorSettings, env_name, iter_fields
+from runlog_relay.operator.settings import (
+    OperatorSettings,
+    env_name,
+    iter_fields,
+    unknown_variables,
+)
 
 __all__ = ["FLAGS", "GROUPS", "register", "run", "settings_from_args"]
 
@@ -248,6 +253,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"runlog-relay operator: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     logs.configure(settings.log_level, settings.log_format)
+    for warning in unknown_variables(os.environ):
+        logging.getLogger("runlog_relay.operator").warning("%s", warning)
     if settings.log_level != "DEBUG":
         # One line per kubelet probe of kopf's liveness endpoint is noise.
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -18,6 +18,7 @@ Pure pydantic, no kopf: the chart tests and the docs import it without the opera
 
 from __future__ import annotations
 
+import difflib
 import enum
 import re
 import socket
@@ -45,6 +46,7 @@ __all__ = [
     "WebhookSettings",
     "env_name",
     "iter_fields",
+    "unknown_variables",
     "validate_resources",
 ]
 
@@ -348,3 +350,18 @@ def env_name(path: tuple[str, ...] | str) -> str:
     """The environment variable of the option at ``path`` (``("webhook", "port")``)."""
     parts = path.split(".") if isinstance(path, str) else path
     return ENV_PREFIX + NESTED_DELIMITER.join(part.upper() for part in parts)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning per ``RUNLOG_RELAY_OPERATOR_*`` variable that is no option, with the
+    nearest option's variable: a misspelt one would otherwise be ignored in silence."""
+    known = {env_name(path) for path, _ in iter_fields()}
+    known |= {env_name((name,)) for name in OperatorSettings.model_fields}  # a group as JSON
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in known:
+            near = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            warnings.append(f"{name} is not an operator setting{hint}; it is ignored")
+    return warnings
