@@ -101,6 +101,7 @@ __all__ = [
     "read_config_file",
     "setting_field",
     "setting_fields",
+    "unknown_names",
     "unknown_variables",
 ]
 
@@ -822,16 +823,29 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """One warning per ``RUNLOG_RELAY_*`` variable that is no setting (it is ignored),
     with the nearest known name when there is one."""
     environ = os.environ if environ is None else environ
-    known = _known_variables()
-    warnings = []
+    return [
+        f"{name} is not a setting{hint}; it is ignored"
+        for name, hint in unknown_names(environ, ENV_PREFIX, _known_variables(), _OTHER_PREFIXES)
+    ]
+
+
+def unknown_names(
+    environ: Mapping[str, str],
+    prefix: str,
+    known: frozenset[str] | set[str],
+    ignore: tuple[str, ...] = (),
+) -> list[tuple[str, str]]:
+    """The variables with ``prefix`` that are not ``known`` (upper case), each with a
+    ``" (did you mean X?)"`` hint naming the nearest known one, or an empty hint. Shared
+    by the sidecar's and the operator's settings."""
+    found = []
     for name in sorted(environ):
         upper = name.upper()
-        if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(_OTHER_PREFIXES):
+        if not upper.startswith(prefix) or upper in known or upper.startswith(ignore):
             continue
         near = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
-        hint = f" (did you mean {near[0]}?)" if near else ""
-        warnings.append(f"{name} is not a setting{hint}; it is ignored")
-    return warnings
+        found.append((name, f" (did you mean {near[0]}?)" if near else ""))
+    return found
 
 
 class _KnownEnvSource(EnvSettingsSource):

@@ -18,7 +18,6 @@ Pure pydantic, no kopf: the chart tests and the docs import it without the opera
 
 from __future__ import annotations
 
-import difflib
 import enum
 import re
 import socket
@@ -31,7 +30,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from runlog_relay import __version__
-from runlog_relay.config.settings import LogFormat
+from runlog_relay.config.settings import LogFormat, unknown_names
 from runlog_relay.operator.policy import EndpointPolicy
 
 __all__ = [
@@ -357,11 +356,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     nearest option's variable: a misspelt one would otherwise be ignored in silence."""
     known = {env_name(path) for path, _ in iter_fields()}
     known |= {env_name((name,)) for name in OperatorSettings.model_fields}  # a group as JSON
-    warnings = []
-    for name in sorted(environ):
-        upper = name.upper()
-        if upper.startswith(ENV_PREFIX) and upper not in known:
-            near = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
-            hint = f" (did you mean {near[0]}?)" if near else ""
-            warnings.append(f"{name} is not an operator setting{hint}; it is ignored")
-    return warnings
+    return [
+        f"{name} is not an operator setting{hint}; it is ignored"
+        for name, hint in unknown_names(environ, ENV_PREFIX, known)
+    ]
