@@ -22,6 +22,7 @@ tests/unit/test_docs_reference.py fails when a committed page differs from these
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,8 +40,18 @@ def _sys_path() -> None:
 
 
 def _cell(text: Any) -> str:
-    """One table cell: a single line, pipes escaped."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """One table cell: a single line; a code span holding a pipe shown verbatim, other
+    pipes escaped."""
+    line = " ".join(str(text).split())
+    line = re.sub(r"`([^`]*\|[^`]*)`", lambda m: _literal(m.group(1)), line)
+    return line.replace("|", "\\|")
+
+
+def _literal(text: str) -> str:
+    """Text shown verbatim in a table cell, on GitHub and on the site alike: every
+    character Markdown or a table could take for syntax as an HTML entity (inside a
+    backtick span, GitHub needs an escaped pipe that the site would then show)."""
+    return "<code>" + "".join(f"&#{ord(c)};" if c in "|*_[]\\`<>&" else c for c in text) + "</code>"
 
 
 def _code(text: str) -> str:
@@ -172,7 +183,7 @@ def _bounds(node: dict[str, Any]) -> str:
     if "maxItems" in node:
         parts.append(f"≤ {node['maxItems']} items")
     if "pattern" in node:
-        parts.append(f"pattern `{_cell(node['pattern'])}`")
+        parts.append(f"pattern {_literal(node['pattern'])}")
     return "; ".join(parts)
 
 
