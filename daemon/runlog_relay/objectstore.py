@@ -466,8 +466,16 @@ class _Client(Minio):
     def __init__(self, *args: Any, fallback_region: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fallback_region = fallback_region
+        # The SDK caches a bucket's region once looked up, but threads starting together
+        # (the sidecar lists run prefixes four at a time) would each look it up: one at a
+        # time, so the others find it cached.
+        self._region_lock = threading.Lock()
 
     def _get_region(self, bucket_name: str | None = None) -> str:
+        with self._region_lock:
+            return self._region_of(bucket_name)
+
+    def _region_of(self, bucket_name: str | None) -> str:
         try:
             return super()._get_region(bucket_name)
         except S3Error as exc:

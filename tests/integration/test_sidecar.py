@@ -144,7 +144,8 @@ def test_restart_on_a_bucket_whose_etags_are_not_md5s_makes_no_put(
         assert proxy.count("PUT") == 0, proxy.counts
         assert proxy.count("HEAD") <= 6, proxy.counts
         assert proxy.count("GET") == 0, proxy.counts  # no object body read back
-        assert proxy.count("GET", "list") >= 1
+        # One listing per run prefix and one location lookup (not one per listing thread).
+        assert 1 <= proxy.count("GET", "list") <= 3, proxy.counts
         assert_mirror(any_s3_client, any_bucket, "", source)
     finally:
         proxy.close()
