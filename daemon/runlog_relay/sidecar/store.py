@@ -376,15 +376,19 @@ class UploadWorkers:
 
     def _permanent(self, request: UploadRequest, exc: PermanentError) -> None:
         self._metrics.uploads.labels(result="failure").inc()
-        self._health.broken(str(exc), code=exc.code)
         if self._fail_fast:
-            self._queue.fail(request, str(exc))
+            # The outcome goes to the detector before the drain can see the refusal (it
+            # ends on one) and before the queue turns idle: the report must already name
+            # this file as given up.
             self._on_outcome(
                 UploadFailed(
                     relative=request.relative, etag=request.etag, reason=str(exc), given_up=True
                 )
             )
+            self._health.broken(str(exc), code=exc.code)
+            self._queue.fail(request, str(exc))
             return
+        self._health.broken(str(exc), code=exc.code)
         self._metrics.retries.inc()
         retry = self._health.permanent_retry_seconds
         self._queue.retry(request, retry)
