@@ -74,6 +74,9 @@ format: $(BIN)/.installed-test ## Format and auto-fix with ruff.
 
 .PHONY: bench
 bench: $(BIN)/.installed-test ## Run the sidecar benchmark, one table of figures (about 15 min; ONLY=startup,torn for some).
+	@# The rclone scenario compares with Debian's rclone; without it that row says "skipped".
+	@command -v rclone >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get install -y -q rclone >/dev/null; } || echo "rclone not installed: bench rclone skips it"
 	$(BIN)/python -m bench $(if $(ONLY),--only $(ONLY))
 
 .PHONY: bench-operator

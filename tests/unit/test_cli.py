@@ -187,6 +187,20 @@ def test_sidecar_help_covers_every_option(sidecar_help: dict[str, str]) -> None:
     assert set(sidecar_help) == expected
 
 
+def test_shard_options_fill_the_shard_group_and_document_their_variables(
+    sidecar_help: dict[str, str], tmp_path: Path
+) -> None:
+    assert "env RUNLOG_RELAY_SHARD__GROUP" in sidecar_help["--shard-group"]
+    assert "env RUNLOG_RELAY_SHARD__IDENTITY" in sidecar_help["--shard-identity"]
+    from runlog_relay.sidecar.command import _overrides
+
+    args = cli.build_parser(only="sidecar").parse_args(
+        ["sidecar", "--source", str(tmp_path), "--shard-group", "relay", "--shard-identity", "r0"]
+    )
+    settings = load_sidecar_settings(_overrides(args))
+    assert (settings.shard.group, settings.shard.identity) == ("relay", "r0")
+
+
 @pytest.mark.parametrize("option", sorted(SIDECAR_OPTIONS))
 def test_sidecar_option_documents_its_env_variable_and_default(
     sidecar_help: dict[str, str], option: str

@@ -32,6 +32,7 @@ EXPECTED = {
     "k8s-job.yaml",
     "argo-workflow.yaml",
     "shared-pvc-deployment.yaml",
+    "shared-pvc-scale-out.yaml",
 }
 
 
@@ -206,3 +207,40 @@ def test_shared_pvc_deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert load_sidecar_settings({}, config_file).local_retention.deletes
     text = (EXAMPLES / "shared-pvc-deployment.yaml").read_text()
     assert "RUNLOG_RELAY_LOCAL_RETENTION__DELETE_AFTER" in text and "readOnly below" in text
+
+
+def test_shared_pvc_scale_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scaled-out relay: replicas, the shard group from its env, and an RBAC that
+    allows Leases in its own namespace and nothing else (docs/scale-out.md)."""
+    deployment = by_kind("shared-pvc-scale-out.yaml", "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    role = by_kind("shared-pvc-scale-out.yaml", "Role")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "list", "create", "update", "delete"],
+        }
+    ]
+    binding = by_kind("shared-pvc-scale-out.yaml", "RoleBinding")
+    account = by_kind("shared-pvc-scale-out.yaml", "ServiceAccount")
+    assert binding["subjects"][0]["name"] == account["metadata"]["name"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    namespaces = {d["metadata"]["namespace"] for d in documents("shared-pvc-scale-out.yaml")}
+    assert namespaces == {"team-a"}
+    # The settings: the shard group set, identity and namespace from the downward API.
+    for name in list(os.environ):
+        if name.startswith(("RUNLOG_RELAY_", "AWS_")):
+            monkeypatch.delenv(name)
+    fields = {}
+    for env in container["env"]:
+        if "value" in env:
+            monkeypatch.setenv(env["name"], env["value"])
+        else:
+            fields[env["name"]] = env["valueFrom"]["fieldRef"]["fieldPath"]
+    assert fields == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    settings = load_sidecar_settings({})
+    assert settings.shard.group == "runlog-relay-shared"
+    assert settings.sync.force_polling

@@ -53,8 +53,10 @@ ENV_PREFIX = "RUNLOG_RELAY_OPERATOR_"
 NESTED_DELIMITER = "__"
 
 DEFAULT_IMAGE = f"ghcr.io/runlog-relay/runlog-relay:{__version__}"
-#: Today's measured figures (README, "Benchmarks"): idle RSS well under 64 MiB, start-up
-#: CPU a short burst. The CPU limit keeps the sidecar inside quotas on `limits.cpu`.
+#: Sized from the benchmark (docs/benchmarks.md, "Per-pod cost"): requests cover an idle
+#: sidecar (51 MiB RSS, ~1 mCPU), limits its bursts (peak 86-102 MiB mirroring 16-64 MiB
+#: run logs; start-up 0.5 CPU-s, about 2.5 s at 200m). The CPU limit keeps the sidecar
+#: inside quotas on `limits.cpu`.
 DEFAULT_RESOURCES: Mapping[str, Mapping[str, str]] = {
     "requests": {"cpu": "10m", "memory": "64Mi"},
     "limits": {"cpu": "200m", "memory": "128Mi"},
