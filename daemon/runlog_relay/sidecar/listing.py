@@ -99,7 +99,8 @@ class Lister:
 
     @property
     def alive(self) -> bool:
-        return self._stopped or all(thread.is_alive() for thread in self._threads)
+        # A thread not started yet is not dead (the health server answers during start).
+        return self._stopped or all(t.ident is None or t.is_alive() for t in self._threads)
 
     def request(self, run_ids: Iterable[str], purpose: ListingPurpose) -> None:
         runs = set(run_ids)

@@ -231,7 +231,9 @@ class Pipeline:
         """Every stage's thread is running (liveness)."""
         watcher_ok = self.watcher is None or self.watcher.alive
         workers_ok = self.workers is None or self.workers.alive
-        detector_ok = self._detector_thread.is_alive() or self.detector.stopped
+        # Not started yet is not dead: the health server answers while start() runs.
+        detector = self._detector_thread
+        detector_ok = detector.ident is None or detector.is_alive() or self.detector.stopped
         runs_ok = self.sealer.alive and (self._once or self.retention.alive)
         shard_ok = self.shard is None or self.shard.alive
         return (
