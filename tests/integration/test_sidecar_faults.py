@@ -140,8 +140,11 @@ def test_exit_is_1_and_names_the_files_when_the_drain_budget_runs_out(
         )
         sidecar.wait_ready()
         proxy.hold_lists()  # a new run cannot be compared: its uploads never start
+        # Moved in (an old run put back), so it must be compared with the bucket first.
+        staged = tmp_path / "staged" / "late-run"
         for index in range(3):
-            write_json(source / "late-run" / f"BranchLog-{index}.json", {"i": index})
+            write_json(staged / f"BranchLog-{index}.json", {"i": index})
+        staged.rename(source / "late-run")
         wait_until(lambda: proxy.lists_waiting, what="the new run's listing held")
         assert sidecar.terminate() == 1, sidecar.log
         for index in range(3):

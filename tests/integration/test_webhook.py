@@ -705,7 +705,9 @@ def test_injected_sidecar_runs_and_mirrors_a_real_runnable_run(
         assert probe(sidecar["livenessProbe"]["httpGet"]["path"]) == 200
 
         log_folder = Path(view.host_path("/tmp/run_logs"))  # the store's logFolder
-        run_pipeline(log_folder, "webhook-run-1", layout="chunked")
+        # The pod's command names run-1 (``runnable execute-job job.py run-1``), so the
+        # webhook gives the sidecar RUNLOG_RELAY_RUN_IDS=run-1: that run is the one mirrored.
+        run_pipeline(log_folder, "run-1", layout="chunked")
         time.sleep(0.2)  # let a few writes land while it runs, as in a pod
     finally:
         if process.poll() is None:
@@ -714,7 +716,7 @@ def test_injected_sidecar_runs_and_mirrors_a_real_runnable_run(
     assert code == 0, log_path.read_text()  # 0: the mirror was complete at exit
     assert ready_cluster.s3.secret_key not in log_path.read_text()
     assert_mirror(ready_cluster.s3.client(), bucket, "run-logs", log_folder, layout="chunked")
-    assert any(log_folder.glob("webhook-run-1/RunLog.json"))
+    assert any(log_folder.glob("run-1/RunLog.json"))
 
 
 def test_a_store_may_only_name_secrets_its_author_may_read(cluster: Cluster) -> None:

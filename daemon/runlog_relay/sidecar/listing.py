@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from runlog_relay.backoff import backoff_delay
-from runlog_relay.errors import PermanentError, RelayError, RetryableError
+from runlog_relay.errors import CredentialsError, PermanentError, RelayError, RetryableError
 from runlog_relay.layout import run_id_of_key
 from runlog_relay.objectstore import RemoteObject
 from runlog_relay.sidecar.store import RETRY_BASE_SECONDS, RETRY_CAP_SECONDS, StoreHealth
@@ -171,7 +171,12 @@ class Lister:
         if isinstance(exc, PermanentError):
             self._health.broken(str(exc), code=exc.code, source="list")
             return self._health.permanent_retry_seconds
-        self._health.unreachable(str(exc), code=getattr(exc, "code", ""))
+        if isinstance(exc, CredentialsError):
+            # No credentials, nothing can be listed or written: not ready (and --once gives
+            # up), but retried with backoff: a renewal may work next time.
+            self._health.broken(str(exc), code=exc.code, source="list", refused=False)
+        else:
+            self._health.unreachable(str(exc), code=getattr(exc, "code", ""))
         return backoff_delay(self._failures - 1, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS)
 
     def _list(self, task: _Task) -> None:
