@@ -31,6 +31,7 @@ from runlog_relay.health import HealthServer
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar.pipeline import DrainReport, Pipeline, source_problem
 from runlog_relay.sidecar.reload import ConfigWatcher
+from runlog_relay.sidecar.shard import placement
 
 __all__ = ["register", "run"]
 
@@ -237,6 +238,8 @@ def _settings(overrides: dict[str, Any], config_file: Path | None) -> SidecarSet
     # A missing credentials or SSE-C key file is a start-up error, not a crash later.
     settings.credentials()
     settings.encryption()
+    if settings.shard.group:
+        placement(settings.shard)  # scale-out: who and where, or what is missing
     return settings
 
 
@@ -266,6 +269,13 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     if args.once:
         assert settings is not None
+        if settings.shard.group:
+            print(
+                "runlog-relay sidecar: error: --once mirrors the whole folder in one pass;"
+                " shard.group (scale-out) is for long-running replicas: unset one of them",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         logs.configure(settings.log_level, settings.log_format.value)
         pipeline = Pipeline(settings, SidecarMetrics(CollectorRegistry()), open_store, once=True)
         log.info("starting: %s", settings.describe())
