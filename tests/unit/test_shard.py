@@ -5,10 +5,15 @@ tests/integration/test_scale_out.py."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
-from runlog_relay.errors import RetryableError
+import pytest
+
+from runlog_relay import cli
+from runlog_relay.config.settings import SidecarShard
+from runlog_relay.errors import ConfigError, RetryableError
 from runlog_relay.sidecar.leases import LeaseRecord
-from runlog_relay.sidecar.shard import Shard, owner_of
+from runlog_relay.sidecar.shard import Shard, owner_of, placement
 
 RUNS = [f"run-{i:04d}" for i in range(3000)]
 
@@ -108,3 +113,27 @@ def test_leases_of_long_gone_replicas_are_deleted() -> None:
         a.step()
         clock.now += 1.0
     assert "gone" in leases.released and "a" not in leases.released
+
+
+def test_placement_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("POD_NAME", "POD_NAMESPACE", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="cannot name a Lease"):
+        placement(SidecarShard(group="relay", identity="Bad_Name", namespace="ns"))
+    with pytest.raises(ConfigError, match="not a Kubernetes pod"):
+        placement(SidecarShard(group="relay", identity="r0", namespace="ns"))
+    monkeypatch.setenv("POD_NAME", "relay-7f9c-x2")
+    monkeypatch.setenv("POD_NAMESPACE", "team-a")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    assert placement(SidecarShard(group="relay")) == ("relay-7f9c-x2", "team-a")
+
+
+def test_once_and_scale_out_do_not_mix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNLOG_RELAY_SHARD__NAMESPACE", "default")
+    monkeypatch.setenv("RUNLOG_RELAY_SHARD__API_URL", "http://127.0.0.1:1")
+    args = ["sidecar", "--source", str(tmp_path), "--once", "--shard-group", "relay"]
+    code = cli.main([*args, "--shard-identity", "r0", "--endpoint", "http://127.0.0.1:1"])
+    assert code == 2
+    assert "--once mirrors the whole folder" in capsys.readouterr().err

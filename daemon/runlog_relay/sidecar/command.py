@@ -33,6 +33,7 @@ from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar.pipeline import DrainReport, Pipeline, source_problem
 from runlog_relay.sidecar.podwork import PodWork
 from runlog_relay.sidecar.reload import ConfigWatcher
+from runlog_relay.sidecar.shard import placement
 
 __all__ = ["register", "run"]
 
@@ -82,6 +83,8 @@ def _settings(overrides: dict[str, Any], config_file: Path | None) -> SidecarSet
     # A missing credentials or SSE-C key file is a start-up error, not a crash later.
     settings.credentials()
     settings.encryption()
+    if settings.shard.group:
+        placement(settings.shard)  # scale-out: who and where, or what is missing
     return settings
 
 
@@ -113,6 +116,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"runlog-relay sidecar: error: {problem}", file=sys.stderr)
             return EXIT_USAGE
     if settings is not None and settings.once:
+        if settings.shard.group:
+            print(
+                "runlog-relay sidecar: error: --once mirrors the whole folder in one pass;"
+                " shard.group (scale-out) is for long-running replicas: unset one of them",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         logs.configure(settings.log_level, settings.log_format.value)
         _warn_unknown_variables()
         pipeline = Pipeline(settings, SidecarMetrics(CollectorRegistry()), open_store, once=True)

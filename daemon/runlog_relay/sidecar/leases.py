@@ -68,10 +68,7 @@ class LeaseApi:
             host = os.environ.get("KUBERNETES_SERVICE_HOST")
             port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
             if not host:
-                raise ConfigError(
-                    "shard.group is set but this is not a Kubernetes pod"
-                    " (no KUBERNETES_SERVICE_HOST): set shard.apiUrl, or unset shard.group"
-                )
+                raise ConfigError("no KUBERNETES_SERVICE_HOST: not in a pod; set shard.apiUrl")
             host = f"[{host}]" if ":" in host else host
             self._base = f"https://{host}:{port}"
             self._token = SERVICE_ACCOUNT / "token"

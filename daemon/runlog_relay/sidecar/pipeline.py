@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runlog_relay.config.settings import SidecarSettings
+from runlog_relay.errors import ConfigError
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar import memory
 from runlog_relay.sidecar.detect import Detector, DetectorStatus
@@ -145,6 +146,11 @@ class Pipeline:
         self.sealer.observers.append(self.retention)
         # Scale-out (shard.group set): a membership change makes the detector compare its
         # new share with the bucket.
+        if once and settings.shard.group:
+            raise ConfigError(
+                "--once mirrors the whole folder in one pass; shard.group (scale-out) is for"
+                " long-running replicas: unset one of them"
+            )
         self.shard = shard_from_settings(
             settings.shard,
             on_change=lambda why: self._inbox.put(Rescan(reason="scale-out", relist=True)),

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -39,10 +40,12 @@ from runlog_relay.config.settings import SidecarShard
 from runlog_relay.errors import ConfigError, RelayError
 from runlog_relay.sidecar.leases import LeaseApi, LeaseRecord, in_cluster_namespace
 
-__all__ = ["LeaseStore", "Shard", "owner_of", "shard_from_settings"]
+__all__ = ["LeaseStore", "Shard", "owner_of", "placement", "shard_from_settings"]
 
 log = logging.getLogger(__name__)
 
+#: A Lease's name, ``<group>-<identity>``: a DNS subdomain (RFC 1123).
+_LEASE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 #: A Lease unchanged for this many lease durations belongs to a replica that is long gone.
 GARBAGE_AFTER = 4
 
@@ -223,13 +226,30 @@ class Shard:
             )
 
 
+def placement(settings: SidecarShard) -> tuple[str, str]:
+    """(identity, namespace) of this replica, or a ConfigError saying what is missing;
+    checked at start-up, before anything runs."""
+    identity = settings.identity or os.environ.get("POD_NAME") or socket.gethostname().lower()
+    if not _LEASE_NAME.fullmatch(f"{settings.group}-{identity}"):
+        raise ConfigError(
+            f"shard identity {identity!r} cannot name a Lease ({settings.group}-{identity}):"
+            " use lower-case letters, digits, '-' and '.', at most 200 characters"
+        )
+    namespace = settings.namespace or os.environ.get("POD_NAMESPACE") or in_cluster_namespace()
+    if not namespace:
+        raise ConfigError("shard.group is set but no namespace is known: set shard.namespace")
+    if not settings.api_url and not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        raise ConfigError(
+            "shard.group is set but this is not a Kubernetes pod (no KUBERNETES_SERVICE_HOST):"
+            " set shard.apiUrl, or unset shard.group"
+        )
+    return identity, namespace
+
+
 def shard_from_settings(settings: SidecarShard, on_change: Callable[[str], None]) -> Shard | None:
     """A :class:`Shard` when ``settings.group`` is set, else None (mirror every run)."""
     if not settings.group:
         return None
-    identity = settings.identity or os.environ.get("POD_NAME") or socket.gethostname()
-    namespace = settings.namespace or os.environ.get("POD_NAMESPACE") or in_cluster_namespace()
-    if not namespace:
-        raise ConfigError("shard.group is set but no namespace is known: set shard.namespace")
+    identity, namespace = placement(settings)
     leases = LeaseApi(settings.api_url, namespace, settings.group)
     return Shard(identity, leases, lease_seconds=settings.lease_seconds, on_change=on_change)
