@@ -2,11 +2,13 @@
 
 Starts a local S3-compatible endpoint (moto's server, from the ``demo`` extra) on
 127.0.0.1, runs the sidecar on a fresh folder, runs a small real runnable pipeline
-(a parallel node and a map) into that folder, stops the sidecar the way Kubernetes does
-(drain on shutdown), then shows the run's objects in the bucket, proves runnable's own
-chunked-minio (or minio) store reads the run back identical to what its filesystem
-store reads, shows the run and its timeline as ``runlog-relay show`` draws it from the
-bucket, and prints the key metrics. Everything it starts and creates is removed at
+(a parallel node and a map) into that folder, waits for the sidecar to seal the finished
+run (its own report: the seal, the lag, the objects it tagged), stops the sidecar the way
+Kubernetes does (drain on shutdown), then shows the run's objects in the bucket, proves
+runnable's own chunked-minio (or minio) store reads the run back identical to what its
+filesystem store reads, shows the sealed run and its timeline as ``runlog-relay show``
+draws it from the bucket (the seal read back from the objects' tag), and prints the key
+metrics. Everything it starts and creates is removed at
 the end unless ``--keep`` is given.
 """
 
@@ -42,6 +44,8 @@ from runlog_relay.tools.show import render_run
 __all__ = ["register", "run"]
 
 DEMO_BUCKET = "runnable/run-logs"
+#: The run is sealed about a second after it ends (the sidecar waits for a quiet second).
+SEAL_TIMEOUT_SECONDS = 30.0
 DEMO_CREDENTIAL = "minioadmin"
 SHOWN_METRICS = (
     ("runlog_relay_fs_events_total", "filesystem events seen"),
@@ -53,6 +57,12 @@ SHOWN_METRICS = (
     ("runlog_relay_retries_total", "retries"),
     ("runlog_relay_pending_files", "files pending now"),
     ("runlog_relay_runs_tracked", "runs tracked"),
+    ("runlog_relay_runs_sealed_total", "runs sealed"),
+    ("runlog_relay_object_tagging_total", "objects tagged"),
+)
+SHOWN_MEANS = (
+    ("runlog_relay_sync_lag_seconds", "mean sync lag (change seen → in bucket)"),
+    ("runlog_relay_run_seal_lag_seconds", "seal lag (final status seen → sealed)"),
 )
 
 
@@ -119,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
                 "secret_access_key": DEMO_CREDENTIAL,
                 "metrics_host": "127.0.0.1",
                 "metrics_port": 0,
+                # moto keeps object tags: the seal becomes visible in the bucket too.
+                "tag_sealed_runs": True,
             }
         )
         registry = CollectorRegistry()
@@ -143,9 +155,10 @@ def run(args: argparse.Namespace) -> int:
         started = time.monotonic()
         runnable_compat.run_pipeline(folder, run_id, layout=layout.value, workdir=workdir / "work")
         _say(f"   pipeline finished in {time.monotonic() - started:.1f}s")
+        sealed = _wait_for_seal(pipeline, run_id)
         report = pipeline.shutdown()
         _say(
-            "4. Sidecar drained on shutdown: "
+            "5. Sidecar drained on shutdown: "
             + ("mirror complete" if report.complete else "INCOMPLETE")
         )
         for line in report.lines():
@@ -153,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_text = _scrape(health.port)
         health.stop()
         store = open_store(settings)
-        _say(f"5. Objects in s3://{DEMO_BUCKET}/{run_id}/ :")
+        _say(f"6. Objects in s3://{DEMO_BUCKET}/{run_id}/ :")
         for obj in sorted(store.list(f"{run_id}/"), key=lambda o: o.key):
             _say(f"   {settings.prefix}/{obj.key:<48} {obj.size:>7} bytes")
         # runnable greets on import; keep the demo's output to its own numbered steps.
@@ -167,16 +180,18 @@ def run(args: argparse.Namespace) -> int:
         store_name = "chunked-minio" if layout is Layout.CHUNKED else "minio"
         same = from_bucket == from_folder
         _say(
-            f"6. runnable's own {store_name} store read the run back: status"
+            f"7. runnable's own {store_name} store read the run back: status"
             f" {from_bucket.get('status')}, {len(from_bucket.get('steps', {}))} steps,"
             f" {'identical to' if same else 'DIFFERENT FROM'} what its filesystem store reads"
         )
         shown = _show_run(settings, run_id)
-        _say("8. Key metrics:")
+        _say("9. Key metrics:")
         for line in _metric_lines(metrics_text):
             _say(f"   {line}")
-        ok = report.complete and same and shown
-        _say("Done: " + ("the bucket mirrors the run exactly." if ok else "problems above."))
+        ok = report.complete and same and shown and sealed
+        _say(
+            "Done: " + ("the bucket mirrors the run exactly, sealed." if ok else "problems above.")
+        )
         return 0 if ok else 1
     finally:
         server.stop()
@@ -188,17 +203,31 @@ def run(args: argparse.Namespace) -> int:
             _say("Cleaned up: S3 server stopped, temporary folder removed.")
 
 
+def _wait_for_seal(pipeline: Pipeline, run_id: str) -> bool:
+    """Step 4: the sidecar's own word that the run is sealed (what its log line says)."""
+    seal = pipeline.sealer.wait_sealed(run_id, SEAL_TIMEOUT_SECONDS)
+    if seal is None:
+        _say(f"4. The sidecar did not seal run {run_id} within {SEAL_TIMEOUT_SECONDS:.0f}s")
+        return False
+    _say(
+        f"4. The sidecar sealed the run: {seal.status}, {len(seal.files)} files verified in"
+        f" the bucket by one listing, {seal.lag_seconds:.2f}s after its final status;"
+        f" {seal.tagged} objects tagged runlog-relay/status={seal.status}"
+    )
+    return seal.status == "SUCCESS" and seal.tagged == len(seal.objects)
+
+
 def _show_run(settings: SidecarSettings, run_id: str) -> bool:
-    """Step 7: the run as ``runlog-relay show`` draws it, read back from the bucket."""
-    _say(f"7. The run from the bucket (runlog-relay show {run_id}):")
-    # When the sidecar seals finished runs (issue 13), the seal is reported here too.
+    """Step 8: the sealed run as ``runlog-relay show`` draws it, read back from the bucket
+    (the seal too: from the RunLog object's tag)."""
+    _say(f"8. The sealed run from the bucket (runlog-relay show {run_id}):")
     try:
         run = fetch_run(StoreContext(settings=settings, store=open_store(settings)), run_id)
     except RelayError as exc:
         _say(f"   could not read the run back: {exc}")
         return False
     render_run(run, stdout_console())
-    return run.status == "SUCCESS"
+    return run.status == "SUCCESS" and run.sealed == "SUCCESS"
 
 
 def _scrape(port: int) -> str:
@@ -208,21 +237,23 @@ def _scrape(port: int) -> str:
 
 def _metric_lines(text: str) -> list[str]:
     values: dict[str, list[tuple[dict[str, str], float]]] = {}
-    lag: tuple[float, float] | None = None
+    means: dict[str, tuple[float, float]] = {}  # histogram → (count, sum)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             values.setdefault(sample.name, []).append((sample.labels, sample.value))
-        if family.name == "runlog_relay_sync_lag_seconds":
+        if family.name in dict(SHOWN_MEANS):
             count = sum(s.value for s in family.samples if s.name.endswith("_count"))
             total = sum(s.value for s in family.samples if s.name.endswith("_sum"))
-            lag = (count, total)
+            means[family.name] = (count, total)
     lines = []
     for name, description in SHOWN_METRICS:
         for labels, value in values.get(name, []):
+            if value == 0 and labels:
+                continue  # a label value that did not happen (FAIL, failure, ...)
             suffix = "".join(f" {k}={v}" for k, v in labels.items())
             lines.append(f"{description:<44} {value:>10.0f}{suffix}")
-    if lag and lag[0]:
-        lines.append(
-            f"{'mean sync lag (change seen → in bucket)':<44} {lag[1] / lag[0] * 1000:>8.0f}ms"
-        )
+    for name, description in SHOWN_MEANS:
+        count, total = means.get(name, (0.0, 0.0))
+        if count:
+            lines.append(f"{description:<44} {total / count * 1000:>8.0f}ms")
     return lines

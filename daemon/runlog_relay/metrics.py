@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["LAG_BUCKETS", "OperatorMetrics", "SidecarMetrics"]
+__all__ = ["LAG_BUCKETS", "OperatorMetrics", "RunMetrics", "SidecarMetrics"]
 
 #: Change seen → object written, seconds. Dense below a second, where a healthy relay
 #: lives, with an edge at each published target (15 ms, 150 ms, 2 s).
@@ -146,6 +146,84 @@ class SidecarMetrics:
         )
         for result in ("applied", "rejected"):
             self.config_reloads.labels(result=result)
+        self.runs = RunMetrics(registry)
+
+
+#: runnable's terminal statuses: the only values of the ``status`` label.
+SEAL_STATUSES = ("SUCCESS", "FAIL")
+TAGGING_RESULTS = ("success", "failure", "unsupported")
+RETENTION_FAILURES = ("bucket_differs", "changed", "not_removable", "error")
+
+
+class RunMetrics:
+    """Sealed runs and local retention (``SidecarMetrics.runs``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sealed = Counter(
+            "runlog_relay_runs_sealed_total",
+            "Runs sealed: final RunLog status and every file verified in the bucket by a"
+            " listing of the run's prefix, by the run's status.",
+            ["status"],
+            registry=registry,
+        )
+        for status in SEAL_STATUSES:
+            self.sealed.labels(status=status)
+        self.seal_lag = Histogram(
+            "runlog_relay_run_seal_lag_seconds",
+            "Time from a run's final status being seen to the run being sealed.",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self.unsealed = Counter(
+            "runlog_relay_runs_unsealed_total",
+            "Sealed runs written again (retried or resumed): unsealed until sealed again.",
+            registry=registry,
+        )
+        self.sealed_now = Gauge(
+            "runlog_relay_sealed_runs",
+            "Runs in the watched folder that are sealed right now.",
+            registry=registry,
+        )
+        self.tagging = Counter(
+            "runlog_relay_object_tagging_total",
+            "Objects of sealed runs tagged runlog-relay/status, by result: success, failure,"
+            " unsupported (the server has no object tagging).",
+            ["result"],
+            registry=registry,
+        )
+        for result in TAGGING_RESULTS:
+            self.tagging.labels(result=result)
+        self.deleted_runs = Counter(
+            "runlog_relay_retention_deleted_runs_total",
+            "Sealed runs deleted from the volume by local retention.",
+            registry=registry,
+        )
+        self.deleted_bytes = Counter(
+            "runlog_relay_retention_deleted_bytes_total",
+            "Bytes of run-log files deleted from the volume by local retention.",
+            registry=registry,
+        )
+        self.would_delete_runs = Counter(
+            "runlog_relay_retention_would_delete_runs_total",
+            "Sealed runs local retention would have deleted (dry run).",
+            registry=registry,
+        )
+        self.would_delete_bytes = Counter(
+            "runlog_relay_retention_would_delete_bytes_total",
+            "Bytes local retention would have deleted (dry run).",
+            registry=registry,
+        )
+        self.retention_failures = Counter(
+            "runlog_relay_retention_failures_total",
+            "Runs local retention did not delete when due, by reason: bucket_differs (the"
+            " bucket no longer holds the local files), changed (written since the seal),"
+            " not_removable (permissions, read-only volume, something else in the folder),"
+            " error.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in RETENTION_FAILURES:
+            self.retention_failures.labels(reason=reason)
 
 
 class OperatorMetrics:

@@ -36,7 +36,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import Tags
 from minio.credentials import Credentials, Provider
 from minio.credentials.providers import (
     IamAwsProvider,
@@ -146,6 +147,8 @@ PERMISSIONS = {
     "HeadObject": "s3:GetObject",
     "CreateBucket": "s3:CreateBucket",
     "GetBucketLocation": "s3:GetBucketLocation",
+    "PutObjectTagging": "s3:PutObjectTagging",
+    "GetObjectTagging": "s3:GetObjectTagging",
 }
 
 
@@ -738,3 +741,30 @@ class ObjectStore:
             if response is not None:
                 response.close()
                 response.release_conn()
+
+    def set_tags(self, key: str, tags: Mapping[str, str]) -> None:
+        """Replace the tags of the object at ``key`` (one PutObjectTagging request).
+
+        A server without object tagging answers ``NotImplemented`` (or
+        ``MethodNotAllowed``): a PermanentError with that code."""
+        object_tags = Tags.new_object_tags()
+        object_tags.update(tags)
+        try:
+            self._client.set_object_tags(self.bucket, self.full_key(key), object_tags)
+        except _SDK_ERRORS as exc:
+            raise classify(
+                exc, what=f"tagging {self.full_key(key)}", operation="PutObjectTagging"
+            ) from exc
+
+    def get_tags(self, key: str) -> dict[str, str]:
+        """The tags of the object at ``key`` (one GetObjectTagging request); empty when it
+        has none, NotFoundError when it does not exist."""
+        try:
+            tags = self._client.get_object_tags(self.bucket, self.full_key(key))
+        except _SDK_ERRORS as exc:
+            raise classify(
+                exc,
+                what=f"reading the tags of {self.full_key(key)}",
+                operation="GetObjectTagging",
+            ) from exc
+        return dict(tags or {})

@@ -58,11 +58,13 @@ __all__ = [
     "DEMO_MAP_ITEMS",
     "DEMO_STEPS",
     "FAIL_ITEM_VARIABLE",
+    "FAIL_JOB_VARIABLE",
     "Layout",
     "PipelineFailedError",
     "build_demo_pipeline",
     "read_run_log_from_bucket",
     "read_run_log_from_folder",
+    "run_job",
     "run_pipeline",
 ]
 
@@ -126,6 +128,16 @@ def _process(item: str) -> str:
     return f"{item}!"
 
 
+#: Set (to anything) to make the demo job (:func:`run_job`) fail with a real traceback.
+FAIL_JOB_VARIABLE = "RUNLOG_RELAY_DEMO_FAIL_JOB"
+
+
+def _job() -> int:
+    if os.environ.get(FAIL_JOB_VARIABLE):
+        raise ValueError(f"the job fails ({FAIL_JOB_VARIABLE} asks for a failure)")
+    return 42
+
+
 def _summarise(base: int, left_value: int, right_value: int, processed: list[str]) -> int:
     # Fails the pipeline if runnable did not hand the branch results back up.
     if sorted(processed) != [f"{item}!" for item in DEMO_MAP_ITEMS]:
@@ -170,17 +182,29 @@ def build_demo_pipeline() -> Pipeline:
 
 
 def _config_yaml(
-    log_folder: Path, layout: Layout, catalog: Path, catalog_config: dict[str, Any] | None
+    log_folder: Path,
+    layout: Layout,
+    catalog: Path,
+    catalog_config: dict[str, Any] | None,
+    *,
+    job: bool = False,
 ) -> str:
     # JSON is valid YAML and needs no PyYAML here. ``enable_parallel`` makes the local
     # executor run parallel branches and map iterations in a multiprocessing Pool; the
     # ``file-system`` store does not support parallel writes, so for "single" runnable
     # would fall back to sequential anyway (logging a warning) - we ask for that directly.
+    executor = (
+        {"job-executor": {"type": "local"}}
+        if job
+        else {
+            "pipeline-executor": {
+                "type": "local",
+                "config": {"enable_parallel": layout == "chunked"},
+            }
+        }
+    )
     config = {
-        "pipeline-executor": {
-            "type": "local",
-            "config": {"enable_parallel": layout == "chunked"},
-        },
+        **executor,
         "run-log-store": {
             "type": "chunked-fs" if layout == "chunked" else "file-system",
             "config": {"log_folder": str(log_folder)},
@@ -208,6 +232,27 @@ def _script(config_file: Path, run_id: str, parameters_file: Path | None) -> str
                 parameters_file={str(parameters_file) if parameters_file else ""!r},
             )
             return pipeline
+
+
+        if __name__ == "__main__":
+            main()
+        """
+    )
+
+
+def _job_script(config_file: Path, run_id: str) -> str:
+    # As for pipelines: runnable re-imports the caller of ``Job.execute()`` to find the job.
+    return textwrap.dedent(
+        f"""\
+        from runnable import PythonJob
+
+        from runlog_relay.runnable_compat import _job
+
+
+        def main():
+            job = PythonJob(function=_job, returns=["answer"])
+            job.execute(configuration_file={str(config_file)!r}, job_id={run_id!r})
+            return job
 
 
         if __name__ == "__main__":
@@ -278,6 +323,31 @@ def run_pipeline(
     return _run_in(workdir, log_folder, run_id, layout, timeout, env, parameters, catalog)
 
 
+def run_job(
+    log_folder: Path,
+    run_id: str,
+    *,
+    layout: Layout = "chunked",
+    workdir: Path | None = None,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a runnable *job* (one ``PythonJob``, as runnable's k8s-job executor runs in its
+    Job's pod with ``runnable execute-job``) with the local job executor, in a subprocess.
+
+    Its run log has no steps: the job's status is written once, when it ends. Set
+    :data:`FAIL_JOB_VARIABLE` in ``env`` to make it fail. Otherwise as
+    :func:`run_pipeline` (raises PipelineFailedError on a non-zero exit).
+    """
+    log_folder = Path(log_folder).resolve()
+    log_folder.mkdir(parents=True, exist_ok=True)
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="runlog-relay-runnable-") as tmp:
+            return _run_in(Path(tmp), log_folder, run_id, layout, timeout, env, job=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return _run_in(workdir, log_folder, run_id, layout, timeout, env, job=True)
+
+
 def _run_in(
     workdir: Path,
     log_folder: Path,
@@ -287,6 +357,8 @@ def _run_in(
     env: dict[str, str] | None,
     parameters: dict[str, Any] | None = None,
     catalog: dict[str, Any] | None = None,
+    *,
+    job: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     # Resolve so the script path is under Path.cwd() as runnable computes it, even when
     # the temp dir is reached through a symlink.
@@ -294,13 +366,15 @@ def _run_in(
     if workdir == log_folder or log_folder in workdir.parents:
         raise ValueError(f"workdir {workdir} must not be inside log_folder {log_folder}")
     config_file = workdir / f"runnable-config-{layout}.yaml"
-    config_file.write_text(_config_yaml(log_folder, layout, workdir / ".catalog", catalog))
+    config_file.write_text(_config_yaml(log_folder, layout, workdir / ".catalog", catalog, job=job))
     parameters_file = None
     if parameters is not None:
         parameters_file = workdir / f"parameters-{run_id}.yaml"
         parameters_file.write_text(json.dumps(parameters) + "\n")
     script = workdir / _SCRIPT_NAME
-    script.write_text(_script(config_file, run_id, parameters_file))
+    script.write_text(
+        _job_script(config_file, run_id) if job else _script(config_file, run_id, parameters_file)
+    )
 
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNABLE_")}
     child_env.update(env or {})

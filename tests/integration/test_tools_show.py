@@ -185,6 +185,7 @@ def test_show_json_is_the_run_runnable_reads(
         assert names.index("map") < names.index(f"map.{item}.process") < names.index("summarise")
     assert shown["code_identities"] and shown["code_identities"][0]["type"] == "git"
     assert shown["failures"] == []
+    assert shown["sealed"] is None  # uploaded by the stand-in: no sidecar sealed it
 
 
 def test_show_failed_run_has_runnable_message_and_the_catalog_traceback(
@@ -519,9 +520,15 @@ def test_demo_ends_by_showing_the_run_and_its_timeline(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = result.stdout
-    shown = out[out.index("7. The run from the bucket") : out.index("8. Key metrics")]
+    # The sidecar's own report of the seal, then the seal read back from the bucket's tag.
+    assert re.search(r"4\. The sidecar sealed the run: SUCCESS, 6 files verified", out), out
+    shown = out[out.index("8. The sealed run from the bucket") : out.index("9. Key metrics")]
     assert "run demo-show  SUCCESS" in shown and "Timeline" in shown
+    assert "sealed SUCCESS" in shown
     for step in ("prepare", "parallel.left.left_task", "map.c.process", "summarise"):
         row = next(line for line in shown.splitlines() if re.search(rf"[| ]{step} ", line))
         assert "SUCCESS" in row and "=" in row
-    assert "Done: the bucket mirrors the run exactly." in out
+    metrics = out[out.index("9. Key metrics") :]
+    assert re.search(r"runs sealed\s+1 status=SUCCESS", metrics), metrics
+    assert "seal lag (final status seen → sealed)" in metrics
+    assert "Done: the bucket mirrors the run exactly, sealed." in out

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-from runlog_relay.errors import PermanentError, RetryableError
+from runlog_relay.errors import NotFoundError, PermanentError, RetryableError
 from runlog_relay.etag import BodyDigest
 from runlog_relay.layout import Layout
 from runlog_relay.objectstore import BodyStream, RemoteObject
@@ -92,6 +93,9 @@ class FakeStore:
     lists: list[str] = field(default_factory=list)
     block_puts: threading.Event | None = None  # when set, PUTs wait until it is cleared
     bucket_exists: bool = True
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)  # key → tags
+    fail_tags: list[BaseException] = field(default_factory=list)
+    modified: dict[str, datetime] = field(default_factory=dict)  # key → listed LastModified
     #: ETags are not the bodies' MD5s (SSE-KMS, SSE-C): listings show an opaque value,
     #: and matches_digests confirms with a (counted) HEAD of the stored MD5.
     opaque_etags: bool = False
@@ -147,12 +151,24 @@ class FakeStore:
             raise error
         for key, (data, etag) in items:
             if key.startswith(sub_prefix):
-                yield RemoteObject(key=key, etag=etag, size=len(data), last_modified=None)
+                yield RemoteObject(
+                    key=key, etag=etag, size=len(data), last_modified=self.modified.get(key)
+                )
 
     def make_bucket(self) -> bool:
         created = not self.bucket_exists
         self.bucket_exists = True
         return created
+
+    def set_tags(self, key: str, tags: Mapping[str, str]) -> None:
+        with self._lock:
+            error = self.fail_tags.pop(0) if self.fail_tags else None
+            if error is None and key not in self.objects:
+                error = NotFoundError(f"tagging {key}: NoSuchKey", code="NoSuchKey")
+            if error is None:
+                self.tags[key] = dict(tags)
+        if error is not None:
+            raise error
 
     def body(self, key: str) -> bytes | None:
         with self._lock:

@@ -124,6 +124,20 @@ SIDECAR_OPTIONS: dict[str, tuple[str, str, str, str | None]] = {
     "--metrics-host": ("RUNLOG_RELAY_METRICS_HOST", "metrics_host", "127.0.0.1", "0.0.0.0"),
     "--log-level": ("RUNLOG_RELAY_LOG_LEVEL", "log_level", "DEBUG", "INFO"),
     "--log-format": ("RUNLOG_RELAY_LOG_FORMAT", "log_format", "json", "plain"),
+    "--tag-sealed-runs": ("RUNLOG_RELAY_TAG_SEALED_RUNS", "tag_sealed_runs", "true", None),
+    "--exit-when-sealed": ("RUNLOG_RELAY_EXIT_WHEN_SEALED", "exit_when_sealed", "true", None),
+    "--retain-local": (
+        "RUNLOG_RELAY_LOCAL_RETENTION__DELETE_AFTER",
+        "local_retention.delete_after",
+        "7d",
+        "never",
+    ),
+    "--retain-local-dry-run": (
+        "RUNLOG_RELAY_LOCAL_RETENTION__DRY_RUN",
+        "local_retention.dry_run",
+        "true",
+        None,
+    ),
 }
 #: Options that only mean something with a --sse mode: variable, field, value, the mode.
 SSE_OPTIONS = {

@@ -189,6 +189,8 @@ FULL_WIRE = {
         "maxPendingBytes": 2 * 1024 * 1024,
         "maxFileBytes": 64 * 1024 * 1024,
     },
+    "tagSealedRuns": True,
+    "localRetention": {"deleteAfter": "7d", "dryRun": True},
 }
 
 

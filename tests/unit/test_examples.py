@@ -199,3 +199,10 @@ def test_shared_pvc_deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert str(settings.access_key_id_file) == rc.ACCESS_KEY_ID_FILE
     grace = pod["spec"]["terminationGracePeriodSeconds"]
     assert grace >= settings.sync.drain_timeout_seconds + 5
+    # Read-only exactly because nothing is deleted; the documented switch to retention
+    # (the variable, and both readOnly flags false) gives a relay that may delete.
+    assert not settings.local_retention.deletes
+    monkeypatch.setenv("RUNLOG_RELAY_LOCAL_RETENTION__DELETE_AFTER", "7d")
+    assert load_sidecar_settings({}, config_file).local_retention.deletes
+    text = (EXAMPLES / "shared-pvc-deployment.yaml").read_text()
+    assert "RUNLOG_RELAY_LOCAL_RETENTION__DELETE_AFTER" in text and "readOnly below" in text

@@ -82,6 +82,8 @@ def test_configmap_round_trips_into_sidecar_settings(tmp_path: Path) -> None:
             "credentialsSecretRef": {"name": "creds", "accessKeyIdKey": "id"},
             "tls": {"caSecretRef": {"name": "ca", "key": "bundle.pem"}},
             "sync": {"concurrency": 3, "forcePolling": True, "tornGraceSeconds": 5},
+            "tagSealedRuns": True,
+            "localRetention": {"deleteAfter": "7d", "dryRun": True},
         }
     )
     cm = rc.configmap_manifest(spec, namespace="ns", store="main", uid="u-1")
@@ -110,6 +112,9 @@ def test_configmap_round_trips_into_sidecar_settings(tmp_path: Path) -> None:
     assert str(settings.tls.ca_file) == rc.CA_FILE
     assert str(settings.access_key_id_file) == rc.ACCESS_KEY_ID_FILE
     assert str(settings.secret_access_key_file) == rc.SECRET_ACCESS_KEY_FILE
+    assert settings.tag_sealed_runs is True
+    assert settings.local_retention == spec.local_retention
+    assert settings.local_retention.seconds == 7 * 86400 and settings.local_retention.dry_run
 
 
 def test_configmap_without_secret_ref_uses_defaults(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import re
@@ -121,3 +122,20 @@ def test_diff_reports_parameters_with_both_values_and_steps_side_by_side() -> No
     document = diff.to_json()
     assert document["parameters"]["label"] == {"a": "first", "b": "second"}
     assert document["equal"] is False
+
+
+def test_the_seal_is_shown_only_when_the_run_carries_it() -> None:
+    run = build_run("r1", chunked_run())
+
+    def text(sealed: str | None) -> str:
+        out = io.StringIO()
+        render_run(dataclasses.replace(run, sealed=sealed), Console(file=out, width=100))
+        return out.getvalue()
+
+    assert "sealed" not in text(None)
+    assert run_to_json(run)["sealed"] is None
+    shown = text(run.status)
+    assert f"sealed {run.status}" in shown and "warning" not in shown
+    other = "FAIL" if run.status == "SUCCESS" else "SUCCESS"
+    assert "written again after its seal" in text(other)
+    assert run_to_json(dataclasses.replace(run, sealed="FAIL"))["sealed"] == "FAIL"

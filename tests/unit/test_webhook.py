@@ -307,6 +307,21 @@ def test_config_and_credentials_are_mounted_where_the_configmap_says() -> None:
     assert all(m["readOnly"] for m in sidecar["volumeMounts"])
 
 
+def test_the_volume_is_writable_only_when_retention_deletes() -> None:
+    def mount(retention: dict[str, Any] | None) -> dict[str, Any]:
+        spec = {**CREDS, **({"localRetention": retention} if retention else {})}
+        _, sidecar = injected(pod(), info=store(spec))
+        return logs_mount(sidecar)
+
+    assert mount(None)["readOnly"] is True
+    assert mount({"deleteAfter": "7d", "dryRun": True})["readOnly"] is True  # reads only
+    deleting = mount({"deleteAfter": "7d"})
+    assert deleting["readOnly"] is False
+    _, sidecar = injected(pod(), info=store({**CREDS, "localRetention": {"deleteAfter": "1h"}}))
+    # Its config and credentials stay read-only.
+    assert all(m["readOnly"] for m in sidecar["volumeMounts"][1:])
+
+
 def test_sidecar_shares_the_writers_non_root_user_and_group() -> None:
     writer = ctr(securityContext={"runAsUser": 1001})
     _, sidecar = injected(pod([writer], securityContext={"runAsGroup": 2002, "fsGroup": 3003}))
@@ -710,6 +725,22 @@ def test_a_classic_sidecar_exits_once_sealed_and_says_when_it_cannot_know() -> N
     assert not [w for w in decide(runs, native=False).warnings if "run ids" in w]
     _, native = injected(job)
     assert "RUNLOG_RELAY_EXIT_WHEN_SEALED" not in env_of(native)
+
+
+def test_a_classic_sidecar_of_a_retry_knows_the_run_is_retried() -> None:
+    # Argo substitutes {{workflow.parameters.retry_run_id}} before the pod is created:
+    # empty for a first attempt, the run id for runnable's retry.
+    def step(retry: str) -> dict[str, Any]:
+        argv = ["runnable", "execute-single-node", "etl-7", "summarise"]
+        env = [{"name": "RUNNABLE_RETRY_RUN_ID", "value": retry}]
+        return pod([ctr("main", command=argv, env=env)], restartPolicy="Never")
+
+    _, retried = injected(step("etl-7"), native=False)
+    assert env_of(retried)["RUNNABLE_RETRY_RUN_ID"] == "etl-7"
+    _, first = injected(step(""), native=False)
+    assert "RUNNABLE_RETRY_RUN_ID" not in env_of(first)
+    _, native = injected(step("etl-7"), native=True)
+    assert "RUNNABLE_RETRY_RUN_ID" not in env_of(native)  # only an exiting sidecar needs it
 
 
 def test_the_sidecar_mirrors_only_the_pods_runs() -> None:

@@ -33,7 +33,9 @@ __all__ = [
     "BucketRef",
     "CredentialsSecretRef",
     "CredentialsSpec",
+    "Duration",
     "Layout",
+    "LocalRetention",
     "SSEMode",
     "SSESpec",
     "SecretKeyRef",
@@ -43,6 +45,7 @@ __all__ = [
     "TLSSpec",
     "WireModel",
     "check_sse_fields",
+    "duration_seconds",
     "parse_bucket",
     "validate_endpoint",
 ]
@@ -130,6 +133,44 @@ def validate_endpoint(value: str) -> str:
     except ValueError as exc:
         raise ValueError(f"endpoint has an invalid port: {value!r}") from exc
     return value.rstrip("/")
+
+
+#: ``90s``, ``15m``, ``12h``, ``7d``, ``1h30m``, or plain seconds (``3600``, ``0.5``).
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))+$|^[0-9]+(\.[0-9]+)?$"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+#: Ten years: a longer duration is a typo (and would overflow some clocks).
+MAX_DURATION_SECONDS = 10 * 365 * 86400.0
+
+
+def duration_seconds(value: str) -> float:
+    """Seconds in a duration such as ``7d``, ``1h30m`` or ``3600``; ValueError if invalid."""
+    text = value.strip()
+    if not re.match(DURATION_PATTERN, text):
+        raise ValueError(
+            f"a duration is a number of seconds or units like 90s, 15m, 12h, 7d, 1h30m;"
+            f" got {value!r}"
+        )
+    if _DURATION_PART.match(text) is None:
+        seconds = float(text)
+    else:
+        seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"duration {value!r} is longer than ten years")
+    return seconds
+
+
+def _check_duration(value: str) -> str:
+    duration_seconds(value)
+    return value.strip()
+
+
+Duration = Annotated[
+    str,
+    AfterValidator(_check_duration),
+    Field(pattern=DURATION_PATTERN, max_length=32),
+]
+"""A duration on the wire: ``90s``, ``15m``, ``12h``, ``7d``, ``1h30m`` or seconds."""
 
 
 BucketRef = Annotated[
@@ -336,6 +377,29 @@ class SyncSpec(WireModel):
     when the sidecar exits (which is then not a complete mirror)."""
 
 
+class LocalRetention(WireModel):
+    """Deleting sealed runs from the volume, for shared volumes that fill up. Off by
+    default: run logs stay where runnable wrote them."""
+
+    delete_after: Duration | None = None
+    """Delete a run's folder (single layout: its file) from the volume this long after the
+    run was sealed (final status, every file verified in the bucket), after checking the
+    bucket once more; never before. Unset: never delete. Needs a writable mount of the
+    volume."""
+    dry_run: bool = False
+    """Only log and count what would be deleted (`runlog_relay_retention_would_delete_*`)."""
+
+    @property
+    def seconds(self) -> float | None:
+        """``delete_after`` in seconds, None when retention is off."""
+        return None if self.delete_after is None else duration_seconds(self.delete_after)
+
+    @property
+    def deletes(self) -> bool:
+        """Files are really deleted (not off, not a dry run): the volume must be writable."""
+        return self.delete_after is not None and not self.dry_run
+
+
 class StoreSpec(BucketParts, WireModel):
     """Where and how run logs are mirrored: the `spec` of a RunLogStore."""
 
@@ -371,6 +435,13 @@ class StoreSpec(BucketParts, WireModel):
     """Create the bucket when it does not exist."""
     sync: SyncSpec = SyncSpec()
     """Sidecar sync tuning."""
+    tag_sealed_runs: bool = False
+    """When a run is sealed, tag each of its objects `runlog-relay/status=<SUCCESS|FAIL>`
+    (one PutObjectTagging per object; the credentials need `s3:PutObjectTagging`), so
+    bucket lifecycle rules can act on a run's status. A server without object tagging is
+    reported once and the run is sealed untagged."""
+    local_retention: LocalRetention = LocalRetention()
+    """Delete sealed runs from the volume after a while (shared volumes)."""
 
     @property
     def secret_ref(self) -> CredentialsSecretRef | None:

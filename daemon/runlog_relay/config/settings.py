@@ -61,6 +61,7 @@ from runlog_relay.config.models import (
     BucketRef,
     Endpoint,
     Layout,
+    LocalRetention,
     SSEMode,
     SyncSpec,
     WireModel,
@@ -163,6 +164,22 @@ class SidecarSettings(BucketParts, BaseSettings):
     """TLS options."""
     sync: SyncSpec = SyncSpec()
     """Watch/upload tuning."""
+    tag_sealed_runs: bool = False
+    """Tag a sealed run's objects ``runlog-relay/status=<status>``."""
+    local_retention: LocalRetention = LocalRetention()
+    """Delete sealed runs from the volume after a while (needs a writable mount)."""
+    exit_when_sealed: bool = False
+    """Exit 0 once the pod's runs (``run_ids``) are sealed and the pod's work is done, so a
+    Job whose sidecar is a plain container completes (see the README)."""
+    retry_run_id: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "retry_run_id", f"{ENV_PREFIX}RETRY_RUN_ID", "RUNNABLE_RETRY_RUN_ID"
+        ),
+    )
+    """The run this pod retries (runnable's ``RUNNABLE_RETRY_RUN_ID``, which the webhook
+    copies from the pipeline's container): with ``exit_when_sealed``, its final status
+    from before the pod does not count as the pod's work being done."""
     run_ids: Annotated[tuple[str, ...], NoDecode] = ()
     """Mirror only these runs (chunked: the ``<run_id>/`` folders; single: ``<run_id>.json``)
     and list only their prefixes in the bucket. Empty: every run. In the environment a
@@ -276,6 +293,13 @@ class SidecarSettings(BucketParts, BaseSettings):
     """DEBUG, INFO, WARNING or ERROR."""
     log_format: LogFormat = LogFormat.PLAIN
     """plain for people, json for log pipelines."""
+
+    @field_validator("retry_run_id")
+    @classmethod
+    def _no_empty_retry(cls, value: str | None) -> str | None:
+        # Argo fills RUNNABLE_RETRY_RUN_ID from a workflow parameter that is empty unless
+        # the workflow is a retry.
+        return value.strip() or None if value is not None else None
 
     @field_validator("run_ids", mode="before")
     @classmethod
@@ -485,6 +509,15 @@ class SidecarSettings(BucketParts, BaseSettings):
             "credentials": credentials,
             "encryption": sse,
             "polling": self.sync.force_polling,
+            "runs": list(self.run_ids) or "all",
+            "exit_when_sealed": self.exit_when_sealed,
+            "tag_sealed_runs": self.tag_sealed_runs,
+            "retain_local": (
+                "off"
+                if self.local_retention.delete_after is None
+                else self.local_retention.delete_after
+                + (" (dry run)" if self.local_retention.dry_run else "")
+            ),
         }
         if self.storage_class:
             summary["storage_class"] = self.storage_class

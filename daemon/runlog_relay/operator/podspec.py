@@ -143,6 +143,18 @@ def run_ids(
     return tuple(dict.fromkeys(found)) or None
 
 
+def retry_run_id(writers: Sequence[Mapping[str, Any]]) -> str | None:
+    """The run the pod retries: a writer's ``RUNNABLE_RETRY_RUN_ID`` (runnable's retry;
+    Argo fills it from the workflow's ``retry_run_id`` parameter, empty when not a retry)."""
+    for container in writers:
+        for env in container.get("env") or []:
+            if isinstance(env, Mapping) and env.get("name") == "RUNNABLE_RETRY_RUN_ID":
+                value = env.get("value")
+                if isinstance(value, str) and _RUN_ID.match(value):
+                    return value
+    return None
+
+
 # --------------------------------------------------------------------------- resources
 
 _SUFFIXES = {

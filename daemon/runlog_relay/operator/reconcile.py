@@ -220,6 +220,9 @@ def sidecar_config(spec: StoreSpec) -> dict[str, Any]:
         tls["caFile"] = CA_FILE
     config["tls"] = tls
     config["sync"] = spec.sync.wire()
+    config["tagSealedRuns"] = spec.tag_sealed_runs
+    if spec.local_retention.delete_after is not None:
+        config["localRetention"] = spec.local_retention.wire()
     if spec.sse is not None:
         sse: dict[str, Any] = {"mode": spec.sse.mode.value}
         if spec.sse.kms_key_id:

@@ -503,8 +503,12 @@ def sidecar_container(
         env.append({"name": "RUNLOG_RELAY_RUN_IDS", "value": ",".join(runs)})
     if mode is SidecarMode.CLASSIC:
         # A plain container keeps a Job's pod running: it exits once its runs are sealed
-        # and the pod's work is done.
+        # and the pod's work is done. A retry's run is final before the pod writes it:
+        # the sidecar must know to wait for the retry.
         env.append({"name": "RUNLOG_RELAY_EXIT_WHEN_SEALED", "value": "true"})
+        retried = ps.retry_run_id(_writers(pod))
+        if retried:
+            env.append({"name": "RUNNABLE_RETRY_RUN_ID", "value": retried})
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image,
@@ -526,7 +530,11 @@ def sidecar_container(
             "timeoutSeconds": 3,
             "failureThreshold": 3,
         },
-        "volumeMounts": [plan.sidecar_mount, *config_mounts],
+        # Read-only, unless local retention deletes sealed runs from the volume.
+        "volumeMounts": [
+            {**plan.sidecar_mount, "readOnly": not spec.local_retention.deletes},
+            *config_mounts,
+        ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if mode is SidecarMode.NATIVE:

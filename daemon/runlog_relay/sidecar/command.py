@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from runlog_relay.errors import ConfigError
 from runlog_relay.health import HealthServer
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar.pipeline import DrainReport, Pipeline, source_problem
+from runlog_relay.sidecar.podwork import PodWork
 from runlog_relay.sidecar.reload import ConfigWatcher
 
 __all__ = ["register", "run"]
@@ -145,6 +147,40 @@ def register(subparsers: Any, summary: str) -> None:
         help=f"mirror only this run (repeatable), and list only its prefix in the bucket"
         f" (env {ENV_PREFIX}RUN_IDS, comma-separated; default every run)",
     )
+    runs = parser.add_argument_group(
+        "finished runs",
+        "What the sidecar does once a run's RunLog is final and every file of the run is"
+        " verified in the bucket (the run is *sealed*).",
+    )
+    runs.add_argument(
+        "--tag-sealed-runs",
+        action="store_const",
+        const=True,
+        help=f"tag each object of a sealed run runlog-relay/status=<SUCCESS|FAIL>, for bucket"
+        f" lifecycle rules (env {ENV_PREFIX}TAG_SEALED_RUNS; needs s3:PutObjectTagging)",
+    )
+    runs.add_argument(
+        "--exit-when-sealed",
+        action="store_const",
+        const=True,
+        help=f"exit 0 once the pod's runs (--run-id) are sealed and the pod's work is done,"
+        f" so a Job whose sidecar is a plain container completes"
+        f" (env {ENV_PREFIX}EXIT_WHEN_SEALED)",
+    )
+    runs.add_argument(
+        "--retain-local",
+        metavar="DURATION",
+        help=f"delete a sealed run from the volume DURATION (90s, 12h, 7d, 1h30m) after its"
+        f" seal, after checking the bucket again; needs a writable volume"
+        f" (env {ENV_PREFIX}LOCAL_RETENTION__DELETE_AFTER; default never)",
+    )
+    runs.add_argument(
+        "--retain-local-dry-run",
+        action="store_const",
+        const=True,
+        help=f"with --retain-local, only log and count what would be deleted"
+        f" (env {ENV_PREFIX}LOCAL_RETENTION__DRY_RUN)",
+    )
     parser.add_argument(
         "--once",
         action="store_true",
@@ -205,7 +241,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "log_level": args.log_level,
         "log_format": args.log_format,
         "run_ids": tuple(args.run_ids) if args.run_ids else None,
+        "tag_sealed_runs": args.tag_sealed_runs,
+        "exit_when_sealed": args.exit_when_sealed,
     }
+    retention = {
+        field: value
+        for field, value in (
+            ("delete_after", args.retain_local),
+            ("dry_run", args.retain_local_dry_run),
+        )
+        if value is not None
+    }
+    if retention:
+        extra["local_retention"] = retention
     if sync:
         extra["sync"] = sync
     return overrides_from_args(args, **extra)
@@ -222,6 +270,9 @@ def _settings(overrides: dict[str, Any], config_file: Path | None) -> SidecarSet
 
 
 def run(args: argparse.Namespace) -> int:
+    # When this process started: with --exit-when-sealed, a retried run's final RunLog
+    # written after it is this pod's.
+    args.started_at = time.time()
     overrides = _overrides(args)
     waiting: list[Path] = []
     try:
@@ -361,14 +412,58 @@ def _run_pipeline(
             initial=settings,
             metrics=metrics,
         )
+    podwork = _pod_work(settings, pipeline, stop, started_at=args.started_at)
     pipeline.start()
     if watcher is not None:
         watcher.start()
     while not stop.wait(1.0):
-        pass
+        if podwork is not None and podwork.stuck(
+            _seal_problems(pipeline, settings.run_ids), settings.sync.drain_timeout_seconds
+        ):
+            log.error("the pod's work is done but its runs cannot be sealed: draining")
+            break
     if watcher is not None:
         watcher.stop()
     return _finish(pipeline.shutdown())
+
+
+def _pod_work(
+    settings: SidecarSettings, pipeline: Pipeline, stop: threading.Event, *, started_at: float
+) -> PodWork | None:
+    """``--exit-when-sealed``: what tells the main loop that the pod's work is done."""
+    if not settings.exit_when_sealed:
+        return None
+    if not settings.run_ids:
+        log.warning(
+            "--exit-when-sealed needs the pod's run ids (--run-id, %sRUN_IDS) to tell its"
+            " runs from others: without them this sidecar exits only when stopped",
+            ENV_PREFIX,
+        )
+        return None
+    podwork = PodWork(
+        settings.run_ids,
+        retry_run_id=settings.retry_run_id,
+        on_finished=stop.set,
+        started_at=started_at,
+    )
+    pipeline.sealer.observers.append(podwork)
+    log.info(
+        "exiting once runs %s are sealed and the pod's work on them is done",
+        ", ".join(settings.run_ids),
+    )
+    return podwork
+
+
+def _seal_problems(pipeline: Pipeline, run_ids: tuple[str, ...]) -> dict[str, str]:
+    """What keeps the pod's runs from being sealed that waiting will not fix."""
+    problems: dict[str, str] = {}
+    for run_id in run_ids:
+        ledger = pipeline.detector.run_ledger(run_id)
+        if ledger is not None:
+            problems.update(ledger.problems)
+    if pipeline.store_health.problem:
+        problems["object store"] = pipeline.store_health.problem
+    return problems
 
 
 def _missing_mounts(config: Path, overrides: dict[str, Any]) -> list[Path]:

@@ -62,6 +62,8 @@ from runlog_relay.localtree import (
 )
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar.types import (
+    FileGone,
+    FileVersion,
     Inbox,
     Listed,
     ListingPurpose,
@@ -69,6 +71,7 @@ from runlog_relay.sidecar.types import (
     ReadDone,
     Reconfigure,
     Rescan,
+    RunLedger,
     Stale,
     Stop,
     Uploaded,
@@ -176,6 +179,23 @@ class _File:
         return layouts.key_of(self.relative, self.run.layout)
 
 
+def _why_unmirrored(file: _File) -> str | None:
+    """Why the file's latest content is not known to be in the bucket, or None."""
+    if file.problem is not None:
+        return f"{file.problem.replace('_', ' ')}: {file.torn_reason}"
+    if file.torn_since is not None:
+        return f"torn (not complete JSON at the end): {file.torn_reason}"
+    if file.given_up is not None:
+        return f"not uploaded: {file.given_up}"
+    if not file.run.listed:
+        return "not compared with the bucket (its run was never listed)"
+    if file.dirty or file.reading or file.etag is None:
+        return "not read yet"
+    if file.etag != file.remote:
+        return "upload not finished"
+    return None
+
+
 def _signature(info: os.stat_result) -> Signature:
     return _SIGNATURE.pack(info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
 
@@ -248,8 +268,10 @@ class Detector:
         on_progress: Callable[[], None] = lambda: None,
         release_memory: Callable[[], object] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        on_file: Callable[[FileVersion | FileGone], object] = lambda event: None,
     ) -> None:
         self.settings = settings
+        self._on_file = on_file  # the run tracker (sealing) follows each run's files
         self._inbox = inbox
         self._submit = submit
         self._has_room = has_room
@@ -654,6 +676,7 @@ class Detector:
             self._torn_reported -= 1
         run = file.run
         run.files.pop(file.relative, None)
+        self._on_file(FileGone(run.run_id, file.relative, run_gone=not run.files))
         if not run.files:
             del self._runs[run.run_id]
             if not run.listed:
@@ -796,6 +819,11 @@ class Detector:
         etag = snapshot.etag
         if etag == file.remote and file.remote_listed:
             self._etags_are_md5 = True
+        if etag != file.etag:
+            seen_at = file.first_change if file.first_change is not None else now
+            self._on_file(
+                FileVersion(file.run.run_id, file.relative, etag, etag != file.remote, seen_at)
+            )
         if etag == file.etag or (etag == file.remote and file.etag is None):
             # Already handed downstream, or in the bucket with nothing else on its way.
             # One string for both where they agree: a 100,000-file ledger stays small.
@@ -1097,25 +1125,35 @@ class Detector:
         the reason (for the exit report)."""
         locked = self._lock.acquire(timeout=timeout)
         try:
-            out: dict[str, str] = {}
-            for relative in sorted(self._files):
-                file = self._files[relative]
-                if file.problem is not None:
-                    out[relative] = f"{file.problem.replace('_', ' ')}: {file.torn_reason}"
-                elif file.torn_since is not None:
-                    out[relative] = f"torn (not complete JSON at the end): {file.torn_reason}"
-                elif file.given_up is not None:
-                    out[relative] = f"not uploaded: {file.given_up}"
-                elif not file.run.listed:
-                    out[relative] = "not compared with the bucket (its run was never listed)"
-                elif file.dirty or file.reading or file.etag is None:
-                    out[relative] = "not read yet"
-                elif file.etag != file.remote:
-                    out[relative] = "upload not finished"
-            return out
+            reasons = ((r, _why_unmirrored(self._files[r])) for r in sorted(self._files))
+            return {relative: why for relative, why in reasons if why is not None}
         finally:
             if locked:
                 self._lock.release()
+
+    def run_ledger(self, run_id: str) -> RunLedger | None:
+        """One run's files as the ledger knows them (O(files of the run)); None when no
+        file of the run is tracked."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                return None
+            files = run.files.values()
+            return RunLedger(
+                run_id=run_id,
+                files={f.relative: (f.key, f.etag) for f in files},
+                unmirrored={
+                    f.relative: why for f in files if (why := _why_unmirrored(f)) is not None
+                },
+                newest_mtime_ns=max((f.signature[1] for f in files if f.signature), default=0),
+                doubtful=run.doubtful_at is not None,
+                problems={
+                    f.relative: why
+                    for f in files
+                    if (f.problem is not None or f.torn_reported)
+                    and (why := _why_unmirrored(f)) is not None
+                },
+            )
 
     def torn_paths(self) -> list[str]:
         with self._lock:

@@ -32,8 +32,18 @@ from runlog_relay.sidecar.detect import Detector, DetectorStatus
 from runlog_relay.sidecar.events import FolderWatcher
 from runlog_relay.sidecar.listing import Lister
 from runlog_relay.sidecar.queue import UploadQueue
+from runlog_relay.sidecar.retention import LocalRetention
+from runlog_relay.sidecar.runs import RunSealer
 from runlog_relay.sidecar.store import StoreHealth, UploadWorkers
-from runlog_relay.sidecar.types import Inbox, Reconfigure, Rescan, Stop, StorePort, Verify
+from runlog_relay.sidecar.types import (
+    Inbox,
+    ListingPurpose,
+    Reconfigure,
+    Rescan,
+    Stop,
+    StorePort,
+    Verify,
+)
 
 __all__ = ["DrainReport", "Pipeline", "source_problem"]
 
@@ -122,6 +132,16 @@ class Pipeline:
             bucket_name=lambda: self.settings.bucket_name,
         )
         self._synced = threading.Event()
+        self.sealer = RunSealer(
+            lambda: self.settings,
+            metrics.runs,
+            ledger=lambda run_id: self.detector.run_ledger(run_id),
+            request_verify=lambda run_id: self.lister.request({run_id}, ListingPurpose.VERIFY),
+            store=self._current_store,
+            clock=clock,
+        )
+        self.retention = LocalRetention(lambda: self.settings, metrics.runs, self._current_store)
+        self.sealer.observers.append(self.retention)
         self.detector = Detector(
             settings,
             self._inbox,
@@ -133,6 +153,7 @@ class Pipeline:
             on_progress=self._made_progress,
             release_memory=memory.release_free_memory,
             clock=clock,
+            on_file=self.sealer.post,
         )
         self._detector_thread = threading.Thread(
             target=self.detector.run, name="detector", daemon=True
@@ -147,6 +168,7 @@ class Pipeline:
 
     def _post(self, message: Inbox) -> None:
         self._inbox.put(message)
+        self.sealer.post(message)  # listings and upload outcomes: the run stage seals with them
 
     def _recovered(self) -> None:
         """The store answers again: whatever waits on a delay goes now."""
@@ -173,7 +195,9 @@ class Pipeline:
             release_memory=memory.release_free_memory,
         )
         self.lister.start()
+        self.sealer.start()
         if not self._once:
+            self.retention.start()
             assert self.settings.source is not None
             self.watcher = FolderWatcher(
                 self.settings.source,
@@ -197,7 +221,8 @@ class Pipeline:
         watcher_ok = self.watcher is None or self.watcher.alive
         workers_ok = self.workers is None or self.workers.alive
         detector_ok = self._detector_thread.is_alive() or self.detector.stopped
-        return watcher_ok and workers_ok and detector_ok and self.lister.alive
+        runs_ok = self.sealer.alive and (self._once or self.retention.alive)
+        return watcher_ok and workers_ok and detector_ok and self.lister.alive and runs_ok
 
     def wait_synced(self, timeout: float) -> bool:
         return self._synced.wait(timeout)
@@ -261,6 +286,8 @@ class Pipeline:
                     new.source, new.sync, self._inbox, self.metrics, layout=new.layout
                 )
                 self.watcher.start()
+            if new.local_retention != old.local_retention:
+                self.retention.reschedule(self.sealer.sealed_runs().values())
             if new.log_level != old.log_level:
                 logging.getLogger().setLevel(new.log_level)
             if (new.metrics_host, new.metrics_port) != (old.metrics_host, old.metrics_port):
@@ -348,7 +375,10 @@ class Pipeline:
         )
         if self.watcher is not None:
             self.watcher.stop()
+        started = time.monotonic()
         ran_out = self._drain(budget, progress_based=False)
+        if ran_out is None:
+            self._seal_final_runs(budget - (time.monotonic() - started))
         return self._finish(ran_out)
 
     def run_once(self, timeout: float) -> DrainReport:
@@ -356,13 +386,23 @@ class Pipeline:
         without progress."""
         self.start()
         ran_out = self._drain(timeout, progress_based=True)
+        if ran_out is None:
+            self._seal_final_runs(timeout)
         return self._finish(ran_out)
+
+    def _seal_final_runs(self, budget: float) -> None:
+        """Seal what is final before stopping (a pod's last moments are often just after
+        its run ended). An unsealed run is no mirror problem: it is only logged."""
+        if not self.sealer.flush(max(0.0, budget)):
+            log.warning("the drain budget ran out before every final run was sealed")
 
     def _finish(self, ran_out: str | None) -> DrainReport:
         # Stop every stage before reading the ledger: nothing changes it any more.
         self.detector.abort.set()
         self.queue.close()
         self.lister.stop()
+        self.sealer.stop()
+        self.retention.stop()
         self._inbox.put(Stop())
         self._detector_thread.join(5.0)
         assert self.settings.source is not None

@@ -27,7 +27,9 @@ from runlog_relay.objectstore import BodyStream, RemoteObject
 from runlog_relay.stableread import FileSignature, Snapshot, SnapshotBody
 
 __all__ = [
+    "FileGone",
     "FileSignature",
+    "FileVersion",
     "Inbox",
     "Listed",
     "ListingPurpose",
@@ -35,6 +37,7 @@ __all__ = [
     "ReadDone",
     "Reconfigure",
     "Rescan",
+    "RunLedger",
     "Stale",
     "Stop",
     "StorePort",
@@ -158,6 +161,48 @@ Inbox = (
 
 
 @dataclass(frozen=True, slots=True)
+class FileVersion:
+    """detect → runs: a run's file holds a version the detector had not seen (or read it
+    for the first time). ``new``: it differs from what the bucket holds."""
+
+    run_id: str
+    relative: str
+    etag: str
+    new: bool
+    seen_at: float  #: monotonic time the change was first seen
+
+
+@dataclass(frozen=True, slots=True)
+class FileGone:
+    """detect → runs: the detector forgot a file (deleted locally, or a new target);
+    ``run_gone``: it was the run's last one."""
+
+    run_id: str
+    relative: str
+    run_gone: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RunLedger:
+    """What the detector's ledger says about one run (for sealing and retention)."""
+
+    run_id: str
+    files: Mapping[str, tuple[str, str | None]]  #: relative path → (key, latest local ETag)
+    unmirrored: Mapping[str, str]  #: relative path → why it is not known to be mirrored
+    newest_mtime_ns: int  #: of the versions read (the run's last write)
+    doubtful: bool = False  #: an upload that ended without an answer may still land
+    #: the files among ``unmirrored`` that waiting does not fix (torn past the grace
+    #: period, unreadable, too large, failing): a human has to look
+    problems: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def mirrored(self) -> bool:
+        """Every file's latest version is in the bucket as far as the ledger knows, and no
+        older version can still land over it."""
+        return not self.unmirrored and not self.doubtful
+
+
+@dataclass(frozen=True, slots=True)
 class UploadRequest:
     """One checked, complete file version to put in the bucket.
 
@@ -221,3 +266,5 @@ class StorePort(Protocol):
         ...
 
     def make_bucket(self) -> bool: ...
+
+    def set_tags(self, key: str, tags: Mapping[str, str]) -> None: ...

@@ -23,7 +23,6 @@ import contextlib
 import functools
 import json
 import os
-import re
 import sys
 import time
 from collections import defaultdict
@@ -45,6 +44,7 @@ from rich.progress import (
 
 from runlog_relay.backoff import backoff_delay
 from runlog_relay.cliopts import open_store, settings_from_args
+from runlog_relay.config.models import duration_seconds
 from runlog_relay.config.settings import SidecarSettings
 from runlog_relay.errors import (
     ConfigError,
@@ -267,9 +267,6 @@ def layout_hint(run_id: str, objects: Iterable[RemoteObject], layout: Layout) ->
 
 # ----------------------------------------------------------------------------- parsing
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
 
 def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     """``2h``, ``3d``, ``1h30m`` (ago), or an ISO date/time; an aware UTC datetime.
@@ -278,12 +275,10 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     """
     value = text.strip()
     now = now or datetime.now(UTC)
-    if value and _DURATION_PART.sub("", value.lower()) == "":
-        seconds = sum(
-            float(number) * _UNIT_SECONDS[unit]
-            for number, unit in _DURATION_PART.findall(value.lower())
-        )
-        return now - timedelta(seconds=seconds)
+    if not value.replace(".", "", 1).isdigit():  # a bare number is no duration here
+        # The one duration syntax (the sidecar's --retain-local uses it too).
+        with contextlib.suppress(ValueError):
+            return now - timedelta(seconds=duration_seconds(value.lower()))
     try:
         stamp = datetime.fromisoformat(value)
     except ValueError:

@@ -32,6 +32,7 @@ from runlog_relay.config.models import parse_bucket
 from runlog_relay.errors import ConfigError, NotFoundError, RelayError
 from runlog_relay.layout import JSON_SUFFIX, Layout, UnsafeNameError, decode_body, path_for
 from runlog_relay.objectstore import ObjectStore, RemoteObject
+from runlog_relay.runstate import SEAL_TAG
 from runlog_relay.tools._common import (
     EXIT_DIFFERENT,
     StoreContext,
@@ -39,6 +40,7 @@ from runlog_relay.tools._common import (
     get_object,
     layout_hint,
     list_objects,
+    retrying,
 )
 from runlog_relay.tools.runmodel import Failure, Run, RunShapeError, build_run
 
@@ -143,7 +145,17 @@ def fetch_run(
         )
     if run.failures and catalog is not None:
         run = _with_tracebacks(run, catalog)
-    return run
+    return replace(run, sealed=_seal_of(ctx, chunks[main].key))
+
+
+def _seal_of(ctx: StoreContext, key: str) -> str | None:
+    """The status the run was sealed with: its RunLog object's tag (one request). Every
+    upload of an object clears its tags, so a tag on the RunLog is from a seal after the
+    RunLog's last write. Optional: no tagging, no permission, no answer all mean None."""
+    try:
+        return retrying(lambda: ctx.store.get_tags(key)).get(SEAL_TAG)
+    except RelayError:
+        return None
 
 
 # -------------------------------------------------------------------------- tracebacks

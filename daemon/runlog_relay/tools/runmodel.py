@@ -216,6 +216,9 @@ class Run:
     notes: tuple[str, ...] = ()  #: odd but harmless
     chunks: int = 1
     source: str = ""  #: which runnable format the documents were in
+    #: the status a sidecar sealed the run with (its RunLog object's ``runlog-relay/status``
+    #: tag), None when the object carries no such tag (not sealed, or tagging is off)
+    sealed: str | None = None
 
     @property
     def finished(self) -> bool:

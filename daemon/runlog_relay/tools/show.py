@@ -78,6 +78,7 @@ def run_to_json(run: Run) -> dict[str, Any]:
         "status": run.status,
         "parameters": run.parameter_values(),
         "steps": [step.to_json(run.failures_of(step.name)) for step in run.steps],
+        "sealed": run.sealed,
         "tag": run.tag or None,
         "dag_hash": run.dag_hash or None,
         "started_at": run.started_at,
@@ -160,7 +161,18 @@ def render_run(run: Run, console: Console) -> None:
         f" ({run.source})",
     ]
     console.print(escape(" · ".join(facts) if fancy else " | ".join(facts)), style="dim")
-    # Seal status (issue 13, items 1-3) is reported here once the sidecar seals runs.
+    if run.sealed is not None:
+        seal = Text.assemble(("sealed ", "bold"), (run.sealed, f"bold {style_of(run.sealed)}"))
+        seal.append(
+            " (a sidecar verified every file in the bucket; object tag runlog-relay/status)",
+            style="dim",
+        )
+        console.print(seal)
+        if run.sealed != run.status:
+            console.print(
+                f"[yellow]warning:[/] sealed as {escape(run.sealed)} but the RunLog says"
+                f" {escape(run.status)}: the run was written again after its seal"
+            )
     for problem in (*run.problems, *run.notes):
         console.print(f"[yellow]warning:[/] {escape(problem)}")
 
