@@ -12,33 +12,14 @@ import pytest
 from minio import Minio
 
 from tests.support.etagproxy import EtagRewritingProxy
-from tests.support.mirror import assert_mirror, bucket_objects
+from tests.support.files import write_json
+from tests.support.mirror import assert_mirror, bucket_objects, object_body
 from tests.support.s3server import S3Endpoint, S3Server, start_s3_server
 from tests.support.sidecar import start_sidecar
 from tests.support.tcpproxy import TcpProxy
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def write_json(path: Path, document: object) -> bytes:
-    """Rewrite in place like runnable does (open "w", then dump)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        json.dump(document, handle, indent=4)
-    return path.read_bytes()
-
-
-def object_body(client: Minio, bucket: str, key: str) -> bytes | None:
-    try:
-        response = client.get_object(bucket, key)
-    except Exception:
-        return None
-    try:
-        return response.read()
-    finally:
-        response.close()
-        response.release_conn()
 
 
 def test_mirrors_new_and_rewritten_files_and_drains_on_sigterm(

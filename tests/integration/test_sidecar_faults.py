@@ -15,32 +15,14 @@ from pathlib import Path
 import pytest
 from minio import Minio
 
+from tests.support.files import write_json
 from tests.support.httpproxy import HttpProxy
-from tests.support.mirror import assert_mirror
+from tests.support.mirror import assert_mirror, object_body
 from tests.support.s3server import S3Server
 from tests.support.sidecar import start_sidecar
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def write_json(path: Path, document: object) -> bytes:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        json.dump(document, handle, indent=4)
-    return path.read_bytes()
-
-
-def object_body(client: Minio, bucket: str, key: str) -> bytes | None:
-    try:
-        response = client.get_object(bucket, key)
-    except Exception:
-        return None
-    try:
-        return response.read()
-    finally:
-        response.close()
-        response.release_conn()
 
 
 def inotify_fds(pid: int) -> int:

@@ -25,6 +25,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from tests.support.tcpproxy import listen_on_loopback
+
 
 @dataclass
 class _Request:
@@ -41,10 +43,7 @@ class _Request:
 class HttpProxy:
     def __init__(self, target_port: int, *, target_host: str = "127.0.0.1") -> None:
         self._target = (target_host, target_port)
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
+        self._listener = listen_on_loopback()
         self.port = int(self._listener.getsockname()[1])
         self._lock = threading.Lock()
         self.counts: collections.Counter[str] = collections.Counter()

@@ -46,3 +46,16 @@ def assert_mirror(
     missing = sorted(set(expected) - set(actual))
     differing = sorted(k for k in expected if k in actual and actual[k] != expected[k])
     assert not missing and not differing, f"missing={missing} differing={differing}"
+
+
+def object_body(client: Minio, bucket: str, key: str) -> bytes | None:
+    """The object's body, or None while it is not there (or not readable)."""
+    try:
+        response = client.get_object(bucket, key)
+    except Exception:
+        return None
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()

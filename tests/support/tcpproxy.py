@@ -18,13 +18,19 @@ import socket
 import threading
 
 
+def listen_on_loopback(backlog: int = 64) -> socket.socket:
+    """A listening socket on 127.0.0.1 with a port the OS picks (for the test proxies)."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(backlog)
+    return listener
+
+
 class TcpProxy:
     def __init__(self, target_port: int, *, target_host: str = "127.0.0.1") -> None:
         self._target = (target_host, target_port)
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
+        self._listener = listen_on_loopback()
         self.port = int(self._listener.getsockname()[1])
         self._lock = threading.Lock()
         self._up = True

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from tests.support.fakes import FakeClock
+from tests.support.files import write_json
 
 from runlog_relay.config.models import SyncSpec
 from runlog_relay.config.settings import SidecarSettings
@@ -54,14 +55,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
-
-
-def write_json(path: Path, document: object) -> bytes:
-    """Rewrite in place like runnable does (open "w", then dump)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        json.dump(document, handle, indent=4)
-    return path.read_bytes()
 
 
 def settings_for(root: Path, layout: Layout = Layout.CHUNKED, **sync: Any) -> SidecarSettings:

@@ -8,7 +8,6 @@ retried because the drain made it go, not because time passed.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from tests.support.fakes import FakeClock, FakeStore, denied, unreachable
+from tests.support.files import write_json
 from tests.support.waiting import wait_until
 
 from runlog_relay.config.models import SyncSpec
@@ -33,13 +33,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("RUNLOG_RELAY_", "AWS_")):
             monkeypatch.delenv(name)
-
-
-def write_json(path: Path, document: object) -> bytes:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        json.dump(document, handle)
-    return path.read_bytes()
 
 
 class Sidecar:

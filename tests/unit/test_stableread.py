@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.support.files import write_json
 
 from runlog_relay import etag, stableread
 from runlog_relay.etag import expected_etag
@@ -22,14 +23,6 @@ from runlog_relay.stableread import (
     TornRead,
     read_stable,
 )
-
-
-def write_json(path: Path, document: object) -> bytes:
-    """Rewrite in place like runnable does (open "w", then dump)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        json.dump(document, handle, indent=4)
-    return path.read_bytes()
 
 
 @pytest.fixture
