@@ -184,6 +184,14 @@ def test_placement_passes_through() -> None:
     assert pod["priorityClassName"] == "high"
 
 
+def test_the_notes_say_how_to_see_the_replicas() -> None:
+    notes = "runlog-relay/templates/NOTES.txt"
+    on = render_manifests.render_chart(values(namespace="team-a"), name=RELEASE)[notes]
+    assert "get leases -l runlog-relay.dev/shard-group=runlog-relay-shared" in on
+    assert "-n team-a" in on
+    assert "Shared-volume relay" not in render_manifests.render_chart({}, name=RELEASE)[notes]
+
+
 def test_a_podmonitor_scrapes_the_relay_when_podmonitors_are_on() -> None:
     assert not by_kind(relay_objects(values()), "PodMonitor")
     objects = relay_objects({**values(), "prometheus": {"podMonitor": {"enabled": True}}})
