@@ -173,6 +173,8 @@ def test_placement_passes_through() -> None:
             nodeSelector={"pool": "io"},
             tolerations=[{"key": "io", "operator": "Exists"}],
             priorityClassName="high",
+            extraVolumes=[{"name": "ca", "secret": {"secretName": "minio-ca"}}],
+            extraVolumeMounts=[{"name": "ca", "mountPath": "/var/run/secrets/ca"}],
         )
     )
     (deployment,) = by_kind(objects, "Deployment")
@@ -182,6 +184,9 @@ def test_placement_passes_through() -> None:
     assert pod["nodeSelector"] == {"pool": "io"}
     assert pod["tolerations"] == [{"key": "io", "operator": "Exists"}]
     assert pod["priorityClassName"] == "high"
+    assert pod["volumes"][-1] == {"name": "ca", "secret": {"secretName": "minio-ca"}}
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert mounts[-1] == {"name": "ca", "mountPath": "/var/run/secrets/ca"}
 
 
 def test_the_notes_say_how_to_see_the_replicas() -> None:
