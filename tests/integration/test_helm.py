@@ -75,6 +75,16 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found
 
 
+def operator_part(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The objects of the operator and its sidecars, without the shared-volume relay's
+    (``sharedRelay``: its own Deployment, ServiceAccount, Role; test_helm_shared_relay.py)."""
+    return [
+        o
+        for o in objects
+        if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "shared-relay"
+    ]
+
+
 @pytest.fixture(params=CI_FILES, ids=lambda p: p.name)
 def ci_file(request: pytest.FixtureRequest) -> Path:
     return request.param
@@ -537,7 +547,7 @@ def test_selectors_never_include_the_chart_version(tmp_path: Path) -> None:
     newer = _chart_with_version(tmp_path, "9.8.7")
     upgraded = dict(selectors(render(values, chart=newer)))
     assert upgraded == found
-    deployment = one(render(values, chart=newer), "Deployment")
+    deployment = one(operator_part(render(values, chart=newer)), "Deployment")
     assert deployment["metadata"]["labels"]["helm.sh/chart"] == "runlog-relay-9.8.7"
     assert set(deployment["spec"]["selector"]["matchLabels"].items()) <= set(
         deployment["spec"]["template"]["metadata"]["labels"].items()
@@ -610,7 +620,7 @@ RBAC_CASES = [
 @pytest.mark.parametrize("values", RBAC_CASES, ids=lambda v: json.dumps(v)[:60])
 def test_rbac_is_exactly_what_the_operator_needs(values: dict[str, Any]) -> None:
     expected = _expected_permissions(values)
-    objects = render(values)
+    objects = operator_part(render(values))
     namespaces = _merged(values)["watchNamespaces"]
     cluster_role = one(objects, "ClusterRole")
     own = [r for r in kinds(objects, "Role") if r["metadata"]["name"].endswith("-own")]
@@ -661,7 +671,7 @@ def test_rbac_is_documented_where_users_look() -> None:
 
 
 def operator_args(values: dict[str, Any] | None = None) -> list[str]:
-    deployment = one(render(values), "Deployment")
+    deployment = one(operator_part(render(values)), "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return container["args"]
 
@@ -930,7 +940,7 @@ def test_namespaced_mode_sends_only_served_namespaces_to_the_webhooks() -> None:
 
 
 def test_monitoring_objects() -> None:
-    objects = render(ci_values(CHART / "ci" / "all-enabled-values.yaml"))
+    objects = operator_part(render(ci_values(CHART / "ci" / "all-enabled-values.yaml")))
     service = one(objects, "Service")
     monitor = one(objects, "ServiceMonitor")
     assert (

@@ -147,3 +147,35 @@ all hold. Usage: include "runlog-relay.rules" (list . "served").
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+The shared-volume relay (sharedRelay.*): replicas of the sidecar on one existing PVC that
+split its runs by Leases (docs/scale-out.md). Its name is also the shard group's default,
+which the sidecar takes as a DNS label of at most 40 characters.
+*/}}
+{{- define "runlog-relay.sharedRelay.name" -}}
+{{- printf "%s-shared" (include "runlog-relay.fullname" .) | trunc 40 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "runlog-relay.sharedRelay.namespace" -}}
+{{- default .Release.Namespace .Values.sharedRelay.namespace }}
+{{- end }}
+
+{{- define "runlog-relay.sharedRelay.group" -}}
+{{- default (include "runlog-relay.sharedRelay.name" .) .Values.sharedRelay.shard.group }}
+{{- end }}
+
+{{- define "runlog-relay.sharedRelay.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "runlog-relay.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: shared-relay
+{{- end }}
+
+{{- define "runlog-relay.sharedRelay.labels" -}}
+{{ include "runlog-relay.labels" . }}
+app.kubernetes.io/component: shared-relay
+{{- end }}
+
+{{- define "runlog-relay.sharedRelay.serviceAccountName" -}}
+{{- default (include "runlog-relay.sharedRelay.name" .) .Values.sharedRelay.serviceAccount.name }}
+{{- end }}
