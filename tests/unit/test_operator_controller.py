@@ -268,6 +268,40 @@ def test_retries_stop_when_the_store_is_deleted_or_another_replica_leads(world: 
     asyncio.run(asyncio.wait_for(scenario(), 5))
 
 
+def test_close_stops_a_retry_that_is_already_running(world: World) -> None:
+    """A retry leaves the schedule when it wakes; close() must still end it, or it goes on
+    using the API client after the operator closed it (a new, never-closed session)."""
+    body = world.put_store(CREDS_SPEC)
+    controller = StoreController(
+        world.api,
+        OperatorMetrics(CollectorRegistry()),
+        bucket_check=world.bucket,
+        options=ReconcileSettings(retry_base_delay=0.01, retry_max_delay=0.01),
+        gate=world.gate,
+    )
+
+    async def scenario() -> None:
+        ours = asyncio.all_tasks()  # this scenario and asyncio's own wrapper
+        await controller.reconcile(copy.deepcopy(body))  # no Secret yet: a retry is due
+        entered, release = asyncio.Event(), asyncio.Event()
+        get = world.api.get
+
+        async def blocking_get(path: str) -> dict[str, Any] | None:
+            if path == SECRET_PATH:
+                entered.set()
+                await release.wait()
+            return await get(path)
+
+        world.api.get = blocking_get  # type: ignore[method-assign]
+        await entered.wait()  # the retry is running, inside its reconcile
+        assert controller.pending_retries() == []
+        await controller.close()
+        assert asyncio.all_tasks() - ours == set()  # nothing of the controller still runs
+        release.set()
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
 def test_deleted_secret_is_seen_by_the_recheck(world: World) -> None:
     world.api.objects[SECRET_PATH] = SECRET_BODY
     world.put_store(CREDS_SPEC)

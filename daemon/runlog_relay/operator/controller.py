@@ -153,6 +153,12 @@ class StoreController:
         self._gate = gate
         self._policy = policy or EndpointPolicy()
         self._retries: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Every retry task until it has ended. A retry leaves ``_retries`` as soon as it
+        # wakes (so that its reconcile may schedule the next one), but it still runs and
+        # still uses the API client: close() must wait for it too, or it opens a new
+        # session on a client that has just been closed.
+        self._retry_tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     # ------------------------------------------------------------------ triggers
 
@@ -245,8 +251,9 @@ class StoreController:
         return sorted(key for key, task in self._retries.items() if not task.done())
 
     async def close(self) -> None:
-        """Cancel the scheduled retries (the operator is stopping)."""
-        tasks = list(self._retries.values())
+        """Cancel the scheduled and running retries (the operator is stopping)."""
+        self._closed = True
+        tasks = list(self._retry_tasks)
         self._retries.clear()
         for task in tasks:
             task.cancel()
@@ -259,7 +266,7 @@ class StoreController:
         still leads then). A retry already scheduled stays as it is."""
         key = (namespace, name)
         pending = self._retries.get(key)
-        if pending is not None and not pending.done():
+        if self._closed or (pending is not None and not pending.done()):
             return
 
         async def retry() -> None:
@@ -285,7 +292,10 @@ class StoreController:
                     extra={"namespace": namespace, "store": name},
                 )
 
-        self._retries[key] = asyncio.create_task(retry(), name=f"runlog-relay retry {key}")
+        task = asyncio.create_task(retry(), name=f"runlog-relay retry {key}")
+        self._retries[key] = task
+        self._retry_tasks.add(task)
+        task.add_done_callback(self._retry_tasks.discard)
 
     # ------------------------------------------------------------------ steps
 
