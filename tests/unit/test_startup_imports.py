@@ -23,12 +23,13 @@ try:
     code = cli.main()
 except SystemExit as exc:
     code = exc.code
-from runlog_relay.config.models import SyncSpec
+from runlog_relay.config.models import StoreSpec, SyncSpec
 from runlog_relay.config.settings import SidecarSettings
 print(json.dumps({
     "code": code,
     "settings_doc": SidecarSettings.model_fields["source"].description,
     "spec_doc": SyncSpec.model_fields["debounce_seconds"].description,
+    "store_spec_built": StoreSpec.__pydantic_complete__,
     "modules": sorted(sys.modules),
 }))
 """
@@ -60,6 +61,11 @@ def test_a_sidecar_run_does_not_read_the_models_docstrings(tmp_path: Path) -> No
     assert data["code"] == 2
     assert data["settings_doc"] is None
     assert data["spec_doc"] is None
+
+
+def test_a_sidecar_run_does_not_build_the_operators_validators(tmp_path: Path) -> None:
+    data = probe(tmp_path, "sidecar", "--source", not_a_folder(tmp_path), "--once")
+    assert data["store_spec_built"] is False  # the RunLogStore spec: the operator's
 
 
 def test_sidecar_help_still_has_the_descriptions(tmp_path: Path) -> None:
