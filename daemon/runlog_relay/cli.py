@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import cast
 
-from runlog_relay import __version__
+from runlog_relay import __version__, fielddocs
 from runlog_relay.exitcodes import missing_extra
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -83,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = next((a for a in args_list if not a.startswith("-")), None)
     if chosen not in COMMANDS:
         chosen = None
+    if argv is None and chosen == "sidecar" and not _asks_for_help(args_list):
+        # A process that runs the sidecar never shows the settings' descriptions.
+        fielddocs.skip()
     # No (known) command: build every parser so --help and errors are complete.
     parser = build_parser() if chosen is None else build_parser(only=chosen)
     args, unknown = parser.parse_known_args(args_list)
@@ -95,6 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f" (did you mean {near[0]}?)" if near and unknown[0].startswith("-") else ""
         command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     return int(args.handler(args) or 0)
+
+
+def _asks_for_help(args: Sequence[str]) -> bool:
+    """``-h``, ``--help`` or an abbreviation argparse accepts (``--he``)."""
+    return any(a == "-h" or (len(a) > 2 and "--help".startswith(a)) for a in args)
 
 
 def _command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from runlog_relay import fielddocs
 from runlog_relay.layout import Layout
 
 __all__ = [
@@ -267,7 +268,11 @@ class WireModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         frozen=True,
-        use_attribute_docstrings=True,
+        # The descriptions of the CRD and --help; not read by a running sidecar.
+        use_attribute_docstrings=fielddocs.wanted(),
+        # Validators are built on first use: a sidecar uses the few its settings embed,
+        # not the operator's (StoreSpec, its credential references), ~3 ms each.
+        defer_build=True,
     )
 
     def wire(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import difflib
 import enum
 import ipaddress
@@ -54,6 +55,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from runlog_relay import fielddocs
 from runlog_relay.config.credentials import (
     CONTAINER_CREDENTIALS_HOST,
     ContainerCredentials,
@@ -187,6 +189,12 @@ class SidecarShard(WireModel):
     account's token and CA)."""
 
 
+#: The config file's data while :func:`load_sidecar_settings` builds the settings: one
+#: settings class for every load (a class per call cost ~20 ms of model building, at
+#: each start and reload), safe across the reload thread.
+_file_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("file_data")
+
+
 class SidecarSettings(BucketParts, BaseSettings):
     """Everything the sidecar needs; see ``runlog-relay sidecar --help``."""
 
@@ -196,7 +204,7 @@ class SidecarSettings(BucketParts, BaseSettings):
         extra="forbid",
         frozen=True,
         populate_by_name=True,
-        use_attribute_docstrings=True,
+        use_attribute_docstrings=fielddocs.wanted(),  # see runlog_relay.fielddocs
     )
 
     source: Path | None = None
@@ -357,6 +365,22 @@ class SidecarSettings(BucketParts, BaseSettings):
     """Reconcile the whole folder with the bucket once, upload what differs, and exit: 0
     when the bucket mirrors the folder, 1 otherwise. Gives up after the drain timeout (at
     least 60 s) without progress."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """In :func:`load_sidecar_settings`: options, known variables, the file. Built
+        directly (tests): pydantic-settings' own sources."""
+        file_data = _file_data.get(None)
+        if file_data is None:
+            return (init_settings, env_settings, dotenv_settings, file_secret_settings)
+        return (init_settings, _KnownEnvSource(settings_cls), _FileSource(settings_cls, file_data))
 
     @field_validator("retry_run_id")
     @classmethod
@@ -724,27 +748,13 @@ def load_sidecar_settings(
     """
     file_data = read_config_file(config_file) if config_file else {}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-
-    class _Settings(SidecarSettings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (
-                init_settings,
-                _KnownEnvSource(settings_cls),
-                _FileSource(settings_cls, file_data),
-            )
-
+    token = _file_data.set(file_data)
     try:
-        return _Settings(**overrides)
+        return SidecarSettings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, config_file)) from None
+    finally:
+        _file_data.reset(token)
 
 
 def _format_validation_error(exc: ValidationError, config_file: Path | None) -> str:

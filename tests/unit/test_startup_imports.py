@@ -1,0 +1,97 @@
+"""What a sidecar process loads at start-up: the per-pod cost of issue 12 item 5.
+
+Start-up CPU and memory are figures for the benchmark (bench/podcost.py); what is checked
+here is deterministic: which work and which modules a ``runlog-relay sidecar`` process
+leaves out. Each case runs in a fresh interpreter, as the pod does, because what matters
+is what is imported first.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+#: Runs ``runlog-relay sidecar ARGS`` as the console script does (``main()`` reading
+#: sys.argv), then prints what the process holds.
+_PROBE = """
+import json, sys
+sys.argv = ["runlog-relay", *json.loads(sys.argv[1])]
+from runlog_relay import cli
+try:
+    code = cli.main()
+except SystemExit as exc:
+    code = exc.code
+from runlog_relay.config.models import StoreSpec, SyncSpec
+from runlog_relay.config.settings import SidecarSettings
+print(json.dumps({
+    "code": code,
+    "settings_doc": SidecarSettings.model_fields["source"].description,
+    "spec_doc": SyncSpec.model_fields["debounce_seconds"].description,
+    "store_spec_built": StoreSpec.__pydantic_complete__,
+    "modules": sorted(sys.modules),
+}))
+"""
+
+
+def probe(tmp_path: Path, *args: str) -> dict[str, object]:
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(list(args))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    data: dict[str, object] = json.loads(result.stdout.splitlines()[-1])
+    return data
+
+
+def not_a_folder(tmp_path: Path) -> str:
+    """A --source that ends the command at once with a usage error (exit 2), after the
+    settings, and so the models, are loaded."""
+    path = tmp_path / "file"
+    path.write_text("")
+    return str(path)
+
+
+def test_a_sidecar_run_does_not_read_the_models_docstrings(tmp_path: Path) -> None:
+    data = probe(tmp_path, "sidecar", "--source", not_a_folder(tmp_path), "--once")
+    assert data["code"] == 2
+    assert data["settings_doc"] is None
+    assert data["spec_doc"] is None
+
+
+def test_a_sidecar_run_does_not_build_the_operators_validators(tmp_path: Path) -> None:
+    data = probe(tmp_path, "sidecar", "--source", not_a_folder(tmp_path), "--once")
+    assert data["store_spec_built"] is False  # the RunLogStore spec: the operator's
+
+
+def test_sidecar_help_still_has_the_descriptions(tmp_path: Path) -> None:
+    for flag in ("--help", "-h", "--he"):
+        data = probe(tmp_path, "sidecar", flag)
+        assert data["code"] == 0
+        assert "runnable writes run logs to" in str(data["settings_doc"])
+        assert "Coalesce bursts of writes" in str(data["spec_doc"])
+
+
+def test_other_commands_keep_the_descriptions(tmp_path: Path) -> None:
+    # `crd` prints the CRD, whose descriptions come from the docstrings.
+    data = probe(tmp_path, "crd")
+    assert data["code"] == 0
+    assert data["spec_doc"]
+
+
+def test_a_sidecar_run_imports_no_operator_tools_or_docs_machinery(tmp_path: Path) -> None:
+    data = probe(tmp_path, "sidecar", "--source", not_a_folder(tmp_path), "--once")
+    modules = set(data["modules"])  # type: ignore[call-overload]
+    for absent in (
+        "kopf",
+        "rich",
+        "runnable",
+        "runlog_relay.operator",
+        "runlog_relay.tools",
+        "runlog_relay.config.crd",
+    ):
+        assert absent not in modules, absent
