@@ -29,6 +29,7 @@ from runlog_relay.operator.runner import Operator, build_operator
 from runlog_relay.operator.settings import OperatorSettings
 from tests.integration.kube import KubeHarness
 from tests.integration.kube.kopf_runner import KopfRunner, RunningOperator
+from tests.integration.kube.waiting import DEFAULT_TIMEOUT
 from tests.support.s3server import AuthS3
 
 pytest_plugins = ["tests.integration.kube.fixtures"]
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.integration
 
 RLS = "runlog-relay.dev/v1alpha1/runlogstores"
 NS = "team-a"
-WAIT = 15.0
+WAIT = DEFAULT_TIMEOUT
 _buckets = itertools.count()
 
 

@@ -30,7 +30,7 @@ from .emulator import (
     RealisticKubernetesEmulator,
     ResourceSpec,
 )
-from .waiting import wait_for
+from .waiting import DEFAULT_TIMEOUT, wait_for
 
 T = TypeVar("T")
 
@@ -450,7 +450,7 @@ class KubeHarness(KubeClient):
     def wait_for(
         self,
         predicate: Callable[[], T],
-        timeout: float = 10,
+        timeout: float = DEFAULT_TIMEOUT,
         *,
         interval: float = 0.02,
         message: str | None = None,
@@ -477,7 +477,7 @@ class KubeHarness(KubeClient):
         resource: str | ResourceSpec,
         name: str,
         namespace: str | None = None,
-        timeout: float = 10,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         what = f"{resource} {namespace or 'default'}/{name} to be gone"
         self.wait_for(lambda: self.find(resource, name, namespace) is None, timeout, message=what)

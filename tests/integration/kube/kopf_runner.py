@@ -36,7 +36,7 @@ from kopf._core.intents import registries as kopf_registries  # GenericRegistry:
 
 from .emulator import ResourceSpec
 from .harness import KubeApiError, KubeHarness
-from .waiting import wait_for
+from .waiting import DEFAULT_TIMEOUT, wait_for
 
 T = TypeVar("T")
 
@@ -407,7 +407,7 @@ class RunningOperator:
     def wait_for(
         self,
         predicate: Callable[[], T],
-        timeout: float = 10,
+        timeout: float = DEFAULT_TIMEOUT,
         *,
         interval: float = 0.02,
         message: str | None = None,
@@ -479,7 +479,7 @@ class KopfRunner:
     def wait_for(
         self,
         predicate: Callable[[], T],
-        timeout: float = 10,
+        timeout: float = DEFAULT_TIMEOUT,
         *,
         interval: float = 0.02,
         message: str | None = None,

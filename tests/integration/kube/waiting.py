@@ -8,6 +8,12 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+#: How long a wait may take before it fails, unless the test says otherwise. A budget,
+#: not a delay: a wait returns as soon as its condition holds. It is generous because
+#: the suite shares 2 cores with servers and operators in other threads, where a step
+#: that takes 1 s alone has been seen to take over 10 s.
+DEFAULT_TIMEOUT = 30.0
+
 
 class WaitTimeout(AssertionError):
     """The awaited condition did not happen in time (an assertion failure for pytest)."""
@@ -15,7 +21,7 @@ class WaitTimeout(AssertionError):
 
 def wait_for(
     predicate: Callable[[], T],
-    timeout: float = 10,
+    timeout: float = DEFAULT_TIMEOUT,
     *,
     interval: float = 0.02,
     message: str | None = None,

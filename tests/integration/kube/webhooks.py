@@ -28,6 +28,7 @@ from tests.support.s3server import AuthS3, free_port
 
 from .harness import KubeHarness
 from .kopf_runner import KopfRunner, RunningOperator
+from .waiting import DEFAULT_TIMEOUT
 
 __all__ = [
     "K8S",
@@ -49,7 +50,7 @@ NS, OTHER_NS = "team-a", "team-b"
 SERVICE, SERVICE_NS = "runlog-relay", "runlog-relay"
 SERVICE_DNS = f"{SERVICE}.{SERVICE_NS}.svc"
 K8S = "1.30"
-WAIT = 15.0
+WAIT = DEFAULT_TIMEOUT
 _buckets = itertools.count()
 
 
