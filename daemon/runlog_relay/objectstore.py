@@ -1103,7 +1103,15 @@ class ObjectStore:
             response = self._request("PUT", key=key, headers=headers, body=data)
         except _WIRE_ERRORS as exc:
             raise classify(exc, what=what, operation="PutObject") from exc
-        return (response.headers.get("etag") or "").strip('"')
+        etag = (response.headers.get("etag") or "").strip('"')
+        if self._etags_are_md5 and _MD5_SHAPED.fullmatch(etag) and etag != md5:
+            # Where ETags are MD5s, the answer proves what was stored, also on a server that
+            # does not check Content-MD5 (moto): different bytes landed; send them again.
+            raise RetryableError(
+                f"{what} (PutObject): the server stored other bytes (ETag {etag}, MD5 {md5})",
+                code="BadDigest",
+            )
+        return etag
 
     def _put_multipart(
         self, key: str, stream: BodyStream, length: int, md5: str, content_type: str
