@@ -523,3 +523,28 @@ def test_a_listing_that_is_not_xml_is_not_s3(scripted: Callable[..., ScriptedSer
     with pytest.raises(PermanentError) as caught:
         list(store_for(server.endpoint).list())
     assert caught.value.code == "HTTP200"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "bucket", "target"),
+    [
+        ("https://s3.amazonaws.com", "runnable", ("runnable.s3.eu-west-1.amazonaws.com", "")),
+        (
+            "https://s3.eu-west-1.amazonaws.com",
+            "runnable",
+            ("runnable.s3.eu-west-1.amazonaws.com", ""),
+        ),
+        ("https://s3.amazonaws.com", "my.bucket", ("s3.eu-west-1.amazonaws.com", "/my.bucket")),
+        ("http://127.0.0.1:9000", "runnable", ("127.0.0.1:9000", "/runnable")),
+        ("https://minio.example:9000", "runnable", ("minio.example:9000", "/runnable")),
+    ],
+)
+def test_requests_are_addressed_as_the_sdk_addresses_them(
+    endpoint: str, bucket: str, target: tuple[str, str]
+) -> None:
+    """AWS: virtual-hosted style on the regional host (path style for dotted names over
+    https); anything else: path style on the endpoint."""
+    store = ObjectStore(
+        endpoint=endpoint, bucket=bucket, prefix="p", access_key="a", secret_key="b"
+    )
+    assert store._target("eu-west-1") == target
