@@ -787,6 +787,9 @@ class ObjectStore:
             self._put_headers["x-amz-storage-class"] = storage_class
         if self._sse is not None:
             self._put_headers.update({k.lower(): v for k, v in self._sse.headers().items()})
+        for value in self._put_headers.values():
+            if "\r" in value or "\n" in value:  # settings validate them; never split a request
+                raise ValueError("a header value with a line break")
         self._read_headers: dict[str, str] = {}
         if self._sse is not None:
             self._read_headers.update({k.lower(): v for k, v in self._sse.read_headers().items()})

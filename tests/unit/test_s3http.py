@@ -178,7 +178,10 @@ class ScriptedServer:
                 request = Request(method, target, headers, body, number)
                 self.requests.append(request)
                 status, answer_headers, answer_body = self.answer(request)
-                head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(answer_body)}\r\n"
+                chunked = "Transfer-Encoding" in answer_headers  # the body comes encoded
+                head = f"HTTP/1.1 {status} X\r\n"
+                if not chunked:
+                    head += f"Content-Length: {len(answer_body)}\r\n"
                 head += "".join(f"{k}: {v}\r\n" for k, v in answer_headers.items())
                 sock.sendall(head.encode() + b"\r\n" + (b"" if method == "HEAD" else answer_body))
                 if self.close_after_answer:
@@ -548,3 +551,27 @@ def test_requests_are_addressed_as_the_sdk_addresses_them(
         endpoint=endpoint, bucket=bucket, prefix="p", access_key="a", secret_key="b"
     )
     assert store._target("eu-west-1") == target
+
+
+def test_chunked_answers_and_connection_close(scripted: Callable[..., ScriptedServer]) -> None:
+    listing = (
+        b"<ListBucketResult><IsTruncated>false</IsTruncated>"
+        b"<Contents><Key>run-logs/r/RunLog</Key><ETag>&quot;abc&quot;</ETag><Size>2</Size>"
+        b"</Contents></ListBucketResult>"
+    )
+    pieces = [listing[:40], listing[40:]]
+    encoded = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+    def answer(request: Request) -> Answer:
+        if request.method == "GET":
+            headers = {"Content-Type": "application/xml", "Transfer-Encoding": "chunked"}
+            return 200, headers, encoded
+        return 200, {"ETag": '"abc"', "Connection": "close"}, b""
+
+    server = scripted(answer)
+    store = store_for(server.endpoint)
+    assert [o.key for o in store.list()] == ["r/RunLog"]
+    assert store.put("r/RunLog", b"{}") == "abc"  # answered "Connection: close" ...
+    assert store.put("r/RunLog", b"{}") == "abc"  # ... so this one opens a new connection
+    assert [o.key for o in store.list()] == ["r/RunLog"]
+    assert server.connections == 3 and len(server.requests) == 4
