@@ -8,6 +8,16 @@ into :class:`~runlog_relay.errors.RetryableError` or
 :class:`~runlog_relay.errors.PermanentError`; retrying is the caller's job (the SDK's
 own retries are off so backoff happens in one place).
 
+Two paths, one behaviour. The calls made for every file (a PUT up to
+:data:`MULTIPART_THRESHOLD`, the HEAD of the MD5 metadata, ListObjectsV2, HeadBucket, the
+location lookup, PutObjectTagging) are signed and sent by :mod:`runlog_relay.s3http` on
+persistent connections; the SDK's per-call wrapping cost more CPU than the rest of the
+sidecar's work per file (docs/benchmarks.md). Everything else (multipart uploads, GET,
+GetObjectTagging, CreateBucket, temporary credentials from STS, the Pod Identity agent or
+IMDS) goes through the minio SDK, imported by the first such call, so a sidecar with
+static keys never loads it. Encryption headers, storage class, timeouts, TLS settings,
+the region and the error table are shared by both.
+
 ETags: single-part PUTs have the body's MD5 as ETag. Bodies above
 :data:`MULTIPART_THRESHOLD` go up in :data:`PART_SIZE` parts; their ETag is S3's
 composite (MD5 of the part MD5s, ``-N``), which :mod:`runlog_relay.etag` computes locally
