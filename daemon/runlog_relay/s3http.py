@@ -27,6 +27,7 @@ leave the request.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -258,6 +259,11 @@ class _Connection:
     def close(self) -> None:
         sock, self.sock = self.sock, None
         if sock is not None:
+            # Another thread may be blocked reading an answer (a store closed while in
+            # use): shutting the socket down ends that read first, so closing the reader
+            # (which takes the reader's lock) cannot wait for the read timeout.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             self._reader.close()
             sock.close()
 
@@ -378,6 +384,9 @@ class Connections:
         self.opened = 0  #: connections opened so far (tests, the benchmark)
         # Sockets of a store that is dropped (reconfiguration) close with it.
         self._finalizer = weakref.finalize(self, _close_all, self._all, self._lock)
+        # Not at interpreter exit: the process's sockets close with it, and a thread still
+        # waiting for an answer there must not hold the exit up.
+        self._finalizer.atexit = False
 
     def close(self) -> None:
         """Close every thread's connection (a later request opens a new one)."""

@@ -10,11 +10,13 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
 from tests.support.tcpproxy import listen_on_loopback
+from tests.support.waiting import wait_until
 
 from runlog_relay import s3http
 from runlog_relay.config.credentials import Encryption
@@ -575,3 +577,39 @@ def test_chunked_answers_and_connection_close(scripted: Callable[..., ScriptedSe
     assert store.put("r/RunLog", b"{}") == "abc"  # ... so this one opens a new connection
     assert [o.key for o in store.list()] == ["r/RunLog"]
     assert server.connections == 3 and len(server.requests) == 4
+
+
+def test_closing_a_store_ends_a_request_waiting_for_its_answer(
+    scripted: Callable[..., ScriptedServer],
+) -> None:
+    """At shutdown a lister may still wait for an answer that never comes (a held
+    listing): closing must end that read at once, not wait for the read timeout."""
+    answered = threading.Event()
+
+    def never(request: Request) -> Answer:
+        answered.wait(30)
+        return 200, {}, b""
+
+    server = scripted(never)
+    store = store_for(server.endpoint)
+    failed: list[BaseException] = []
+
+    def waiting() -> None:
+        try:
+            store.head_md5("r/RunLog")
+        except Exception as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=waiting)
+    thread.start()
+    try:
+        wait_until(lambda: len(server.requests) == 1, timeout=5, what="the request sent")
+        started = time.monotonic()
+        store.close()
+        thread.join(2)
+        assert time.monotonic() - started < 2, "close() waited for the answer"
+        assert not thread.is_alive()
+        assert failed and isinstance(failed[0], RetryableError)
+    finally:
+        answered.set()
+        thread.join(5)
