@@ -26,6 +26,7 @@ from tests.support.sidecar import SidecarProcess, start_sidecar
 from tests.support.waiting import wait_until
 
 __all__ = [
+    "BASELINE",
     "Context",
     "Figure",
     "cpu_seconds",
@@ -39,6 +40,18 @@ __all__ = [
 ]
 
 _buckets = itertools.count()
+
+#: ``BENCH_BASELINE=<checkout>/daemon``: scenarios that support it also run the sidecar
+#: of that checkout (e.g. ``git worktree add /tmp/base main``), alternating with this one
+#: in the same run, and print this one's figures as ratios to it (before/after on a
+#: shared, noisy machine). Unset: no baseline rows.
+BASELINE = os.environ.get("BENCH_BASELINE") or None
+
+
+def baseline_env() -> dict[str, str]:
+    """Environment that makes ``python -m runlog_relay`` the baseline's code."""
+    assert BASELINE is not None
+    return {"PYTHONPATH": BASELINE}
 
 
 @dataclass

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 
-from bench.harness import Context, Figure, cpu_seconds, sidecar, wait_until
+from bench.harness import BASELINE, Context, Figure, baseline_env, cpu_seconds, sidecar, wait_until
 from bench.sync import bare_put_ceiling
 
 NAME = "manyruns"
@@ -40,18 +40,15 @@ def lag_percentile(process, pct: float) -> float:  # type: ignore[no-untyped-def
     return float("inf")
 
 
-def run(ctx: Context) -> list[Figure]:
-    runs, seconds = ctx.size(RUNS, 20), ctx.size(SECONDS, 2)
+def _measure(
+    ctx: Context, endpoint: str, runs: int, seconds: int, env: dict[str, str] | None
+) -> dict[str, float]:
+    """One sidecar (this one, or the baseline's with ``env``) through the whole load."""
     files = runs * 20
     source = ctx.folder("manyruns-tree")
-    server = ctx.seaweedfs
-    bodies = [
-        (f"ceiling/{index}", json.dumps({"run": index, "chunk": 1}).encode())
-        for index in range(ctx.size(2000, 40))
-    ]
-    ceiling = bare_put_ceiling(server.endpoint, ctx.bucket(server.endpoint), bodies)
-    bucket = ctx.bucket(server.endpoint)
-    with sidecar(source, server.endpoint, bucket, ctx.work / "manyruns.log") as process:
+    bucket = ctx.bucket(endpoint)
+    log = ctx.work / ("manyruns-baseline.log" if env else "manyruns.log")
+    with sidecar(source, endpoint, bucket, log, env=env) as process:
         process.wait_ready(120)
 
         def writer() -> None:
@@ -78,16 +75,40 @@ def run(ctx: Context) -> list[Figure]:
         behind = time.monotonic() - started - seconds
         cpu_per_file = (cpu_seconds(process.process.pid) - cpu) / files * 1000
         p50, p95 = lag_percentile(process, 50), lag_percentile(process, 95)
-    visible = sum(1 for _ in ctx.client(server.endpoint).list_objects(bucket, recursive=True))
+    visible = sum(1 for _ in ctx.client(endpoint).list_objects(bucket, recursive=True))
+    return {"p50": p50, "p95": p95, "behind": behind, "cpu": cpu_per_file, "visible": visible}
+
+
+def run(ctx: Context) -> list[Figure]:
+    runs, seconds = ctx.size(RUNS, 20), ctx.size(SECONDS, 2)
+    files = runs * 20
+    server = ctx.seaweedfs
+    bodies = [
+        (f"ceiling/{index}", json.dumps({"run": index, "chunk": 1}).encode())
+        for index in range(ctx.size(2000, 40))
+    ]
+    ceiling = bare_put_ceiling(server.endpoint, ctx.bucket(server.endpoint), bodies)
+    ours = _measure(ctx, server.endpoint, runs, seconds, None)
+    base = _measure(ctx, server.endpoint, runs, seconds, baseline_env()) if BASELINE else None
+    visible, p95 = ours["visible"], ours["p95"]
     needed = files / seconds
-    return [
+    figures = [
         Figure("SeaweedFS bare PUT ceiling (concurrency 8)", ceiling, "PUT/s"),
         Figure(
             "rate the writers need", needed, "PUT/s", note=f"{needed / ceiling:.2f}x the ceiling"
         ),
         Figure(f"objects visible of {files:,}", visible, "", f"= {files:,}", visible == files),
-        Figure("lag p50", p50, "s"),
+        Figure("lag p50", ours["p50"], "s"),
         Figure("lag p95", p95, "s", "< 2 s", p95 < 2),
-        Figure("last upload after the last write", behind, "s"),
-        Figure("sidecar CPU per file (read, check, upload)", cpu_per_file, "ms"),
+        Figure("last upload after the last write", ours["behind"], "s"),
+        Figure("sidecar CPU per file (read, check, upload)", ours["cpu"], "ms"),
     ]
+    if base is not None:
+        figures += [
+            Figure("baseline (BENCH_BASELINE): lag p50", base["p50"], "s"),
+            Figure("baseline: lag p95", base["p95"], "s"),
+            Figure("baseline: last upload after the last write", base["behind"], "s"),
+            Figure("baseline: sidecar CPU per file", base["cpu"], "ms"),
+            Figure("CPU per file / baseline's", ours["cpu"] / base["cpu"], "x"),
+        ]
+    return figures

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.harness import Context, Figure, write_tree
+from bench.harness import BASELINE, Context, Figure, baseline_env, write_tree
 from runlog_relay.cliopts import open_store
 from runlog_relay.config.settings import load_sidecar_settings
 
@@ -48,17 +48,27 @@ def _ceiling(endpoint: str, bucket: str, bodies: list[tuple[str, bytes]]) -> flo
     return len(bodies) / (time.perf_counter() - started)
 
 
-def _sidecar(source: Path, endpoint: str, bucket: str, files: int, log: Path) -> float:
+def _sidecar(
+    source: Path, endpoint: str, bucket: str, files: int, log: Path, *, baseline: bool = False
+) -> tuple[float, float]:
+    """files/s and the process's CPU-s (user + system) of one ``sidecar --once``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLOG_RELAY_")}
     env.update(AWS_ACCESS_KEY_ID="minioadmin", AWS_SECRET_ACCESS_KEY="minioadmin")
+    if baseline:
+        env.update(baseline_env())
     args = [sys.executable, "-m", "runlog_relay", "sidecar", "--once", "--source", str(source)]
     args += ["--endpoint", endpoint, "--bucket", bucket, "--metrics-port", "0"]
     started = time.perf_counter()
+    before = os.times()
     with log.open("ab") as out:
         result = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=600)
     elapsed = time.perf_counter() - started
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
     assert result.returncode == 0, f"sidecar --once exited {result.returncode}; see {log}"
-    return files / elapsed
+    return files / elapsed, cpu
 
 
 def _rclone(
@@ -94,14 +104,26 @@ def run(ctx: Context) -> list[Figure]:
     files = len(bodies)
     binary = shutil.which("rclone")
     best: dict[str, float] = {}
+    least: dict[str, float] = {}
 
     def keep(name: str, rate: float) -> None:
         best[name] = max(best.get(name, 0.0), rate)
 
+    def keep_cpu(name: str, cpu: float) -> None:
+        least[name] = min(least.get(name, float("inf")), cpu)
+
     for _ in range(ctx.size(3, 1)):
         keep("ceiling", _ceiling(endpoint, ctx.bucket(endpoint), bodies))
         log = ctx.work / "rclone-sidecar.log"
-        keep("sidecar", _sidecar(source, endpoint, f"{ctx.bucket(endpoint)}/run-logs", files, log))
+        rate, cpu = _sidecar(source, endpoint, f"{ctx.bucket(endpoint)}/run-logs", files, log)
+        keep("sidecar", rate)
+        keep_cpu("sidecar", cpu)
+        if BASELINE:
+            rate, cpu = _sidecar(
+                source, endpoint, f"{ctx.bucket(endpoint)}/run-logs", files, log, baseline=True
+            )
+            keep("baseline", rate)
+            keep_cpu("baseline", cpu)
         for transfers in RCLONE_TRANSFERS if binary else ():
             rate = _rclone(
                 binary, source, endpoint, ctx.bucket(endpoint), transfers, files, ctx.work
@@ -112,7 +134,14 @@ def run(ctx: Context) -> list[Figure]:
         Figure(f"ceiling: bare PUTs, concurrency {CEILING_CONCURRENCY}", ceiling, "PUT/s"),
         Figure(f"sidecar --once, {files:,} files", sidecar, "files/s"),
         Figure("sidecar / ceiling", sidecar / ceiling * 100, "%"),
+        Figure("sidecar CPU for the first sync (least of the rounds)", least["sidecar"], "CPU-s"),
     ]
+    if BASELINE:
+        figures += [
+            Figure("baseline sidecar --once (BENCH_BASELINE)", best["baseline"], "files/s"),
+            Figure("sidecar / baseline", sidecar / best["baseline"], "x"),
+            Figure("baseline sidecar CPU for the first sync", least["baseline"], "CPU-s"),
+        ]
     for transfers in RCLONE_TRANSFERS:
         name = f"rclone --transfers {transfers}"
         if binary is None:

@@ -257,6 +257,22 @@ def test_a_change_event_submits_the_new_version_once(root: Path) -> None:
     assert request.etag == md5(final)
 
 
+def test_each_file_of_a_batch_keeps_its_own_first_change_time(root: Path) -> None:
+    """The lag of a file counts from its own change, not from the earliest change of the
+    batch of paths it was posted with."""
+    early, late = root / "r" / "RunLog.json", root / "r" / "BranchLog-b.json"
+    write_json(early, {"status": "RUNNING"})
+    write_json(late, {"status": "RUNNING"})
+    rig = Rig(root)
+    rig.rescan("start")
+    rig.uploaded(*rig.take())
+    write_json(early, {"status": "SUCCESS"})
+    write_json(late, {"status": "SUCCESS"})
+    rig.step(PathsChanged(frozenset({early, late}), 100.0, seen={early: 100.0, late: 103.5}))
+    times = {request.key: request.seen_at for request in rig.take()}
+    assert times == {"r/RunLog": 100.0, "r/BranchLog-b": 103.5}
+
+
 def test_a_new_run_folder_is_scanned_whole_and_listed_once_before_its_upload(root: Path) -> None:
     rig = Rig(root, answer_listings=False)
     rig.rescan("start")

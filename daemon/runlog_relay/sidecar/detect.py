@@ -370,8 +370,9 @@ class Detector:
             for path in message.created:
                 if path.parent == self.root and path.name not in self._runs:
                     self._born.add(path.name)
+            seen = message.seen
             for path in message.paths:
-                self._guard_path(path, message.seen_at)
+                self._guard_path(path, seen.get(path, message.seen_at))
         elif isinstance(message, ReadDone):
             file = self._files.get(message.relative)
             if file is not None and file.reading:

@@ -470,13 +470,14 @@ class FolderWatcher:
             return
         paths = frozenset(self._ready)
         self._ready.clear()
-        seen_at = min(self._first_event.pop(path, now) for path in paths)
+        seen = {path: self._first_event.pop(path, now) for path in paths}
+        seen_at = min(seen.values())
         for path in paths:
             self._last_post[path] = now
             self._due.pop(path, None)
         created = frozenset(self._created)
         self._created.clear()
-        self._inbox.put(PathsChanged(paths=paths, seen_at=seen_at, created=created))
+        self._inbox.put(PathsChanged(paths=paths, seen_at=seen_at, created=created, seen=seen))
 
     def _prune(self, now: float) -> None:
         """Forget throttle state older than the debounce (memory stays per active file)."""

@@ -389,6 +389,10 @@ class Pipeline:
                 return f"the drain budget of {budget:.0f}s ran out while {self._activity()}"
             with self._progress:
                 self._progress.wait(min(remaining, 0.1))
+            # Uploads notify hundreds of times a second in a first sync: look at most every
+            # 10 ms, or the checks (each takes the detector's lock) cost more CPU than
+            # the uploads' own bookkeeping (py-spy: ~6 % of a 2,000-file --once).
+            time.sleep(min(0.01, remaining))
 
     def shutdown(self, drain_timeout: float | None = None) -> DrainReport:
         """Stop watching, rescan once more, upload what is pending, report the rest."""

@@ -58,6 +58,10 @@ class PathsChanged:
     #: started empty under our eyes, so the bucket can hold nothing the local files would
     #: not replace anyway, and no listing is needed before their uploads.
     created: frozenset[Path] = frozenset()
+    #: When each path's own first event was seen (the lag of a file counts from its own
+    #: change, not from the earliest change of the batch it was posted with); a path
+    #: missing here was seen at ``seen_at``.
+    seen: Mapping[Path, float] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
