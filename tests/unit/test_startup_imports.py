@@ -95,3 +95,17 @@ def test_a_sidecar_run_imports_no_operator_tools_or_docs_machinery(tmp_path: Pat
         "runlog_relay.config.crd",
     ):
         assert absent not in modules, absent
+
+
+def test_a_per_pod_sidecar_imports_neither_the_sdk_nor_urllib3() -> None:
+    """The S3 calls made per file go through runlog_relay.s3http; the minio SDK and
+    urllib3 (the Lease client's, only with a shard group) load only when used."""
+    code = (
+        "import sys, runlog_relay.cli, runlog_relay.sidecar.command, runlog_relay.sidecar.pipeline;"
+        "print(sorted(m for m in ('minio', 'urllib3') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -34,11 +34,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from runlog_relay.config.settings import SidecarShard
 from runlog_relay.errors import ConfigError, RelayError
-from runlog_relay.sidecar.leases import LeaseApi, LeaseRecord, in_cluster_namespace
+
+if TYPE_CHECKING:
+    from runlog_relay.sidecar.leases import LeaseRecord
+
+# The Lease client (and urllib3 under it, ~30 ms and a few MiB) is imported only by a
+# replica that has a shard group: every per-pod sidecar imports this module and never
+# needs it (issue 12 item 5, the per-pod cost).
 
 __all__ = ["LeaseStore", "Shard", "owner_of", "placement", "shard_from_settings"]
 
@@ -235,6 +241,8 @@ def placement(settings: SidecarShard) -> tuple[str, str]:
             f"shard identity {identity!r} cannot name a Lease ({settings.group}-{identity}):"
             " use lower-case letters, digits, '-' and '.', at most 200 characters"
         )
+    from runlog_relay.sidecar.leases import in_cluster_namespace
+
     namespace = settings.namespace or os.environ.get("POD_NAMESPACE") or in_cluster_namespace()
     if not namespace:
         raise ConfigError("shard.group is set but no namespace is known: set shard.namespace")
@@ -250,6 +258,8 @@ def shard_from_settings(settings: SidecarShard, on_change: Callable[[str], None]
     """A :class:`Shard` when ``settings.group`` is set, else None (mirror every run)."""
     if not settings.group:
         return None
+    from runlog_relay.sidecar.leases import LeaseApi
+
     identity, namespace = placement(settings)
     leases = LeaseApi(settings.api_url, namespace, settings.group)
     return Shard(identity, leases, lease_seconds=settings.lease_seconds, on_change=on_change)
