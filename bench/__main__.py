@@ -24,7 +24,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.harness import Context, Figure
+from bench.harness import Context, Figure, compile_package
 
 #: Scenario modules, in the order they run and print.
 SCENARIOS = (
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         ctx = Context(work=work, toy=args.toy)
+        compile_package()
         try:
             for name in chosen:
                 started = time.monotonic()

@@ -8,16 +8,12 @@ of three starts, because the machine is shared; the bare interpreter (``python -
 is measured the same way beside it as the floor. These figures size the injected
 sidecar's default requests and limits (docs/benchmarks.md, "Per-pod cost").
 
-It runs as the image runs it: with the image's environment (``IMAGE_ENV``, from the
-Dockerfile) and runlog_relay's bytecode compiled beforehand, as pip compiles a wheel
-when it installs it. A checkout installed in editable mode under
-``PYTHONDONTWRITEBYTECODE=1`` would otherwise compile every module of the package from
-source at each start: CPU no pod spends.
+It runs as the image runs it (``bench.harness.IMAGE_ENV``, and the package's bytecode
+compiled before any scenario: see there).
 """
 
 from __future__ import annotations
 
-import compileall
 import subprocess
 import sys
 import time
@@ -25,27 +21,13 @@ from pathlib import Path
 
 import yaml
 
-import runlog_relay
-from bench.harness import Context, Figure, cpu_seconds, rss_mib, sidecar, wait_until
+from bench.harness import IMAGE_ENV, Context, Figure, cpu_seconds, rss_mib, sidecar, wait_until
 
 NAME = "podcost"
 SUMMARY = "per-pod sidecar: start-up CPU and idle RSS on an empty folder"
 
 STARTUP_CPU_TARGET = 0.3  #: CPU-s, issue 12 item 5
 IDLE_RSS_TARGET = 45.0  #: MiB
-
-#: The variables the Dockerfile sets that change what a start costs.
-IMAGE_ENV: dict[str, str | None] = {
-    "PYTHONDONTWRITEBYTECODE": "1",
-    "PYTHONUNBUFFERED": "1",
-    "MALLOC_ARENA_MAX": "2",
-}
-
-
-def _compile_bytecode() -> None:
-    """What ``pip install`` of the wheel does in the image (into ``__pycache__``, which
-    git ignores)."""
-    compileall.compile_dir(Path(runlog_relay.__file__).parent, quiet=1)
 
 
 def _interpreter_floor() -> tuple[float, float]:
@@ -80,7 +62,6 @@ def run(ctx: Context) -> list[Figure]:
         yaml.safe_dump({"endpoint": ctx.endpoint, "bucket": f"{ctx.bucket()}/run-logs"})
     )
     idle = ctx.size(10, 1)
-    _compile_bytecode()
     starts = [_one_start(ctx, config, idle) for _ in range(ctx.size(3, 1))]
     ready_cpu = min(s[0] for s in starts)
     idle_cpu = min(s[1] - s[0] for s in starts)

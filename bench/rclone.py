@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.harness import BASELINE, Context, Figure, baseline_env, write_tree
+from bench.harness import BASELINE, IMAGE_ENV, Context, Figure, baseline_env, write_tree
 from runlog_relay.cliopts import open_store
 from runlog_relay.config.settings import load_sidecar_settings
 
@@ -54,6 +54,7 @@ def _sidecar(
     """files/s and the process's CPU-s (user + system) of one ``sidecar --once``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLOG_RELAY_")}
     env.update(AWS_ACCESS_KEY_ID="minioadmin", AWS_SECRET_ACCESS_KEY="minioadmin")
+    env.update({k: v for k, v in IMAGE_ENV.items() if v is not None})
     if baseline:
         env.update(baseline_env())
     args = [sys.executable, "-m", "runlog_relay", "sidecar", "--once", "--source", str(source)]

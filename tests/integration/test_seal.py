@@ -73,7 +73,8 @@ def test_success_failure_and_retry_are_sealed_unsealed_and_sealed_again(
     runnable_compat.run_pipeline(source, "ok-run", layout=layout, workdir=work)
     wait_until(lambda: sealed(sidecar, "SUCCESS") == 1, timeout=30, what="the run sealed")
     assert_mirror(any_s3_client, any_bucket, "logs", source, layout)
-    (line,) = seal_lines(sidecar, "ok-run")
+    # The counter moves just before the line is written: wait for the line itself.
+    (line,) = wait_until(lambda: seal_lines(sidecar, "ok-run"), timeout=30, what="its log line")
     assert "SUCCESS" in line
     tags = object_tags(any_s3_client, any_bucket, "logs/ok-run/")
     assert tags and all(t == {STATUS_TAG: "SUCCESS"} for t in tags.values()), tags
@@ -165,7 +166,7 @@ def test_local_retention_deletes_sealed_runs_after_the_duration(
     }
     assert after == objects
     wait_until(lambda: sidecar.metric("runlog_relay_files_tracked") == 0, what="files forgotten")
-    assert "local retention deleted run old-run" in sidecar.log
+    wait_until(lambda: "local retention deleted run old-run" in sidecar.log, what="its log line")
     assert sidecar.terminate() == 0, sidecar.log
 
 
@@ -189,7 +190,7 @@ def test_local_retention_dry_run_keeps_everything(
     )
     assert (source / "kept-run" / "RunLog.json").exists()
     assert sidecar.metric("runlog_relay_retention_deleted_runs_total") == 0
-    assert "(dry run) would delete run kept-run" in sidecar.log
+    wait_until(lambda: "(dry run) would delete run kept-run" in sidecar.log, what="its log line")
     assert sidecar.terminate() == 0, sidecar.log
 
 
