@@ -160,6 +160,16 @@ class World:
     def metric(self, name: str, labels: dict[str, str]) -> float | None:
         return self.registry.get_sample_value(name, labels)
 
+    def retrying_controller(self, max_delay: float) -> StoreController:
+        """A controller of its own on this world, whose retries come within milliseconds."""
+        return StoreController(
+            self.api,
+            OperatorMetrics(CollectorRegistry()),
+            bucket_check=self.bucket,
+            options=ReconcileSettings(retry_base_delay=0.01, retry_max_delay=max_delay),
+            gate=self.gate,
+        )
+
 
 @pytest.fixture()
 def world() -> World:
@@ -207,13 +217,7 @@ def test_unchanged_state_writes_nothing(world: World) -> None:
 
 def test_missing_secret_is_retried_quietly_until_it_appears(world: World) -> None:
     world.put_store(CREDS_SPEC)
-    controller = StoreController(
-        world.api,
-        OperatorMetrics(CollectorRegistry()),
-        bucket_check=world.bucket,
-        options=ReconcileSettings(retry_base_delay=0.01, retry_max_delay=0.05),
-        gate=world.gate,
-    )
+    controller = world.retrying_controller(max_delay=0.05)
 
     async def scenario() -> None:
         result = await controller.reconcile(copy.deepcopy(world.api.objects[STORE_PATH]))
@@ -245,13 +249,7 @@ def test_missing_secret_is_retried_quietly_until_it_appears(world: World) -> Non
 
 def test_retries_stop_when_the_store_is_deleted_or_another_replica_leads(world: World) -> None:
     body = world.put_store(CREDS_SPEC)
-    controller = StoreController(
-        world.api,
-        OperatorMetrics(CollectorRegistry()),
-        bucket_check=world.bucket,
-        options=ReconcileSettings(retry_base_delay=0.01, retry_max_delay=0.01),
-        gate=world.gate,
-    )
+    controller = world.retrying_controller(max_delay=0.01)
 
     async def scenario() -> None:
         await controller.reconcile(copy.deepcopy(body))
@@ -272,13 +270,7 @@ def test_close_stops_a_retry_that_is_already_running(world: World) -> None:
     """A retry leaves the schedule when it wakes; close() must still end it, or it goes on
     using the API client after the operator closed it (a new, never-closed session)."""
     body = world.put_store(CREDS_SPEC)
-    controller = StoreController(
-        world.api,
-        OperatorMetrics(CollectorRegistry()),
-        bucket_check=world.bucket,
-        options=ReconcileSettings(retry_base_delay=0.01, retry_max_delay=0.01),
-        gate=world.gate,
-    )
+    controller = world.retrying_controller(max_delay=0.01)
 
     async def scenario() -> None:
         ours = asyncio.all_tasks()  # this scenario and asyncio's own wrapper
