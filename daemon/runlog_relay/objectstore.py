@@ -624,8 +624,9 @@ def _sdk_client(
         # One place retries, with backoff and metrics: the caller. urllib3 and minio
         # retrying underneath would hide outages and multiply requests.
         retries=False,
+        # The same certificate check as the lean path's (one policy for the endpoint).
+        ssl_context=_tls_context(ca_file=ca_file, insecure_skip_verify=insecure_skip_verify),
         cert_reqs="CERT_NONE" if insecure_skip_verify else "CERT_REQUIRED",
-        ca_certs=ca_file,
     )
     return _Client(
         netloc,
