@@ -9,6 +9,7 @@ is what is imported first.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,40 @@ def test_a_per_pod_sidecar_imports_neither_the_sdk_nor_urllib3() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+#: A counted repetition, ``{m,n}`` or ``{n}``, with its upper bound.
+_BOUNDED_REPEAT = re.compile(r"\{(?:\d*,)?(\d+)\}")
+
+
+def _field_patterns() -> list[tuple[str, str]]:
+    """Every ``pattern`` constraint of the config models (the sidecar's and the CRD's)."""
+    from pydantic import BaseModel
+
+    from runlog_relay.config import models, settings
+
+    found = []
+    for module in (models, settings):
+        for name, value in vars(module).items():
+            if not (isinstance(value, type) and issubclass(value, BaseModel)):
+                continue
+            for field_name, field in value.model_fields.items():
+                for meta in field.metadata:
+                    pattern = getattr(meta, "pattern", None)
+                    if isinstance(pattern, str):
+                        found.append((f"{name}.{field_name}", pattern))
+    return found
+
+
+def test_no_settings_pattern_has_a_long_counted_repetition() -> None:
+    """pydantic-core compiles patterns into automata whose size grows with a repetition's
+    count: ``^[^\\s]{1,2048}$`` alone cost every sidecar 8 MiB of RSS (of the 45 MiB
+    target). Lengths are ``max_length``'s job; patterns keep counts small."""
+    patterns = _field_patterns()
+    assert any(where == "SidecarSSE.kms_key_id" for where, _ in patterns)  # the walk sees them
+    long = [
+        (where, pattern)
+        for where, pattern in patterns
+        if any(int(bound) > 255 for bound in _BOUNDED_REPEAT.findall(pattern))
+    ]
+    assert long == []

@@ -72,6 +72,7 @@ from runlog_relay.config.credentials import describe as describe_credentials
 from runlog_relay.config.models import (
     DEFAULT_BUCKET,
     DEFAULT_ENDPOINT,
+    KMS_KEY_MAX_LENGTH,
     KMS_KEY_PATTERN,
     STORAGE_CLASS_PATTERN,
     BucketParts,
@@ -139,7 +140,9 @@ class SidecarSSE(WireModel):
 
     mode: SSEMode | None = None
     """s3, kms or c; unset: the bucket's default encryption."""
-    kms_key_id: str | None = Field(default=None, pattern=KMS_KEY_PATTERN)
+    kms_key_id: str | None = Field(
+        default=None, pattern=KMS_KEY_PATTERN, max_length=KMS_KEY_MAX_LENGTH
+    )
     """KMS key id, alias or ARN (mode kms); unset: the bucket's default KMS key."""
     kms_context: dict[str, str] | None = None
     """KMS encryption context (mode kms): a mapping, or its JSON text."""
