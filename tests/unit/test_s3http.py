@@ -214,6 +214,7 @@ def scripted() -> Iterator[Callable[..., ScriptedServer]]:
 
 
 def store_for(endpoint: str, **kwargs: object) -> ObjectStore:
+    kwargs.setdefault("read_timeout", 5.0)
     return ObjectStore(
         endpoint=endpoint,
         bucket="runnable",
@@ -222,7 +223,6 @@ def store_for(endpoint: str, **kwargs: object) -> ObjectStore:
         secret_key=SECRET,
         region="us-east-1",
         connect_timeout=2.0,
-        read_timeout=5.0,
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -266,6 +266,51 @@ def test_a_fresh_connection_that_fails_is_not_retried(
     assert caught.value.code == "Unreachable"
     assert not caught.value.unsent  # it was sent: the PUT may have landed (doubtful)
     assert len(server.requests) == 1
+
+
+def test_a_server_that_never_answers_times_out_as_retryable(
+    scripted: Callable[..., ScriptedServer],
+) -> None:
+    """Plain-http sockets are blocking with the kernel's read timeout (no poll per read):
+    a silent server must still end the request with a timeout, not hang or look closed."""
+    released = threading.Event()
+
+    def silent(request: Request) -> Answer:
+        released.wait(30)
+        return ok(request)
+
+    server = scripted(silent)
+    store = store_for(server.endpoint, read_timeout=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RetryableError) as caught:
+            store.put("r/RunLog", b"{}")
+        assert time.monotonic() - started < 10  # the 0.3 s timeout, not the server's 30 s
+        assert caught.value.code == "Unreachable"
+        assert "TimeoutError" in str(caught.value)
+        assert len(server.requests) == 1  # a request that was sent is not sent twice
+    finally:
+        released.set()
+        store.close()
+
+
+def test_a_server_that_stops_reading_times_the_send_out() -> None:
+    """The kernel's send timeout: a 16 MiB body to a server that accepted and reads
+    nothing fills both socket buffers, then the send ends with a timeout."""
+    listener = listen_on_loopback()
+    accepted: list[socket.socket] = []
+    thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True)
+    thread.start()
+    store = store_for(f"http://127.0.0.1:{listener.getsockname()[1]}", read_timeout=0.3)
+    try:
+        with pytest.raises(RetryableError) as caught:
+            store.put("r/RunLog", b"{" + b" " * (16 * 1024 * 1024 - 2) + b"}")
+        assert "TimeoutError" in str(caught.value)
+    finally:
+        store.close()
+        listener.close()
+        for sock in accepted:
+            sock.close()
 
 
 def test_connection_refused_is_retryable_and_unsent() -> None:
