@@ -89,6 +89,8 @@ BLOCKED_RECHECK_CAP = 30.0
 #: The RunLog could not be read as the version the detector has (being rewritten):
 #: looked at again this soon.
 NOT_READY_RETRY = 0.2
+#: How long the stage lets facts (file versions, uploads) gather before it takes them.
+FACT_BATCH_SECONDS = 0.01
 #: A final run whose VERIFY listings disagreed this many times in a row is logged once.
 VERIFY_MISSES_REPORTED = 5
 #: Error codes of a server that has no object tagging.
@@ -261,17 +263,34 @@ class RunSealer:
             if self._timers:
                 timeout = max(0.0, self._timers[0][0] - self._clock())
             try:
-                message: _Message | None = self._inbox.get(timeout=timeout)
+                batch: list[_Message | None] = [self._inbox.get(timeout=timeout)]
             except queue.Empty:
-                message = None
-            if isinstance(message, _Stop):
-                self._stopped = True  # asked to: a thread that dies otherwise is not alive
-                return
+                batch = [None]
+            if isinstance(batch[0], (FileVersion, Uploaded)):
+                # Facts come in bursts, two per file in a first sync: rest a moment and
+                # take the ones that came meanwhile together. Waking for each made this
+                # stage the second busiest hand-over of the interpreter lock (strace of
+                # 2,000 files: 9,000 wake-ups); sealing waits seconds of settle time anyway.
+                time.sleep(FACT_BATCH_SECONDS)
+                batch += self._queued()
+            for message in batch:
+                if isinstance(message, _Stop):
+                    self._stopped = True  # asked to: a thread that dies otherwise is not alive
+                    return
+                try:
+                    self.process(message)
+                except Exception:
+                    # A bug here must not stop the mirror (or sealing of other runs).
+                    log.exception("run stage error; continuing")
+
+    def _queued(self) -> list[_Message | None]:
+        """Every message waiting in the inbox, without blocking."""
+        messages: list[_Message | None] = []
+        while True:
             try:
-                self.process(message)
-            except Exception:
-                # A bug here must not stop the mirror (or sealing of other runs).
-                log.exception("run stage error; continuing")
+                messages.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return messages
 
     def process(self, message: object = None) -> None:
         """One step of the thread body: handle ``message`` (if any), then every look that
