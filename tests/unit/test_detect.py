@@ -389,6 +389,29 @@ def test_torn_file_backs_off_is_reported_after_the_grace_and_recovers(
     assert any("complete again" in r.getMessage() for r in caplog.records)
 
 
+def test_a_torn_file_that_completes_leaves_no_retry_behind(root: Path) -> None:
+    # The retry scheduled while it was torn must not fire once it is complete: it would
+    # mark the mirrored file dirty again, and a drain that ends meanwhile names it
+    # "not read yet" (a false incomplete at exit).
+    path = root / "r" / "BranchLog-x.json"
+    path.parent.mkdir()
+    path.write_text('{"half": ')
+    rig = Rig(root)
+    rig.rescan("start")
+    file = rig.detector._files["r/BranchLog-x.json"]
+    retry_at = file.retry_at
+    assert retry_at > rig.clock()
+    write_json(path, {"half": 2})
+    rig.changed(path)
+    rig.uploaded(*rig.take())
+    assert rig.detector.unmirrored() == {}
+    rig.detector.abort.set()  # the drain is over: nothing is read any more
+    rig.clock.now = retry_at
+    rig.step()
+    assert rig.detector.status().to_read == 0
+    assert rig.detector.unmirrored() == {}
+
+
 def test_retries_of_an_unchanged_torn_file_cost_an_lstat_not_a_read(root: Path) -> None:
     path = root / "r" / "RunLog.json"
     path.parent.mkdir()

@@ -816,6 +816,10 @@ class Detector:
         self._clear_torn(file)
         file.problem = None
         file.retries = 0
+        # Cancels the retry a torn or failed read scheduled (the timer checks retry_at):
+        # fired late, it would mark this mirrored file dirty, and a drain ending meanwhile
+        # would name it "not read yet".
+        file.retry_at = 0.0
         file.signature = _packed(snapshot.signature)
         file.settled = time.time() - snapshot.signature.mtime_ns / 1e9 > SETTLE_SECONDS
         self._bytes_read += snapshot.file_size
