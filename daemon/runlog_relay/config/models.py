@@ -405,7 +405,7 @@ class SyncSpec(WireModel):
     Short keeps the bucket close behind; longer saves reads on busy files."""
     rescan_interval_seconds: float = Field(default=60.0, ge=1.0, le=86400.0)
     """Full rescan of the folder as a safety net for missed events (a stat per file)."""
-    concurrency: int = Field(default=8, ge=1, le=64)
+    concurrency: int = Field(default=16, ge=1, le=64)
     """Uploads in flight at once."""
     force_polling: bool = False
     """Poll instead of using inotify: for NFS, CIFS and CSI volumes that deliver no events."""
