@@ -222,7 +222,10 @@ class Pipeline:
                 layout=self.settings.layout,
             )
             self.watcher.start()
-        self._inbox.put(Rescan(reason="start-up"))
+        if not self._once:
+            # --once has its one full rescan posted by its drain (a second, 13 ms of CPU
+            # for 2,000 files, would only find what the first found).
+            self._inbox.put(Rescan(reason="start-up"))
         self._detector_thread.start()
         if self.shard is not None:
             self.shard.start()
