@@ -22,7 +22,9 @@ Possessive quantifiers (Python 3.11) keep every pattern linear: no backtracking.
 
 from __future__ import annotations
 
+import functools
 import re
+from typing import NamedTuple
 
 __all__ = ["JsonChecker", "NotJson", "is_json"]
 
@@ -59,17 +61,38 @@ def _nested(levels: int) -> str:
 _PATTERN_DEPTH = 2
 _VALUE = _nested(_PATTERN_DEPTH)
 
-_WS_RE = re.compile(_WS)
-_VALUE_RE = re.compile(_VALUE)
-_KEY_RE = re.compile(rf"{_STRING}{_WS}:")
-_MEMBERS_RE = re.compile(rf"(?:{_WS},{_WS}{_STRING}{_WS}:{_WS}{_VALUE})*+")
-_ELEMENTS_RE = re.compile(rf"(?:{_WS},{_WS}{_VALUE})*+")
-_STRING_BODY_RE = re.compile(_STRING_BODY)
-_NUMBER_OR_LITERAL_RE = re.compile(rf"{_NUMBER}|{_LITERAL}")
-#: What may still continue a number that reached the end of a piece ("1." → "1.5").
-_NUMBER_TAIL_RE = re.compile(r"[0-9.eE+-]*+\Z")
-#: An escape cut by the end of a piece: a backslash, maybe "u" and up to three digits.
-_PARTIAL_ESCAPE_RE = re.compile(r"\\(?:u[0-9a-fA-F]{0,3})?\Z")
+
+class _Patterns(NamedTuple):
+    ws: re.Pattern[str]
+    value: re.Pattern[str]
+    key: re.Pattern[str]
+    members: re.Pattern[str]
+    elements: re.Pattern[str]
+    string_body: re.Pattern[str]
+    number_or_literal: re.Pattern[str]
+    #: What may still continue a number that reached the end of a piece ("1." -> "1.5").
+    number_tail: re.Pattern[str]
+    #: An escape cut by the end of a piece: a backslash, maybe "u" and up to three digits.
+    partial_escape: re.Pattern[str]
+
+
+@functools.cache
+def _patterns() -> _Patterns:
+    """Compiled on first use, not at import: about 9 ms of every sidecar's start-up, and
+    only files over 1 MiB and the documents ``json.loads`` refuses (torn files) need them."""
+    return _Patterns(
+        ws=re.compile(_WS),
+        value=re.compile(_VALUE),
+        key=re.compile(rf"{_STRING}{_WS}:"),
+        members=re.compile(rf"(?:{_WS},{_WS}{_STRING}{_WS}:{_WS}{_VALUE})*+"),
+        elements=re.compile(rf"(?:{_WS},{_WS}{_VALUE})*+"),
+        string_body=re.compile(_STRING_BODY),
+        number_or_literal=re.compile(rf"{_NUMBER}|{_LITERAL}"),
+        number_tail=re.compile(r"[0-9.eE+-]*+\Z"),
+        partial_escape=re.compile(r"\\(?:u[0-9a-fA-F]{0,3})?\Z"),
+    )
+
+
 _LITERALS = ("true", "false", "null", "NaN", "Infinity", "-Infinity")
 
 # Parser states.
@@ -128,13 +151,24 @@ class JsonChecker:
         return NotJson(reason, self._offset + index)
 
     def _run(self, buf: str, *, final: bool) -> None:
+        (
+            ws,
+            value,
+            key,
+            members,
+            elements,
+            string_body,
+            number_or_literal,
+            number_tail,
+            partial_escape,
+        ) = _patterns()
         stack = self._stack
         state = self._state
         end = len(buf)
         i = 0
         while True:
             if state in (_IN_KEY, _IN_STRING):
-                i = _STRING_BODY_RE.match(buf, i).end()  # type: ignore[union-attr]
+                i = string_body.match(buf, i).end()  # type: ignore[union-attr]
                 if i == end:
                     break
                 char = buf[i]
@@ -145,10 +179,10 @@ class JsonChecker:
                         continue
                     state = _AFTER_VALUE if stack else _DONE
                     continue
-                if not final and _PARTIAL_ESCAPE_RE.match(buf, i):
+                if not final and partial_escape.match(buf, i):
                     break
                 raise self._fail("invalid character or escape in a string", i)
-            i = _WS_RE.match(buf, i).end()  # type: ignore[union-attr]
+            i = ws.match(buf, i).end()  # type: ignore[union-attr]
             if i == end:
                 break
             char = buf[i]
@@ -160,11 +194,9 @@ class JsonChecker:
                 continue
             if state == _AFTER_VALUE:
                 opener = stack[-1]
-                if opener == 0x7B:  # "{"
-                    i = _MEMBERS_RE.match(buf, i).end()  # type: ignore[union-attr]
-                else:
-                    i = _ELEMENTS_RE.match(buf, i).end()  # type: ignore[union-attr]
-                i = _WS_RE.match(buf, i).end()  # type: ignore[union-attr]
+                more = members if opener == 0x7B else elements  # "{": members
+                i = more.match(buf, i).end()  # type: ignore[union-attr]
+                i = ws.match(buf, i).end()  # type: ignore[union-attr]
                 if i == end:
                     break
                 char = buf[i]
@@ -186,7 +218,7 @@ class JsonChecker:
                     i += 1
                     state = _AFTER_VALUE if stack else _DONE
                     continue
-                match = _KEY_RE.match(buf, i)
+                match = key.match(buf, i)
                 if match is not None:
                     i = match.end()
                     state = _VALUE_NEXT
@@ -202,7 +234,7 @@ class JsonChecker:
                 i += 1
                 state = _AFTER_VALUE if stack else _DONE
                 continue
-            match = _VALUE_RE.match(buf, i)
+            match = value.match(buf, i)
             if match is not None:
                 i = match.end()
                 state = _AFTER_VALUE if stack else _DONE
@@ -221,10 +253,10 @@ class JsonChecker:
                 i += 1
                 state = _IN_STRING
                 continue
-            match = _NUMBER_OR_LITERAL_RE.match(buf, i)
+            match = number_or_literal.match(buf, i)
             if match is not None:
                 after = match.end()
-                if not final and _NUMBER_TAIL_RE.match(buf, after):
+                if not final and number_tail.match(buf, after):
                     break  # "12" or "1." at the end of a piece: wait for the rest
                 i = after
                 state = _AFTER_VALUE if stack else _DONE

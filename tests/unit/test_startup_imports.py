@@ -2,8 +2,9 @@
 
 Start-up CPU and memory are figures for the benchmark (bench/podcost.py); what is checked
 here is deterministic: which work and which modules a ``runlog-relay sidecar`` process
-leaves out. Each case runs in a fresh interpreter, as the pod does, because what matters
-is what is imported first.
+leaves out. The cases about imports run in a fresh interpreter, as the pod does, because
+what matters is what is imported first; the one about the models' patterns reads the
+models in this process.
 """
 
 from __future__ import annotations
@@ -110,6 +111,31 @@ def test_a_per_pod_sidecar_imports_neither_the_sdk_nor_urllib3() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_reading_ordinary_run_logs_compiles_no_json_checker_patterns(tmp_path: Path) -> None:
+    """The streaming checker's patterns cost ~9 ms to compile; files under 1 MiB that
+    json.loads accepts never need them, so a sidecar compiles them only for the rare big
+    or torn file."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "RunLog.json").write_text('{"run_id": "r", "status": "SUCCESS"}')
+    (run / "BranchLog-x.json").write_text('{"half": ')
+    code = (
+        "import sys, runlog_relay.cli, runlog_relay.sidecar.command, runlog_relay.sidecar.pipeline;"
+        "from pathlib import Path; from runlog_relay import jsoncheck, stableread;"
+        f"stableread.read_stable(Path({str(run / 'RunLog.json')!r}));"
+        "print(jsoncheck._patterns.cache_info().currsize);"
+        "\ntry:\n"
+        f"    stableread.read_stable(Path({str(run / 'BranchLog-x.json')!r}))\n"
+        "except stableread.TornRead as exc:\n"
+        "    print(type(exc).__name__, jsoncheck._patterns.cache_info().currsize)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "TornRead", "1"]  # compiled for the torn file only
 
 
 #: A counted repetition, ``{m,n}`` or ``{n}``, with its upper bound.
