@@ -80,10 +80,13 @@ def _check_component(part: str, what: str) -> None:
         raise UnsafeNameError(part, f"{what} is hidden or relative (starts with a dot)")
     if part != part.strip():
         raise UnsafeNameError(part, f"{what} starts or ends with white space")
-    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in part):
-        raise UnsafeNameError(part, f"{what} is not valid UTF-8")
-    if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"} for ch in part):
-        raise UnsafeNameError(part, f"{what} contains a control or invisible character")
+    # Printable ASCII (nearly every name) has no surrogate, control or invisible
+    # character: the per-character walks below are for the rest (5 us of 17 per file).
+    if not (part.isascii() and part.isprintable()):
+        if any(0xD800 <= ord(ch) <= 0xDFFF for ch in part):
+            raise UnsafeNameError(part, f"{what} is not valid UTF-8")
+        if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"} for ch in part):
+            raise UnsafeNameError(part, f"{what} contains a control or invisible character")
     if "\\" in part or "/" in part:
         raise UnsafeNameError(part, f"{what} contains a path separator")
     if len(part.encode("utf-8")) > _MAX_COMPONENT_BYTES:

@@ -98,6 +98,8 @@ def test_run_id_of_key() -> None:
         ("run\n1/RunLog.json", CHUNKED, "control or invisible character"),
         ("run-1/Run\nLog.json", CHUNKED, "control or invisible character"),
         ("run-1/Run\x00Log.json", CHUNKED, "control or invisible character"),
+        ("run-1/Run\x7fLog.json", CHUNKED, "control or invisible character"),  # DEL: ASCII
+        ("run-1/Run\tLog.json", CHUNKED, "control or invisible character"),
         ("run\u202e1/RunLog.json", CHUNKED, "control or invisible character"),  # bidi override
         ("run-1/gol\u202enuR.json", CHUNKED, "control or invisible character"),
         ("run-1/zero\u200bwidth.json", CHUNKED, "control or invisible character"),
