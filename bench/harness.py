@@ -244,7 +244,7 @@ def percentile(samples: list[float], pct: int) -> float:
 
 @contextmanager
 def sidecar(
-    source: Path, endpoint: str, bucket: str, log: Path, *extra: str, **kwargs: object
+    source: Path, endpoint: str | None, bucket: str | None, log: Path, *extra: str, **kwargs: object
 ) -> Iterator[SidecarProcess]:
     """A running sidecar (INFO logging, the image's environment), stopped with SIGTERM at
     the end."""

@@ -12,6 +12,8 @@ import json
 import threading
 import time
 
+from tests.support.sidecar import SidecarProcess
+
 from bench.harness import BASELINE, Context, Figure, baseline_env, cpu_seconds, sidecar, wait_until
 from bench.sync import bare_put_ceiling
 
@@ -20,7 +22,7 @@ RUNS, SECONDS = 1000, 60
 SUMMARY = "1,000 new runs x 20 files in 60 s: lag"
 
 
-def lag_percentile(process, pct: float) -> float:  # type: ignore[no-untyped-def]
+def lag_percentile(process: SidecarProcess, pct: float) -> float:
     """From the sidecar's own histogram, interpolated within the bucket."""
     samples = process.metrics()
     buckets = sorted(

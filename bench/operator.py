@@ -166,6 +166,7 @@ def failover(args: argparse.Namespace, workdir: Path) -> None:
         active = wait_for(
             lambda: settled_leader(kube, processes, "relay"), 120, message="one active replica"
         )
+        assert active is not None  # wait_for returns once the condition holds
         time.sleep(args.settle)
         active.kill()
         killed = time.monotonic()

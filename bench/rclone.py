@@ -125,7 +125,8 @@ def run(ctx: Context) -> list[Figure]:
             )
             keep("baseline", rate)
             keep_cpu("baseline", cpu)
-        for transfers in RCLONE_TRANSFERS if binary else ():
+        for transfers in RCLONE_TRANSFERS if binary is not None else ():
+            assert binary is not None
             rate = _rclone(
                 binary, source, endpoint, ctx.bucket(endpoint), transfers, files, ctx.work
             )

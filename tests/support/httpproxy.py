@@ -24,6 +24,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from tests.support.tcpproxy import listen_on_loopback
 
@@ -162,7 +163,7 @@ class HttpProxy:
         self.reordered.set()
 
 
-def _read_request(reader) -> _Request | None:  # type: ignore[no-untyped-def]
+def _read_request(reader: BinaryIO) -> _Request | None:
     lines = []
     while True:
         line = reader.readline(65537)

@@ -343,13 +343,18 @@ def test_run_ids_limit_the_runs_mirrored_and_listed(root: Path) -> None:
 # =========================================================================== torn files
 
 
+def torn_file(path: Path) -> Path:
+    """A run-log file cut off half-way (in a run folder made for it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"half": ')
+    return path
+
+
 def test_torn_file_backs_off_is_reported_after_the_grace_and_recovers(
     root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="runlog_relay")
-    path = root / "r" / "BranchLog-x.json"
-    path.parent.mkdir()
-    path.write_text('{"half": ')
+    path = torn_file(root / "r" / "BranchLog-x.json")
     rig = Rig(root, torn_grace_seconds=5.0, rescan_interval_seconds=10.0)
     rig.rescan("start")
     assert rig.submitted == []
@@ -393,9 +398,7 @@ def test_a_torn_file_that_completes_leaves_no_retry_behind(root: Path) -> None:
     # The retry scheduled while it was torn must not fire once it is complete: it would
     # mark the mirrored file dirty again, and a drain that ends meanwhile names it
     # "not read yet" (a false incomplete at exit).
-    path = root / "r" / "BranchLog-x.json"
-    path.parent.mkdir()
-    path.write_text('{"half": ')
+    path = torn_file(root / "r" / "BranchLog-x.json")
     rig = Rig(root)
     rig.rescan("start")
     file = rig.detector._files["r/BranchLog-x.json"]
@@ -413,9 +416,7 @@ def test_a_torn_file_that_completes_leaves_no_retry_behind(root: Path) -> None:
 
 
 def test_retries_of_an_unchanged_torn_file_cost_an_lstat_not_a_read(root: Path) -> None:
-    path = root / "r" / "RunLog.json"
-    path.parent.mkdir()
-    path.write_text('{"half": ')
+    path = torn_file(root / "r" / "RunLog.json")
     an_hour_ago = time.time() - 3600
     os.utime(path, (an_hour_ago, an_hour_ago))  # long written: its signature is trustworthy
     rig = Rig(root)
@@ -433,9 +434,7 @@ def test_retries_of_an_unchanged_torn_file_cost_an_lstat_not_a_read(root: Path) 
 
 
 def test_a_rescan_does_not_reread_a_torn_file_that_did_not_change(root: Path) -> None:
-    path = root / "r" / "RunLog.json"
-    path.parent.mkdir()
-    path.write_text('{"half": ')
+    torn_file(root / "r" / "RunLog.json")
     rig = Rig(root)
     rig.rescan("start")
     for _ in range(5):

@@ -612,7 +612,7 @@ class RealisticKubernetesEmulator(kmock.KubernetesEmulator):
             raise LookupError(f"The emulator serves no resource {name!r}.")
         return candidates[0]
 
-    async def _serve_server_version(self, request: Any) -> Any:  # type: ignore[override]
+    async def _serve_server_version(self, request: Any) -> Any:
         major, minor = self.server_version.lstrip("v").split(".")[:2]
         return {
             "major": major,
