@@ -125,12 +125,12 @@ def run(ctx: Context) -> list[Figure]:
             )
             keep("baseline", rate)
             keep_cpu("baseline", cpu)
-        for transfers in RCLONE_TRANSFERS if binary is not None else ():
-            assert binary is not None
-            rate = _rclone(
-                binary, source, endpoint, ctx.bucket(endpoint), transfers, files, ctx.work
-            )
-            keep(f"rclone{transfers}", rate)
+        if binary is not None:
+            for transfers in RCLONE_TRANSFERS:
+                rate = _rclone(
+                    binary, source, endpoint, ctx.bucket(endpoint), transfers, files, ctx.work
+                )
+                keep(f"rclone{transfers}", rate)
     ceiling, sidecar = best["ceiling"], best["sidecar"]
     figures = [
         Figure(f"ceiling: bare PUTs, concurrency {CEILING_CONCURRENCY}", ceiling, "PUT/s"),

@@ -308,7 +308,7 @@ class Detector:
         self._synced = False
         self._warned: set[str] = set()
         self._bytes_read = 0
-        self._next_rescan = float("inf")  # set by the first (start-up) rescan
+        self._next_rescan = float("inf")  # set by the first rescan (start-up, or --once's)
         self._bulk = _BulkReader(self._inbox.put)
         self.abort = threading.Event()  #: the drain is over: stop reading, report
         self.stopped = False
