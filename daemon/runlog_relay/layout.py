@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = [
     "BodyEncoder",
@@ -36,6 +38,7 @@ __all__ = [
     "key_for",
     "key_of",
     "path_for",
+    "relative_parts",
     "run_id_of_key",
 ]
 
@@ -124,6 +127,22 @@ def key_of(relative: str, layout: Layout) -> str:
     if layout is Layout.CHUNKED:
         return relative[: -len(JSON_SUFFIX)]
     return f"{relative[: -len(JSON_SUFFIX)]}/{relative}"
+
+
+def relative_parts(root: Path, path: Path) -> list[str] | None:
+    """``path.relative_to(root).parts``, or None when ``path`` is not below ``root``.
+
+    By string where the two are spelled alike (always, for paths the sidecar builds):
+    pathlib's parsing was a fifth of the detector's CPU per file in a first sync."""
+    root_text = os.fspath(root)
+    text = os.fspath(path)
+    prefix = root_text if root_text.endswith("/") else root_text + "/"
+    if text.startswith(prefix):
+        return text[len(prefix) :].split("/")
+    try:
+        return list(path.relative_to(root).parts)
+    except ValueError:
+        return None
 
 
 def path_for(key: str, layout: Layout) -> str:

@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from runlog_relay.layout import JSON_SUFFIX, Layout, Mapping, UnsafeNameError, key_for
+from runlog_relay.layout import (
+    JSON_SUFFIX,
+    Layout,
+    Mapping,
+    UnsafeNameError,
+    key_for,
+    relative_parts,
+)
 
 __all__ = [
     "Candidate",
@@ -52,19 +59,17 @@ class Skipped:
 def classify_path(root: Path, path: Path, layout: Layout) -> Candidate | Skipped | None:
     """Decide what one path under ``root`` is. ``None``: not a run-log file at all
     (another extension, a directory, outside the root, or gone)."""
-    try:
-        relative_path = path.relative_to(root)
-    except ValueError:
+    parts = relative_parts(root, path)
+    if parts is None:
         return None
-    parts = relative_path.parts
     expected_depth = 2 if layout is Layout.CHUNKED else 1
     if len(parts) != expected_depth or not parts[-1].endswith(JSON_SUFFIX):
         return None
     # Every component below the root must be a real directory/file, never a link: a
     # linked run folder could point anywhere on the node.
-    current = root
+    current = os.fspath(root)
     for index, part in enumerate(parts):
-        current = current / part
+        current = os.path.join(current, part)
         try:
             info = os.lstat(current)
         except FileNotFoundError:

@@ -39,7 +39,7 @@ from pathlib import Path
 from runlog_relay import etag as etags
 from runlog_relay.etag import BodyDigest
 from runlog_relay.jsoncheck import JsonChecker, NotJson
-from runlog_relay.layout import BodyEncoder, Layout
+from runlog_relay.layout import BodyEncoder, Layout, relative_parts
 
 __all__ = [
     "INLINE_BODY_BYTES",
@@ -120,7 +120,9 @@ def _open_parent(path: Path, root: Path | None) -> tuple[list[int], str | Path, 
     """Descriptors of every folder from ``root`` down to ``path``'s parent (no links)."""
     if root is None:
         return [], path, None
-    parts = path.relative_to(root).parts
+    parts = relative_parts(root, path)
+    if parts is None:
+        raise ValueError(f"{path} is not under {root}")
     fds = [os.open(root, _OPEN_DIR)]
     try:
         for part in parts[:-1]:

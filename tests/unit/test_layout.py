@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -14,6 +15,7 @@ from runlog_relay.layout import (
     encode_body,
     key_for,
     path_for,
+    relative_parts,
     run_id_of_key,
 )
 
@@ -82,6 +84,35 @@ def test_single_path_for_rejects_keys_of_other_names() -> None:
         path_for("run-1/other.json", SINGLE)
     with pytest.raises(UnsafeNameError):
         path_for("run-1/run-1", SINGLE)
+
+
+@pytest.mark.parametrize(
+    ("root", "path"),
+    [
+        ("/data/logs", "/data/logs/run-1/RunLog.json"),
+        ("/data/logs", "/data/logs/run-1"),
+        ("/data/logs", "/data/logs"),  # the root itself: no parts
+        ("/", "/run-1/RunLog.json"),  # a root that ends in a slash
+        (".", "run-1/RunLog.json"),  # relative roots are spelled differently
+        ("logs", "logs/run-1/RunLog.json"),
+        ("/data/logs", "/data/logs/a/../b.json"),  # kept as pathlib keeps it
+    ],
+)
+def test_relative_parts_are_pathlibs(root: str, path: str) -> None:
+    expected = list(PurePosixPath(path).relative_to(PurePosixPath(root)).parts)
+    assert relative_parts(Path(root), Path(path)) == expected
+
+
+@pytest.mark.parametrize(
+    ("root", "path"),
+    [
+        ("/data/logs", "/data/logs-other/run-1/RunLog.json"),  # a sibling sharing the prefix
+        ("/data/logs", "/data"),
+        ("/data/logs", "/elsewhere/RunLog.json"),
+    ],
+)
+def test_relative_parts_of_a_path_outside_the_root_are_none(root: str, path: str) -> None:
+    assert relative_parts(Path(root), Path(path)) is None
 
 
 def test_run_id_of_key() -> None:
