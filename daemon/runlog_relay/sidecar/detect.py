@@ -804,7 +804,6 @@ class Detector:
             self._failed(file, outcome, now)
         else:  # pragma: no cover - BaseException from a reader thread
             raise outcome
-        self._update_gauges()
 
     def _complete(self, file: _File, snapshot: Snapshot, now: float) -> None:
         if file.torn_since is not None:

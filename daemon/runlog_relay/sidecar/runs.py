@@ -365,18 +365,15 @@ class RunSealer:
         self._schedule(run, now if self._draining else now + self._settle)
 
     def _uploaded(self, message: Uploaded, now: float) -> None:
-        try:
-            run_id = layouts.key_for(message.relative, self._settings().layout).run_id
-        except layouts.UnsafeNameError:
-            return
-        run = self._runs.get(run_id)
+        # The detector validated the name when it began to track the file.
+        key = layouts.key_of(message.relative, self._settings().layout)
+        run = self._runs.get(layouts.run_id_of_key(key))
         if run is None:
             return
         if run.sealed is not None:
             # An object of a sealed run was written again with the same content (the
             # detector repaired a late PUT): a new PUT carries no tags.
             if self._settings().tag_sealed_runs:
-                key = layouts.key_for(message.relative, self._settings().layout).key
                 self._tag(run.run_id, {key: message.etag}, run.sealed.status)
             return
         if run.status is not None:

@@ -196,6 +196,8 @@ class UploadWorkers:
         self._queue = queue
         self._store = store
         self._metrics = metrics
+        # The labelled child every successful PUT counts: looked up once, not per file.
+        self._uploaded_ok = metrics.uploads.labels(result="success")
         self._health = health
         self._on_outcome = on_outcome
         self._fail_fast = fail_fast
@@ -322,7 +324,7 @@ class UploadWorkers:
             if streamed:
                 self._budget.release(held)
         del etag  # the server's ETag; the checked parts are the proof of content
-        self._metrics.uploads.labels(result="success").inc()
+        self._uploaded_ok.inc()
         self._metrics.upload_bytes.inc(snapshot.body_size)
         self._metrics.sync_lag.observe(max(0.0, time.monotonic() - request.seen_at))
         self._metrics.last_sync.set(time.time())
