@@ -10,6 +10,7 @@ models in this process.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -32,14 +33,16 @@ print(json.dumps({
     "settings_doc": SidecarSettings.model_fields["source"].description,
     "spec_doc": SyncSpec.model_fields["debounce_seconds"].description,
     "store_spec_built": StoreSpec.__pydantic_complete__,
+    "plugins": __import__("os").environ.get("PYDANTIC_DISABLE_PLUGINS"),
     "modules": sorted(sys.modules),
 }))
 """
 
 
-def probe(tmp_path: Path, *args: str) -> dict[str, object]:
+def probe(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, object]:
     result = subprocess.run(
         [sys.executable, "-c", _PROBE, json.dumps(list(args))],
+        env={k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"} | (env or {}),
         capture_output=True,
         text=True,
         timeout=60,
@@ -97,6 +100,24 @@ def test_a_sidecar_run_imports_no_operator_tools_or_docs_machinery(tmp_path: Pat
         "runlog_relay.config.crd",
     ):
         assert absent not in modules, absent
+
+
+def test_a_sidecar_run_loads_no_pydantic_plugins_and_no_yaml_without_a_config_file(
+    tmp_path: Path,
+) -> None:
+    data = probe(tmp_path, "sidecar", "--source", not_a_folder(tmp_path), "--once")
+    assert data["plugins"] == "__all__"  # no scan of every package's entry points
+    assert "yaml" not in data["modules"]  # type: ignore[operator]
+    with_config = tmp_path / "sidecar.yaml"
+    with_config.write_text("logLevel: DEBUG\n")
+    args = ("sidecar", "--config", str(with_config), "--source", not_a_folder(tmp_path), "--once")
+    assert "yaml" in probe(tmp_path, *args)["modules"]  # type: ignore[operator]
+
+
+def test_a_plugin_setting_of_the_users_wins(tmp_path: Path) -> None:
+    args = ("sidecar", "--source", not_a_folder(tmp_path), "--once")
+    data = probe(tmp_path, *args, env={"PYDANTIC_DISABLE_PLUGINS": "logfire"})
+    assert data["plugins"] == "logfire"
 
 
 def test_a_per_pod_sidecar_imports_neither_the_sdk_nor_urllib3() -> None:
