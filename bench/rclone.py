@@ -5,19 +5,22 @@ Each contender copies the same tree into its own fresh bucket, end to end as a u
 it: ``runlog-relay sidecar --once`` (a process start, the listing, every PUT, the check
 that the mirror is complete) and ``rclone copy --checksum --fast-list --s3-no-head
 --transfers 8`` (and 16). The ceiling is the same bodies PUT with nothing else to do, by
-our client at concurrency 16 in this process. Rounds are interleaved and the best of each
-kept, because the server's speed drifts on a shared machine. rclone comes from Debian
+our client at concurrency 16 in this process. Rounds are interleaved, the order turning
+by one each round (every contender runs once in every place), and the best of each kept,
+because the server's speed drifts on a shared machine. rclone comes from Debian
 (``apt-get install rclone``; ``make bench`` installs it where it can); without it the
 rclone rows say so and the scenario still measures the rest.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -113,24 +116,35 @@ def run(ctx: Context) -> list[Figure]:
     def keep_cpu(name: str, cpu: float) -> None:
         least[name] = min(least.get(name, float("inf")), cpu)
 
-    for _ in range(ctx.size(3, 1)):
+    def ceiling_round() -> None:
         keep("ceiling", _ceiling(endpoint, ctx.bucket(endpoint), bodies))
-        log = ctx.work / "rclone-sidecar.log"
-        rate, cpu = _sidecar(source, endpoint, f"{ctx.bucket(endpoint)}/run-logs", files, log)
-        keep("sidecar", rate)
-        keep_cpu("sidecar", cpu)
-        if BASELINE:
-            rate, cpu = _sidecar(
-                source, endpoint, f"{ctx.bucket(endpoint)}/run-logs", files, log, baseline=True
-            )
-            keep("baseline", rate)
-            keep_cpu("baseline", cpu)
-        if binary is not None:
-            for transfers in RCLONE_TRANSFERS:
-                rate = _rclone(
-                    binary, source, endpoint, ctx.bucket(endpoint), transfers, files, ctx.work
-                )
-                keep(f"rclone{transfers}", rate)
+
+    def sidecar_round(*, baseline: bool = False) -> None:
+        name = "baseline" if baseline else "sidecar"
+        log = ctx.work / f"rclone-{name}.log"
+        bucket = f"{ctx.bucket(endpoint)}/run-logs"
+        rate, cpu = _sidecar(source, endpoint, bucket, files, log, baseline=baseline)
+        keep(name, rate)
+        keep_cpu(name, cpu)
+
+    def rclone_round(transfers: int) -> None:
+        assert binary is not None
+        bucket = ctx.bucket(endpoint)
+        rate = _rclone(binary, source, endpoint, bucket, transfers, files, ctx.work)
+        keep(f"rclone{transfers}", rate)
+
+    contenders: list[Callable[[], None]] = [ceiling_round, sidecar_round]
+    if BASELINE:
+        contenders.append(functools.partial(sidecar_round, baseline=True))
+    if binary is not None:
+        contenders += [functools.partial(rclone_round, t) for t in RCLONE_TRANSFERS]
+    # The order turns by one each round, so every contender runs once in every place:
+    # here, a sidecar that runs right after rclone was ~0.8x as fast as one after a
+    # sidecar, so a fixed order would hand whoever follows its own kind the lead.
+    for round_number in range(ctx.size(len(contenders), 1)):
+        turn = round_number % len(contenders)
+        for contender in contenders[turn:] + contenders[:turn]:
+            contender()
     ceiling, sidecar = best["ceiling"], best["sidecar"]
     figures = [
         Figure(f"ceiling: bare PUTs, concurrency {CEILING_CONCURRENCY}", ceiling, "PUT/s"),
