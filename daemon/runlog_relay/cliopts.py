@@ -33,6 +33,7 @@ from runlog_relay.config.settings import (
     SidecarSettings,
     config_key,
     env_names,
+    given_values_only,
     load_sidecar_settings,
     setting_field,
     unknown_variables,
@@ -303,9 +304,9 @@ def _checker(option: Option) -> Any:
     def check(text: str) -> str:
         value: Any = [text] if is_list else text
         try:
-            # validate_python, not the constructor: settings sources (the environment)
-            # must not take part in checking one flag.
-            model.__pydantic_validator__.validate_python({name: value})
+            # The environment and files must not take part in checking one flag.
+            with given_values_only():
+                model.__pydantic_validator__.validate_python({name: value})
         except ValidationError as exc:
             mine = [e for e in exc.errors() if e["loc"] and str(e["loc"][0]) in names]
             if mine:
