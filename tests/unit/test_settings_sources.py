@@ -24,6 +24,8 @@ from runlog_relay.cliopts import (
     settings_from_args,
 )
 from runlog_relay.config.settings import (
+    SidecarSettings,
+    given_values_only,
     load_sidecar_settings,
     setting_fields,
     unknown_variables,
@@ -218,8 +220,6 @@ def test_the_commands_warn_about_unknown_variables(
 def test_checking_a_flag_reads_no_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     """A flag's value is checked on its own: the environment (whose source walks every
     field and variable, ~7 ms per flag) takes no part."""
-    from runlog_relay.config.settings import SidecarSettings, given_values_only
-
     monkeypatch.setenv("RUNLOG_RELAY_BUCKET", "from-the-environment")
     validator = SidecarSettings.__pydantic_validator__
     assert validator.validate_python({}).bucket == "from-the-environment"
