@@ -77,7 +77,9 @@ def settings_page() -> str:
         "- **Flags**: a switch has a `--no-` form (`--no-force-polling`) to override a"
         " variable or the file.",
         "- **Variables**: a group's field is `RUNLOG_RELAY_<GROUP>__<FIELD>`"
-        " (`RUNLOG_RELAY_SYNC__DEBOUNCE_SECONDS`); a list is comma-separated. A"
+        " (`RUNLOG_RELAY_SYNC__DEBOUNCE_SECONDS`), or a whole group is a JSON object in"
+        " `RUNLOG_RELAY_<GROUP>` (`RUNLOG_RELAY_SYNC='{\"concurrency\": 8}'`), below its"
+        " fields' own variables; a list is comma-separated; names are case-insensitive. A"
         " `RUNLOG_RELAY_*` variable that is not a setting is ignored and named in a warning,"
         " with the nearest setting (`RUNLOG_RELAY_ENDPIONT is not a setting (did you mean"
         " RUNLOG_RELAY_ENDPOINT?)`).",

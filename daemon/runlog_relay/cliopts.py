@@ -33,7 +33,6 @@ from runlog_relay.config.settings import (
     SidecarSettings,
     config_key,
     env_names,
-    given_values_only,
     load_sidecar_settings,
     setting_field,
     unknown_variables,
@@ -304,9 +303,9 @@ def _checker(option: Option) -> Any:
     def check(text: str) -> str:
         value: Any = [text] if is_list else text
         try:
-            # The environment and files must not take part in checking one flag.
-            with given_values_only():
-                model.__pydantic_validator__.validate_python({name: value})
+            # The value alone: the models read no variable or file (load_sidecar_settings
+            # adds those), so the check is the field's own.
+            model.__pydantic_validator__.validate_python({name: value})
         except ValidationError as exc:
             mine = [e for e in exc.errors() if e["loc"] and str(e["loc"][0]) in names]
             if mine:

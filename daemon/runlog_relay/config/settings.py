@@ -25,20 +25,21 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import contextvars
 import difflib
 import enum
+import functools
 import ipaddress
 import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
+    BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -47,13 +48,6 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel, to_snake
 from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
 
 from runlog_relay import fielddocs
 from runlog_relay.config.credentials import (
@@ -103,7 +97,7 @@ __all__ = [
     "ambient_identity",
     "config_key",
     "env_names",
-    "given_values_only",
+    "environment_data",
     "load_sidecar_settings",
     "read_config_file",
     "setting_field",
@@ -196,34 +190,18 @@ class SidecarShard(WireModel):
     account's token and CA)."""
 
 
-#: The config file's data while :func:`load_sidecar_settings` builds the settings: one
-#: settings class for every load (a class per call cost ~20 ms of model building, at
-#: each start and reload), safe across the reload thread.
-_file_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("file_data")
-_given_only: contextvars.ContextVar[bool] = contextvars.ContextVar("given_only", default=False)
+class SidecarSettings(BucketParts, BaseModel):
+    """Everything the sidecar needs; see ``runlog-relay sidecar --help``.
 
+    Built from given values only: :func:`load_sidecar_settings` adds the environment and
+    the config file (a model, not pydantic-settings' BaseSettings, whose import cost every
+    sidecar start ~35 ms of CPU, asyncio included)."""
 
-@contextlib.contextmanager
-def given_values_only() -> Iterator[None]:
-    """Within: SidecarSettings validates the values it is given and reads no variable,
-    dotenv or secret file (``cliopts`` checks one flag's value this way; the environment
-    source alone walked every field and variable, ~7 ms per flag at start-up)."""
-    token = _given_only.set(True)
-    try:
-        yield
-    finally:
-        _given_only.reset(token)
-
-
-class SidecarSettings(BucketParts, BaseSettings):
-    """Everything the sidecar needs; see ``runlog-relay sidecar --help``."""
-
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
+    model_config = ConfigDict(
         extra="forbid",
         frozen=True,
         populate_by_name=True,
+        validate_default=True,
         use_attribute_docstrings=fielddocs.wanted(),  # see runlog_relay.fielddocs
     )
 
@@ -264,7 +242,7 @@ class SidecarSettings(BucketParts, BaseSettings):
     before the pod does not count as the pod's work being done."""
     shard: SidecarShard = SidecarShard()
     """Scale-out over replicas sharing one folder (off unless ``shard.group`` is set)."""
-    run_ids: Annotated[tuple[str, ...], NoDecode] = ()
+    run_ids: tuple[str, ...] = ()
     """Mirror only these runs (chunked: the `<run_id>/` folders; single: `<run_id>.json`)
     and list only their prefixes in the bucket; empty: every run. The flag repeats; the
     variable is comma-separated (one id is valid, so a downward-API field can fill it)."""
@@ -385,25 +363,6 @@ class SidecarSettings(BucketParts, BaseSettings):
     """Reconcile the whole folder with the bucket once, upload what differs, and exit: 0
     when the bucket mirrors the folder, 1 otherwise. Gives up after the drain timeout (at
     least 60 s) without progress."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """In :func:`load_sidecar_settings`: options, known variables, the file. Built
-        directly (tests): pydantic-settings' own sources. Within
-        :func:`given_values_only`: the given values alone."""
-        if _given_only.get():
-            return (init_settings,)
-        file_data = _file_data.get(None)
-        if file_data is None:
-            return (init_settings, env_settings, dotenv_settings, file_secret_settings)
-        return (init_settings, _KnownEnvSource(settings_cls), _FileSource(settings_cls, file_data))
 
     @field_validator("retry_run_id")
     @classmethod
@@ -749,20 +708,6 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
-class _FileSource(PydanticBaseSettingsSource):
-    """Settings from a YAML file, below the environment in precedence."""
-
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self._data = data
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._data)
-
-
 def load_sidecar_settings(
     overrides: dict[str, Any] | None = None, config_file: Path | None = None
 ) -> SidecarSettings:
@@ -773,13 +718,80 @@ def load_sidecar_settings(
     """
     file_data = read_config_file(config_file) if config_file else {}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    token = _file_data.set(file_data)
+    data: dict[str, Any] = {}
+    for source in (file_data, environment_data(os.environ), overrides):  # lowest first
+        _merge_into(data, _by_field_name(source))
     try:
-        return SidecarSettings(**overrides)
+        return SidecarSettings(**data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, config_file)) from None
-    finally:
-        _file_data.reset(token)
+
+
+def environment_data(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings the variables give, keyed by field name (groups as mappings).
+
+    A setting reads :func:`env_names` (case-insensitive, the first one set wins); a group
+    also reads ``RUNLOG_RELAY_<GROUP>``, a JSON object, below its fields' own variables.
+    Any other variable is no setting (:func:`unknown_variables` names it)."""
+    given = {name.upper(): value for name, value in environ.items()}
+    data: dict[str, Any] = {}
+    for name in SidecarSettings.model_fields:
+        if name in GROUPS:
+            group = _group_json(name, given.get(ENV_PREFIX + name.upper()))
+            for path, _ in _group_fields(name):
+                variable = env_names(path)[0]
+                if variable in given:
+                    group[path[1]] = given[variable]
+            if group:
+                data[name] = group
+            continue
+        for variable in env_names((name,)):
+            if variable in given:
+                data[name] = given[variable]
+                break
+    return data
+
+
+def _group_json(group: str, text: str | None) -> dict[str, Any]:
+    variable = ENV_PREFIX + group.upper()
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{variable} is not valid JSON: {exc.msg} at character {exc.pos}"
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{variable} must be a JSON object of {group} settings")
+    return dict(_snake_keys(value))
+
+
+def _by_field_name(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Top-level keys spelt as an alias (``credentials``) by their field's name, so that
+    the sources merge by setting, whatever their spelling."""
+    names = _field_names_by_key()
+    return {names.get(key, key): value for key, value in data.items()}
+
+
+@functools.cache
+def _field_names_by_key() -> dict[str, str]:
+    names: dict[str, str] = {}
+    for name, field in SidecarSettings.model_fields.items():
+        for choice in getattr(field.validation_alias, "choices", ()):
+            names.setdefault(str(choice), name)
+    return names
+
+
+def _merge_into(data: dict[str, Any], higher: Mapping[str, Any]) -> None:
+    """``higher`` wins, field by field inside a group (a flag for one sync field keeps
+    the file's other sync fields)."""
+    for key, value in higher.items():
+        below = data.get(key)
+        if key in GROUPS and isinstance(below, dict) and isinstance(value, dict):
+            data[key] = {**below, **value}
+        else:
+            data[key] = value
 
 
 def _format_validation_error(exc: ValidationError, config_file: Path | None) -> str:
@@ -808,12 +820,16 @@ def setting_fields() -> Iterator[tuple[tuple[str, ...], FieldInfo]]:
     """Every setting that holds a value, as (path, field): groups are walked into."""
     for name, field in SidecarSettings.model_fields.items():
         if name in GROUPS:
-            group = field.annotation
-            assert isinstance(group, type) and issubclass(group, WireModel)
-            for sub, subfield in group.model_fields.items():
-                yield (name, sub), subfield
+            yield from _group_fields(name)
         else:
             yield (name,), field
+
+
+def _group_fields(name: str) -> Iterator[tuple[tuple[str, ...], FieldInfo]]:
+    group = SidecarSettings.model_fields[name].annotation
+    assert isinstance(group, type) and issubclass(group, WireModel)
+    for sub, subfield in group.model_fields.items():
+        yield (name, sub), subfield
 
 
 def setting_field(path: tuple[str, ...]) -> FieldInfo:
@@ -881,14 +897,3 @@ def unknown_names(
         near = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
         found.append((name, f" (did you mean {near[0]}?)" if near else ""))
     return found
-
-
-class _KnownEnvSource(EnvSettingsSource):
-    """The environment, limited to the settings' own variables. Without the limit a
-    misspelt group variable (``RUNLOG_RELAY_SYNC__DEBOUNCE``) would be an error while a
-    misspelt top-level one is ignored, and the fields' short aliases (``credentials``)
-    would read unprefixed variables such as ``CREDENTIALS``."""
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        known = {name.lower() for name in _known_variables()}
-        return {k: v for k, v in super()._load_env_vars().items() if k.lower() in known}
