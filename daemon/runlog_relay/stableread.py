@@ -212,6 +212,12 @@ def read_stable(
             except NotJson as exc:
                 raise TornRead(f"not complete JSON: {exc}", _unchanged(fd, before)) from None
             emit(encoder.piece(chunk, text))
+            if read == before.st_size:
+                # All the bytes fstat counted: no read for the end of the file (each
+                # system call lets go of the interpreter lock, a hand-over to the upload
+                # threads). Bytes written meanwhile change the size or times ``after``
+                # reports, so the version is still refused as torn.
+                break
         after = os.fstat(fd)
     finally:
         os.close(fd)

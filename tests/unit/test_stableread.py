@@ -287,3 +287,28 @@ def test_a_file_of_another_length_is_refused(tmp_path: Path, change: str) -> Non
         pytest.raises(SnapshotChanged),
     ):
         stream.read(snapshot.body_size)
+
+
+def test_a_file_read_whole_needs_no_read_for_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One read when it returns every byte fstat counted: each system call hands the
+    interpreter lock to the upload threads. Growth is still caught (the test above)."""
+    path = tmp_path / "RunLog.json"
+    data = write_json(path, {"v": "x" * 5000})
+    real_read = os.read
+    reads: list[int] = []
+
+    def counted(fd: int, size: int) -> bytes:
+        chunk = real_read(fd, size)
+        reads.append(len(chunk))
+        return chunk
+
+    monkeypatch.setattr(os, "read", counted)
+    assert read_stable(path).etag == expected_etag(data)
+    assert reads == [len(data)]
+    reads.clear()
+    path.write_text("")  # empty: the first read is the end, and the file is torn
+    with pytest.raises(TornRead, match="empty"):
+        read_stable(path)
+    assert reads == [0]
