@@ -619,6 +619,41 @@ def test_a_symlink_event_is_skipped_too(root: Path, tmp_path: Path) -> None:
     assert rig.value("runlog_relay_skipped_files_total", reason="symlink") == 1
 
 
+@pytest.mark.parametrize("size", [100, detect.INLINE_BODY_BYTES + 1], ids=["small", "bulk"])
+def test_a_run_folder_that_becomes_a_link_before_its_read_is_skipped_as_a_link(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    # The read of a tracked file starts from one lstat, which follows a link in the middle
+    # of the path; the read itself does not, and the file must come out skipped as a link,
+    # like one the first classification finds, not as an unreadable file kept as pending.
+    run = root / "r"
+    path = run / "RunLog.json"
+    write_json(path, {"v": 1})
+    rig = Rig(root)
+    rig.rescan("start")
+    rig.uploaded(*rig.take())
+    outside = tmp_path / "outside"
+    write_json(outside / "RunLog.json", {"outside": True, "pad": "x" * size})
+
+    real_read = detect.read_file
+
+    def swap_then_read(*args: Any) -> object:
+        # The folder is swapped for a link after the lstat, just before the read (for a
+        # big file, on the bulk reader's thread).
+        run.rename(tmp_path / "moved")
+        run.symlink_to(outside)
+        return real_read(*args)
+
+    monkeypatch.setattr(detect, "read_file", swap_then_read)
+    write_json(path, {"v": 2, "pad": "x" * size})
+    rig.changed(path)
+    rig.settle_inbox()
+    assert rig.submitted == []
+    assert rig.value("runlog_relay_skipped_files_total", reason="symlink") == 1
+    assert rig.detector.unmirrored() == {}
+    assert rig.value("runlog_relay_files_tracked") == 0
+
+
 def test_deleted_file_is_forgotten_and_nothing_is_deleted(root: Path) -> None:
     keep = root / "r1" / "RunLog.json"
     gone = root / "r2" / "RunLog.json"
