@@ -825,10 +825,17 @@ class Detector:
             )
         elif isinstance(outcome, FileNotFoundError):
             self._forget(file)
-        elif isinstance(outcome, OSError) and outcome.errno in _LINKED:
+        elif (
+            isinstance(outcome, OSError)
+            and outcome.errno in _LINKED
+            and self._classified_size(file, self.root / file.relative) is None
+        ):
             # A folder on the way is a link now (the read never follows one; the lstat
-            # before it does): classified again, it is skipped as a link, not unreadable.
-            self._classified_size(file, self.root / file.relative)
+            # before it does): classified again, it is skipped as a link. Should the path
+            # look whole again by then, it is kept as unreadable below, retried on the
+            # next event and rescan, not read again at once (no busy loop on a flapping
+            # link).
+            pass
         elif isinstance(outcome, OSError):
             # Kept (and retried on every rescan and event): the file belongs in the mirror,
             # so shutdown reports it until it can be read.
