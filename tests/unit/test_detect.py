@@ -654,6 +654,40 @@ def test_a_run_folder_that_becomes_a_link_before_its_read_is_skipped_as_a_link(
     assert rig.value("runlog_relay_files_tracked") == 0
 
 
+def test_a_read_that_met_a_link_gone_again_keeps_the_file_and_retries_it(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The link is back to a plain folder by the time the path is classified again: the
+    # new version is not dropped, it stays unmirrored (unreadable) until a rescan reads it.
+    run = root / "r"
+    path = run / "RunLog.json"
+    write_json(path, {"v": 1})
+    rig = Rig(root)
+    rig.rescan("start")
+    rig.uploaded(*rig.take())
+    outside = tmp_path / "outside"
+    write_json(outside / "RunLog.json", {"outside": True})
+    real_read = detect.read_file
+
+    def flap_around_the_read(*args: Any) -> object:
+        run.rename(tmp_path / "moved")
+        run.symlink_to(outside)
+        try:
+            return real_read(*args)
+        finally:
+            run.unlink()
+            (tmp_path / "moved").rename(run)
+
+    monkeypatch.setattr(detect, "read_file", flap_around_the_read)
+    body = write_json(path, {"v": 2})
+    rig.changed(path)
+    assert rig.submitted == []
+    assert rig.detector.unmirrored() == {"r/RunLog.json": "unreadable: Not a directory"}
+    monkeypatch.setattr(detect, "read_file", real_read)
+    rig.rescan("periodic")
+    assert [r.body for r in rig.submitted] == [body]
+
+
 def test_deleted_file_is_forgotten_and_nothing_is_deleted(root: Path) -> None:
     keep = root / "r1" / "RunLog.json"
     gone = root / "r2" / "RunLog.json"

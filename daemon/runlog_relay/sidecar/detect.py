@@ -643,16 +643,8 @@ class Detector:
             return
         file = self._files.get("/".join(relative.parts))
         result = classify_path(root, path, self.settings.layout)
-        if result is None:
-            if file is not None:
-                self._forget(file)  # deleted or no longer a run-log file: keep the object
-        elif isinstance(result, Skipped):
-            if file is not None and result.reason == "unreadable":
-                self._set_problem(file, "unreadable", result.detail)
-            else:
-                if file is not None:
-                    self._forget(file)
-                self._skip(result)
+        if result is None or isinstance(result, Skipped):
+            self._not_a_candidate(file, result)
         elif file is None:
             if self._wanted(result.mapping.run_id):
                 file = self._track(result)
@@ -790,20 +782,28 @@ class Detector:
 
     def _classified_size(self, file: _File, path: Path) -> int | None:
         """The full classification of a path that is no longer a plain regular file where
-        it was: its size when it still is a candidate, else None, the file forgotten,
-        skipped (a link, not a regular file, an unsafe name) or unreadable."""
+        it was: its size when it still is a candidate, else None (see
+        :meth:`_not_a_candidate`)."""
         item = classify_path(self.root, path, self.settings.layout)
-        if item is None:
-            self._forget(file)
-            return None
-        if isinstance(item, Skipped):
-            if item.reason == "unreadable":
-                self._set_problem(file, "unreadable", item.detail)
-            else:
-                self._forget(file)
-                self._skip(item)
+        if item is None or isinstance(item, Skipped):
+            self._not_a_candidate(file, item)
             return None
         return item.size
+
+    def _not_a_candidate(self, file: _File | None, result: Skipped | None) -> None:
+        """A path the classification did not take, and its tracked file if any: forgotten
+        when gone or no longer a run-log file (the object is kept), kept with a problem
+        when unreadable, else forgotten and the path skipped (a link, not a regular
+        file, an unsafe name)."""
+        if result is None:
+            if file is not None:
+                self._forget(file)
+        elif file is not None and result.reason == "unreadable":
+            self._set_problem(file, "unreadable", result.detail)
+        else:
+            if file is not None:
+                self._forget(file)
+            self._skip(result)
 
     def _apply(self, file: _File, outcome: Snapshot | BaseException, now: float) -> None:
         if isinstance(outcome, Snapshot):
@@ -825,20 +825,18 @@ class Detector:
             )
         elif isinstance(outcome, FileNotFoundError):
             self._forget(file)
-        elif (
-            isinstance(outcome, OSError)
-            and outcome.errno in _LINKED
-            and self._classified_size(file, self.root / file.relative) is None
-        ):
-            # A folder on the way is a link now (the read never follows one; the lstat
-            # before it does): classified again, it is skipped as a link. Should the path
-            # look whole again by then, it is kept as unreadable below, retried on the
-            # next event and rescan, not read again at once (no busy loop on a flapping
-            # link).
-            pass
         elif isinstance(outcome, OSError):
+            if (
+                outcome.errno in _LINKED
+                and self._classified_size(file, self.root / file.relative) is None
+            ):
+                # A folder on the way is a link now (the read never follows one; the
+                # lstat before it does): classified again, it is skipped as a link.
+                return
             # Kept (and retried on every rescan and event): the file belongs in the mirror,
-            # so shutdown reports it until it can be read.
+            # so shutdown reports it until it can be read. A path that met a link but
+            # looks whole again is kept too, not read again at once: no busy loop on a
+            # flapping link.
             self._set_problem(file, "unreadable", outcome.strerror or str(outcome))
         elif isinstance(outcome, Exception):
             self._failed(file, outcome, now)
