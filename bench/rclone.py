@@ -7,7 +7,10 @@ that the mirror is complete) and ``rclone copy --checksum --fast-list --s3-no-he
 --transfers 8`` (and 16). The ceiling is the same bodies PUT with nothing else to do, by
 our client at concurrency 16 in this process. Rounds are interleaved, the order turning
 by one each round (every contender runs once in every place), and the best of each kept,
-because the server's speed drifts on a shared machine. rclone comes from Debian
+because the server's speed drifts on a shared machine. One more contender splits the
+sidecar's time in two: the same ``--once`` pipeline run in this process, where the
+interpreter has started and the modules are imported, so the difference between the two
+is what the process start costs (a Go binary's is a few milliseconds). rclone comes from Debian
 (``apt-get install rclone``; ``make bench`` installs it where it can); without it the
 rclone rows say so and the scenario still measures the rest.
 """
@@ -25,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.harness import BASELINE, IMAGE_ENV, Context, Figure, baseline_env, write_tree
+from bench.sync import initial_sync
 from runlog_relay.cliopts import open_store
 from runlog_relay.config.settings import load_sidecar_settings
 
@@ -127,13 +131,17 @@ def run(ctx: Context) -> list[Figure]:
         keep(name, rate)
         keep_cpu(name, cpu)
 
+    def pipeline_round() -> None:
+        bucket = f"{ctx.bucket(endpoint)}/run-logs"
+        keep("pipeline", initial_sync(source, endpoint, bucket, files, concurrency=None))
+
     def rclone_round(transfers: int) -> None:
         assert binary is not None
         bucket = ctx.bucket(endpoint)
         rate = _rclone(binary, source, endpoint, bucket, transfers, files, ctx.work)
         keep(f"rclone{transfers}", rate)
 
-    contenders: list[Callable[[], None]] = [ceiling_round, sidecar_round]
+    contenders: list[Callable[[], None]] = [ceiling_round, sidecar_round, pipeline_round]
     if BASELINE:
         contenders.append(functools.partial(sidecar_round, baseline=True))
     if binary is not None:
@@ -145,12 +153,23 @@ def run(ctx: Context) -> list[Figure]:
         turn = round_number % len(contenders)
         for contender in contenders[turn:] + contenders[:turn]:
             contender()
-    ceiling, sidecar = best["ceiling"], best["sidecar"]
+    ceiling, sidecar, pipeline = best["ceiling"], best["sidecar"], best["pipeline"]
     figures = [
         Figure(f"ceiling: bare PUTs, concurrency {CEILING_CONCURRENCY}", ceiling, "PUT/s"),
         Figure(f"sidecar --once, {files:,} files", sidecar, "files/s"),
         Figure("sidecar / ceiling", sidecar / ceiling * 100, "%"),
         Figure("sidecar CPU for the first sync (least of the rounds)", least["sidecar"], "CPU-s"),
+        Figure(
+            "the same pipeline in this process (no interpreter start)",
+            pipeline,
+            "files/s",
+            note=f"{pipeline / ceiling * 100:.0f} % of the ceiling",
+        ),
+        Figure(
+            "sidecar --once time beyond the pipeline's (start-up, imports, exit)",
+            (files / sidecar - files / pipeline) * 1000,
+            "ms",
+        ),
     ]
     if BASELINE:
         figures += [
@@ -180,5 +199,6 @@ def run(ctx: Context) -> list[Figure]:
                 ">= 1.0 x",
                 sidecar >= rate,
             ),
+            Figure(f"in-process pipeline / rclone {transfers}", pipeline / rate, "x"),
         ]
     return figures

@@ -23,7 +23,10 @@ SUMMARY = "first sync of 2,000 files vs the bare PUT ceiling"
 CONCURRENCY = 8
 
 
-def settings_for(source: Path, endpoint: str, bucket: str) -> SidecarSettings:
+def settings_for(
+    source: Path, endpoint: str, bucket: str, concurrency: int | None = CONCURRENCY
+) -> SidecarSettings:
+    """``concurrency`` None: the sidecar's default."""
     return load_sidecar_settings(
         {
             "source": source,
@@ -31,7 +34,7 @@ def settings_for(source: Path, endpoint: str, bucket: str) -> SidecarSettings:
             "bucket": bucket,
             "access_key_id": "minioadmin",
             "secret_access_key": "minioadmin",
-            "sync": {"concurrency": CONCURRENCY},
+            **({} if concurrency is None else {"sync": {"concurrency": concurrency}}),
         }
     )
 
@@ -46,12 +49,14 @@ def bare_put_ceiling(endpoint: str, bucket: str, bodies: list[tuple[str, bytes]]
     return len(bodies) / (time.perf_counter() - started)
 
 
-def initial_sync(source: Path, endpoint: str, bucket: str, files: int) -> float:
+def initial_sync(
+    source: Path, endpoint: str, bucket: str, files: int, concurrency: int | None = CONCURRENCY
+) -> float:
+    """files/s of one ``--once`` pipeline run in this process (no interpreter start)."""
     registry = CollectorRegistry()
-    pipeline = Pipeline(
-        settings_for(source, endpoint, bucket), SidecarMetrics(registry), open_store, once=True
-    )
+    settings = settings_for(source, endpoint, bucket, concurrency)
     started = time.perf_counter()
+    pipeline = Pipeline(settings, SidecarMetrics(registry), open_store, once=True)
     report = pipeline.run_once(timeout=600)
     elapsed = time.perf_counter() - started
     uploaded = registry.get_sample_value("runlog_relay_uploads_total", {"result": "success"})

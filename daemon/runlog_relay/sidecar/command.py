@@ -28,7 +28,6 @@ from runlog_relay.config.settings import (
 )
 from runlog_relay.errors import ConfigError
 from runlog_relay.exitcodes import ExitCode, epilog
-from runlog_relay.health import HealthServer
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar.pipeline import DrainReport, Pipeline, source_problem
 from runlog_relay.sidecar.podwork import PodWork
@@ -169,6 +168,10 @@ def _serve(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    # Here, not at the top: `--once` serves nothing, and the health server's asyncio is
+    # ~14 ms of a one-shot sync's start-up (issue 12 item 6: start-up is its gap to rclone).
+    from runlog_relay.health import HealthServer
+
     registry = CollectorRegistry()
     metrics = SidecarMetrics(registry)
     probes = _Probes("waiting for " + ", ".join(str(p) for p in waiting))
