@@ -6,7 +6,7 @@ from __future__ import annotations
 from tests.support.sidecar import start_sidecar
 from tests.support.tcpproxy import TcpProxy
 
-from bench.harness import Context, Figure, write_tree
+from bench.harness import IMAGE_ENV, Context, Figure, write_tree
 
 NAME = "restart"
 SUMMARY = "restart over a synced tree: requests on the wire"
@@ -16,11 +16,17 @@ def run(ctx: Context) -> list[Figure]:
     source = ctx.folder("restart-tree")
     write_tree(source, runs=ctx.size(100, 5), per_run=20, seed=3)
     bucket = ctx.bucket()
-    first = start_sidecar(source, ctx.endpoint, bucket, ctx.work / "restart-1.log", "--once")
+    # The image's environment, as every other scenario's sidecar runs (bytecode, malloc).
+    image = dict(IMAGE_ENV)
+    first = start_sidecar(
+        source, ctx.endpoint, bucket, ctx.work / "restart-1.log", "--once", env=image
+    )
     assert first.process.wait(600) == 0, first.log
     proxy = TcpProxy(ctx.server.port)
     try:
-        again = start_sidecar(source, proxy.endpoint, bucket, ctx.work / "restart-2.log", "--once")
+        again = start_sidecar(
+            source, proxy.endpoint, bucket, ctx.work / "restart-2.log", "--once", env=image
+        )
         assert again.process.wait(600) == 0, again.log
         counts = dict(proxy.counts)
     finally:
