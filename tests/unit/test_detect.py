@@ -619,13 +619,12 @@ def test_a_symlink_event_is_skipped_too(root: Path, tmp_path: Path) -> None:
     assert rig.value("runlog_relay_skipped_files_total", reason="symlink") == 1
 
 
-@pytest.mark.parametrize("size", [100, detect.INLINE_BODY_BYTES + 1], ids=["small", "bulk"])
-def test_a_run_folder_that_becomes_a_link_before_its_read_is_skipped_as_a_link(
-    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
-) -> None:
-    # The read of a tracked file starts from one lstat, which follows a link in the middle
-    # of the path; the read itself does not, and the file must come out skipped as a link,
-    # like one the first classification finds, not as an unreadable file kept as pending.
+def _synced_run_and_a_folder_outside(
+    root: Path, tmp_path: Path, pad: str = ""
+) -> tuple[Rig, Path, Path, Path]:
+    """A rig whose run ``r`` (one RunLog.json) is uploaded, and a folder outside the root
+    holding a RunLog.json of its own (padded by ``pad``) for the run folder to be swapped
+    for: the rig, the run folder, its file, the outside folder."""
     run = root / "r"
     path = run / "RunLog.json"
     write_json(path, {"v": 1})
@@ -633,8 +632,18 @@ def test_a_run_folder_that_becomes_a_link_before_its_read_is_skipped_as_a_link(
     rig.rescan("start")
     rig.uploaded(*rig.take())
     outside = tmp_path / "outside"
-    write_json(outside / "RunLog.json", {"outside": True, "pad": "x" * size})
+    write_json(outside / "RunLog.json", {"outside": True, "pad": pad})
+    return rig, run, path, outside
 
+
+@pytest.mark.parametrize("size", [100, detect.INLINE_BODY_BYTES + 1], ids=["small", "bulk"])
+def test_a_run_folder_that_becomes_a_link_before_its_read_is_skipped_as_a_link(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    # The read of a tracked file starts from one lstat, which follows a link in the middle
+    # of the path; the read itself does not, and the file must come out skipped as a link,
+    # like one the first classification finds, not as an unreadable file kept as pending.
+    rig, run, path, outside = _synced_run_and_a_folder_outside(root, tmp_path, "x" * size)
     real_read = detect.read_file
 
     def swap_then_read(*args: Any) -> object:
@@ -659,14 +668,7 @@ def test_a_read_that_met_a_link_gone_again_keeps_the_file_and_retries_it(
 ) -> None:
     # The link is back to a plain folder by the time the path is classified again: the
     # new version is not dropped, it stays unmirrored (unreadable) until a rescan reads it.
-    run = root / "r"
-    path = run / "RunLog.json"
-    write_json(path, {"v": 1})
-    rig = Rig(root)
-    rig.rescan("start")
-    rig.uploaded(*rig.take())
-    outside = tmp_path / "outside"
-    write_json(outside / "RunLog.json", {"outside": True})
+    rig, run, path, outside = _synced_run_and_a_folder_outside(root, tmp_path)
     real_read = detect.read_file
 
     def flap_around_the_read(*args: Any) -> object:
