@@ -24,35 +24,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.harness import BASELINE, IMAGE_ENV, Context, Figure, baseline_env, write_tree
-from bench.sync import initial_sync
-from runlog_relay.cliopts import open_store
-from runlog_relay.config.settings import load_sidecar_settings
+from bench.sync import bare_put_ceiling, initial_sync
 
 NAME = "rclone"
 SUMMARY = "first sync of 2,000 files on SeaweedFS: sidecar vs rclone 8/16 vs the ceiling"
 CEILING_CONCURRENCY = 16
 RCLONE_TRANSFERS = (8, 16)
-
-
-def _ceiling(endpoint: str, bucket: str, bodies: list[tuple[str, bytes]]) -> float:
-    settings = load_sidecar_settings(
-        {
-            "source": Path("/nonexistent"),
-            "endpoint": endpoint,
-            "bucket": bucket,
-            "access_key_id": "minioadmin",
-            "secret_access_key": "minioadmin",
-        }
-    )
-    store = open_store(settings, max_connections=CEILING_CONCURRENCY + 2)
-    started = time.perf_counter()
-    with ThreadPoolExecutor(CEILING_CONCURRENCY) as pool:
-        list(pool.map(lambda kb: store.put(*kb), bodies))
-    return len(bodies) / (time.perf_counter() - started)
 
 
 def _sidecar(
@@ -121,7 +101,8 @@ def run(ctx: Context) -> list[Figure]:
         least[name] = min(least.get(name, float("inf")), cpu)
 
     def ceiling_round() -> None:
-        keep("ceiling", _ceiling(endpoint, ctx.bucket(endpoint), bodies))
+        bucket = ctx.bucket(endpoint)
+        keep("ceiling", bare_put_ceiling(endpoint, bucket, bodies, CEILING_CONCURRENCY))
 
     def sidecar_round(*, baseline: bool = False) -> None:
         name = "baseline" if baseline else "sidecar"

@@ -39,12 +39,15 @@ def settings_for(
     )
 
 
-def bare_put_ceiling(endpoint: str, bucket: str, bodies: list[tuple[str, bytes]]) -> float:
+def bare_put_ceiling(
+    endpoint: str, bucket: str, bodies: list[tuple[str, bytes]], concurrency: int = CONCURRENCY
+) -> float:
+    """PUT/s of ``bodies`` through the sidecar's client with nothing else to do."""
     store = open_store(
-        settings_for(Path("/nonexistent"), endpoint, bucket), max_connections=CONCURRENCY + 2
+        settings_for(Path("/nonexistent"), endpoint, bucket), max_connections=concurrency + 2
     )
     started = time.perf_counter()
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
+    with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(lambda kb: store.put(*kb), bodies))
     return len(bodies) / (time.perf_counter() - started)
 
