@@ -108,7 +108,7 @@ def test_a_sidecar_run_imports_no_operator_tools_or_docs_machinery(tmp_path: Pat
 
 def test_a_one_shot_sync_imports_no_health_server(tmp_path: Path) -> None:
     """``--once`` serves no /metrics or probes: the health server and its asyncio (~14 ms
-    of a one-shot sync's start-up, which is what it loses to rclone) stay out of it."""
+    of a one-shot sync's start-up, the part of its time rclone does not pay) stay out."""
     data = probe(tmp_path, "sidecar", "--source", not_a_folder(tmp_path), "--once")
     modules = set(data["modules"])  # type: ignore[call-overload]
     assert "runlog_relay.sidecar.pipeline" in modules  # the sidecar command loaded
