@@ -156,6 +156,72 @@ def test_the_pvc_probes_resources_and_security() -> None:
     assert pod["terminationGracePeriodSeconds"] >= 50 + 5  # the drain, then the Lease
 
 
+def test_an_existing_service_account_and_rbac_of_ones_own() -> None:
+    """`serviceAccount.create: false` runs the relay as the named account, still bound to
+    the Lease Role; `rbac.create: false` leaves the Role and binding to the user too."""
+    objects = relay_objects(values(serviceAccount={"create": False, "name": "pipelines-relay"}))
+    assert sorted(o["kind"] for o in objects) == [
+        "Deployment",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+    ]
+    (deployment,) = by_kind(objects, "Deployment")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "pipelines-relay"
+    (binding,) = by_kind(objects, "RoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "pipelines-relay", "namespace": NAMESPACE}
+    ]
+    chart_values = {**values(), "rbac": {"create": False}}
+    assert sorted(o["kind"] for o in relay_objects(chart_values)) == [
+        "Deployment",
+        "PodDisruptionBudget",
+        "ServiceAccount",
+    ]
+
+
+def test_a_network_policy_admits_scrapes_and_lets_out_only_what_the_relay_uses() -> None:
+    assert not by_kind(relay_objects(values()), "NetworkPolicy")  # off by default
+    monitoring = [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
+    to_s3 = [{"to": [{"ipBlock": {"cidr": "10.1.0.0/16"}}], "ports": [{"port": 9000}]}]
+    objects = relay_objects(
+        values(
+            namespace="team-a",
+            networkPolicy={
+                "enabled": True,
+                "metricsFrom": monitoring,
+                "egress": {"enabled": True, "extraRules": to_s3},
+            },
+        )
+    )
+    (policy,) = by_kind(objects, "NetworkPolicy")
+    (deployment,) = by_kind(objects, "Deployment")
+    spec = policy["spec"]
+    assert policy["metadata"]["namespace"] == "team-a"
+    # It selects the relay's pods, and only those (not the operator's, nor pipelines').
+    assert spec["podSelector"] == deployment["spec"]["selector"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    (ingress,) = spec["ingress"]
+    assert ingress == {"ports": [{"port": "relay-metrics", "protocol": "TCP"}], "from": monitoring}
+    container_ports = {p["name"] for p in container_of(objects)["ports"]}
+    assert {p["port"] for p in ingress["ports"]} <= container_ports
+    dns, api, *extra = spec["egress"]
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert [p["port"] for p in api["ports"]] == [443, 6443]  # the Leases
+    assert extra == to_s3
+    # Ingress only: egress stays open.
+    open_egress = relay_objects(values(networkPolicy={"enabled": True}))
+    (policy,) = by_kind(open_egress, "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and "egress" not in policy["spec"]
+    assert "from" not in policy["spec"]["ingress"][0]  # any scraper
+
+
+def test_a_startup_probe_only_when_asked_for() -> None:
+    assert "startupProbe" not in container_of(relay_objects(values()))
+    probe = {"httpGet": {"path": "/livez", "port": "relay-metrics"}, "failureThreshold": 30}
+    assert container_of(relay_objects(values(startupProbe=probe)))["startupProbe"] == probe
+
+
 def test_placement_passes_through() -> None:
     spread = [
         {
@@ -416,6 +482,15 @@ def test_the_role_is_exactly_what_the_lease_code_uses(kube: KubeHarness) -> None
         ({**ON, "persistentVolumeClaim": {"claimName": "x", "subPath": "../etc"}}, r"'\.\.'"),
         ({**ON, "store": {**ON["store"], "layout": "flat"}}, r"layout"),
         ({**ON, "replica": 3}, r"replica"),  # a typo of replicas
+        (
+            {**ON, "serviceAccount": {"create": False}},
+            r"serviceAccount\.create=false needs sharedRelay\.serviceAccount\.name",
+        ),
+        (
+            {**ON, "networkPolicy": {"enabled": True, "egress": {"enabled": True}}},
+            r"egress\.enabled needs sharedRelay\.networkPolicy\.egress\.extraRules",
+        ),
+        ({**ON, "networkPolicy": {"webhookFrom": []}}, r"webhookFrom"),  # the operator's only
     ],
     ids=lambda v: str(v)[:40] if isinstance(v, str) else None,
 )
