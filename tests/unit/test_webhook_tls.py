@@ -150,6 +150,38 @@ def test_a_new_ca_joins_the_bundle_before_it_signs_anything() -> None:
     assert dropped is not None and bundle_of(dropped.data) == [new_ca]
 
 
+def test_a_certificate_due_while_a_new_ca_propagates_waits_for_it_unless_it_would_expire() -> None:
+    """Only the new CA can sign (the old one's key is gone), and clients may not trust it
+    yet: a certificate of the old CA that falls due in that window is kept until the
+    propagation time is over, then signed by the new CA; one that would expire first is
+    renewed at once all the same."""
+    first = plan_certificates(None, None, POLICY, NOW)
+    assert first is not None
+    ca_due = NOW + POLICY.ca_validity - POLICY.ca_renew_before
+    # The certificate falls due for renewal 5 minutes after the CA is renewed.
+    leaf_due = ca_due + datetime.timedelta(minutes=5)
+    data = {
+        **first.data,
+        **issue_pair(first.data, leaf_due - POLICY.validity + POLICY.renew_before),
+    }
+    rotated = plan_certificates(data, first.ca_since, POLICY, ca_due)
+    assert rotated is not None and rotated.data["tls.crt"] == data["tls.crt"]
+    new_ca, old_ca = bundle_of(rotated.data)
+
+    assert plan_certificates(rotated.data, rotated.ca_since, POLICY, leaf_due) is None
+    moved = plan_certificates(rotated.data, rotated.ca_since, POLICY, ca_due + POLICY.propagation)
+    assert moved is not None
+    leaf_of(moved.data).verify_directly_issued_by(new_ca)
+
+    # A certificate of the old CA that expires within the propagation time cannot wait.
+    ending = {**first.data, **issue_pair(first.data, ca_due - POLICY.validity + HOURS / 60)}
+    rotated = plan_certificates(ending, first.ca_since, POLICY, ca_due)
+    assert rotated is not None and rotated.data["tls.crt"] != ending["tls.crt"]
+    assert "expires" in rotated.reasons[-1]
+    leaf_of(rotated.data).verify_directly_issued_by(bundle_of(rotated.data)[0])
+    assert old_ca == bundle_of(rotated.data)[1]
+
+
 def issue_pair(data: Mapping[str, bytes], now: datetime.datetime) -> dict[str, bytes]:
     cert, key = issue_certificate(
         bundle_of(data)[0].public_bytes(serialization.Encoding.PEM),

@@ -15,9 +15,10 @@ certificate from one of two sources:
   nothing else of those objects is written: the chart owns them). Every replica re-reads
   the Secret and serves what it holds (:class:`SharedCertificate`). A new CA joins the
   bundle next to the old one, and certificates are issued from it only after
-  ``ca_propagation_seconds``, so no client ever sees a certificate its bundle does not
-  trust. Writes are compare-and-swap (``resourceVersion``): two replicas that both think
-  they lead for a moment cannot overwrite each other's CA.
+  ``ca_propagation_seconds`` (one that falls due meanwhile waits, unless it would expire
+  first), so no client ever sees a certificate its bundle does not trust. Writes are
+  compare-and-swap (``resourceVersion``): two replicas that both think they lead for a
+  moment cannot overwrite each other's CA.
 - **Certificate directory** (``--webhook-cert-dir DIR``): ``DIR/tls.crt`` and
   ``DIR/tls.key``, e.g. a cert-manager Certificate's Secret mounted there, re-read when
   they change (:class:`CertificateFiles`); cert-manager's CA injector keeps the caBundle.
@@ -317,6 +318,11 @@ def plan_certificates(
 
     leaves = _load_certificates(data.get(TLS_CRT))
     leaf = leaves[0] if leaves else None
+    # A new certificate can only be signed by the current CA (the old CA's key is gone),
+    # which clients may not trust until the bundle has carried it for the propagation
+    # time. Until then a certificate of the old CA that is due for renewal is kept, unless
+    # it would expire first: renew_before is weeks, the propagation minutes.
+    propagated = ca_since + policy.propagation
     renew = ""
     if leaf is None or not _key_matches(leaf, data.get(TLS_KEY)):
         renew = "no usable certificate"
@@ -324,9 +330,11 @@ def plan_certificates(
         renew = "the certificate is not signed by a CA of the bundle"
     elif not _covers(leaf, policy.hostnames):
         renew = "the certificate does not name the webhook Service"
-    elif leaf.not_valid_after_utc - policy.renew_before <= now:
+    elif leaf.not_valid_after_utc - policy.renew_before <= now and (
+        _signed_by(leaf, bundle[0]) or propagated <= now or leaf.not_valid_after_utc <= propagated
+    ):
         renew = f"the certificate expires {leaf.not_valid_after_utc:%Y-%m-%d %H:%M}Z"
-    elif not _signed_by(leaf, bundle[0]) and ca_since + policy.propagation <= now:
+    elif not _signed_by(leaf, bundle[0]) and propagated <= now:
         renew = "the bundle has carried the new CA long enough"
     if renew:
         reasons.append(renew)
