@@ -20,8 +20,10 @@ import datetime
 import itertools
 import os
 import signal
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +34,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from runlog_relay.operator.webhook_tls import issue_certificate, make_ca
 from runlog_relay.runnable_compat import run_pipeline
@@ -44,12 +48,13 @@ from tests.integration.kube.webhooks import (
     OTHER_NS,
     RLS,
     SERVICE_DNS,
+    SERVICE_NS,
     VALIDATING,
     Cluster,
     prepare,
     webhook_configuration,
 )
-from tests.support.admission import ReviewAnswer, admission_review
+from tests.support.admission import AdmissionClient, ReviewAnswer, admission_review, pod_review
 from tests.support.mirror import assert_mirror
 from tests.support.s3server import AuthS3, free_port
 from tests.support.waiting import wait_until
@@ -477,6 +482,120 @@ def test_ca_bundle_is_written_and_kept_in_both_configurations(cluster: Cluster) 
     pod = bare_pod()
     pod["metadata"]["labels"]["runlog-relay.dev/store"] = "absent"
     assert cluster.admit(pod).allowed
+
+
+#: Lifetimes short enough to live through, in order: renewals of the serving certificate
+#: under the first CA (every 2 s: 9 s valid, renewed 7 s before the end, so a stall of
+#: the test process shorter than 7 s never lets one expire), the CA's renewal 10 s in
+#: (30 s valid, renewed 20 s before; a certificate must fit in the 10 s between), and 3 s
+#: later the certificate signed by the new CA, once the bundle has carried it that long.
+ROTATING = {
+    "cert_validity_hours": 9 / 3600,
+    "cert_renew_before_hours": 7 / 3600,
+    "ca_validity_hours": 30 / 3600,
+    "ca_renew_before_hours": 20 / 3600,
+    "ca_propagation_seconds": 3.0,
+}
+
+
+def _certificates(pem: bytes) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(pem)
+
+
+def _signed_by(certificate: x509.Certificate, ca: x509.Certificate) -> bool:
+    """By the CA's key: every CA the operator makes has the same name."""
+    try:
+        certificate.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def test_certificates_and_the_ca_rotate_while_the_api_server_keeps_calling(
+    cluster: Cluster,
+) -> None:
+    """End to end, as a year and a decade pass in seconds: the operator renews the serving
+    certificate and then its CA in the shared Secret, the server loads each renewal live,
+    the new CA reaches both webhook configurations before it signs anything, and an API
+    server that trusts whatever caBundle the configurations hold at each call is never
+    refused, before, during or after the rotations."""
+    cluster.start(webhook=ROTATING)
+    assert cluster.client is not None
+    port = cluster.client.port
+    secret_path = ("v1/secrets", "runlog-relay-webhook-cert", SERVICE_NS)
+
+    def stored() -> dict[str, bytes]:
+        data = cluster.kube.get(*secret_path)["data"]
+        return {key: base64.b64decode(value) for key, value in data.items()}
+
+    def served() -> x509.Certificate:
+        pem = ssl.get_server_certificate(("127.0.0.1", port)).encode("ascii")
+        return x509.load_pem_x509_certificate(pem)
+
+    calls: list[str] = []
+    stop = threading.Event()
+
+    def api_server() -> None:
+        pod = bare_pod()
+        pod["metadata"]["labels"]["runlog-relay.dev/store"] = "absent"
+        review = pod_review(pod, NS)
+        while not stop.is_set():
+            bundle = cluster.ca_bundle()
+            if bundle is None:  # a configuration being rewritten: the next call reads it
+                stop.wait(0.01)
+                continue
+            try:
+                answer = AdmissionClient(port, bundle, SERVICE_DNS).post("/mutate-pods", review)
+                calls.append("ok" if answer.status == 200 and answer.allowed else repr(answer))
+            except (OSError, ssl.SSLError) as exc:
+                calls.append(f"{type(exc).__name__}: {exc}")
+            stop.wait(0.05)  # the pace of the calls, not a wait for a condition
+
+    caller = threading.Thread(target=api_server, daemon=True)
+    caller.start()
+    try:
+        first = stored()
+        (first_ca,) = _certificates(first["ca.crt"])
+        first_leaf = _certificates(first["tls.crt"])[0]
+        assert served() == first_leaf
+
+        # The serving certificate is renewed under the same CA, and served at once.
+        renewed = cluster.wait(
+            lambda: (leaf := _certificates(stored()["tls.crt"])[0]) != first_leaf and leaf,
+            "the serving certificate to be renewed",
+        )
+        assert _signed_by(renewed, first_ca)
+        cluster.wait(lambda: served() != first_leaf, "the renewed certificate to be served")
+
+        # A new CA joins the bundle (the current one first) in the Secret and in both
+        # configurations, while the old CA's certificate is still the one served.
+        bundle = cluster.wait(
+            lambda: len(cas := _certificates(stored()["ca.crt"])) == 2 and cas,
+            "a new CA to join the bundle",
+        )
+        new_ca, old_ca = bundle
+        assert old_ca == first_ca and new_ca != first_ca
+        assert _signed_by(new_ca, new_ca) and not _signed_by(new_ca, first_ca)
+        cluster.wait(
+            lambda: _certificates(cluster.ca_bundle() or b"") == bundle,
+            "the new bundle to reach both webhook configurations",
+        )
+
+        # Then, and only then, the certificate signed by the new CA is served: issued at
+        # least the propagation time after the CA (both are backdated alike, to the second).
+        leaf = cluster.wait(
+            lambda: _signed_by(leaf := served(), new_ca) and leaf,
+            "a certificate of the new CA to be served",
+        )
+        waited = leaf.not_valid_before_utc - new_ca.not_valid_before_utc
+        assert waited >= datetime.timedelta(seconds=ROTATING["ca_propagation_seconds"]), waited
+        ok_before = calls.count("ok")
+        cluster.wait(lambda: calls.count("ok") > ok_before, "a call under the new CA")
+    finally:
+        stop.set()
+        caller.join(10)
+    failures = [call for call in calls if call != "ok"]
+    assert calls and not failures, failures[:5]
 
 
 def test_certificate_directory_mode_serves_that_certificate_and_leaves_the_ca_bundle(

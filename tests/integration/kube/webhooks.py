@@ -37,6 +37,7 @@ __all__ = [
     "OTHER_NS",
     "RLS",
     "SERVICE_DNS",
+    "SERVICE_NS",
     "VALIDATING",
     "Cluster",
     "prepare",
@@ -111,6 +112,7 @@ class Cluster:
         allow_errors: bool = False,
         cert_dir: Path | None = None,
         allowed_endpoints: list[str] | None = None,
+        webhook: dict[str, Any] | None = None,
         **injection: Any,
     ) -> Operator:
         url = self.kube.url
@@ -125,6 +127,7 @@ class Cluster:
                 "service_namespace": SERVICE_NS,
                 "cert_check_interval": 0.3,
                 "cert_dir": cert_dir,
+                **(webhook or {}),
             },
             injection=injection,
             allowed_endpoints=allowed_endpoints or [],
