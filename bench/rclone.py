@@ -108,9 +108,7 @@ def run(ctx: Context) -> list[Figure]:
     binary = shutil.which("rclone")
     best: dict[str, float] = {}
     least: dict[str, float] = {}
-    # Every round's rate of each contender: the sidecar and rclone of one round ran
-    # seconds apart, so their ratio within the round cancels the server's slow drift.
-    rounds: dict[str, list[float]] = {}
+    rounds: dict[str, list[float]] = {}  # every round's rate, in order (for _paired)
 
     def keep(name: str, rate: float) -> None:
         best[name] = max(best.get(name, 0.0), rate)

@@ -554,21 +554,21 @@ def test_certificates_and_the_ca_rotate_while_the_api_server_keeps_calling(
     caller = threading.Thread(target=api_server, daemon=True)
     caller.start()
     try:
-        first = stored()
-        (first_ca,) = _certificates(first["ca.crt"])
-        first_leaf = _certificates(first["tls.crt"])[0]
-        assert served() == first_leaf
+        (first_ca,) = _certificates(stored()["ca.crt"])
+        initial = served()
 
-        # The serving certificate is renewed under the same CA, and served at once.
-        renewed = cluster.wait(
-            lambda: (leaf := _certificates(stored()["tls.crt"])[0]) != first_leaf and leaf,
-            "the serving certificate to be renewed",
-        )
+        def serving_the_secrets_renewal() -> x509.Certificate | None:
+            leaf = served()  # the Secret may be renewed again between the two reads: retried
+            return (
+                leaf if leaf != initial and leaf == _certificates(stored()["tls.crt"])[0] else None
+            )
+
+        # The serving certificate is renewed under the same CA, and the server loads it.
+        renewed = cluster.wait(serving_the_secrets_renewal, "a renewed certificate to be served")
         assert _signed_by(renewed, first_ca)
-        cluster.wait(lambda: served() != first_leaf, "the renewed certificate to be served")
 
         # A new CA joins the bundle (the current one first) in the Secret and in both
-        # configurations, while the old CA's certificate is still the one served.
+        # configurations.
         bundle = cluster.wait(
             lambda: len(cas := _certificates(stored()["ca.crt"])) == 2 and cas,
             "a new CA to join the bundle",
@@ -576,9 +576,13 @@ def test_certificates_and_the_ca_rotate_while_the_api_server_keeps_calling(
         new_ca, old_ca = bundle
         assert old_ca == first_ca and new_ca != first_ca
         assert _signed_by(new_ca, new_ca) and not _signed_by(new_ca, first_ca)
+
+        def configured() -> list[x509.Certificate]:
+            pem = cluster.ca_bundle()  # None while the two configurations differ
+            return _certificates(pem) if pem is not None else []
+
         cluster.wait(
-            lambda: _certificates(cluster.ca_bundle() or b"") == bundle,
-            "the new bundle to reach both webhook configurations",
+            lambda: configured() == bundle, "the new bundle to reach both webhook configurations"
         )
 
         # Then, and only then, the certificate signed by the new CA is served: issued at
