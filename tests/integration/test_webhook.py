@@ -35,9 +35,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
-from runlog_relay.operator.webhook_tls import issue_certificate, make_ca
+from runlog_relay.operator.webhook_tls import issue_certificate, make_ca, signed_by
 from runlog_relay.runnable_compat import run_pipeline
 from tests.integration.kube import KubeHarness
 from tests.integration.kube.kopf_runner import KopfRunner
@@ -502,15 +501,6 @@ def _certificates(pem: bytes) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(pem)
 
 
-def _signed_by(certificate: x509.Certificate, ca: x509.Certificate) -> bool:
-    """By the CA's key: every CA the operator makes has the same name."""
-    try:
-        certificate.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def test_certificates_and_the_ca_rotate_while_the_api_server_keeps_calling(
     cluster: Cluster,
 ) -> None:
@@ -565,7 +555,7 @@ def test_certificates_and_the_ca_rotate_while_the_api_server_keeps_calling(
 
         # The serving certificate is renewed under the same CA, and the server loads it.
         renewed = cluster.wait(serving_the_secrets_renewal, "a renewed certificate to be served")
-        assert _signed_by(renewed, first_ca)
+        assert signed_by(renewed, first_ca)
 
         # A new CA joins the bundle (the current one first) in the Secret and in both
         # configurations.
@@ -575,7 +565,7 @@ def test_certificates_and_the_ca_rotate_while_the_api_server_keeps_calling(
         )
         new_ca, old_ca = bundle
         assert old_ca == first_ca and new_ca != first_ca
-        assert _signed_by(new_ca, new_ca) and not _signed_by(new_ca, first_ca)
+        assert signed_by(new_ca, new_ca) and not signed_by(new_ca, first_ca)
 
         def configured() -> list[x509.Certificate]:
             pem = cluster.ca_bundle()  # None while the two configurations differ
@@ -588,7 +578,7 @@ def test_certificates_and_the_ca_rotate_while_the_api_server_keeps_calling(
         # Then, and only then, the certificate signed by the new CA is served: issued at
         # least the propagation time after the CA (both are backdated alike, to the second).
         leaf = cluster.wait(
-            lambda: _signed_by(leaf := served(), new_ca) and leaf,
+            lambda: signed_by(leaf := served(), new_ca) and leaf,
             "a certificate of the new CA to be served",
         )
         waited = leaf.not_valid_before_utc - new_ca.not_valid_before_utc

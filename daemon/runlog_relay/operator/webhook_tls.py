@@ -78,6 +78,7 @@ __all__ = [
     "make_ca",
     "plan_certificates",
     "service_names",
+    "signed_by",
 ]
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,9 @@ def _covers(certificate: x509.Certificate, hostnames: Collection[str]) -> bool:
     return wanted <= names
 
 
-def _signed_by(certificate: x509.Certificate, ca: x509.Certificate) -> bool:
+def signed_by(certificate: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca``'s key signed ``certificate`` (by key, not name: every CA this module
+    makes has the same name)."""
     try:
         certificate.verify_directly_issued_by(ca)
     except (InvalidSignature, ValueError, TypeError):
@@ -326,15 +329,15 @@ def plan_certificates(
     renew = ""
     if leaf is None or not _key_matches(leaf, data.get(TLS_KEY)):
         renew = "no usable certificate"
-    elif not any(_signed_by(leaf, c) for c in bundle):
+    elif not any(signed_by(leaf, c) for c in bundle):
         renew = "the certificate is not signed by a CA of the bundle"
     elif not _covers(leaf, policy.hostnames):
         renew = "the certificate does not name the webhook Service"
     elif leaf.not_valid_after_utc - policy.renew_before <= now and (
-        _signed_by(leaf, bundle[0]) or propagated <= now or leaf.not_valid_after_utc <= propagated
+        signed_by(leaf, bundle[0]) or propagated <= now or leaf.not_valid_after_utc <= propagated
     ):
         renew = f"the certificate expires {leaf.not_valid_after_utc:%Y-%m-%d %H:%M}Z"
-    elif not _signed_by(leaf, bundle[0]) and propagated <= now:
+    elif not signed_by(leaf, bundle[0]) and propagated <= now:
         renew = "the bundle has carried the new CA long enough"
     if renew:
         reasons.append(renew)
