@@ -211,6 +211,52 @@ def test_an_unreadable_file_is_reported_not_fatal(
     assert_mirror(s3_client, bucket, "", source)
 
 
+@pytest.mark.skipif(
+    os.geteuid() == 0 and shutil.which("setpriv") is None,
+    reason="needs setpriv to drop root's file access",
+)
+def test_a_run_folder_that_cannot_be_listed_is_named_not_called_complete(
+    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    readable = write_json(source / "open" / "RunLog.json", {"ok": 1})
+    write_json(source / "locked" / "RunLog.json", {"unseen": 2})
+    (source / "locked").chmod(0o311)  # can be entered, not listed: its files are unknown
+    try:
+        sidecar = start_sidecar(
+            source, s3_server.endpoint, bucket, tmp_path / "s.log", "--once", wrapper=AS_NON_ROOT
+        )
+        assert sidecar.process.wait(60) == 1, sidecar.log
+        assert object_body(s3_client, bucket, "open/RunLog") == readable
+        assert "not mirrored: locked/: unreadable folder: Permission denied" in sidecar.log
+        assert "mirror complete" not in sidecar.log
+    finally:
+        (source / "locked").chmod(0o755)
+    again = start_sidecar(
+        source, s3_server.endpoint, bucket, tmp_path / "again.log", "--once", wrapper=AS_NON_ROOT
+    )
+    assert again.process.wait(60) == 0, again.log
+    assert_mirror(s3_client, bucket, "", source)
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0 and shutil.which("setpriv") is None,
+    reason="needs setpriv to drop root's file access",
+)
+def test_a_source_folder_that_cannot_be_listed_is_an_error_at_once(
+    s3_server: S3Server, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    write_json(source / "r" / "RunLog.json", {"ok": 1})
+    source.chmod(0o311)  # stat works, listing does not (a root-squashed NFS export)
+    try:
+        sidecar = start_sidecar(
+            source, s3_server.endpoint, bucket, tmp_path / "s.log", "--once", wrapper=AS_NON_ROOT
+        )
+        assert sidecar.process.wait(30) == 2, sidecar.log
+    finally:
+        source.chmod(0o755)
+    assert f"source folder {source} cannot be listed: Permission denied" in sidecar.log
+
+
 def test_deleted_files_keep_their_objects(
     s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
 ) -> None:

@@ -233,6 +233,20 @@ def test_once_gives_up_without_progress_and_says_what_ran_out(root: Path) -> Non
     ), report.lines()
 
 
+def test_once_over_an_empty_folder_is_not_complete_when_the_bucket_never_answered(
+    root: Path,
+) -> None:
+    # Nothing local to upload, but "the bucket mirrors the folder" is still a fact to
+    # check: a budget that ran out before the bucket answered is no mirror.
+    root.mkdir(parents=True, exist_ok=True)
+    store = FakeStore(fail_lists=[unreachable("listing") for _ in range(10_000)])
+    report = Sidecar(root, store, once=True).pipeline.run_once(timeout=0.5)
+    assert report.files == {}
+    assert not report.complete
+    lines = "\n".join(report.lines())
+    assert "gave up" in lines and "unreachable" in lines, lines
+
+
 def test_once_reports_a_permanent_error_at_once(root: Path) -> None:
     write_json(root / "r" / "RunLog.json", {"a": 1})
     store = FakeStore()

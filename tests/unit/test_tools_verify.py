@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from runlog_relay.layout import Layout, key_for
-from runlog_relay.localtree import Candidate
+from runlog_relay.localtree import Candidate, Skipped
 from runlog_relay.objectstore import MULTIPART_THRESHOLD, RemoteObject
-from runlog_relay.tools.verify import LocalFile, compare, newer_side, read_local
+from runlog_relay.tools.verify import LocalFile, Report, compare, newer_side, read_local
 
 STAMP = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -140,3 +140,14 @@ def test_compare_in_sync_and_empty() -> None:
     assert compare([], [], Layout.CHUNKED).in_sync
     report = compare([local("r1/RunLog.json", "a")], [remote("r1/RunLog", "a")], Layout.CHUNKED)
     assert report.in_sync and report.same == 1
+
+
+@pytest.mark.parametrize(
+    ("reason", "in_sync"),
+    [("symlink", True), ("not_regular", True), ("unsafe_name", True), ("unreadable", False)],
+)
+def test_only_an_unreadable_skip_puts_the_folder_out_of_sync(reason: str, in_sync: bool) -> None:
+    # Links and unsafe names are never mirrored by policy; an unreadable file or run folder
+    # may hold anything, so the bucket cannot be said to have it.
+    report = Report(same=3, skipped=[Skipped(Path("/logs/r/x.json"), reason, "detail")])
+    assert report.in_sync is in_sync

@@ -349,7 +349,7 @@ def _finish(report: DrainReport) -> int:
     for line in report.lines():
         print(f"runlog-relay sidecar: {line}", file=sys.stderr)
     log.error(
-        "mirror incomplete: %d file(s) not mirrored%s",
+        "mirror incomplete: %d path(s) not mirrored%s",
         len(report.files),
         f"; {report.source}" if report.source else "",
     )

@@ -325,6 +325,9 @@ class Detector:
         self._born: set[str] = set()
         self._synced = False
         self._warned: set[str] = set()
+        # Run folders of ours that could not be listed (permissions): their files are
+        # unknown, so they are named at exit like any file that is not mirrored.
+        self._unlistable: dict[str, str] = {}
         self._bytes_read = 0
         self._next_rescan = float("inf")  # set by the first rescan (start-up, or --once's)
         self._bulk = _BulkReader(self._inbox.put)
@@ -489,6 +492,7 @@ class Detector:
             self._periodic += 1
             light = self._periodic % FULL_SWEEP_EVERY != 0
         trust = self._trusting(generation) if light else None
+        unlistable: set[str] = set()  # run folders this scan could not list
         try:
             for entry in scan(self.root, layout, trust):
                 try:
@@ -497,6 +501,7 @@ class Detector:
                     elif isinstance(entry, Entry):
                         changed += self._observe(entry, generation, now)
                     elif isinstance(entry, FolderError):
+                        unlistable.add(entry.run_id)
                         self._folder_failed(entry, generation, now)
                     else:
                         self._skip(entry)
@@ -511,6 +516,8 @@ class Detector:
             return
         for file in [f for f in self._files.values() if f.seen != generation]:
             self._forget(file)  # deleted locally: its object stays (run logs are records)
+        for run_id in [r for r in self._unlistable if r not in unlistable]:
+            del self._unlistable[run_id]  # listed this time, or gone
         if reason == "poll":
             # In polling mode the poll is the event source: count what it found.
             self._metrics.fs_events.inc(changed)
@@ -582,6 +589,8 @@ class Detector:
         if run is not None:
             for file in run.files.values():
                 file.seen = generation  # not seen is not deleted
+        if self._wanted(error.run_id):
+            self._unlistable[error.run_id] = error.detail
         self._skip(Skipped(error.path, "unreadable", error.detail))
         if error.transient:
             delay = backoff_delay(
@@ -598,6 +607,7 @@ class Detector:
             return
         self._generation += 1
         generation = self._generation
+        self._unlistable.pop(run_id, None)  # a FolderError below puts it back
         for entry in scan_run(run_dir):
             if isinstance(entry, Entry):
                 self._observe(entry, generation, now)
@@ -1170,7 +1180,10 @@ class Detector:
         locked = self._lock.acquire(timeout=timeout)
         try:
             reasons = ((r, _why_unmirrored(self._files[r])) for r in sorted(self._files))
-            return {relative: why for relative, why in reasons if why is not None}
+            unmirrored = {relative: why for relative, why in reasons if why is not None}
+            for run_id, detail in sorted(self._unlistable.items()):
+                unmirrored[f"{run_id}/"] = f"unreadable folder: {detail} (its files are unknown)"
+            return unmirrored
         finally:
             if locked:
                 self._lock.release()

@@ -64,6 +64,12 @@ def source_problem(source: os.PathLike[str] | str) -> str | None:
         return f"source folder {source} cannot be read: {exc.strerror}"
     if not stat.S_ISDIR(info.st_mode):
         return f"source {source} is not a directory"
+    try:
+        # A folder that can be entered but not listed (mode 0311, a root-squashed NFS
+        # export) passes stat: opening it for reading is the check the scan needs.
+        os.scandir(source).close()
+    except OSError as exc:
+        return f"source folder {source} cannot be listed: {exc.strerror or exc}"
     return None
 
 
@@ -78,7 +84,9 @@ class DrainReport:
 
     @property
     def complete(self) -> bool:
-        return not (self.files or self.source)
+        # A budget that ran out means the work never settled: whatever was left (a scan
+        # that kept failing, a listing) cannot be called a mirror, even with no file named.
+        return not (self.files or self.source or self.ran_out)
 
     def lines(self) -> list[str]:
         """One line per problem, for the exit summary."""
@@ -86,9 +94,9 @@ class DrainReport:
         if self.source:
             out.append(f"{self.source}: nothing was mirrored")
         out += [f"not mirrored: {path}: {why}" for path, why in self.files.items()]
-        if self.files and self.problem:
+        if (self.files or self.ran_out) and self.problem:
             out.append(f"object store: {self.problem}")
-        if self.files and self.ran_out:
+        if self.ran_out:
             out.append(self.ran_out)
         return out
 

@@ -116,7 +116,9 @@ class Report:
 
     @property
     def in_sync(self) -> bool:
-        return not self.differences
+        # A link or an unsafe name is never mirrored (policy); an unreadable file or run
+        # folder might hold anything, so nothing says the bucket has it (as the sidecar).
+        return not self.differences and not any(s.reason == "unreadable" for s in self.skipped)
 
     def counts(self) -> dict[str, int]:
         counts = {"same": self.same, "missing": 0, "differs": 0, "remote_only": 0, "torn": 0}
