@@ -65,6 +65,7 @@ from runlog_relay.config.credentials import (
     WebIdentity,
 )
 from runlog_relay.errors import (
+    ConfigError,
     CredentialsError,
     NotFoundError,
     PermanentError,
@@ -103,6 +104,9 @@ _PERMANENT_CODES = frozenset(
         "AllAccessDisabled",
         "InvalidAccessKeyId",
         "SignatureDoesNotMatch",
+        # A malformed or foreign session token (400, not 403): sending it again cannot
+        # work. ExpiredToken stays retryable: refreshing credentials renew it themselves.
+        "InvalidToken",
         "NoSuchBucket",
         "InvalidBucketName",
         "AccountProblem",
@@ -625,7 +629,7 @@ def _sdk_client(
         # retrying underneath would hide outages and multiply requests.
         retries=False,
         # The same certificate check as the lean path's (one policy for the endpoint).
-        ssl_context=_tls_context(ca_file=ca_file, insecure_skip_verify=insecure_skip_verify),
+        ssl_context=tls_context(ca_file=ca_file, insecure_skip_verify=insecure_skip_verify),
         cert_reqs="CERT_NONE" if insecure_skip_verify else "CERT_REQUIRED",
     )
     return _Client(
@@ -638,10 +642,17 @@ def _sdk_client(
     )
 
 
-def _tls_context(*, ca_file: str | None, insecure_skip_verify: bool) -> ssl.SSLContext:
+def tls_context(*, ca_file: str | None, insecure_skip_verify: bool) -> ssl.SSLContext:
     """What the S3 endpoint's certificate is checked against: ``ca_file`` alone when
-    given (as urllib3's ``ca_certs``), else the system's CAs."""
-    context = ssl.create_default_context(cafile=ca_file)
+    given (as urllib3's ``ca_certs``), else the system's CAs. A CA file that cannot be
+    used is a ConfigError naming the setting, not a traceback."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        why = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+        raise ConfigError(
+            f"tls.caFile {ca_file}: cannot be used as a PEM CA bundle ({why})"
+        ) from None
     if insecure_skip_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -785,7 +796,7 @@ class ObjectStore:
         self._targets: dict[str, tuple[str, str]] = {}
         self._timeouts = (connect_timeout, read_timeout)
         self._tls = (
-            _tls_context(ca_file=ca_file, insecure_skip_verify=insecure_skip_verify)
+            tls_context(ca_file=ca_file, insecure_skip_verify=insecure_skip_verify)
             if self._scheme == "https"
             else None
         )

@@ -44,6 +44,8 @@ def s3_error(code: str, status: int, message: str = "details") -> S3Error:
         ("AccessDenied", 403, PermanentError),
         ("InvalidAccessKeyId", 403, PermanentError),
         ("SignatureDoesNotMatch", 403, PermanentError),
+        ("InvalidToken", 400, PermanentError),  # a bad session token: needs a human
+        ("ExpiredToken", 400, RetryableError),  # refreshing credentials renew it
         ("NoSuchBucket", 404, PermanentError),
         ("InvalidBucketName", 400, PermanentError),
         ("XMinioStorageFull", 507, PermanentError),

@@ -247,6 +247,22 @@ def test_once_over_an_empty_folder_is_not_complete_when_the_bucket_never_answere
     assert "gave up" in lines and "unreachable" in lines, lines
 
 
+def test_once_names_run_log_files_whose_names_cannot_be_keys(root: Path) -> None:
+    body = write_json(root / "ok" / "RunLog.json", {"a": 1})
+    write_json(root / "run\u200b1" / "RunLog.json", {"hidden": 1})  # a zero-width space
+    write_json(root / "ok" / "BranchLog-x\t.json", {"tab": 1})
+    store = FakeStore()
+    report = Sidecar(root, store, once=True).pipeline.run_once(timeout=10)
+    assert store.body("ok/RunLog") == body
+    assert not report.complete
+    assert set(report.files) == {"run\u200b1/RunLog.json", "ok/BranchLog-x\t.json"}
+    assert all(why.startswith("unsafe name: ") for why in report.files.values()), report.files
+    # Renamed to a safe name: the next pass is complete.
+    (root / "run\u200b1").rename(root / "run1")
+    (root / "ok" / "BranchLog-x\t.json").rename(root / "ok" / "BranchLog-x.json")
+    assert Sidecar(root, store, once=True).pipeline.run_once(timeout=10).complete
+
+
 def test_once_reports_a_permanent_error_at_once(root: Path) -> None:
     write_json(root / "r" / "RunLog.json", {"a": 1})
     store = FakeStore()

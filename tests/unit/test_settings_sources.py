@@ -230,3 +230,40 @@ def test_a_bad_flag_is_still_a_usage_error_naming_it(capsys: pytest.CaptureFixtu
         cli.main(["sidecar", "--once", "--bucket", "Not_A_Bucket"])
     assert exit_info.value.code == 2
     assert "argument --bucket" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["variable", "flag", "file"])
+def test_an_empty_source_is_refused_not_taken_for_the_working_directory(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Path("") is "."; in a container the working directory is often "/".
+    monkeypatch.chdir(tmp_path)
+    args = ["sidecar", "--once", "--endpoint", "http://127.0.0.1:1", "--bucket", "bkt/p"]
+    if how == "variable":
+        monkeypatch.setenv("RUNLOG_RELAY_SOURCE", "")
+    elif how == "flag":
+        args += ["--source", " "]
+    else:
+        (tmp_path / "c.yaml").write_text("source: ''\n")
+        args += ["--config", str(tmp_path / "c.yaml")]
+    try:
+        code = cli.main(args)
+    except SystemExit as exc:  # argparse refuses a bad flag itself
+        code = int(exc.code or 0)
+    assert code == 2
+    assert "must not be empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "not PEM"])
+def test_a_ca_file_that_cannot_be_used_is_a_usage_error_naming_it(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "logs").mkdir()
+    ca = {"missing": tmp_path / "none.pem", "folder": tmp_path, "not PEM": tmp_path / "x.pem"}[kind]
+    (tmp_path / "x.pem").write_text("not a certificate\n")
+    args = ["sidecar", "--once", "--source", str(tmp_path / "logs"), "--bucket", "bkt/p"]
+    args += ["--endpoint", "https://127.0.0.1:1", "--ca-file", str(ca)]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"tls.caFile {ca}: cannot be used as a PEM CA bundle" in err, err
+    assert "Traceback" not in err

@@ -144,10 +144,10 @@ def test_compare_in_sync_and_empty() -> None:
 
 @pytest.mark.parametrize(
     ("reason", "in_sync"),
-    [("symlink", True), ("not_regular", True), ("unsafe_name", True), ("unreadable", False)],
+    [("symlink", True), ("not_regular", True), ("unsafe_name", False), ("unreadable", False)],
 )
-def test_only_an_unreadable_skip_puts_the_folder_out_of_sync(reason: str, in_sync: bool) -> None:
-    # Links and unsafe names are never mirrored by policy; an unreadable file or run folder
-    # may hold anything, so the bucket cannot be said to have it.
+def test_unreadable_and_unsafe_skips_put_the_folder_out_of_sync(reason: str, in_sync: bool) -> None:
+    # Links are never mirrored by policy (not run logs); an unreadable file or run folder
+    # may hold anything, and a run-log file with an unsafe name is never uploaded.
     report = Report(same=3, skipped=[Skipped(Path("/logs/r/x.json"), reason, "detail")])
     assert report.in_sync is in_sync

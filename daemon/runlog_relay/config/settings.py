@@ -364,6 +364,15 @@ class SidecarSettings(BucketParts, BaseModel):
     when the bucket mirrors the folder, 1 otherwise. Gives up after the drain timeout (at
     least 60 s) without progress."""
 
+    @field_validator("source", mode="before")
+    @classmethod
+    def _no_empty_source(cls, value: Any) -> Any:
+        # Path("") is ".": an empty variable would mirror the working directory (in a
+        # container often "/"), not refuse the missing setting.
+        if isinstance(value, str | os.PathLike) and not os.fspath(value).strip():
+            raise ValueError("must not be empty: the folder runnable writes run logs to")
+        return value
+
     @field_validator("retry_run_id")
     @classmethod
     def _no_empty_retry(cls, value: str | None) -> str | None:

@@ -29,6 +29,7 @@ from runlog_relay.config.settings import (
 from runlog_relay.errors import ConfigError
 from runlog_relay.exitcodes import ExitCode, epilog
 from runlog_relay.metrics import SidecarMetrics
+from runlog_relay.objectstore import tls_context
 from runlog_relay.sidecar.pipeline import DrainReport, Pipeline, source_problem
 from runlog_relay.sidecar.podwork import PodWork
 from runlog_relay.sidecar.reload import ConfigWatcher
@@ -82,6 +83,11 @@ def _settings(overrides: dict[str, Any], config_file: Path | None) -> SidecarSet
     # A missing credentials or SSE-C key file is a start-up error, not a crash later.
     settings.credentials()
     settings.encryption()
+    if settings.tls.ca_file is not None:  # missing, a folder, not PEM: a usage error now
+        tls_context(
+            ca_file=str(settings.tls.ca_file),
+            insecure_skip_verify=settings.tls.insecure_skip_verify,
+        )
     if settings.shard.group:
         placement(settings.shard)  # scale-out: who and where, or what is missing
     return settings

@@ -328,6 +328,9 @@ class Detector:
         # Run folders of ours that could not be listed (permissions): their files are
         # unknown, so they are named at exit like any file that is not mirrored.
         self._unlistable: dict[str, str] = {}
+        # Files of ours whose names cannot be keys (unsafe): never uploaded, so named at
+        # exit too; rebuilt by every rescan, which sees them again while they exist.
+        self._unsafe: dict[str, str] = {}
         self._bytes_read = 0
         self._next_rescan = float("inf")  # set by the first rescan (start-up, or --once's)
         self._bulk = _BulkReader(self._inbox.put)
@@ -493,6 +496,7 @@ class Detector:
             light = self._periodic % FULL_SWEEP_EVERY != 0
         trust = self._trusting(generation) if light else None
         unlistable: set[str] = set()  # run folders this scan could not list
+        unsafe_before, self._unsafe = self._unsafe, {}
         try:
             for entry in scan(self.root, layout, trust):
                 try:
@@ -512,6 +516,7 @@ class Detector:
             # The source folder itself could not be listed (EMFILE, EACCES): nothing was
             # seen, so nothing is forgotten; try again soon.
             log.warning("could not scan %s (%s); retrying", self.root, exc.strerror or exc)
+            self._unsafe = {**unsafe_before, **self._unsafe}
             self._next_rescan = now + FOLDER_RETRY_BASE_SECONDS
             return
         for file in [f for f in self._files.values() if f.seen != generation]:
@@ -1000,6 +1005,10 @@ class Detector:
 
     def _skip(self, item: Skipped) -> None:
         self._metrics.skipped_files.labels(reason=item.reason).inc()
+        if item.reason == "unsafe_name":
+            relative = layouts.relative_parts(self.root, item.path)
+            if relative and (len(relative) == 1 or self._wanted(relative[0])):
+                self._unsafe["/".join(relative)] = item.detail
         marker = f"{item.reason}:{item.path}"
         if marker in self._warned or len(self._warned) >= MAX_WARNED:
             return
@@ -1181,6 +1190,8 @@ class Detector:
         try:
             reasons = ((r, _why_unmirrored(self._files[r])) for r in sorted(self._files))
             unmirrored = {relative: why for relative, why in reasons if why is not None}
+            for relative, detail in sorted(self._unsafe.items()):
+                unmirrored[relative] = f"unsafe name: {detail} (never uploaded)"
             for run_id, detail in sorted(self._unlistable.items()):
                 unmirrored[f"{run_id}/"] = f"unreadable folder: {detail} (its files are unknown)"
             return unmirrored

@@ -107,6 +107,10 @@ class Difference:
         return data
 
 
+#: skip reasons that leave a run-log file out of the bucket: the folder is not in sync.
+_NOT_IN_BUCKET = frozenset({"unreadable", "unsafe_name"})
+
+
 @dataclass(slots=True)
 class Report:
     same: int = 0
@@ -116,9 +120,10 @@ class Report:
 
     @property
     def in_sync(self) -> bool:
-        # A link or an unsafe name is never mirrored (policy); an unreadable file or run
-        # folder might hold anything, so nothing says the bucket has it (as the sidecar).
-        return not self.differences and not any(s.reason == "unreadable" for s in self.skipped)
+        # A link or another non-regular file is never mirrored (policy: not a run log); an
+        # unreadable file or folder might hold anything, and a run-log file whose name
+        # cannot be a key is never uploaded, so neither is in the bucket (as the sidecar).
+        return not self.differences and not any(s.reason in _NOT_IN_BUCKET for s in self.skipped)
 
     def counts(self) -> dict[str, int]:
         counts = {"same": self.same, "missing": 0, "differs": 0, "remote_only": 0, "torn": 0}
