@@ -182,12 +182,14 @@ AS_NON_ROOT = (
     if os.geteuid() == 0
     else ()
 )
-
-
-@pytest.mark.skipif(
+#: Tests whose files' permissions must apply to the sidecar.
+NEEDS_PERMISSIONS = pytest.mark.skipif(
     os.geteuid() == 0 and shutil.which("setpriv") is None,
     reason="needs setpriv to drop root's file access",
 )
+
+
+@NEEDS_PERMISSIONS
 def test_an_unreadable_file_is_reported_not_fatal(
     s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
 ) -> None:
@@ -211,10 +213,7 @@ def test_an_unreadable_file_is_reported_not_fatal(
     assert_mirror(s3_client, bucket, "", source)
 
 
-@pytest.mark.skipif(
-    os.geteuid() == 0 and shutil.which("setpriv") is None,
-    reason="needs setpriv to drop root's file access",
-)
+@NEEDS_PERMISSIONS
 def test_a_run_folder_that_cannot_be_listed_is_named_not_called_complete(
     s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
 ) -> None:
@@ -238,10 +237,7 @@ def test_a_run_folder_that_cannot_be_listed_is_named_not_called_complete(
     assert_mirror(s3_client, bucket, "", source)
 
 
-@pytest.mark.skipif(
-    os.geteuid() == 0 and shutil.which("setpriv") is None,
-    reason="needs setpriv to drop root's file access",
-)
+@NEEDS_PERMISSIONS
 def test_a_source_folder_that_cannot_be_listed_is_an_error_at_once(
     s3_server: S3Server, bucket: str, source: Path, tmp_path: Path
 ) -> None:
