@@ -87,6 +87,10 @@ bench-operator: $(BIN)/.installed-test ## Operator benchmark: RSS with 10,000 Se
 crd: $(BIN)/.installed-test ## Regenerate the committed CRD from the pydantic models.
 	$(BIN)/runlog-relay crd > manifests/crds/runlogstores.runlog-relay.dev.yaml
 
+.PHONY: settings-fields
+settings-fields: $(BIN)/.installed-test ## Regenerate the sidecar's settings table (config/settings_fields.py) from the pydantic schema.
+	$(BIN)/python -m runlog_relay.config.fieldgen
+
 .PHONY: clean
 clean: ## Remove the virtualenv and caches.
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -24,10 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-from pydantic.fields import FieldInfo
-
-from runlog_relay.config.models import format_size
+from runlog_relay.config.fields import Fields, Refused, Setting
+from runlog_relay.config.rules import format_size
 from runlog_relay.config.settings import (
     CONFIG_VARIABLE,
     SidecarSettings,
@@ -74,7 +72,7 @@ class Option:
     default)."""
 
     @property
-    def field(self) -> FieldInfo:
+    def field(self) -> Setting:
         return setting_field(self.path)
 
     @property
@@ -91,7 +89,7 @@ class Option:
 
     @property
     def choices(self) -> tuple[str, ...]:
-        kind = _bare(self.field.annotation)
+        kind = self.field.kind
         if isinstance(kind, type) and issubclass(kind, enum.Enum):
             return tuple(str(member.value) for member in kind)
         return ()
@@ -124,7 +122,7 @@ class Option:
     @property
     def description(self) -> str:
         """The field's docstring as one paragraph of Markdown (the reference page's)."""
-        return " ".join((self.field.description or "").split())
+        return self.field.description
 
     def help(self) -> str:
         """``--help``: the description without Markdown, the variables, key and default."""
@@ -273,49 +271,49 @@ AWS_FIELDS: tuple[tuple[str, ...], ...] = (
 )
 
 
-def _bare(annotation: Any) -> Any:
-    """``X | None`` → ``X``."""
-    args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
-    return (
-        args[0]
-        if len(args) == 1 and type(None) in getattr(annotation, "__args__", ())
-        else annotation
-    )
-
-
-def _group_model(path: tuple[str, ...]) -> type[BaseModel]:
-    if len(path) == 1:
-        return SidecarSettings
-    group = SidecarSettings.model_fields[path[0]].annotation
-    assert isinstance(group, type) and issubclass(group, BaseModel)
-    return group
-
-
 def _checker(option: Option) -> Any:
-    """The argparse ``type``: the field's own validation of the value (the group's other
+    """The argparse ``type``: the field's own check of the value (the group's other
     fields at their defaults), so a bad value is a usage error naming the flag. The text
-    itself is passed on: the settings validate it once more with everything else."""
-    model = _group_model(option.path)
-    name = option.path[-1]
-    names = {name, *(str(a) for a in getattr(option.field.validation_alias, "choices", ()))}
+    itself is passed on: the settings check it once more with everything else."""
+    setting = option.field
     is_list = option.flag == "--run-id"
 
     def check(text: str) -> str:
         value: Any = [text] if is_list else text
         try:
-            # The value alone: the models read no variable or file (load_sidecar_settings
-            # adds those), so the check is the field's own.
-            model.__pydantic_validator__.validate_python({name: value})
-        except ValidationError as exc:
-            mine = [e for e in exc.errors() if e["loc"] and str(e["loc"][0]) in names]
-            if mine:
-                raise argparse.ArgumentTypeError(
-                    "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in mine)
-                ) from None
+            setting.check(value)
+        except (Refused, ValueError):
+            problem = _schema_problem(option, value)
+            if problem:
+                raise argparse.ArgumentTypeError(problem) from None
         return text
 
-    check.__name__ = option.placeholder or name  # argparse: "invalid <name> value"
+    check.__name__ = option.placeholder or setting.name  # argparse: "invalid <name> value"
     return check
+
+
+def _schema_problem(option: Option, value: Any) -> str:
+    """pydantic's words for a value the settings reader refused; empty when the schema
+    takes the value after all (a form the reader leaves to it)."""
+    from pydantic import ValidationError
+
+    from runlog_relay.config import settings_model
+
+    fields: type[Fields] = SidecarSettings
+    if len(option.path) > 1:
+        kind = setting_field(option.path[:1]).kind
+        assert isinstance(kind, type) and issubclass(kind, Fields)
+        fields = kind
+    model = getattr(settings_model, fields.MODEL)
+    names = set(option.field.aliases)
+    try:
+        # The value alone: the models read no variable or file (load_sidecar_settings
+        # adds those), so the check is the field's own.
+        model.__pydantic_validator__.validate_python({option.path[-1]: value})
+    except ValidationError as exc:
+        mine = [e for e in exc.errors() if e["loc"] and str(e["loc"][0]) in names]
+        return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in mine)
+    return ""
 
 
 def _add(parser: Any, option: Option) -> None:

@@ -3,11 +3,19 @@
 Callers build one ``SidecarMetrics`` or ``OperatorMetrics`` per process with the
 registry they serve (tests pass a fresh ``CollectorRegistry``). Labels are few and
 bounded: never a path, key or run id (those go to logs).
+
+``SidecarMetrics(None)`` records nothing: ``sidecar --once`` serves no ``/metrics``, and
+prometheus_client's import (its exposition module pulls in http.server and email, ~25 ms
+of CPU) was a tenth of a one-shot sync's start-up, which rclone does not pay (issue 12,
+item 6). The metrics are the same definitions either way.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["LAG_BUCKETS", "OperatorMetrics", "RunMetrics", "SidecarMetrics"]
 
@@ -34,10 +42,47 @@ LAG_BUCKETS = (
 UPLOAD_RESULTS = ("success", "retry", "failure")
 
 
-class SidecarMetrics:
-    """Write and sync activity of one sidecar."""
+class _Unrecorded:
+    """A metric of a process that serves none: every update is a no-op."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    __slots__ = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def labels(self, *args: Any, **kwargs: Any) -> _Unrecorded:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+def _metric_types(
+    registry: CollectorRegistry | None,
+) -> tuple[type[Counter], type[Gauge], type[Histogram]]:
+    """The metric classes that record into ``registry``; with None, ones that do not."""
+    if registry is None:
+        unrecorded = cast(Any, _Unrecorded)
+        return unrecorded, unrecorded, unrecorded
+    import prometheus_client  # here: a process that serves no metrics never imports it
+
+    return prometheus_client.Counter, prometheus_client.Gauge, prometheus_client.Histogram
+
+
+class SidecarMetrics:
+    """Write and sync activity of one sidecar (with None, recorded nowhere)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        Counter, Gauge, Histogram = _metric_types(registry)  # the classes, by their names
         self.fs_events = Counter(
             "runlog_relay_fs_events_total",
             "Filesystem change events received for the watched folder (inotify or polling).",
@@ -158,7 +203,8 @@ RETENTION_FAILURES = ("bucket_differs", "changed", "not_removable", "error")
 class RunMetrics:
     """Sealed runs and local retention (``SidecarMetrics.runs``)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        Counter, Gauge, Histogram = _metric_types(registry)  # the classes, by their names
         self.sealed = Counter(
             "runlog_relay_runs_sealed_total",
             "Runs sealed: final RunLog status and every file verified in the bucket by a"
@@ -230,6 +276,7 @@ class OperatorMetrics:
     """Reconcile activity and store readiness, from the operator."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        Counter, Gauge, _ = _metric_types(registry)  # the classes, by their names
         self.reconciles = Counter(
             "runlog_relay_operator_reconciles_total",
             "RunLogStore reconciliations by result: ready, not_ready, error.",

@@ -95,6 +95,25 @@ def test_once_mirrors_the_folder_and_reports_complete(root: Path) -> None:
     assert sorted(store.lists) == ["run-0/", "run-1/", "run-2/"]  # per run, not the bucket
 
 
+def test_once_with_unrecorded_metrics_mirrors_the_folder_too(root: Path) -> None:
+    """``sidecar --once`` serves no /metrics, so its metrics record nowhere
+    (``SidecarMetrics(None)``, no prometheus_client): the same sync, to the same result."""
+    bodies = {
+        f"run-{run}/BranchLog-{index}": write_json(
+            root / f"run-{run}" / f"BranchLog-{index}.json", {"run": run, "i": index}
+        )
+        for run in range(2)
+        for index in range(3)
+    }
+    write_json(root / "run-0" / "RunLog.json", {"run_id": "run-0", "status": "SUCCESS"})
+    store = FakeStore()
+    settings = SidecarSettings(source=root, sync={"drain_timeout_seconds": 5.0})
+    pipeline = Pipeline(settings, SidecarMetrics(None), lambda settings: store, once=True)
+    report = pipeline.run_once(timeout=10)
+    assert report.complete, report.lines()
+    assert {key: store.body(key) for key in bodies} == bodies
+
+
 def test_a_drain_that_runs_out_names_every_file_not_uploaded(
     root: Path, started: list[Sidecar]
 ) -> None:

@@ -1,37 +1,6 @@
-"""Configuration models shared by the sidecar and the operator (no I/O at import)."""
+"""Configuration: the shared rules and models, and the sidecar's settings (no I/O at import).
 
-from runlog_relay.config.models import (
-    DEFAULT_BUCKET,
-    DEFAULT_ENDPOINT,
-    DEFAULT_LOG_FOLDER,
-    CredentialsSecretRef,
-    Layout,
-    SecretKeyRef,
-    StoreSpec,
-    SyncSpec,
-    TLSSpec,
-    parse_bucket,
-)
-from runlog_relay.config.settings import (
-    LogFormat,
-    SidecarSettings,
-    SidecarTLS,
-    load_sidecar_settings,
-)
-
-__all__ = [
-    "DEFAULT_BUCKET",
-    "DEFAULT_ENDPOINT",
-    "DEFAULT_LOG_FOLDER",
-    "CredentialsSecretRef",
-    "Layout",
-    "LogFormat",
-    "SecretKeyRef",
-    "SidecarSettings",
-    "SidecarTLS",
-    "StoreSpec",
-    "SyncSpec",
-    "TLSSpec",
-    "load_sidecar_settings",
-    "parse_bucket",
-]
+Nothing is imported with the package itself: a sidecar imports
+:mod:`runlog_relay.config.settings` without pydantic, and the pydantic models
+(:mod:`runlog_relay.config.models`) are imported by the modules that use them.
+"""

@@ -16,8 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
 from runlog_relay import logs
 from runlog_relay.cliopts import add_sidecar_options, config_path, open_store, overrides_from_args
 from runlog_relay.config.settings import (
@@ -130,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         logs.configure(settings.log_level, settings.log_format.value)
         _warn_unknown_variables()
-        pipeline = Pipeline(settings, SidecarMetrics(CollectorRegistry()), open_store, once=True)
+        # Nothing serves /metrics in a one-shot sync: the metrics record nowhere.
+        pipeline = Pipeline(settings, SidecarMetrics(None), open_store, once=True)
         log.info("starting: %s", settings.describe())
         return _finish(pipeline.run_once(timeout=once_budget(settings)))
     return _serve(args, overrides, settings, waiting)
@@ -176,6 +175,8 @@ def _serve(
     signal.signal(signal.SIGINT, request_stop)
     # Here, not at the top: `--once` serves nothing, and the health server's asyncio is
     # ~14 ms of a one-shot sync's start-up (issue 12 item 6: start-up is its gap to rclone).
+    from prometheus_client import CollectorRegistry  # not for --once, which serves none
+
     from runlog_relay.health import HealthServer
 
     registry = CollectorRegistry()

@@ -49,7 +49,7 @@ import threading
 import time
 from pathlib import Path
 
-from runlog_relay.config.models import SyncSpec
+from runlog_relay.config.settings import SyncSettings
 from runlog_relay.layout import Layout
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar import inotify
@@ -111,7 +111,7 @@ class FolderWatcher:
     def __init__(
         self,
         root: Path,
-        sync: SyncSpec,
+        sync: SyncSettings,
         inbox: queue.SimpleQueue[Inbox],
         metrics: SidecarMetrics,
         *,
