@@ -85,7 +85,8 @@ def settings_page() -> str:
         " RUNLOG_RELAY_ENDPOINT?)`).",
         "- **Config file**: keys in camelCase (the operator's ConfigMap spelling) or"
         " snake_case; a group is a mapping (`sync: {debounceSeconds: 0.2}`). An unknown key"
-        " is an error. The file is re-read when it changes (a mounted ConfigMap).",
+        " is an error, and so is a key given twice, in one spelling or both (YAML would"
+        " keep the last). The file is re-read when it changes (a mounted ConfigMap).",
         f"- `--config FILE` is also `{CONFIG_VARIABLE}`; it cannot be a key of the file.",
         "- **Placeholders**: `SECONDS` may be fractional; `SIZE` is bytes or a number with a"
         " unit: `16MiB`, `512KiB`, `1GiB`, `16Mi` (Kubernetes' spelling) or `20MB`"

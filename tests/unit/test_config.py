@@ -402,6 +402,14 @@ def test_empty_config_file_means_defaults(tmp_path: Path) -> None:
         ("endpoint: [unclosed\n", "not valid YAML"),
         ("unknownSetting: 1\n", "unknown_setting"),
         ("sync:\n  concurrency: many\n", "sync.concurrency"),
+        # PyYAML keeps the last of a repeated key: a setting given twice is refused.
+        (
+            "sync:\n  concurrency: 4\nsync:\n  forcePolling: true\n",
+            "'sync' is given twice at line 3",
+        ),
+        ("sync:\n  concurrency: 4\n  concurrency: 8\n", "'concurrency' is given twice"),
+        ("sync:\n  debounceSeconds: 1\n  debounce_seconds: 2\n", "are the same setting"),
+        ("logLevel: INFO\nlog_level: DEBUG\n", "'logLevel' and 'log_level' are the same"),
     ],
 )
 def test_bad_config_files_raise_config_error_naming_the_file(
@@ -411,6 +419,17 @@ def test_bad_config_files_raise_config_error_naming_the_file(
     with pytest.raises(ConfigError, match=message) as caught:
         load_sidecar_settings(config_file=config)
     assert str(config) in str(caught.value)
+
+
+def test_yaml_anchors_and_merge_keys_still_work(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "ok.yaml",
+        "sync:\n  <<: &tuned {concurrency: 4}\n  forcePolling: true\n"
+        "localRetention: {deleteAfter: &week 7d}\n",
+    )
+    settings = load_sidecar_settings(config_file=config)
+    assert (settings.sync.concurrency, settings.sync.force_polling) == (4, True)
+    assert settings.local_retention.delete_after == "7d"
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

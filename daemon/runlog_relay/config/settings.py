@@ -393,10 +393,18 @@ def _read_secret_file(path: Path | None) -> str | None:
 
 
 def _snake_keys(value: Any) -> Any:
-    """Accept camelCase keys (the operator's ConfigMap) as well as snake_case."""
-    if isinstance(value, dict):
-        return {to_snake(str(k)): _snake_keys(v) for k, v in value.items()}
-    return value
+    """Accept camelCase keys (the operator's ConfigMap) as well as snake_case; ValueError
+    when two spellings of one key are both given (which one wins would be a guess)."""
+    if not isinstance(value, dict):
+        return value
+    converted: dict[str, Any] = {}
+    spelt: dict[str, str] = {}
+    for key, item in value.items():
+        name = to_snake(str(key))
+        if name in converted:
+            raise ValueError(f"{spelt[name]!r} and {key!r} are the same setting; give one")
+        converted[name], spelt[name] = _snake_keys(item), str(key)
+    return converted
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -410,13 +418,16 @@ def read_config_file(path: Path) -> dict[str, Any]:
     import yaml  # here: most sidecars take flags and variables (~11 ms of start-up)
 
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_unique_keys_loader()) or {}  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         # Not str(exc): PyYAML quotes the offending line, which may hold a secret.
         raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings")
-    data = _snake_keys(data)
+    try:
+        data = _snake_keys(data)
+    except ValueError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
     # Keys that are credentials must not come from a ConfigMap-style file.
     for forbidden in (
         "access_key_id",
@@ -430,6 +441,29 @@ def read_config_file(path: Path) -> dict[str, Any]:
                 f" {forbidden}_file"
             )
     return data
+
+
+@functools.cache
+def _unique_keys_loader() -> type[yaml.SafeLoader]:
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the
+    last, so a setting written twice would silently mean its second value."""
+    import yaml
+
+    class UniqueKeysLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # ``<<: *base``: its keys may be overridden, on purpose
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, str | int | float | bool) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeysLoader
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
