@@ -564,11 +564,24 @@ def test_exit_codes_of_real_processes(endpoint: str, runs: Runs, tmp_path: Path)
     assert f"is {refused} right (--endpoint)" in results["refused"].stderr
 
 
-def test_a_closed_pipe_is_not_an_error(endpoint: str, runs: Runs, tmp_path: Path) -> None:
-    """``runlog-relay runs | head -1``: the reader leaving early is fine."""
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("runs", "--json"),
+        ("runs",),
+        # rich's own closed-pipe handling exited 1 here: "the runs differ"
+        ("diff", "tools-a", "tools-a", "--no-catalog"),
+        ("show", "tools-a", "--no-catalog"),
+    ],
+    ids=" ".join,
+)
+def test_a_closed_pipe_is_not_an_error(
+    endpoint: str, runs: Runs, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """``runlog-relay runs | head -1``: the reader leaving early is fine, --json or not."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNLOG_RELAY_", "AWS_"))}
     process = subprocess.Popen(
-        [sys.executable, "-m", "runlog_relay", "runs", "--json", *store_args(endpoint)],
+        [sys.executable, "-m", "runlog_relay", *command, *store_args(endpoint)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -357,11 +358,25 @@ def emit_json(data: Any) -> None:
 _UNWRAPPED_WIDTH = 1000
 
 
+class _ToolConsole(Console):
+    """A Console that leaves a closed pipe to :func:`guarded`.
+
+    rich's default ``on_broken_pipe`` raises ``SystemExit(1)``, which skips guarded's
+    BrokenPipeError handling: ``runlog-relay diff A A | head`` then exited 1 ("the runs
+    differ") where ``--json`` exits 0. Raising BrokenPipeError again gives both outputs
+    the one closed-pipe rule, in guarded.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True  # nothing more to write (rich's default does the same)
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 def stdout_console() -> Console:
     # Resolved at call time: tests and callers may have replaced sys.stdout.
-    console = Console(file=sys.stdout, highlight=False)
+    console = _ToolConsole(file=sys.stdout, highlight=False)
     if not console.is_terminal:
-        console = Console(file=sys.stdout, highlight=False, width=_UNWRAPPED_WIDTH)
+        console = _ToolConsole(file=sys.stdout, highlight=False, width=_UNWRAPPED_WIDTH)
     return console
 
 
