@@ -4,15 +4,24 @@ Single-part PUTs have the body's MD5 as ETag. Bodies above :data:`MULTIPART_THRE
 go up in :data:`PART_SIZE` parts, and their ETag is S3's composite: the MD5 of the parts'
 MD5s, then ``-N``. Computing it here lets a restart compare a local file with the
 bucket's listing without a HEAD per object, and lets a file be hashed while it is read,
-without ever holding its whole body. Pure (hashlib only): the object store, the stable
-read and the tools share it.
+without ever holding its whole body. :func:`etag_verdict` is the one reading of a listed
+ETag against a local body: other writers (runnable's own store, boto3, mc) PUT big bodies
+whole, or in parts of another size. Pure (hashlib only): the object store, the stable read
+and the tools share it.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-__all__ = ["MULTIPART_THRESHOLD", "PART_SIZE", "BodyDigest", "composite_etag", "expected_etag"]
+__all__ = [
+    "MULTIPART_THRESHOLD",
+    "PART_SIZE",
+    "BodyDigest",
+    "composite_etag",
+    "etag_verdict",
+    "expected_etag",
+]
 
 #: Bodies larger than this are uploaded in parts (S3's single-PUT limit is far above it,
 #: but parts keep retries of huge files cheap and memory bounded by one part).
@@ -86,3 +95,28 @@ def expected_etag(body: bytes) -> str:
     digest = BodyDigest()
     digest.update(body)
     return digest.etag
+
+
+def etag_verdict(etag: str, *, expected: str, md5: str | None) -> bool | None:
+    """What a listed ``etag`` says about an object holding the body whose
+    :func:`expected_etag` is ``expected`` and whose MD5 is ``md5``.
+
+    ``True``: it is that body's ETag in one of the forms a writer gives it: one PUT (the
+    MD5, whatever the size) or parts of :data:`PART_SIZE` (the composite). ``False``: an
+    ETag of a form this body could have, but another value: other content where the
+    bucket's ETags are digests (the caller knows whether they are; encrypted buckets'
+    are not). ``None``: a multipart ETag with another part count: written in parts of
+    another size, so the ETag cannot tell; only a stored MD5 (or the body) can.
+    """
+    etag = etag.strip('"').lower()
+    if etag in (expected, md5):
+        return True
+    _, dash, count = etag.partition("-")
+    if not dash:
+        return False
+    ours = expected if "-" in expected else None
+    if ours is None and md5 is not None:
+        ours = composite_etag((bytes.fromhex(md5),))  # one part: another tool's "-1"
+    if ours is None or count != ours.partition("-")[2]:
+        return None
+    return etag == ours

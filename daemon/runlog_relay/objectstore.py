@@ -72,7 +72,7 @@ from runlog_relay.errors import (
     RelayError,
     RetryableError,
 )
-from runlog_relay.etag import MULTIPART_THRESHOLD, PART_SIZE, expected_etag
+from runlog_relay.etag import MULTIPART_THRESHOLD, PART_SIZE, etag_verdict, expected_etag
 
 if TYPE_CHECKING:  # the SDK is imported by the calls that need it (see the docstring)
     import urllib3
@@ -1201,17 +1201,29 @@ class ObjectStore:
 
     def matches_digests(self, key: str, etag: str, *, expected: str, md5: str) -> bool:
         """:meth:`matches` for a caller that kept only the body's :func:`expected_etag`
-        and MD5, not the body."""
-        if etag == expected:
+        and MD5, not the body. Cannot tell (:meth:`compare_digests`) is not a match."""
+        return self.compare_digests(key, etag, expected=expected, md5=md5) is True
+
+    def compare_digests(self, key: str, etag: str, *, expected: str, md5: str) -> bool | None:
+        """Whether the object at ``key``, listed with ``etag``, holds the body with these
+        digests; None when that cannot be told without reading the object: a multipart
+        ETag of another part size (:func:`~runlog_relay.etag.etag_verdict`) or an opaque
+        ETag, and no MD5 stored as metadata (another tool wrote it)."""
+        verdict = etag_verdict(etag, expected=expected, md5=md5)
+        if verdict:
             if not self._etags_opaque_by_config:
                 self._etags_are_md5 = True  # an opaque ETag never equals the MD5
             return True
-        if self._etags_are_md5 and _MD5_SHAPED.fullmatch(etag):
+        if verdict is False and self._etags_are_md5 and _MD5_SHAPED.fullmatch(etag):
             return False  # an MD5 bucket: a different ETag is different content
         try:
             stored = self.head_md5(key)
         except NotFoundError:
             return False  # gone since the listing
+        if stored is None:
+            # No MD5 to go by: a same-form digest that differs is different content,
+            # unless this bucket's ETags are known not to be digests.
+            return None if verdict is None or self._etags_are_md5 is False else False
         return stored == md5
 
     def get(self, key: str) -> bytes:

@@ -11,6 +11,8 @@ tested against a second moto server, in its own process, that enforces signature
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -33,7 +35,13 @@ from runlog_relay.runnable_compat import (
 )
 from tests.support.etagproxy import EtagRewritingProxy
 from tests.support.s3server import S3Endpoint, free_port, start_auth_s3_server
-from tests.support.toolcli import ACCESS_KEY, SECRET_KEY, cli, upload_like_the_sidecar
+from tests.support.toolcli import (
+    ACCESS_KEY,
+    SECRET_KEY,
+    bucket_store,
+    cli,
+    upload_like_the_sidecar,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -304,6 +312,46 @@ def test_verify_agrees_with_multipart_uploads(
     )
     assert result.code == 0, result.out
     assert result.json()["counts"]["same"] == 1
+
+
+def test_verify_and_pull_agree_on_big_objects_other_tools_wrote(
+    capsys: pytest.CaptureFixture[str], any_s3: S3Endpoint, tmp_path: Path
+) -> None:
+    """runnable's own store, boto3 and mc PUT a big body whole (plain MD5 ETag) or in parts
+    of their own size: verify called the first "differs" while pull said "up to date"."""
+    folder = tmp_path / "big"
+    (folder / "big-run").mkdir(parents=True)
+    body = json.dumps({"run_id": "big-run", "pad": "y" * (MULTIPART_THRESHOLD + 1024)}).encode()
+    (folder / "big-run" / "RunLog.json").write_bytes(body)
+    location = fresh_location("foreign")
+    bucket, _, prefix = location.partition("/")
+    bucket_store(any_s3.endpoint, location).check_bucket(create=True)
+    client = any_s3.client()
+    verify = ("verify", "--source", str(folder), "--json", *store_args(any_s3.endpoint, location))
+    pull = ("pull", "big-run", "--dest", str(folder), "--json")
+    pull = (*pull, *store_args(any_s3.endpoint, location))
+
+    def put(part_size: int) -> str:
+        result = client.put_object(
+            bucket, f"{prefix}/big-run/RunLog", io.BytesIO(body), len(body), part_size=part_size
+        )
+        return str(result.etag).strip('"')
+
+    assert put(part_size=4 * MULTIPART_THRESHOLD) == hashlib.md5(body).hexdigest()  # one PUT
+    whole = cli(capsys, *verify)
+    assert whole.code == 0, whole.out
+    assert whole.json()["counts"]["same"] == 1
+    [pulled] = cli(capsys, *pull).json()["runs"]
+    assert pulled["outcome"] == "up_to_date"
+
+    assert put(part_size=5 << 20).endswith("-4")  # parts of another size, no stored MD5
+    parts = cli(capsys, *verify)
+    assert parts.code == 1, parts.out  # not known to be in sync, but not called different
+    [diff] = parts.json()["differences"]
+    assert diff["state"] == "uncompared" and "cannot compare" in diff["detail"]
+    assert parts.json()["counts"]["differs"] == 0
+    [pulled] = cli(capsys, *pull).json()["runs"]
+    assert pulled["outcome"] == "up_to_date"  # pull reads the body to tell
 
 
 def test_verify_only_named_runs(

@@ -73,3 +73,29 @@ def test_pieces_of_any_size_give_the_same_digest(
     assert digest.etag == expected_etag(body)
     parts = [body[i : i + 1024] for i in range(0, size, 1024)] or [b""]
     assert digest.part_digests() == tuple(hashlib.md5(p).digest() for p in parts)
+
+
+# ------------------------------------------------------------------- reading a listed ETag
+
+
+def test_etag_verdict_knows_every_writers_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ours (composite of PART_SIZE parts), one PUT of any size (the MD5: runnable's own
+    store, boto3, mc), another tool's part size (cannot tell), and other content."""
+    monkeypatch.setattr(etag, "MULTIPART_THRESHOLD", 2048)
+    monkeypatch.setattr(etag, "PART_SIZE", 1024)
+    body = bytes(range(256)) * 12  # 3 parts of ours
+    md5, ours = hashlib.md5(body).hexdigest(), expected_etag(body)
+    assert ours.endswith("-3")
+    verdict = etag.etag_verdict
+    assert verdict(ours, expected=ours, md5=md5) is True
+    assert verdict(md5, expected=ours, md5=md5) is True  # one PUT of a big body
+    assert verdict(f'"{md5.upper()}"', expected=ours, md5=md5) is True  # as listed, quoted
+    assert verdict(s3_multipart_etag(body, 512), expected=ours, md5=md5) is None  # "-6"
+    assert verdict(s3_multipart_etag(b"z" * 3072, 1024), expected=ours, md5=md5) is False
+    assert verdict(hashlib.md5(b"other").hexdigest(), expected=ours, md5=md5) is False
+    # A small body another tool still sent in one part has the "-1" composite.
+    small = b'{"run_id": "r"}'
+    small_md5 = hashlib.md5(small).hexdigest()
+    one_part = s3_multipart_etag(small, 1024)
+    assert verdict(one_part, expected=small_md5, md5=small_md5) is True
+    assert verdict(s3_multipart_etag(b"{}", 1024), expected=small_md5, md5=small_md5) is False

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from runlog_relay.etag import expected_etag
 from runlog_relay.layout import Layout, key_for
 from runlog_relay.localtree import Candidate, Skipped
 from runlog_relay.objectstore import MULTIPART_THRESHOLD, RemoteObject
@@ -122,6 +123,7 @@ def test_compare_sorts_every_file_into_one_state() -> None:
         "differs": 1,
         "remote_only": 1,
         "torn": 1,
+        "uncompared": 0,
         "skipped": 0,
         "ignored_remote": 1,
     }
@@ -134,6 +136,20 @@ def test_compare_sorts_every_file_into_one_state() -> None:
     assert by_state["torn"].remote_etag == "bbb"  # the bucket still has the last good one
     assert report.ignored_remote == ["r2/deeper/than/a/run"]
     json.dumps([d.to_json() for d in report.differences], default=str)
+
+
+def test_compare_takes_a_big_files_plain_md5_and_says_when_it_cannot_tell() -> None:
+    """A big file PUT whole by another writer lists with its MD5, not our composite; one
+    sent in parts of another size cannot be compared by ETag: never "differs"."""
+    body = b"x" * (MULTIPART_THRESHOLD + 1)
+    ours, whole = expected_etag(body), md5(body)
+    mapping = key_for("r1/RunLog.json", Layout.CHUNKED)
+    file = LocalFile("r1/RunLog.json", mapping.key, "r1", len(body), 0.0, ours, md5=whole)
+    assert compare([file], [remote("r1/RunLog", whole)], Layout.CHUNKED).in_sync
+    other_parts = compare([file], [remote("r1/RunLog", "0" * 32 + "-4")], Layout.CHUNKED)
+    assert not other_parts.in_sync
+    assert [d.state for d in other_parts.differences] == ["uncompared"]
+    assert other_parts.counts()["uncompared"] == 1
 
 
 def test_compare_in_sync_and_empty() -> None:

@@ -26,6 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from runlog_relay.cliopts import add_store_options
+from runlog_relay.etag import etag_verdict
 from runlog_relay.exitcodes import epilog
 from runlog_relay.layout import Layout, UnsafeNameError, path_for
 from runlog_relay.localtree import Candidate, Skipped, walk
@@ -55,7 +56,7 @@ __all__ = [
 
 DEFAULT_SOURCE = Path(".run_log_store")
 
-State = Literal["missing", "differs", "remote_only", "torn"]
+State = Literal["missing", "differs", "remote_only", "torn", "uncompared"]
 Newer = Literal["local", "remote", "unknown"]
 
 
@@ -126,7 +127,14 @@ class Report:
         return not self.differences and not any(s.reason in _NOT_IN_BUCKET for s in self.skipped)
 
     def counts(self) -> dict[str, int]:
-        counts = {"same": self.same, "missing": 0, "differs": 0, "remote_only": 0, "torn": 0}
+        counts = {
+            "same": self.same,
+            "missing": 0,
+            "differs": 0,
+            "remote_only": 0,
+            "torn": 0,
+            "uncompared": 0,
+        }
         for diff in self.differences:
             counts[diff.state] += 1
         counts["skipped"] = len(self.skipped)
@@ -185,8 +193,8 @@ def _stamp(seconds: float) -> datetime:
 
 
 #: Asked when a listed ETag differs from a local file's: is the content the same anyway?
-#: (buckets whose ETags are not MD5s: :meth:`ObjectStore.matches_digests`).
-Confirm = Callable[[RemoteObject, LocalFile], bool]
+#: None: cannot tell without reading the object (:meth:`ObjectStore.compare_digests`).
+Confirm = Callable[[RemoteObject, LocalFile], bool | None]
 
 
 def compare(
@@ -229,7 +237,24 @@ def compare(
                     size=file.size,
                 )
             )
-        elif obj.etag != file.etag and not (confirm is not None and confirm(obj, file)):
+        elif obj.etag != file.etag and not (same := _same_content(obj, file, confirm)):
+            if same is None:
+                report.differences.append(
+                    Difference(
+                        "uncompared",
+                        file.run_id,
+                        file.relative,
+                        file.key,
+                        detail=f"cannot compare: the bucket's ETag {obj.etag} is of parts of"
+                        " another size, and the object has no stored MD5 (another tool"
+                        " wrote it); `pull` compares the bytes",
+                        local_mtime=_stamp(file.mtime),
+                        remote_last_modified=obj.last_modified,
+                        local_etag=file.etag,
+                        remote_etag=obj.etag,
+                    )
+                )
+                continue
             newer = newer_side(file.mtime, obj.last_modified)
             report.differences.append(
                 Difference(
@@ -274,11 +299,21 @@ def compare(
     return report
 
 
+def _same_content(obj: RemoteObject, file: LocalFile, confirm: Confirm | None) -> bool | None:
+    """A listed ETag that is not the local file's expected one: the same body anyway
+    (one PUT of a big file has the plain MD5), different, or cannot tell (None)."""
+    if confirm is not None:
+        return confirm(obj, file)
+    assert file.etag is not None
+    return etag_verdict(obj.etag, expected=file.etag, md5=file.md5)
+
+
 _LABELS = {
     "missing": "[yellow]missing[/]",
     "differs": "[red]differs[/]",
     "remote_only": "[cyan]remote only[/]",
     "torn": "[magenta]torn[/]",
+    "uncompared": "[yellow]cannot compare[/]",
 }
 
 
@@ -312,6 +347,7 @@ def _print_report(report: Report, source: Path, where: dict[str, str]) -> None:
             ("differs", "differ"),
             ("remote_only", "only in the bucket"),
             ("torn", "torn"),
+            ("uncompared", "cannot compare"),
             ("skipped", "skipped"),
         )
         if counts[name] or name == "same"
@@ -358,7 +394,7 @@ def handle(args: argparse.Namespace) -> int:
 
     def confirm(obj: RemoteObject, file: LocalFile) -> bool:
         assert file.etag is not None and file.md5 is not None
-        return ctx.store.matches_digests(obj.key, obj.etag, expected=file.etag, md5=file.md5)
+        return ctx.store.compare_digests(obj.key, obj.etag, expected=file.etag, md5=file.md5)
 
     verdict = compare(local, remote, layout, confirm)
     verdict.skipped = report.skipped
