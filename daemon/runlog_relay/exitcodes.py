@@ -85,8 +85,9 @@ MEANINGS: dict[str, dict[ExitCode, str]] = {
     },
     "verify": {
         ExitCode.OK: "the folder and the bucket are in sync (the sidecar has nothing to upload)",
-        ExitCode.NOT_DONE: "differences: files missing from the bucket, differing, torn, or"
-        " only in the bucket",
+        ExitCode.NOT_DONE: "differences: files missing from the bucket, differing, torn,"
+        " only in the bucket, or that cannot be compared; or nothing compared: a named run"
+        " in neither place, no run-log file or object of this layout on either side",
         ExitCode.USAGE: "a bad option or setting, a bucket that does not exist, a source"
         " folder that does not exist",
         **{k: v for k, v in _STORE_TOOL.items() if k is not ExitCode.USAGE},

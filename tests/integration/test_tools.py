@@ -257,6 +257,7 @@ def test_verify_reports_each_kind_of_difference(
         "differs": 2,
         "remote_only": 1,
         "torn": 1,
+        "uncompared": 0,
         "skipped": 1,
         "ignored_remote": 0,
     }
@@ -362,6 +363,31 @@ def test_verify_only_named_runs(
     )
     assert result.code == 0
     assert result.json()["counts"]["same"] == 6
+
+
+def test_verify_that_compared_nothing_is_not_in_sync(
+    capsys: pytest.CaptureFixture[str], endpoint: str, runs: Runs
+) -> None:
+    """A misspelt run id, or the other layout's folder: nothing was compared, and that
+    was called IN SYNC, exit 0."""
+    args = ("--source", str(runs.chunked), *store_args(endpoint))
+    typo = cli(capsys, "verify", "tools-typo", "--json", *args)
+    assert typo.code == 1, typo.out
+    assert not typo.json()["in_sync"]
+    assert typo.json()["not_compared"] == [
+        f"run 'tools-typo' is neither in {runs.chunked} nor in {CHUNKED_AT} at {endpoint}"
+    ]
+    one_typo = cli(capsys, "verify", "tools-a", "tools-typo", *args)
+    assert one_typo.code == 1
+    assert "not compared: run 'tools-typo' is neither in" in one_typo.out
+    assert "NOT IN SYNC: 6 in sync" in one_typo.out
+
+    other_layout = cli(capsys, "verify", "--layout", "single", *args)
+    assert other_layout.code == 1, other_layout.out
+    assert "NOTHING COMPARED" in other_layout.out
+    assert "18 local file(s) and 18 object(s) are of the chunked layout: try --layout chunked" in (
+        other_layout.out.replace("\n", " ")
+    )
 
 
 # ---------------------------------------------------------------------------------- pull

@@ -118,13 +118,24 @@ class Report:
     differences: list[Difference] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     ignored_remote: list[str] = field(default_factory=list)  #: keys of no run-log shape
+    #: why something asked for was not compared: a named run in neither place, nothing
+    #: of this layout on either side. Never in sync: nothing checked is no answer.
+    not_compared: list[str] = field(default_factory=list)
+
+    @property
+    def compared(self) -> int:
+        return self.same + len(self.differences)
 
     @property
     def in_sync(self) -> bool:
         # A link or another non-regular file is never mirrored (policy: not a run log); an
         # unreadable file or folder might hold anything, and a run-log file whose name
         # cannot be a key is never uploaded, so neither is in the bucket (as the sidecar).
-        return not self.differences and not any(s.reason in _NOT_IN_BUCKET for s in self.skipped)
+        return (
+            not self.differences
+            and not self.not_compared
+            and not any(s.reason in _NOT_IN_BUCKET for s in self.skipped)
+        )
 
     def counts(self) -> dict[str, int]:
         counts = {
@@ -352,8 +363,60 @@ def _print_report(report: Report, source: Path, where: dict[str, str]) -> None:
         )
         if counts[name] or name == "same"
     )
-    verdict = "[green]IN SYNC[/]" if report.in_sync else "[red]NOT IN SYNC[/]"
+    for reason in report.not_compared:
+        console.print(f"[red]not compared:[/] {escape(reason)}")
+    if report.in_sync:
+        verdict = "[green]IN SYNC[/]"
+    elif report.compared:
+        verdict = "[red]NOT IN SYNC[/]"
+    else:
+        verdict = "[red]NOTHING COMPARED[/]"
     console.print(f"{verdict}: {summary}")
+
+
+def not_compared(
+    report: Report,
+    *,
+    wanted: set[str],
+    local: list[Candidate],
+    remote: list[RemoteObject],
+    source: Path,
+    layout: Layout,
+    where: str,
+) -> list[str]:
+    """Why the comparison is no answer: named runs found nowhere (a typo), or not one
+    file or object of this layout on either side (with a hint when the other layout's
+    are there: ``--layout single`` on a chunked folder compared nothing)."""
+    found = {c.mapping.run_id for c in local} | {o.key.partition("/")[0] for o in remote}
+    reasons = [
+        f"run {run_id!r} is neither in {source} nor in {where}" for run_id in sorted(wanted - found)
+    ]
+    if reasons or report.compared:
+        return reasons
+    other = Layout.SINGLE if layout is Layout.CHUNKED else Layout.CHUNKED
+    files = sum(
+        1
+        for item in walk(source, other)
+        if isinstance(item, Candidate) and (not wanted or item.mapping.run_id in wanted)
+    )
+    objects = sum(1 for obj in remote if _maps(obj.key, other))
+    hint = (
+        f" ({files} local file(s) and {objects} object(s) are of the {other.value} layout:"
+        f" try --layout {other.value})"
+        if files or objects
+        else ""
+    )
+    return [
+        f"no {layout.value}-layout run-log files in {source} and no such objects in {where}{hint}"
+    ]
+
+
+def _maps(key: str, layout: Layout) -> bool:
+    try:
+        path_for(key, layout)
+    except UnsafeNameError:
+        return False
+    return True
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -398,6 +461,15 @@ def handle(args: argparse.Namespace) -> int:
 
     verdict = compare(local, remote, layout, confirm)
     verdict.skipped = report.skipped
+    verdict.not_compared = not_compared(
+        verdict,
+        wanted=wanted,
+        local=candidates,
+        remote=remote,
+        source=source,
+        layout=layout,
+        where=f"{ctx.settings.bucket} at {ctx.settings.endpoint}",
+    )
     if args.json:
         emit_json(
             {
@@ -411,6 +483,7 @@ def handle(args: argparse.Namespace) -> int:
                     for s in verdict.skipped
                 ],
                 "ignored_remote": verdict.ignored_remote,
+                "not_compared": verdict.not_compared,
             }
         )
     else:
