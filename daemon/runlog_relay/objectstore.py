@@ -206,7 +206,14 @@ def classify(exc: BaseException, *, what: str, operation: str | None = None) -> 
         # A non-S3 answer: a proxy, a load balancer or the wrong service on that port.
         status = exc.status if isinstance(exc, s3http.NotS3Answer) else getattr(exc, "_code", 0)
         status = status or 0
-        message = f"{what}: the endpoint answered HTTP {status} without an S3 error body"
+        if isinstance(exc, s3http.NotS3Answer) and 200 <= status < 300:
+            # A success that is not S3's (a portal, a console): say what came, so the
+            # wrong service is recognised; never taken for an empty listing.
+            message = (
+                f"{what}: the endpoint answered HTTP {status} with no S3 answer ({exc.describe()})"
+            )
+        else:
+            message = f"{what}: the endpoint answered HTTP {status} without an S3 error body"
         if status >= 500 or status in {408, 429}:
             return RetryableError(message, code=f"HTTP{status}")
         return PermanentError(message + " (is this an S3 endpoint?)", code=f"HTTP{status}")
@@ -687,16 +694,30 @@ def _read_exactly(stream: BodyStream, length: int) -> bytes:
     return b"".join(pieces)
 
 
-def _parse_listing(body: bytes, relative: Callable[[str], str]) -> tuple[list[RemoteObject], str]:
-    """One ListObjectsV2 page: its objects and the next page's token ("" at the end)."""
+def _parse_listing(
+    response: s3http.Response, relative: Callable[[str], str]
+) -> tuple[list[RemoteObject], str]:
+    """One ListObjectsV2 page: its objects and the next page's token ("" at the end).
+
+    A 200 that is not S3's listing (a captive portal, MinIO's console on the API's
+    place, a proxy's login page) is :class:`~runlog_relay.s3http.NotS3Answer`, never an
+    empty bucket: well-formed HTML parses as XML too, so the root element decides."""
     from xml.etree import ElementTree
+
+    body = response.body
+
+    def not_s3() -> s3http.NotS3Answer:
+        content_type = response.headers.get("content-type", "")
+        return s3http.NotS3Answer(response.status, content_type=content_type, body=body)
 
     # The configured endpoint's answer, parsed as the SDK parses it; expat resolves no
     # external entities and bounds entity expansion.
     try:
         root = ElementTree.fromstring(body)  # noqa: S314
     except ElementTree.ParseError:
-        raise s3http.NotS3Answer(200) from None  # a 200 that is no listing: not S3
+        raise not_s3() from None
+    if _local_name(root.tag) != "ListBucketResult":
+        raise not_s3()
     fields: dict[str, str] = {}
     contents = []
     for child in root:
@@ -724,7 +745,7 @@ def _parse_listing(body: bytes, relative: Callable[[str], str]) -> tuple[list[Re
     truncated = fields.get("IsTruncated", "").lower() == "true"
     token = fields.get("NextContinuationToken", "") if truncated else ""
     if truncated and not token:
-        raise s3http.NotS3Answer(200)  # truncated without a way on: not S3's listing
+        raise not_s3()  # truncated without a way on: not S3's listing
     return objects, token
 
 
@@ -1077,7 +1098,7 @@ class ObjectStore:
                 if token:
                     query.append(("continuation-token", token))
                 response = self._request("GET", query=tuple(query), headers={})
-                objects, token = _parse_listing(response.body, self._relative)
+                objects, token = _parse_listing(response, self._relative)
                 yield from objects
                 if not token:
                     return

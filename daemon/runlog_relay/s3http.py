@@ -178,11 +178,23 @@ class ServerFailure(Exception):
 
 
 class NotS3Answer(Exception):
-    """An answer that is not S3's: no XML error body (a proxy, the wrong service)."""
+    """An answer that is not S3's: no XML error body, or a 2xx that is not the XML S3
+    sends (a proxy, a captive portal, MinIO's console port, the wrong service)."""
 
-    def __init__(self, status: int) -> None:
+    #: Bytes of the body quoted in messages: enough to recognise a page, no more.
+    QUOTED = 64
+
+    def __init__(self, status: int, *, content_type: str = "", body: bytes = b"") -> None:
         super().__init__(f"HTTP {status} without an S3 error body")
         self.status = status
+        self.content_type = content_type
+        self.head = body[: self.QUOTED]
+
+    def describe(self) -> str:
+        """What came back, for a message: its content type and first bytes, escaped
+        (``repr`` of bytes: no control character of a hostile page reaches a terminal)."""
+        kind = self.content_type or "no content type"
+        return f"{kind}, starting {self.head!r}" if self.head else f"{kind}, empty"
 
 
 class NotConnected(OSError):

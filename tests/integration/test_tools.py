@@ -42,6 +42,7 @@ from tests.support.toolcli import (
     cli,
     upload_like_the_sidecar,
 )
+from tests.unit.test_s3http import ScriptedServer
 
 pytestmark = [pytest.mark.integration]
 
@@ -596,6 +597,8 @@ def run_cli_processes(
 
 def test_exit_codes_of_real_processes(endpoint: str, runs: Runs, tmp_path: Path) -> None:
     refused = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    # HTTP 200 with a web page for everything: MinIO's console port, a captive portal.
+    portal = ScriptedServer(lambda r: (200, {"Content-Type": "text/html"}, b"<html>Console</html>"))
     drifted = tmp_path / "drifted"
     shutil.copytree(runs.chunked / "tools-a", drifted / "tools-a")
     (drifted / "tools-a" / "BranchLog-new.json").write_text("{}")
@@ -613,9 +616,25 @@ def test_exit_codes_of_real_processes(endpoint: str, runs: Runs, tmp_path: Path)
             "no bucket": ["runs", *store_args(endpoint, "no-such-bucket/x")],
             "refused": ["runs", *store_args(refused)],
             "refused verify": ["verify", "--source", str(runs.chunked), *store_args(refused)],
+            "not S3": ["runs", *store_args(portal.endpoint)],
+            "not S3 verify": [
+                "verify",
+                "--source",
+                str(runs.chunked),
+                *store_args(portal.endpoint),
+            ],
+            "not S3 pull": [
+                "pull",
+                "tools-a",
+                "--dest",
+                str(tmp_path / "n"),
+                "--endpoint",
+                portal.endpoint,
+            ],
         },
         cwd=tmp_path,
     )
+    portal.close()
     codes = {name: result.returncode for name, result in results.items()}
     assert codes == {
         "in sync": 0,
@@ -628,14 +647,21 @@ def test_exit_codes_of_real_processes(endpoint: str, runs: Runs, tmp_path: Path)
         "no bucket": 2,
         "refused": 3,
         "refused verify": 3,
+        "not S3": 3,
+        "not S3 verify": 3,
+        "not S3 pull": 3,
     }, {name: r.stderr for name, r in results.items()}
-    for name in ("missing run", "no run named", "bad config", "no bucket", "refused"):
+    assert not (tmp_path / "n").exists()
+    for name in ("missing run", "no run named", "bad config", "no bucket", "refused", "not S3"):
         err = results[name].stderr.strip().splitlines()
         assert len(err) == 1, (name, err)  # one line, no traceback
         assert "Traceback" not in results[name].stderr
     assert "bucket 'no-such-bucket'" in results["no bucket"].stderr
     assert "layout" in results["bad config"].stderr
     assert f"is {refused} right (--endpoint)" in results["refused"].stderr
+    not_s3 = results["not S3"].stderr
+    assert "HTTP 200 with no S3 answer (text/html, starting b'<html>Console</html>')" in not_s3
+    assert f"--endpoint is {portal.endpoint}" in not_s3
 
 
 @pytest.mark.parametrize(

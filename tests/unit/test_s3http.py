@@ -575,6 +575,60 @@ def test_a_listing_that_is_not_xml_is_not_s3(scripted: Callable[..., ScriptedSer
     assert caught.value.code == "HTTP200"
 
 
+#: What answers 200 in S3's place: MinIO's console, a captive portal, a proxy's page.
+NOT_S3_PAGES = {
+    "well-formed html": ("text/html", b"<html><body>MinIO Console</body></html>"),
+    "html with escapes": ("text/html; charset=utf-8", b"<!doctype html>\x1b[2J<p>Log in"),
+    "other xml": ("application/xml", b"<Error><Nothing/></Error>"),
+    "json": ("application/json", b'{"status": "ok"}'),
+}
+
+
+@pytest.mark.parametrize(("content_type", "body"), NOT_S3_PAGES.values(), ids=NOT_S3_PAGES)
+def test_a_200_that_is_no_listing_is_not_an_empty_bucket(
+    scripted: Callable[..., ScriptedServer], content_type: str, body: bytes
+) -> None:
+    """Well-formed HTML parses as XML: it listed as an empty bucket (``runs``: exit 0)."""
+    server = scripted(lambda r: (200, {"Content-Type": content_type}, body))
+    with pytest.raises(PermanentError) as caught:
+        list(store_for(server.endpoint).list())
+    message = str(caught.value)
+    assert caught.value.code == "HTTP200"
+    assert f"HTTP 200 with no S3 answer ({content_type}, starting b" in message
+    assert repr(body[:20])[:-1] in message  # its first bytes, escaped
+    assert "\x1b" not in message  # no control character reaches a terminal
+
+
+def test_the_sidecar_takes_a_200_that_is_no_listing_for_a_store_problem(
+    scripted: Callable[..., ScriptedServer],
+) -> None:
+    """The sidecar lists through the same code: not ready, retried, and no run is told
+    the bucket holds nothing (which would upload everything to a portal)."""
+    from prometheus_client import CollectorRegistry
+
+    from runlog_relay.metrics import SidecarMetrics
+    from runlog_relay.sidecar.listing import Lister
+    from runlog_relay.sidecar.store import StoreHealth
+    from runlog_relay.sidecar.types import ListingPurpose
+
+    content_type, body = NOT_S3_PAGES["well-formed html"]
+    server = scripted(lambda r: (200, {"Content-Type": content_type}, body))
+    store = store_for(server.endpoint)
+    health = StoreHealth(SidecarMetrics(CollectorRegistry()), permanent_retry=lambda: 30.0)
+    posted: list[object] = []
+    lister = Lister(lambda: store, health, posted.append, threads=1)
+    lister.start()
+    try:
+        lister.request({"r1"}, ListingPurpose.COMPARE)
+        problem = wait_until(lambda: health.problem, what="the listing reported as a problem")
+        assert "HTTP 200 with no S3 answer (text/html" in problem
+        assert not health.ok and posted == []
+        assert lister.waiting_runs() == {"r1"}  # still to list, not listed as empty
+    finally:
+        lister.stop()
+        store.close()
+
+
 @pytest.mark.parametrize(
     ("endpoint", "bucket", "target"),
     [

@@ -140,6 +140,10 @@ def error_message(
         return f"{text}: these credentials may not read this bucket{where}"
     if isinstance(exc, RetryableError) and code == "Unreachable":
         return f"{text}; is {endpoint or 'the endpoint'} right (--endpoint) and is it up?"
+    if isinstance(exc, RelayError) and code.startswith("HTTP"):
+        # Not S3 at all (s3http.NotS3Answer): a console, a portal, a proxy's page.
+        named = f"--endpoint is {endpoint}" if endpoint else "check --endpoint"
+        return f"{text}; {named} (MinIO serves its console and its S3 API on different ports)"
     if isinstance(exc, PermanentError) and code == "NoSuchBucket" and "--bucket" not in text:
         name = f"bucket {bucket!r}" if bucket else "the bucket"
         return f"{name} does not exist{where}; check --bucket ({text})"
