@@ -25,6 +25,7 @@ from runlog_relay.tools._common import (
     latest_modified,
     layout_hint,
     parse_since,
+    printable,
     progress,
     retrying,
     since_type,
@@ -213,3 +214,22 @@ def test_progress_is_silent_when_stderr_is_not_a_terminal(
         ticker.advance(5)
         ticker.total(20)
     assert capsys.readouterr() == ("", "")
+
+
+def test_printable_escapes_what_would_act_on_a_terminal() -> None:
+    assert printable("a\x1b[2Jb\x07\x9b\u202e\x7f") == "a\\x1b[2Jb\\x07\\x9b\\u202e\\x7f"
+    assert printable("line 1\n\tline 2") == "line 1\n\tline 2"  # tracebacks keep lines
+    assert printable("id\nfake", one_line=True) == "id\\nfake"
+    assert printable("plain ünïcode [bold]") == "plain ünïcode [bold]"
+
+
+def test_guarded_error_lines_escape_what_came_from_the_bucket(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def handler(args: argparse.Namespace) -> int:
+        raise PermanentError("downloading p/esc\x1b[2J/RunLog: AccessDenied", code="X")
+
+    guarded("show", handler)(argparse.Namespace())
+    assert capsys.readouterr().err == (
+        "runlog-relay show: error: downloading p/esc\\x1b[2J/RunLog: AccessDenied\n"
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from runlog_relay.config.settings import load_sidecar_settings
 from runlog_relay.errors import NotFoundError
 from runlog_relay.layout import Layout
@@ -184,3 +186,15 @@ def test_collect_filters_by_status_and_describes_odd_runs() -> None:
     assert by_id["garbled"].status == "UNREADABLE"
     assert "try --layout single" in by_id["other"].problem
     assert by_id["old"].duration_seconds == 30  # from the old StepLog chunk
+
+
+def test_the_table_shows_hostile_keys_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """Run ids are object keys anyone with write access chose: ESC and newlines show as
+    escapes (no cleared screen, no faked row), markup literally."""
+    from runlog_relay.tools.runs import RunSummary, _print_table
+
+    hostile = RunSummary("esc\x1b[2J\n[bold]run", "SUCCESS", "", None, None, None, 1, 10, None)
+    _print_table([hostile], 1, {"bucket": "b/p", "endpoint": "http://s3", "layout": "chunked"})
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "esc\\x1b[2J\\n[bold]run" in out

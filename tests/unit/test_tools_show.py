@@ -139,3 +139,35 @@ def test_the_seal_is_shown_only_when_the_run_carries_it() -> None:
     other = "FAIL" if run.status == "SUCCESS" else "SUCCESS"
     assert "written again after its seal" in text(other)
     assert run_to_json(dataclasses.replace(run, sealed="FAIL"))["sealed"] == "FAIL"
+
+
+HOSTILE = "\x1b[2J\x1b[1;1HALL GOOD"  # clear the screen, cursor home, fake a verdict
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "pipe"])
+def test_control_characters_and_markup_from_the_bucket_print_as_text(
+    monkeypatch: pytest.MonkeyPatch, terminal: bool
+) -> None:
+    """A hostile run log cannot clear the screen, move the cursor or style the output:
+    escapes show as text (``\\x1b``), markup and emoji codes literally."""
+    from runlog_relay.tools import _common
+
+    document = chunked_run()
+    document["RunLog"]["run_id"] = "esc\x1b[31mRED\nfake row"
+    document["RunLog"]["tag"] = "\x1b[31mtag\u202e"
+    document["RunLog"]["parameters"]["label"]["value"] = HOSTILE
+    document["RunLog"]["parameters"]["[bold]name[/bold]"] = {"kind": "json", "value": ":smile:"}
+    out = io.StringIO()
+    monkeypatch.setattr(_common.sys, "stdout", out)
+    console = _common.stdout_console()
+    if terminal:  # what a terminal gets: rich's own colour codes around the escaped text
+        console = _common._ToolConsole(file=out, width=120, force_terminal=True)
+    render_run(build_run("esc", document), console)
+    text = out.getvalue()
+    assert "\x1b[2J" not in text and "\x1b[1;1H" not in text and "\u202e" not in text
+    assert "\\x1b[2J\\x1b[1;1HALL GOOD" in text
+    assert "esc\\x1b[31mRED\\nfake row" in text  # one line, as a run id must be
+    assert "\\x1b[31mtag\\u202e" in text
+    assert "[bold]name[/bold]" in text and ":smile:" in text
+    if not terminal:
+        assert "\x1b" not in text  # a pipe gets no escape sequence at all

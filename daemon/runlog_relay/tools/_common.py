@@ -25,6 +25,7 @@ import errno
 import functools
 import json
 import os
+import re
 import sys
 import time
 from collections import defaultdict
@@ -43,6 +44,7 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.segment import Segment
 
 from runlog_relay.backoff import backoff_delay
 from runlog_relay.cliopts import open_store, settings_from_args, warn_unknown_variables
@@ -79,6 +81,7 @@ __all__ = [
     "list_objects",
     "open_context",
     "parse_since",
+    "printable",
     "progress",
     "stderr_console",
     "stdout_console",
@@ -163,7 +166,7 @@ def guarded(command: str, handler: Callable[[argparse.Namespace], int]) -> Calla
                 endpoint=getattr(args, "_endpoint", None),
                 bucket=getattr(args, "_bucket", None),
             )
-            print(f"runlog-relay {command}: error: {message}", file=sys.stderr)
+            print(f"runlog-relay {command}: error: {printable(message)}", file=sys.stderr)
             return error_exit_code(exc)
         except KeyboardInterrupt:
             print(f"runlog-relay {command}: interrupted", file=sys.stderr)
@@ -178,7 +181,7 @@ def guarded(command: str, handler: Callable[[argparse.Namespace], int]) -> Calla
         except OSError as exc:  # the local side: a folder we may not write, a full disk
             where = f"{exc.filename}: " if exc.filename else ""
             reason = exc.strerror or type(exc).__name__
-            print(f"runlog-relay {command}: error: {where}{reason}", file=sys.stderr)
+            print(f"runlog-relay {command}: error: {printable(where)}{reason}", file=sys.stderr)
             return EXIT_DIFFERENT
 
     return run
@@ -362,14 +365,48 @@ def emit_json(data: Any) -> None:
 _UNWRAPPED_WIDTH = 1000
 
 
+#: What must not reach a terminal raw from the bucket (object keys, run-log values):
+#: C0 controls (ESC starts the sequences that clear the screen or move the cursor), DEL,
+#: C1 controls, and the bidirectional overrides that reorder what is shown.
+_CONTROL = "\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_UNPRINTABLE = re.compile(f"[{_CONTROL}]")
+_UNPRINTABLE_ON_ONE_LINE = re.compile(f"[\t\n{_CONTROL}]")
+
+
+def printable(text: str, *, one_line: bool = False) -> str:
+    """``text`` with every control character written as its Python escape (``\x1b``),
+    so a hostile key or value shows as text instead of acting on the terminal. With
+    ``one_line``, tabs and newlines too (a run id must not fake another table row).
+    Not markup-escaped: :func:`rich.markup.escape` is for text put into markup."""
+    pattern = _UNPRINTABLE_ON_ONE_LINE if one_line else _UNPRINTABLE
+    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 class _ToolConsole(Console):
-    """A Console that leaves a closed pipe to :func:`guarded`.
+    """The tools' Console: no control character from the data reaches the terminal, and a
+    closed pipe is left to :func:`guarded`.
+
+    Every segment of text is passed through :func:`printable` as it is written, whatever
+    built it (a table cell, a Text, markup): one place, so no output path can forget.
+    rich's own cursor and colour codes are separate (styles, control segments) and stay.
 
     rich's default ``on_broken_pipe`` raises ``SystemExit(1)``, which skips guarded's
     BrokenPipeError handling: ``runlog-relay diff A A | head`` then exited 1 ("the runs
     differ") where ``--json`` exits 0. Raising BrokenPipeError again gives both outputs
     the one closed-pipe rule, in guarded.
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        # emoji=False: ":smile:" in a value is text, as "[bold]" is once escaped.
+        super().__init__(highlight=False, emoji=False, **kwargs)
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        return super()._render_buffer(
+            Segment(printable(text), style, control)
+            if not control
+            else Segment(text, style, control)
+            for text, style, control in buffer
+        )
 
     def on_broken_pipe(self) -> None:
         self.quiet = True  # nothing more to write (rich's default does the same)
@@ -378,14 +415,14 @@ class _ToolConsole(Console):
 
 def stdout_console() -> Console:
     # Resolved at call time: tests and callers may have replaced sys.stdout.
-    console = _ToolConsole(file=sys.stdout, highlight=False)
+    console = _ToolConsole(file=sys.stdout)
     if not console.is_terminal:
-        console = _ToolConsole(file=sys.stdout, highlight=False, width=_UNWRAPPED_WIDTH)
+        console = _ToolConsole(file=sys.stdout, width=_UNWRAPPED_WIDTH)
     return console
 
 
 def stderr_console() -> Console:
-    return Console(file=sys.stderr, highlight=False)
+    return _ToolConsole(file=sys.stderr)
 
 
 class _Ticker:

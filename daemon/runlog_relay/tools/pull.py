@@ -51,6 +51,7 @@ from runlog_relay.tools._common import (
     layout_hint,
     list_objects,
     open_context,
+    printable,
     progress,
     since_type,
     stdout_console,
@@ -326,7 +327,7 @@ def _print_results(results: list[RunResult], dest: Path, *, selected: bool) -> N
             console.print(f"{escape(result.run_id)}: up to date ({len(result.unchanged)} file(s))")
     for result in results:
         if result.outcome not in ("pulled", "up_to_date"):
-            print(f"runlog-relay pull: error: {result.message}", file=sys.stderr)
+            print(f"runlog-relay pull: error: {printable(result.message)}", file=sys.stderr)
 
 
 def register(subparsers: Any, summary: str) -> None:

@@ -42,6 +42,7 @@ from runlog_relay.tools._common import (
     list_objects,
     open_context,
     positive_int,
+    printable,
     stdout_console,
 )
 from runlog_relay.tools.runmodel import parse_time
@@ -247,7 +248,7 @@ def _print_table(summaries: list[RunSummary], total: int, where: dict[str, str])
         if run.problem:
             status += f" [dim]({escape(run.problem)})[/]"
         table.add_row(
-            escape(run.run_id),
+            escape(printable(run.run_id, one_line=True)),  # a key: no newline fakes a row
             status,
             _time(run.start_time),
             _time(run.end_time),

@@ -31,6 +31,7 @@ from runlog_relay.tools._common import (
     format_seconds,
     guarded,
     open_context,
+    printable,
     stdout_console,
 )
 from runlog_relay.tools.htmlpage import render_page
@@ -150,9 +151,12 @@ def render_run(run: Run, console: Console) -> None:
     fancy = console.is_terminal
     width = console.width
     status = Text(run.status, style=f"bold {style_of(run.status)}")
-    head = Text.assemble(("run ", "bold"), (run.run_id, "bold"), "  ", status)
+    # Values from the bucket: the console escapes control characters; one-line fields
+    # escape newlines too, so they cannot fake more output.
+    run_id = printable(run.run_id, one_line=True)
+    head = Text.assemble(("run ", "bold"), (run_id, "bold"), "  ", status)
     if run.tag:
-        head.append(f"  tag {run.tag}", style="dim")
+        head.append(f"  tag {printable(run.tag, one_line=True)}", style="dim")
     console.print(head)
     facts = [
         f"started {_time(run.started_at)}",
@@ -182,7 +186,8 @@ def render_run(run: Run, console: Console) -> None:
         # Plain lines, not a table: values can be long and should wrap under themselves.
         pad = max(len(name) for name in run.parameters)
         for name, parameter in run.parameters.items():
-            line = Text.assemble("  ", (name.ljust(pad), "cyan"), "  ", _value(parameter.value))
+            label = printable(name, one_line=True).ljust(pad)
+            line = Text.assemble("  ", (label, "cyan"), "  ", _value(parameter.value))
             if parameter.kind != "json":
                 line.append(f"  ({parameter.kind})", style="dim")
             console.print(line, overflow="fold")
