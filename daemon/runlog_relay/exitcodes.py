@@ -111,7 +111,8 @@ MEANINGS: dict[str, dict[ExitCode, str]] = {
     },
     "top": {
         ExitCode.OK: "stopped with Ctrl-C; `--once`: every sidecar answered",
-        ExitCode.USAGE: "a bad option (an URL that is not http or https)",
+        ExitCode.USAGE: "a bad option: a URL that is not http or https, has no valid host"
+        " or a port outside 1-65535, or cannot be parsed",
         ExitCode.UNREACHABLE: "`--once`: a sidecar did not answer",
     },
 }

@@ -12,11 +12,15 @@ from rich.console import Console
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.tools.top import (
     SidecarView,
+    Snapshot,
     compute_view,
     histogram_quantile,
     normalise_url,
     parse_metrics,
+    redact_url,
     render,
+    run_top,
+    scrape,
 )
 
 URL = "http://sidecar:9464/metrics"
@@ -160,3 +164,61 @@ def test_the_single_frame_of_once_names_its_window_and_no_key_to_quit() -> None:
     text = console.export_text()
     assert "0/1 up  over 2s" in text
     assert "Ctrl-C" not in text
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("not a url", "is not a URL (no valid host)"),
+        ("http://[::1", "is not a URL (Invalid IPv6 URL)"),
+        ("http://127.0.0.1:99999", "Port out of range"),  # was reported as "refused"
+        ("http://127.0.0.1:0", "port 0 is not a port"),
+        ("http://:9464", "no valid host"),
+        ("ftp://pod:9464", "only http and https URLs"),
+    ],
+)
+def test_a_bad_url_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], given: str, says: str
+) -> None:
+    """A traceback and exit 1 (or "Connection refused" for port 99999) before."""
+    from tests.support.toolcli import cli
+
+    result = cli(capsys, "top", "--once", "--url", given)
+    assert result.code == 2
+    assert says in result.err and "Traceback" not in result.err
+
+
+def test_credentials_in_a_url_are_never_shown_and_go_as_basic_auth() -> None:
+    import base64
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(generate_latest(Sidecar().registry))
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = normalise_url(f"user:S3cret%40pw@127.0.0.1:{server.server_port}")
+        assert redact_url(url) == f"http://user:***@127.0.0.1:{server.server_port}/metrics"
+        assert isinstance(scrape(url, timeout=5), Snapshot)
+        assert seen == ["Basic " + base64.b64encode(b"user:S3cret@pw").decode()]
+        out = io.StringIO()
+        top = run_top([url], interval=0.05, once=True, console=Console(file=out, width=200))
+        assert top == 0
+        assert "S3cret" not in out.getvalue() and "user:***@127.0.0.1" in out.getvalue()
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ValueError, match=r"user:\*\*\*@") as caught:
+        normalise_url("http://user:S3cret@host:99999")
+    assert "S3cret" not in str(caught.value)

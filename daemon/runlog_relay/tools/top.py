@@ -15,6 +15,7 @@ The pure parts (:func:`parse_metrics`, :func:`histogram_quantile`, :func:`comput
 from __future__ import annotations
 
 import argparse
+import base64
 import math
 import threading
 import time
@@ -25,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 from rich import box
@@ -39,8 +40,6 @@ from runlog_relay.exitcodes import epilog
 from runlog_relay.tools._common import (
     EXIT_OK,
     EXIT_UNREACHABLE,
-    EXIT_USAGE,
-    ToolError,
     format_bytes,
     format_seconds,
     guarded,
@@ -55,6 +54,7 @@ __all__ = [
     "histogram_quantile",
     "normalise_url",
     "parse_metrics",
+    "redact_url",
     "register",
     "render",
     "scrape",
@@ -110,18 +110,63 @@ def parse_metrics(text: str, *, at: float = 0.0) -> Snapshot:
 
 
 def normalise_url(url: str) -> str:
-    """``host:port`` → ``http://host:port/metrics``; a given path or scheme is kept."""
+    """``host:port`` → ``http://host:port/metrics``; a given path or scheme is kept.
+
+    ValueError, with a message that never holds a password, for what cannot be a
+    sidecar's metrics URL: not http(s), no host, a port outside 1-65535, unparsable."""
     if "://" not in url:
         url = f"http://{url}"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"{redact_url(url)!r} is not a URL ({exc})") from None
+    shown = redact_url(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{shown}: only http and https URLs")
+    host = parts.hostname or ""
+    if not host or any(c.isspace() or c in '<>"{}|\\^`' for c in host):
+        raise ValueError(f"{shown!r} is not a URL (no valid host)")
+    if port == 0:
+        raise ValueError(f"{shown}: port 0 is not a port (1-65535)")
     path = parts.path if parts.path not in ("", "/") else "/metrics"
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
-def scrape(url: str, *, timeout: float) -> Snapshot | str:
-    """A snapshot, or one short reason why the endpoint could not be read."""
+def redact_url(url: str) -> str:
+    """``url`` as it may be shown: a password in it (``user:pass@``) becomes ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, hostport = netloc.rpartition("@")
+    if not at:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{hostport}{slash}{tail}"
+
+
+def metrics_url(text: str) -> str:
+    """argparse ``type=`` for ``--url``: a bad URL is a usage error (exit 2)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) only, see normalise_url
+        return normalise_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def scrape(url: str, *, timeout: float) -> Snapshot | str:
+    """A snapshot, or one short reason why the endpoint could not be read. Credentials
+    in ``url`` (``user:pass@``) go as HTTP basic authentication, not in the request line."""
+    parts = urlsplit(url)
+    headers = {}
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+        netloc = parts.netloc.rpartition("@")[2]
+        url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - http(s) only
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only, see normalise_url
             text = response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return f"HTTP {exc.code}"
@@ -321,7 +366,7 @@ class _Monitor:
         results = list(self.pool.map(lambda url: scrape(url, timeout=self.timeout), self.urls))
         views = []
         for url, current in zip(self.urls, results, strict=True):
-            views.append(compute_view(url, self.previous.get(url), current))
+            views.append(compute_view(redact_url(url), self.previous.get(url), current))
             if isinstance(current, Snapshot):
                 self.previous[url] = current
             else:
@@ -378,10 +423,7 @@ def _interval(text: str) -> float:
 
 
 def handle(args: argparse.Namespace) -> int:
-    urls = list(dict.fromkeys(normalise_url(url) for url in (args.url or [DEFAULT_URL])))
-    for url in urls:
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise ToolError(f"{url}: only http and https URLs", exit_code=EXIT_USAGE)
+    urls = list(dict.fromkeys(args.url or [DEFAULT_URL]))  # --url arrives normalised
     return run_top(urls, interval=args.interval, once=args.once, console=stdout_console())
 
 
@@ -398,6 +440,7 @@ def register(subparsers: Any, summary: str) -> None:
     parser.add_argument(
         "--url",
         action="append",
+        type=metrics_url,
         metavar="URL",
         help=f"a sidecar's metrics URL; repeat for several (default {DEFAULT_URL};"
         " host:port is enough)",
