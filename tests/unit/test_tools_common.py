@@ -233,3 +233,16 @@ def test_guarded_error_lines_escape_what_came_from_the_bucket(
     assert capsys.readouterr().err == (
         "runlog-relay show: error: downloading p/esc\\x1b[2J/RunLog: AccessDenied\n"
     )
+
+
+@pytest.mark.parametrize("command", [["runs"], ["show", "r1"], ["verify", "--source", "."]])
+def test_a_malformed_region_is_a_usage_error_before_any_request(
+    capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """It passed the parser and failed at the first signed request as "unreachable" (3)."""
+    from tests.support.toolcli import cli
+
+    # A port nothing listens on: reaching the network would be exit 3, not 2.
+    result = cli(capsys, *command, "--region", "us east 1", "--endpoint", "http://127.0.0.1:9")
+    assert result.code == 2, result.err
+    assert "--region" in result.err

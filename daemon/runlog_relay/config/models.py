@@ -62,6 +62,7 @@ __all__ = [
     "Duration",
     "Layout",
     "LocalRetention",
+    "Region",
     "SSEMode",
     "SSESpec",
     "SecretKeyRef",
@@ -114,6 +115,10 @@ Endpoint = Annotated[
         " `http://localhost:9002`).",
     ),
 ]
+
+#: An S3 region name (``us-east-1``, MinIO's ``site-a``): checked where it is set, so a
+#: typo (``us east 1``) is a settings error, not a request signed for a broken scope.
+Region = Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$", max_length=64)]
 
 
 class WireModel(BaseModel):
@@ -278,7 +283,7 @@ class StoreSpec(BucketParts, WireModel):
     """S3/MinIO endpoint URL, `http(s)://host[:port]`."""
     bucket: BucketRef = DEFAULT_BUCKET
     """runnable's `bucket[/prefix]` form, as in the run log store config of runnable."""
-    region: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,64}$", max_length=64)
+    region: Region | None = None
     """S3 region; leave unset for MinIO."""
     tls: TLSSpec = TLSSpec()
     """TLS options for https endpoints."""

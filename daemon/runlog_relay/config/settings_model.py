@@ -36,6 +36,7 @@ from runlog_relay.config.models import (
     BucketRef,
     Endpoint,
     LocalRetention,
+    Region,
     SyncSpec,
     WireModel,
 )
@@ -140,7 +141,7 @@ class SidecarSettingsModel(BaseModel):
     """S3/MinIO endpoint URL."""
     bucket: BucketRef = DEFAULT_BUCKET
     """runnable's BUCKET[/PREFIX]."""
-    region: str | None = None
+    region: Region | None = None
     """S3 region; unset for MinIO. On AWS, setting it saves a `GetBucketLocation`."""
     layout: Layout = Layout.CHUNKED
     """`chunked` (runnable's chunked-fs → chunked-minio) or `single` (file-system → minio)."""
