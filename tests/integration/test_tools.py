@@ -741,3 +741,28 @@ def test_wrong_credentials_exit_3_with_a_clear_message(
             f" ({code}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or RUNLOG_RELAY_*_FILE)\n"
         )
         assert "nope" not in result.stderr and secret not in result.stderr
+
+
+def test_pull_refuses_a_run_whose_folder_is_a_file_and_pulls_the_others(
+    capsys: pytest.CaptureFixture[str], endpoint: str, runs: Runs, tmp_path: Path
+) -> None:
+    """lstat of <dest>/<run>/RunLog.json raised NotADirectoryError: the whole pull ended
+    with one error line, the other run not pulled and no --json report."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "tools-a").write_text("not a folder\n")
+    args = ("pull", "tools-a", "tools-b", "--dest", str(dest), *store_args(endpoint))
+    result = cli(capsys, *args, "--json")
+    assert result.code == 1, result.err
+    outcomes = {run["run_id"]: run for run in result.json()["runs"]}
+    assert outcomes["tools-a"]["outcome"] == "refused"
+    assert "exists and is not a folder" in outcomes["tools-a"]["message"]
+    assert outcomes["tools-b"]["outcome"] == "pulled"
+    assert (dest / "tools-a").read_text() == "not a folder\n"  # left as it was
+    assert (dest / "tools-b" / "RunLog.json").is_file()
+    human = cli(capsys, *args)
+    assert human.code == 1
+    assert human.err.strip().splitlines() == [
+        f"runlog-relay pull: error: {dest / 'tools-a'} exists and is not a folder;"
+        " move it away to pull run 'tools-a'"
+    ]

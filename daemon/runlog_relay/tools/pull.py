@@ -113,8 +113,21 @@ def write_atomically(path: Path, data: bytes) -> None:
 def _lstat(path: Path) -> os.stat_result | None:
     try:
         return os.lstat(path)
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # NotADirectoryError: a file where a folder on the path should be
+
+
+def _run_dir_refusal(dest: Path, run_id: str) -> str:
+    """Why the run folder cannot be written into ("" when it can, or does not exist)."""
+    run_dir = dest / run_id
+    info = _lstat(run_dir)
+    if info is None:
+        return ""
+    if stat.S_ISLNK(info.st_mode):
+        return f"{run_dir} is a symbolic link; not writing through it"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{run_dir} exists and is not a folder; move it away to pull run {run_id!r}"
+    return ""
 
 
 def plan_run(
@@ -126,17 +139,11 @@ def plan_run(
     """
     result = RunResult(run_id)
     to_write: dict[str, bytes] = {}
-    run_dir = dest / run_id
-    run_dir_info = _lstat(run_dir)
-    if run_dir_info is not None and any("/" in rel for rel in files):
-        if stat.S_ISLNK(run_dir_info.st_mode):
-            result.outcome = "refused"
-            result.message = f"{run_dir} is a symbolic link; not writing through it"
-            return result, {}
-        if not stat.S_ISDIR(run_dir_info.st_mode):
-            result.outcome = "refused"
-            result.message = f"{run_dir} exists and is not a folder"
-            return result, {}
+    refusal = _run_dir_refusal(dest, run_id) if any("/" in rel for rel in files) else ""
+    if refusal:
+        result.outcome = "refused"
+        result.message = refusal
+        return result, {}
     for relative, data in sorted(files.items()):
         target = dest / relative
         info = _lstat(target)
@@ -238,6 +245,9 @@ def pull_run(
             + layout_hint(run_id, objects, layout)
         )
         return result
+    refusal = _run_dir_refusal(dest, run_id) if layout is Layout.CHUNKED else ""
+    if refusal:  # before downloading: nothing of it could be written
+        return RunResult(run_id, outcome="refused", ignored_keys=ignored, message=refusal)
     try:
         files, unchanged = _download(ctx.store, mapped, layout, dest, ticker)
     except ValueError as exc:  # decode_body: not a JSON string (single layout)
