@@ -455,7 +455,7 @@ def handle(args: argparse.Namespace) -> int:
                 )
             ticker.advance()
 
-    def confirm(obj: RemoteObject, file: LocalFile) -> bool:
+    def confirm(obj: RemoteObject, file: LocalFile) -> bool | None:
         assert file.etag is not None and file.md5 is not None
         return ctx.store.compare_digests(obj.key, obj.etag, expected=file.etag, md5=file.md5)
 
