@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import importlib
 import os
 import sys
@@ -57,11 +58,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser; with ``only``, other commands get cheap stubs (not imported)."""
     parser = argparse.ArgumentParser(
         prog="runlog-relay",
+        allow_abbrev=False,
         description="Mirror runnable run logs from a shared volume to S3/MinIO, and manage"
         " that on Kubernetes.",
     )
     parser.add_argument("--version", action="version", version=f"runlog-relay {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # No abbreviations, in any command: `--f` silently meant `--force`, and a new option
+    # would change what an abbreviation in someone's script means.
+    subparsers = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        required=True,
+        parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False),
+    )
     for name, module_name in COMMANDS.items():
         if only is not None and name != only:
             subparsers.add_parser(name, help=SUMMARIES[name], add_help=False)
@@ -105,8 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _asks_for_help(args: Sequence[str]) -> bool:
-    """``-h``, ``--help`` or an abbreviation argparse accepts (``--he``)."""
-    return any(a == "-h" or (len(a) > 2 and "--help".startswith(a)) for a in args)
+    """``-h`` or ``--help`` (no abbreviation is accepted: allow_abbrev=False)."""
+    return any(a in ("-h", "--help") for a in args)
 
 
 def _command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

@@ -414,3 +414,27 @@ def test_sidecar_bad_config_file_exits_2(
     assert code == 2
     assert "must not contain secret_access_key" in err
     assert SECRET not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["pull", "r1", "--f"], "unrecognized arguments: --f (did you mean --force?)"),
+        (["sidecar", "--sour", "x", "--once"], "unrecognized arguments: --sour x"),
+        (["runs", "--stat", "FAIL"], "unrecognized arguments: --stat FAIL"),
+        (["runs", "--status", "SUCESS"], "invalid choice: 'SUCESS' (choose from 'SUCCESS',"),
+    ],
+)
+def test_abbreviations_and_unknown_statuses_are_usage_errors(
+    capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    """`--f` silently meant --force, and `--status SUCESS` listed nothing, exit 0."""
+    with pytest.raises(SystemExit) as caught:
+        cli.main(argv)
+    assert caught.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_status_takes_any_case() -> None:
+    args = cli.build_parser(only="runs").parse_args(["runs", "--status", "fail"])
+    assert args.status == "FAIL"

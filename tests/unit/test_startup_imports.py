@@ -98,6 +98,7 @@ def test_sidecar_help_still_has_the_descriptions(tmp_path: Path) -> None:
         help_text = " ".join(str(data["stdout"]).split())
         assert "runnable writes run logs to" in help_text
         assert "Coalesce bursts of writes" in help_text
+    assert probe(tmp_path, "sidecar", "--he")["code"] == 2  # no abbreviations (allow_abbrev)
 
 
 def test_other_commands_keep_the_descriptions(tmp_path: Path) -> None:

@@ -53,6 +53,9 @@ __all__ = ["RunSummary", "order_runs", "register", "run_log_key", "summarise_run
 FINISHED = frozenset({"SUCCESS", "FAIL"})
 _FETCH_WORKERS = 8
 _STATUS_STYLE = {"SUCCESS": "green", "FAIL": "red", "PROCESSING": "yellow", "CREATED": "blue"}
+#: What ``--status`` takes: runnable's statuses, and UNKNOWN for the runs whose run log
+#: cannot be read (this tool's own word). A typo is an error, not an empty list.
+STATUSES = (*_STATUS_STYLE, "UNKNOWN")
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,8 +286,11 @@ def register(subparsers: Any, summary: str) -> None:
     )
     parser.add_argument(
         "--status",
+        type=str.upper,
+        choices=STATUSES,
         metavar="S",
-        help="only runs with this status: SUCCESS, FAIL, PROCESSING, CREATED (any case)",
+        help=f"only runs with this status: {', '.join(STATUSES)} (any case; UNKNOWN: the"
+        " run log cannot be read)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     add_store_options(parser)
