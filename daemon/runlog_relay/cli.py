@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import functools
 import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 from runlog_relay import __version__, fielddocs
 from runlog_relay.exitcodes import missing_extra
@@ -54,22 +53,25 @@ SUMMARIES: dict[str, str] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every parser of the CLI: no abbreviations. `--f` silently meant `--force`, and a
+    new option would change what an abbreviation in someone's script means."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser; with ``only``, other commands get cheap stubs (not imported)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="runlog-relay",
-        allow_abbrev=False,
         description="Mirror runnable run logs from a shared volume to S3/MinIO, and manage"
         " that on Kubernetes.",
     )
     parser.add_argument("--version", action="version", version=f"runlog-relay {__version__}")
-    # No abbreviations, in any command: `--f` silently meant `--force`, and a new option
-    # would change what an abbreviation in someone's script means.
     subparsers = parser.add_subparsers(
-        dest="command",
-        metavar="COMMAND",
-        required=True,
-        parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False),
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
     for name, module_name in COMMANDS.items():
         if only is not None and name != only:
