@@ -171,3 +171,26 @@ def test_control_characters_and_markup_from_the_bucket_print_as_text(
     assert "[bold]name[/bold]" in text and ":smile:" in text
     if not terminal:
         assert "\x1b" not in text  # a pipe gets no escape sequence at all
+
+
+def test_a_huge_value_is_cut_in_human_output_with_a_note(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 150 MB parameter froze `show` while rich laid it out; --json keeps it whole."""
+    document = chunked_run()
+    huge = "y" * 5_000_000
+    document["RunLog"]["parameters"]["label"]["value"] = huge
+    out = io.StringIO()
+    run = build_run("r1", document)
+    render_run(run, Console(file=out, width=100))
+    text = out.getvalue()
+    assert len(text) < 20_000
+    assert f"({len(huge) - 2000:,} more characters; --json shows all)" in text.replace("\n", "")
+    assert run_to_json(run)["parameters"]["label"] == huge
+    a, b = build_run("a", document), build_run("b", chunked_run())
+    from runlog_relay.tools import diff as diff_tool
+
+    out = io.StringIO()
+    monkeypatch.setattr(diff_tool, "stdout_console", lambda: Console(file=out, width=100))
+    diff_tool._print(compare_runs(a, b))
+    assert len(out.getvalue()) < 40_000  # diff's table cuts it too

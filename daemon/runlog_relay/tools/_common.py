@@ -83,6 +83,7 @@ __all__ = [
     "parse_since",
     "printable",
     "progress",
+    "shown_value",
     "stderr_console",
     "stdout_console",
 ]
@@ -380,6 +381,20 @@ def printable(text: str, *, one_line: bool = False) -> str:
     Not markup-escaped: :func:`rich.markup.escape` is for text put into markup."""
     pattern = _UNPRINTABLE_ON_ONE_LINE if one_line else _UNPRINTABLE
     return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+#: Characters of one value (a parameter) shown in human output; --json has them all. A
+#: run log may carry a 150 MB parameter: laying that out froze `show` for minutes.
+VALUE_LIMIT = 2000
+
+
+def shown_value(value: Any, *, limit: int = VALUE_LIMIT) -> str:
+    """A run-log value as human output shows it: strings as they are, anything else as
+    JSON, cut at ``limit`` characters with a note saying how much more there is."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit:,} more characters; --json shows all)"
 
 
 class _ToolConsole(Console):

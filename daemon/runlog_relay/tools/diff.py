@@ -50,6 +50,7 @@ from runlog_relay.tools._common import (
     emit_json,
     format_seconds,
     guarded,
+    shown_value,
     stdout_console,
 )
 from runlog_relay.tools.runmodel import Run, Step
@@ -231,11 +232,7 @@ def _print(diff: RunDiff) -> None:
 
 
 def _show(value: Any) -> str:
-    if value is _MISSING:
-        return "(absent)"
-    import json
-
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return "(absent)" if value is _MISSING else shown_value(value)
 
 
 def _read(args: argparse.Namespace, run_id: str) -> Run:

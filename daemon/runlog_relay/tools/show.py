@@ -32,6 +32,7 @@ from runlog_relay.tools._common import (
     guarded,
     open_context,
     printable,
+    shown_value,
     stdout_console,
 )
 from runlog_relay.tools.htmlpage import render_page
@@ -61,12 +62,6 @@ def style_of(status: str) -> str:
 
 def _time(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
-
-
-def _value(value: Any) -> str:
-    import json
-
-    return json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
 
 
 # --------------------------------------------------------------------------------- JSON
@@ -187,7 +182,7 @@ def render_run(run: Run, console: Console) -> None:
         pad = max(len(name) for name in run.parameters)
         for name, parameter in run.parameters.items():
             label = printable(name, one_line=True).ljust(pad)
-            line = Text.assemble("  ", (label, "cyan"), "  ", _value(parameter.value))
+            line = Text.assemble("  ", (label, "cyan"), "  ", shown_value(parameter.value))
             if parameter.kind != "json":
                 line.append(f"  ({parameter.kind})", style="dim")
             console.print(line, overflow="fold")
