@@ -156,7 +156,7 @@ def run_log(run_id: str, status: str) -> bytes:
 def test_collect_reads_only_what_the_limit_shows() -> None:
     bodies = {f"r{i}/RunLog": run_log(f"r{i}", "SUCCESS") for i in range(40)}
     store = FakeStore(bodies, {key: int(key[1:].split("/")[0]) for key in bodies})
-    shown, total = collect(context(store), limit=3, status=None)
+    shown, total, _ = collect(context(store), limit=3, status=None)
     assert [s.run_id for s in shown] == ["r39", "r38", "r37"] and total == 40
     assert len(store.gets) < 40  # one batch, not every run log
 
@@ -175,10 +175,10 @@ def test_collect_filters_by_status_and_describes_odd_runs() -> None:
         ).encode(),
     }
     store = FakeStore(bodies, dict.fromkeys(bodies, 0))
-    failed, _ = collect(context(store), limit=None, status="fail")
+    failed, _, _ = collect(context(store), limit=None, status="fail")
     assert [s.run_id for s in failed] == ["bad"]
 
-    everything, total = collect(context(store), limit=None, status=None)
+    everything, total, _ = collect(context(store), limit=None, status=None)
     by_id = {s.run_id: s for s in everything}
     assert total == 6
     assert by_id["ok"].chunks == 2 and by_id["ok"].duration_seconds == 3.75
@@ -198,3 +198,34 @@ def test_the_table_shows_hostile_keys_as_text(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert "\x1b" not in out
     assert "esc\\x1b[2J\\n[bold]run" in out
+
+
+def test_runs_pull_and_verify_would_ignore_are_left_out_and_named() -> None:
+    """runs listed a run whose keys are not safe file names; pull then said "missing"
+    and verify ignored its objects."""
+    bodies = {
+        "ok/RunLog": run_log("ok", "SUCCESS"),
+        "esc\x1b[2J/RunLog": run_log("esc", "SUCCESS"),
+        ".hidden/RunLog": run_log("hidden", "SUCCESS"),
+    }
+    store = FakeStore(bodies, dict.fromkeys(bodies, 0))
+    shown, total, ignored = collect(context(store), limit=None, status=None)
+    assert [s.run_id for s in shown] == ["ok"] and total == 1
+    assert ignored == [".hidden", "esc\x1b[2J"]
+
+
+def test_the_ignored_runs_are_named_on_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from runlog_relay.tools import runs
+
+    store = FakeStore({"esc\x1b[2J/RunLog": run_log("e", "FAIL")}, {"esc\x1b[2J/RunLog": 0})
+    monkeypatch.setattr(runs, "open_context", lambda args: context(store))
+    assert runs.handle(argparse.Namespace(limit=None, status=None, json=False)) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        "runlog-relay runs: warning: 1 run(s) not listed, their object keys are not safe file"
+        " names (pull and verify ignore them too): 'esc\\x1b[2J'\n"
+    )

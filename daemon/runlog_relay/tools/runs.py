@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -53,9 +54,10 @@ __all__ = ["RunSummary", "order_runs", "register", "run_log_key", "summarise_run
 FINISHED = frozenset({"SUCCESS", "FAIL"})
 _FETCH_WORKERS = 8
 _STATUS_STYLE = {"SUCCESS": "green", "FAIL": "red", "PROCESSING": "yellow", "CREATED": "blue"}
-#: What ``--status`` takes: runnable's statuses, and UNKNOWN for the runs whose run log
-#: cannot be read (this tool's own word). A typo is an error, not an empty list.
-STATUSES = (*_STATUS_STYLE, "UNKNOWN")
+#: What ``--status`` takes: runnable's statuses, and this tool's own words for a run
+#: without a run log (UNKNOWN) or with one that is not a run log (UNREADABLE). A typo is
+#: an error, not an empty list.
+STATUSES = (*_STATUS_STYLE, "UNKNOWN", "UNREADABLE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +205,15 @@ def summarise_run(ctx: StoreContext, run_id: str, objects: list[RemoteObject]) -
 
 def collect(
     ctx: StoreContext, *, limit: int | None, status: str | None
-) -> tuple[list[RunSummary], int]:
-    """The runs to show, newest first, and how many runs the bucket holds."""
+) -> tuple[list[RunSummary], int, list[str]]:
+    """The runs to show, newest first; how many runs the bucket holds; and the run ids
+    left out because not one of their keys maps to a safe local file name (``pull`` and
+    ``verify`` ignore those objects too, so listing them would promise a run that cannot
+    be pulled)."""
     runs = group_by_run(list_objects(ctx.store))
+    ignored = sorted(run_id for run_id, objects in runs.items() if not _mapped(objects, ctx.layout))
+    for run_id in ignored:
+        del runs[run_id]
     order = order_runs(runs)
     wanted = status.upper() if status else None
     shown: list[RunSummary] = []
@@ -217,8 +225,8 @@ def collect(
                 if wanted is None or summary.status == wanted:
                     shown.append(summary)
             if limit is not None and len(shown) >= limit:
-                return shown[:limit], len(runs)
-    return shown, len(runs)
+                return shown[:limit], len(runs), ignored
+    return shown, len(runs), ignored
 
 
 def _time(value: datetime | None) -> str:
@@ -264,11 +272,22 @@ def _print_table(summaries: list[RunSummary], total: int, where: dict[str, str])
 
 def handle(args: argparse.Namespace) -> int:
     ctx = open_context(args)
-    summaries, total = collect(ctx, limit=args.limit, status=args.status)
+    summaries, total, ignored = collect(ctx, limit=args.limit, status=args.status)
     if args.json:
-        emit_json({**ctx.describe(), "runs": [s.to_json() for s in summaries]})
+        emit_json(
+            {**ctx.describe(), "runs": [s.to_json() for s in summaries], "ignored_runs": ignored}
+        )
     else:
         _print_table(summaries, total, ctx.describe())
+        if ignored:
+            names = ", ".join(repr(run_id) for run_id in ignored[:5])
+            more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
+            print(
+                f"runlog-relay runs: warning: {len(ignored)} run(s) not listed, their object"
+                f" keys are not safe file names (pull and verify ignore them too):"
+                f" {printable(names)}{more}",
+                file=sys.stderr,
+            )
     return EXIT_OK
 
 
