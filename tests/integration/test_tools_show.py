@@ -367,7 +367,16 @@ def test_errors_are_one_line_with_the_exit_code_of_the_tools(
     torn = cli(capsys, "show", "torn-run", *at(world))
     assert torn.code == 1
     assert "torn-run/BranchLog-map.a" in one_line_error(torn, "show")
-    assert "not complete JSON" in torn.err
+    assert "is cut short" in torn.err and "is torn" in torn.err
+
+    # Not JSON at all is no torn write: waiting will not fix it.
+    copy_run(world, "first", "html-run")
+    put(world, "html-run/BranchLog-map.a", b"<html>\x1b[2J</html>")
+    html = cli(capsys, "show", "html-run", *at(world))
+    assert html.code == 1
+    line = one_line_error(html, "show")
+    assert "is not JSON, so not a run log" in line and "torn" not in line
+    assert "it starts b'<html>\\x1b[2J</html>'" in line
 
     copy_run(
         world,
@@ -394,7 +403,7 @@ def test_errors_are_one_line_with_the_exit_code_of_the_tools(
 
     # diff: a run it cannot read is trouble (2), never "different" (1).
     diff = cli(capsys, "diff", "first", "torn-run", *at(world))
-    assert diff.code == 2 and "not complete JSON" in one_line_error(diff, "diff")
+    assert diff.code == 2 and "the run in the bucket is torn" in one_line_error(diff, "diff")
 
 
 def test_store_errors_exit_2_and_3_as_the_other_tools(

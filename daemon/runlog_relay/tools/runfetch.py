@@ -30,6 +30,7 @@ from typing import Any
 from runlog_relay.cliopts import open_store
 from runlog_relay.config.models import parse_bucket
 from runlog_relay.errors import ConfigError, NotFoundError, RelayError
+from runlog_relay.jsoncheck import JsonChecker, NotJson
 from runlog_relay.layout import JSON_SUFFIX, Layout, UnsafeNameError, decode_body, path_for
 from runlog_relay.objectstore import ObjectStore, RemoteObject
 from runlog_relay.runstate import SEAL_TAG
@@ -100,9 +101,33 @@ def _parse(ctx: StoreContext, run_id: str, key: str) -> Any:
         return json.loads(decode_body(body, ctx.layout))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ToolError(
-            f"run {run_id}: object {key} ({len(body)} bytes) is not complete JSON ({exc});"
-            " the run in the bucket is torn"
+            f"run {run_id}: object {key} ({len(body)} bytes) {_why_unreadable(body, exc)}"
         ) from None
+
+
+def _cut_short(text: str) -> bool:
+    """The start of a JSON document that ends too early (the project's one JSON checker:
+    it raises as soon as the text cannot begin a document)."""
+    checker = JsonChecker()
+    try:
+        checker.feed(text)
+    except NotJson:
+        return False
+    return True
+
+
+def _why_unreadable(body: bytes, exc: Exception) -> str:
+    """What is wrong with a chunk that does not parse: cut short (torn: a half-written
+    version, what runnable's in-place rewrites leave for a moment) or not JSON at all
+    (another tool's object, a binary, a web page), which no waiting will fix."""
+    if not body.strip() or (isinstance(exc, json.JSONDecodeError) and _cut_short(exc.doc)):
+        return (
+            f"is cut short ({exc}): the run in the bucket is torn (a half-written version"
+            " was uploaded); the next complete upload repairs it"
+        )
+    if isinstance(exc, UnicodeDecodeError):
+        return f"is not UTF-8 text, so not a run log (it starts {body[:32]!r})"
+    return f"is not JSON, so not a run log ({exc}; it starts {body[:32]!r})"
 
 
 def fetch_run(
