@@ -238,7 +238,8 @@ def classify(exc: BaseException, *, what: str, operation: str | None = None) -> 
                 urllib3_errors.ConnectTimeoutError,
             )
         if isinstance(exc, tls) or isinstance(inner, tls):
-            return PermanentError(f"{what}: TLS failure ({reason})", code="TLS")
+            failed = inner if isinstance(inner, tls) else exc
+            return PermanentError(f"{what}: TLS failure ({_tls_reason(failed)})", code="TLS")
         # A connection that could not even be opened carried no request: nothing can land.
         unsent = isinstance(exc, never_connected) or isinstance(inner, never_connected)
         return RetryableError(
@@ -249,6 +250,23 @@ def classify(exc: BaseException, *, what: str, operation: str | None = None) -> 
     ):
         return PermanentError(f"{what}: {type(exc).__name__}: {exc}")
     return RetryableError(f"{what}: unexpected {type(exc).__name__}")
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """Why a handshake failed, in a few words: the class, and OpenSSL's verdict (an
+    unknown CA, a name mismatch, an expired certificate, plain HTTP on the port)."""
+    name = type(exc).__name__
+    nested = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+    if nested is not None:  # urllib3's SSLError wraps ssl's
+        return _tls_reason(nested)
+    detail = getattr(exc, "verify_message", None)
+    if detail:
+        detail = f"certificate verify failed: {detail}"
+    else:
+        detail = getattr(exc, "reason", None) if isinstance(exc, ssl.SSLError) else None
+        detail = detail or (str(exc.args[-1]) if exc.args else "")
+    detail = " ".join(str(detail).split())  # one line
+    return f"{name}: {detail}" if detail and detail != name else name
 
 
 def _refusal(what: str, operation: str | None, code: str, status: int, detail: str) -> RelayError:
