@@ -63,6 +63,7 @@ __all__ = [
     "Layout",
     "LocalRetention",
     "Region",
+    "RegionSetting",
     "SSEMode",
     "SSESpec",
     "SecretKeyRef",
@@ -116,9 +117,13 @@ Endpoint = Annotated[
     ),
 ]
 
+_REGION = r"[a-z0-9-]{1,64}"
 #: An S3 region name (``us-east-1``, MinIO's ``site-a``): checked where it is set, so a
 #: typo (``us east 1``) is a settings error, not a request signed for a broken scope.
-Region = Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$", max_length=64)]
+Region = Annotated[str, Field(pattern=rf"^{_REGION}$", max_length=64)]
+#: The same in the process settings, where an empty variable is a value meaning unset
+#: (Argo and templates leave variables empty).
+RegionSetting = Annotated[str, Field(pattern=rf"^(?:{_REGION})?$", max_length=64)]
 
 
 class WireModel(BaseModel):

@@ -36,7 +36,7 @@ from runlog_relay.config.models import (
     BucketRef,
     Endpoint,
     LocalRetention,
-    Region,
+    RegionSetting,
     SyncSpec,
     WireModel,
 )
@@ -141,7 +141,7 @@ class SidecarSettingsModel(BaseModel):
     """S3/MinIO endpoint URL."""
     bucket: BucketRef = DEFAULT_BUCKET
     """runnable's BUCKET[/PREFIX]."""
-    region: Region | None = None
+    region: RegionSetting | None = None
     """S3 region; unset for MinIO. On AWS, setting it saves a `GetBucketLocation`."""
     layout: Layout = Layout.CHUNKED
     """`chunked` (runnable's chunked-fs → chunked-minio) or `single` (file-system → minio)."""
