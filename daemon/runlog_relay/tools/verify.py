@@ -369,8 +369,8 @@ def _print_report(report: Report, source: Path, where: dict[str, str]) -> None:
         verdict = "[green]IN SYNC[/]"
     elif report.compared:
         verdict = "[red]NOT IN SYNC[/]"
-    else:
-        verdict = "[red]NOTHING COMPARED[/]"
+    else:  # "0 in sync" would read as a result
+        verdict, summary = "[red]NOTHING COMPARED[/]", "no file or object to compare (above)"
     console.print(f"{verdict}: {summary}")
 
 
