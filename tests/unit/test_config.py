@@ -410,6 +410,10 @@ def test_empty_config_file_means_defaults(tmp_path: Path) -> None:
         ("sync:\n  concurrency: 4\n  concurrency: 8\n", "'concurrency' is given twice"),
         ("sync:\n  debounceSeconds: 1\n  debounce_seconds: 2\n", "are the same setting"),
         ("logLevel: INFO\nlog_level: DEBUG\n", "'logLevel' and 'log_level' are the same"),
+        # A bool is an int in Python: `true` meant 1 upload in flight.
+        ("sync:\n  concurrency: true\n", "sync.concurrency: Value error, must be a number"),
+        ("sync:\n  maxFileBytes: false\n", "must be a number, not false"),
+        ("metricsPort: true\n", "metrics_port: Value error, must be a number"),
     ],
 )
 def test_bad_config_files_raise_config_error_naming_the_file(

@@ -41,6 +41,7 @@ from runlog_relay.config.rules import (
     check_sse_fields,
     duration_seconds,
     format_size,
+    not_a_switch,
     parse_bucket,
     size_bytes,
     validate_endpoint,
@@ -62,6 +63,8 @@ __all__ = [
     "Duration",
     "Layout",
     "LocalRetention",
+    "NumberFloat",
+    "NumberInt",
     "Region",
     "RegionSetting",
     "SSEMode",
@@ -88,6 +91,10 @@ Duration = Annotated[
 ]
 """A duration on the wire: ``90s``, ``15m``, ``12h``, ``7d``, ``1h30m`` or seconds."""
 
+
+#: A number in the settings: on input not ``true``/``false`` (a bool is an int in Python).
+NumberInt = Annotated[int, BeforeValidator(not_a_switch)]
+NumberFloat = Annotated[float, BeforeValidator(not_a_switch)]
 
 Size = Annotated[int, BeforeValidator(size_bytes)]
 """A number of bytes; on input also ``16MiB``, ``512KiB``, ``1GiB``, ``16Mi`` or ``20MB``.
@@ -237,24 +244,24 @@ class TLSSpec(WireModel):
 class SyncSpec(WireModel):
     """How the sidecar watches and uploads. The defaults suit most volumes."""
 
-    debounce_seconds: float = Field(default=0.05, ge=0.0, le=60.0)
+    debounce_seconds: NumberFloat = Field(default=0.05, ge=0.0, le=60.0)
     """Coalesce bursts of writes to one file for at most this long before reading it.
     Short keeps the bucket close behind; longer saves reads on busy files."""
-    rescan_interval_seconds: float = Field(default=60.0, ge=1.0, le=86400.0)
+    rescan_interval_seconds: NumberFloat = Field(default=60.0, ge=1.0, le=86400.0)
     """Full rescan of the folder as a safety net for missed events (a stat per file)."""
-    concurrency: int = Field(default=16, ge=1, le=64)
+    concurrency: NumberInt = Field(default=16, ge=1, le=64)
     """Uploads in flight at once."""
     force_polling: bool = False
     """Poll instead of using inotify: for NFS, CIFS and CSI volumes that deliver no events."""
-    poll_interval_seconds: float = Field(default=1.0, ge=0.05, le=60.0)
+    poll_interval_seconds: NumberFloat = Field(default=1.0, ge=0.05, le=60.0)
     """Polling period when `forcePolling` is on."""
-    torn_grace_seconds: float = Field(default=30.0, ge=0.0, le=86400.0)
+    torn_grace_seconds: NumberFloat = Field(default=30.0, ge=0.0, le=86400.0)
     """How long a file may stay unreadable as JSON (torn, half-written) before it is
     reported loudly (log, metric, event). It is retried all the time regardless."""
-    permanent_error_retry_seconds: float = Field(default=30.0, ge=0.1, le=3600.0)
+    permanent_error_retry_seconds: NumberFloat = Field(default=30.0, ge=0.1, le=3600.0)
     """After a permanent error (AccessDenied, NoSuchBucket, refused credentials) the store
     is tried again this often, by one request, until someone fixes it."""
-    drain_timeout_seconds: float = Field(default=25.0, ge=0.0, le=3600.0)
+    drain_timeout_seconds: NumberFloat = Field(default=25.0, ge=0.0, le=3600.0)
     """On shutdown, how long to keep uploading what is pending before giving up. Keep it
     below the pod's terminationGracePeriodSeconds (30 by default)."""
     max_pending_bytes: Size = Field(default=16 * 1024 * 1024, ge=1024 * 1024)

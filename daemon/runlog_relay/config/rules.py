@@ -58,6 +58,7 @@ __all__ = [
     "duration_seconds",
     "format_size",
     "json_object_text",
+    "not_a_switch",
     "optional_stripped",
     "parse_bucket",
     "size_bytes",
@@ -187,11 +188,19 @@ _SIZE_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4}
 _BINARY_UNITS = ("KiB", "MiB", "GiB", "TiB")
 
 
+def not_a_switch(value: Any) -> Any:
+    """Before a number: YAML's ``true``/``false`` is no number, though Python's bool is an
+    int (``concurrency: true`` meant 1 upload in flight)."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {str(value).lower()}")
+    return value
+
+
 def size_bytes(value: Any) -> Any:
     """Bytes in a size such as ``16MiB``, ``512KiB``, ``1.5GiB``, ``16Mi`` (Kubernetes'
     spelling) or ``20MB`` (decimal), or a plain number of bytes; other values are left for
     the integer validation to refuse."""
-    if isinstance(value, bool) or not isinstance(value, str):
+    if not isinstance(not_a_switch(value), str):
         return value
     match = _SIZE.match(value)
     if match is None:

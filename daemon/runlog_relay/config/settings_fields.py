@@ -68,14 +68,14 @@ class SyncFields(Fields):
     max_file_bytes: int
 
     FIELDS: ClassVar[tuple[Setting, ...]] = (
-        Setting('debounce_seconds', 'float', 0.05, aliases=('debounceSeconds',), ge=0.0, le=60.0, description='Coalesce bursts of writes to one file for at most this long before reading it. Short keeps the bucket close behind; longer saves reads on busy files.'),
-        Setting('rescan_interval_seconds', 'float', 60.0, aliases=('rescanIntervalSeconds',), ge=1.0, le=86400.0, description='Full rescan of the folder as a safety net for missed events (a stat per file).'),
-        Setting('concurrency', 'int', 16, aliases=('concurrency',), ge=1, le=64, description='Uploads in flight at once.'),
+        Setting('debounce_seconds', 'float', 0.05, aliases=('debounceSeconds',), ge=0.0, le=60.0, before=('not_a_switch',), description='Coalesce bursts of writes to one file for at most this long before reading it. Short keeps the bucket close behind; longer saves reads on busy files.'),
+        Setting('rescan_interval_seconds', 'float', 60.0, aliases=('rescanIntervalSeconds',), ge=1.0, le=86400.0, before=('not_a_switch',), description='Full rescan of the folder as a safety net for missed events (a stat per file).'),
+        Setting('concurrency', 'int', 16, aliases=('concurrency',), ge=1, le=64, before=('not_a_switch',), description='Uploads in flight at once.'),
         Setting('force_polling', 'bool', False, aliases=('forcePolling',), description='Poll instead of using inotify: for NFS, CIFS and CSI volumes that deliver no events.'),
-        Setting('poll_interval_seconds', 'float', 1.0, aliases=('pollIntervalSeconds',), ge=0.05, le=60.0, description='Polling period when `forcePolling` is on.'),
-        Setting('torn_grace_seconds', 'float', 30.0, aliases=('tornGraceSeconds',), ge=0.0, le=86400.0, description='How long a file may stay unreadable as JSON (torn, half-written) before it is reported loudly (log, metric, event). It is retried all the time regardless.'),
-        Setting('permanent_error_retry_seconds', 'float', 30.0, aliases=('permanentErrorRetrySeconds',), ge=0.1, le=3600.0, description='After a permanent error (AccessDenied, NoSuchBucket, refused credentials) the store is tried again this often, by one request, until someone fixes it.'),
-        Setting('drain_timeout_seconds', 'float', 25.0, aliases=('drainTimeoutSeconds',), ge=0.0, le=3600.0, description="On shutdown, how long to keep uploading what is pending before giving up. Keep it below the pod's terminationGracePeriodSeconds (30 by default)."),
+        Setting('poll_interval_seconds', 'float', 1.0, aliases=('pollIntervalSeconds',), ge=0.05, le=60.0, before=('not_a_switch',), description='Polling period when `forcePolling` is on.'),
+        Setting('torn_grace_seconds', 'float', 30.0, aliases=('tornGraceSeconds',), ge=0.0, le=86400.0, before=('not_a_switch',), description='How long a file may stay unreadable as JSON (torn, half-written) before it is reported loudly (log, metric, event). It is retried all the time regardless.'),
+        Setting('permanent_error_retry_seconds', 'float', 30.0, aliases=('permanentErrorRetrySeconds',), ge=0.1, le=3600.0, before=('not_a_switch',), description='After a permanent error (AccessDenied, NoSuchBucket, refused credentials) the store is tried again this often, by one request, until someone fixes it.'),
+        Setting('drain_timeout_seconds', 'float', 25.0, aliases=('drainTimeoutSeconds',), ge=0.0, le=3600.0, before=('not_a_switch',), description="On shutdown, how long to keep uploading what is pending before giving up. Keep it below the pod's terminationGracePeriodSeconds (30 by default)."),
         Setting('max_pending_bytes', 'int', 16777216, aliases=('maxPendingBytes',), ge=1048576, before=('size_bytes',), description="Upper bound on file contents held in memory waiting for upload, and on the parts of big files being streamed; the reader waits when it is reached (back-pressure, nothing is dropped). Keeps the sidecar's memory flat whatever the folder holds; one larger upload is always admitted."),
         Setting('max_file_bytes', 'int', 268435456, aliases=('maxFileBytes',), ge=1048576, before=('size_bytes',), description='Largest run-log file mirrored, in bytes. A bigger file is not read: it is counted (`runlog_relay_skipped_files_total{reason="too_large"}`), warned about once and named when the sidecar exits (which is then not a complete mirror).'),
     )
@@ -129,7 +129,7 @@ class SidecarShardFields(Fields):
         Setting('group', 'str', '', aliases=('group',), max_length=40, pattern='^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$', description='Name the replicas of one folder share (a DNS label); empty: no sharding, this process mirrors every run. Each replica holds a Lease ``<group>-<identity>`` in ``namespace``; a run belongs to one live replica by rendezvous hashing.'),
         Setting('identity', 'str', '', aliases=('identity',), max_length=200, description="This replica's name, unique in the group; empty: the pod's name (``POD_NAME``, else the host name, which is the pod's name in Kubernetes)."),
         Setting('namespace', 'str', '', aliases=('namespace',), max_length=63, description="Namespace of the Leases; empty: ``POD_NAMESPACE``, else the service account's."),
-        Setting('lease_seconds', 'float', 15.0, aliases=('leaseSeconds',), ge=1.0, le=600.0, description='A replica whose Lease has not been renewed for this long is gone: its runs move to the others. Renewed every third of it.'),
+        Setting('lease_seconds', 'float', 15.0, aliases=('leaseSeconds',), ge=1.0, le=600.0, before=('not_a_switch',), description='A replica whose Lease has not been renewed for this long is gone: its runs move to the others. Renewed every third of it.'),
         Setting('api_url', 'str', '', aliases=('apiUrl',), max_length=2048, description="Kubernetes API URL; empty: in-cluster (``KUBERNETES_SERVICE_HOST``, the service account's token and CA)."),
     )
 
@@ -213,7 +213,7 @@ class SidecarSettingsFields(Fields):
         Setting('container_authorization_token', 'secret', None, optional=True, aliases=('container_authorization_token', 'AWS_CONTAINER_AUTHORIZATION_TOKEN'), description='Token for the container credentials endpoint, when not in a file.'),
         Setting('ec2_metadata_endpoint', 'str', None, optional=True, aliases=('ec2_metadata_endpoint', 'AWS_EC2_METADATA_SERVICE_ENDPOINT'), after=('check_http_url',), description="IMDS address for --credentials instance; default the SDK's 169.254.169.254."),
         Setting('metrics_host', 'str', '0.0.0.0', description='Address the metrics and health server binds to.'),
-        Setting('metrics_port', 'int', 9464, ge=0, le=65535, description='Port for `/metrics`, `/healthz` and `/readyz`; 0 picks a free port.'),
+        Setting('metrics_port', 'int', 9464, ge=0, le=65535, before=('not_a_switch',), description='Port for `/metrics`, `/healthz` and `/readyz`; 0 picks a free port.'),
         Setting('log_level', 'str', 'INFO', after=('check_log_level',), description='`DEBUG`, `INFO`, `WARNING` or `ERROR`.'),
         Setting('log_format', LogFormat, LogFormat.PLAIN, description='`plain` for people, `json` lines for log pipelines.'),
         Setting('once', 'bool', False, description='Reconcile the whole folder with the bucket once, upload what differs, and exit: 0 when the bucket mirrors the folder, 1 otherwise. Gives up after the drain timeout (at least 60 s) without progress.'),

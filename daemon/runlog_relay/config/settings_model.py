@@ -36,6 +36,8 @@ from runlog_relay.config.models import (
     BucketRef,
     Endpoint,
     LocalRetention,
+    NumberFloat,
+    NumberInt,
     RegionSetting,
     SyncSpec,
     WireModel,
@@ -112,7 +114,7 @@ class SidecarShardModel(WireModel):
     else the host name, which is the pod's name in Kubernetes)."""
     namespace: str = Field(default="", max_length=63)
     """Namespace of the Leases; empty: ``POD_NAMESPACE``, else the service account's."""
-    lease_seconds: float = Field(default=15.0, ge=1.0, le=600.0)
+    lease_seconds: NumberFloat = Field(default=15.0, ge=1.0, le=600.0)
     """A replica whose Lease has not been renewed for this long is gone: its runs move to
     the others. Renewed every third of it."""
     api_url: str = Field(default="", max_length=2048)
@@ -283,7 +285,7 @@ class SidecarSettingsModel(BaseModel):
 
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
     """Address the metrics and health server binds to."""
-    metrics_port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535)
+    metrics_port: NumberInt = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535)
     """Port for `/metrics`, `/healthz` and `/readyz`; 0 picks a free port."""
     log_level: Annotated[str, AfterValidator(check_log_level)] = "INFO"
     """`DEBUG`, `INFO`, `WARNING` or `ERROR`."""
