@@ -319,12 +319,15 @@ def test_create_bucket_option(
     s3_server: S3Server, s3_client: Minio, source: Path, tmp_path: Path
 ) -> None:
     name = f"created-{os.getpid()}"
-    write_json(source / "r" / "RunLog.json", {"a": 1})
+    for run in ("r1", "r2", "r3", "r4"):  # four listings at once all meet NoSuchBucket
+        write_json(source / run / "RunLog.json", {"a": 1})
     sidecar = start_sidecar(
         source, s3_server.endpoint, name, tmp_path / "s.log", "--once", "--create-bucket"
     )
     assert sidecar.process.wait(60) == 0, sidecar.log
     assert s3_client.bucket_exists(name)
+    assert sidecar.log.count(f"created bucket {name}") == 1, sidecar.log
+    assert_mirror(s3_client, name, "", source)
 
 
 def test_wrong_credentials_are_permanent_and_never_logged(source: Path, tmp_path: Path) -> None:

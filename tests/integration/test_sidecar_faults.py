@@ -19,7 +19,7 @@ from tests.support.files import write_json
 from tests.support.httpproxy import HttpProxy
 from tests.support.mirror import assert_mirror, object_body
 from tests.support.s3server import S3Server
-from tests.support.sidecar import start_sidecar
+from tests.support.sidecar import SidecarProcess, start_sidecar
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -336,3 +336,72 @@ def test_emfile_while_scanning_a_run_folder_is_retried_soon(tmp_path: Path) -> N
     assert data["first"] == ["r1/RunLog", "r2/RunLog"]
     assert data["tracked_during"] == 2  # a folder that could not be listed is not deleted
     assert data["after"] == ["r1/RunLog", "r2/BranchLog-new", "r2/RunLog"]
+
+
+# --------------------------------------------------------------------------- vanished objects
+
+
+def _wipe(client: Minio, bucket: str, *, remove_bucket: bool = False) -> int:
+    """Delete every object behind the sidecar's back (by hand, a lifecycle rule)."""
+    names = [obj.object_name for obj in client.list_objects(bucket, recursive=True)]
+    for name in names:
+        assert name is not None
+        client.remove_object(bucket, name)
+    if remove_bucket:
+        client.remove_bucket(bucket)
+    return len(names)
+
+
+def _synced_sidecar(
+    source: Path, endpoint: str, bucket: str, log: Path, client: Minio, *extra: str
+) -> SidecarProcess:
+    write_json(source / "r1" / "RunLog.json", {"status": "RUNNING"})
+    write_json(source / "r1" / "BranchLog-x.json", {"b": 1})
+    write_json(source / "r2" / "RunLog.json", {"status": "RUNNING"})
+    sidecar = start_sidecar(source, endpoint, bucket, log, *extra)
+    sidecar.wait_ready()
+    wait_until(lambda: len(list(client.list_objects(bucket, recursive=True))) == 3, what="mirrored")
+    return sidecar
+
+
+def test_objects_deleted_behind_a_running_sidecar_are_uploaded_again_by_the_drain(
+    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    sidecar = _synced_sidecar(source, s3_server.endpoint, bucket, tmp_path / "s.log", s3_client)
+    assert _wipe(s3_client, bucket) == 3
+    assert sidecar.terminate() == 0, sidecar.log
+    assert_mirror(s3_client, bucket, "", source)
+    assert "deleted or changed behind its back" in sidecar.log
+
+
+def test_a_bucket_deleted_behind_a_running_sidecar_is_created_again_with_create_bucket(
+    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    sidecar = _synced_sidecar(
+        source, s3_server.endpoint, bucket, tmp_path / "s.log", s3_client, "--create-bucket"
+    )
+    _wipe(s3_client, bucket, remove_bucket=True)
+    # A write meets NoSuchBucket: the bucket is created again (once), and every run
+    # confirmed against it, so the older objects come back without waiting for SIGTERM.
+    write_json(source / "r2" / "RunLog.json", {"status": "SUCCESS"})
+    wait_until(
+        lambda: (
+            s3_client.bucket_exists(bucket)
+            and len(list(s3_client.list_objects(bucket, recursive=True))) == 3
+        ),
+        what="the bucket created again and refilled",
+    )
+    assert sidecar.terminate() == 0, sidecar.log
+    assert_mirror(s3_client, bucket, "", source)
+    assert sidecar.log.count(f"created bucket {bucket}") == 1, sidecar.log
+
+
+def test_a_bucket_deleted_behind_a_running_sidecar_fails_the_drain_naming_the_files(
+    s3_server: S3Server, s3_client: Minio, bucket: str, source: Path, tmp_path: Path
+) -> None:
+    sidecar = _synced_sidecar(source, s3_server.endpoint, bucket, tmp_path / "s.log", s3_client)
+    _wipe(s3_client, bucket, remove_bucket=True)
+    assert sidecar.terminate() == 1, sidecar.log
+    for name in ("r1/RunLog.json", "r1/BranchLog-x.json", "r2/RunLog.json"):
+        assert f"not mirrored: {name}: not confirmed in the bucket" in sidecar.log
+    assert "NoSuchBucket" in sidecar.log

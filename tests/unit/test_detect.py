@@ -140,9 +140,12 @@ class Rig:
                 continue
             self.step(message)
 
-    def uploaded(self, *requests: UploadRequest) -> None:
+    def uploaded(self, *requests: UploadRequest, bucket_etag: str | None = "md5") -> None:
+        """Each request's PUT answered; the bucket's ETag is the MD5 (``"md5"``, as on
+        S3, MinIO, moto), or ``bucket_etag`` (SSE-KMS), or not given (None)."""
         for request in requests:
-            self.step(Uploaded(relative=request.relative, etag=request.etag))
+            etag = request.etag if bucket_etag == "md5" else bucket_etag
+            self.step(Uploaded(relative=request.relative, etag=request.etag, bucket_etag=etag))
 
     def keys(self) -> list[str]:
         return sorted(r.key for r in self.submitted)
@@ -873,6 +876,90 @@ def test_verify_confirms_every_run_that_had_a_doubtful_upload(root: Path) -> Non
     rig.answer()
     assert rig.detector.status().verifying == 0
     assert rig.submitted == []
+
+
+def _synced(root: Path, runs: Iterable[str] = ("a", "b")) -> Rig:
+    """A rig whose runs are uploaded and answered (an MD5 bucket), listings answered."""
+    for run in runs:
+        write_json(root / run / "RunLog.json", {"run": run})
+    rig = Rig(root)
+    rig.rescan("start")
+    requests = {r.key: r for r in rig.take()}
+    rig.uploaded(*requests.values())
+    rig.remote = {key: r.etag for key, r in requests.items()}
+    assert rig.detector.status().pending == 0
+    return rig
+
+
+def test_the_drain_confirms_every_run_and_uploads_what_vanished_from_the_bucket(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = _synced(root)
+    del rig.remote["b/RunLog"]  # deleted by hand, a lifecycle rule, a store restarted empty
+    rig.answer_listings = False
+    listings = len(rig.listings)
+    rig.step(Verify(every_run=True))
+    # One request for every listed run (the lister lists each run's prefix).
+    assert rig.listings[listings:] == [(frozenset({"a", "b"}), ListingPurpose.VERIFY)]
+    assert rig.detector.status().verifying == 2
+    # Until the listing answers, the exit report cannot call those files mirrored.
+    assert rig.detector.unmirrored() == {
+        "a/RunLog.json": "not confirmed in the bucket (its run's listing did not finish)",
+        "b/RunLog.json": "not confirmed in the bucket (its run's listing did not finish)",
+    }
+    rig.answer()
+    assert [r.key for r in rig.take()] == ["b/RunLog"]
+    assert rig.value("runlog_relay_bucket_mismatches_total") == 1
+    assert "lacks 1 object(s) of run b" in caplog.text
+    assert rig.detector.status().verifying == 0
+
+
+def test_full_sweeps_confirm_the_runs_listed_longest_ago_a_bounded_number_at_a_time(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(detect, "RECONCILE_RUNS", 2)
+    rig = _synced(root, runs=("a", "b", "c"))
+    rig.answer_listings = False
+    verifies = []
+    for _ in range(2 * detect.FULL_SWEEP_EVERY):
+        rig.clock.advance(60.0)
+        listings = len(rig.listings)
+        rig.rescan("periodic")
+        verifies += rig.listings[listings:]
+        rig.answer()
+    # Only full sweeps list, each the two runs listed longest ago: every run in turn.
+    assert [purpose for _, purpose in verifies] == [ListingPurpose.VERIFY] * 2
+    (first, _), (second, _) = verifies
+    assert len(first) == len(second) == 2
+    assert {"a", "b", "c"} - first <= second  # the one left out comes first next time
+    assert rig.submitted == []  # everything was there: nothing uploaded
+    # A vanished object is uploaded again by the next full sweep that lists its run.
+    del rig.remote["c/RunLog"]
+    for _ in range(2 * detect.FULL_SWEEP_EVERY):
+        rig.clock.advance(60.0)
+        rig.rescan("periodic")
+        rig.answer()
+    assert [r.key for r in rig.take()] == ["c/RunLog"]
+
+
+def test_a_bucket_whose_etags_are_not_md5s_is_confirmed_by_the_etag_it_answered(
+    root: Path,
+) -> None:
+    write_json(root / "a" / "RunLog.json", {"run": "a"})
+    rig = Rig(root)
+    rig.rescan("start")
+    (request,) = rig.take()
+    rig.uploaded(request, bucket_etag="kms-etag-1")  # SSE-KMS: the ETag is not the MD5
+    rig.remote = {"a/RunLog": "kms-etag-1"}
+    rig.step(Verify(every_run=True))
+    assert rig.submitted == []  # recognised by its own ETag: no HEAD, no PUT
+    # Another ETag on such a bucket proves nothing: the upload path confirms it (with the
+    # stored MD5, one HEAD) before any PUT, and it is no mismatch yet.
+    rig.remote = {"a/RunLog": "kms-etag-2"}
+    rig.step(Verify(every_run=True))
+    (again,) = rig.take()
+    assert again.listed_etag == "kms-etag-2"
+    assert not rig.value("runlog_relay_bucket_mismatches_total")
 
 
 # =========================================================================== layouts, costs

@@ -62,6 +62,7 @@ from runlog_relay.localtree import (
     to_candidate,
 )
 from runlog_relay.metrics import SidecarMetrics
+from runlog_relay.sidecar.listing import PER_RUN_LISTING_MAX_RUNS
 from runlog_relay.sidecar.types import (
     FileGone,
     FileVersion,
@@ -108,6 +109,9 @@ VERIFY_WINDOW_SECONDS = 60.0
 #: Every this many periodic rescans, one is a full sweep (an lstat per file); the others
 #: only look at names (plus files not settled yet).
 FULL_SWEEP_EVERY = 10
+#: Runs confirmed against the bucket by one full sweep (one LIST of each run's prefix):
+#: a Job pod's runs every sweep, a shared volume's in turn, oldest listing first.
+RECONCILE_RUNS = PER_RUN_LISTING_MAX_RUNS
 #: Files read between two looks at the inbox, so events stay responsive during a backlog.
 WORK_BATCH = 32
 #: While the upload queue is full, look again this often.
@@ -147,6 +151,7 @@ class _Run:
     doubtful_at: float | None = None  #: last upload that may land late
     ever_doubtful: bool = False
     verifying: bool = False
+    checked_at: float = float("-inf")  #: when the bucket's objects of it were last listed
 
 
 @dataclass(slots=True, eq=False)
@@ -158,6 +163,9 @@ class _File:
     etag: str | None = None  #: latest complete local version handed downstream
     remote: str | None = None  #: the version the bucket holds (listing or upload answer)
     remote_listed: bool = False  #: ``remote`` is a listed ETag (maybe not an MD5)
+    #: The bucket's own ETag for ``remote`` where it is not the MD5 (SSE-KMS, SSE-C): how
+    #: a confirming listing recognises the object without a HEAD. None on MD5 buckets.
+    alias: str | None = None
     dirty: bool = False  #: must be read
     reading: bool = False  #: with the bulk reader
     first_change: float | None = None  #: monotonic time of the oldest unmirrored change
@@ -426,7 +434,7 @@ class Detector:
         elif isinstance(message, Reconfigure):
             self._reconfigure(message, now)
         elif isinstance(message, Verify):
-            self._verify_all(now)
+            self._verify_all(every_run=message.every_run)
             if message.done is not None:
                 message.done.set()
 
@@ -494,6 +502,10 @@ class Detector:
         if reason == "periodic":
             self._periodic += 1
             light = self._periodic % FULL_SWEEP_EVERY != 0
+            if not light:
+                # Before the sweep marks unsettled files to read: "pending" here means
+                # uploads on their way, which their own answers confirm.
+                self._reconcile()
         trust = self._trusting(generation) if light else None
         unlistable: set[str] = set()  # run folders this scan could not list
         unsafe_before, self._unsafe = self._unsafe, {}
@@ -1061,6 +1073,7 @@ class Detector:
             run.listed = True
             self._unlisted -= 1
             run.requested = False
+            run.checked_at = now
             prefix = f"{run_id}/"
             local_keys = {f.key for f in run.files.values()}
             run.unclaimed = {
@@ -1071,6 +1084,7 @@ class Detector:
             for file in run.files.values():
                 file.remote = message.objects.get(file.key)
                 file.remote_listed = file.remote is not None
+                file.alias = None
                 if file.dirty:
                     self._dirty.append(file)  # it waited for this listing
                 self._account(file)
@@ -1085,6 +1099,10 @@ class Detector:
         else:
             file.remote = message.etag
         file.remote_listed = False
+        bucket_etag = message.bucket_etag
+        file.alias = bucket_etag if bucket_etag and bucket_etag != message.etag else None
+        if bucket_etag == message.etag:
+            self._etags_are_md5 = True  # the bucket answered a PUT with the body's MD5
         self._account(file)
         self._maybe_verify(file.run, self._clock())
 
@@ -1109,38 +1127,81 @@ class Detector:
             return
         self._start_verify(run)
 
-    def _start_verify(self, run: _Run) -> None:
-        run.verifying = True
-        self._verifying += 1
-        self._request_listing(frozenset({run.run_id}), ListingPurpose.VERIFY)
+    def _start_verify(self, *runs: _Run) -> None:
+        """One VERIFY request for ``runs``: the lister lists each run's prefix (or, for
+        many runs, the prefix once, filtered to them)."""
+        for run in runs:
+            run.verifying = True
+            self._verifying += 1
+        if runs:
+            self._request_listing(frozenset(r.run_id for r in runs), ListingPurpose.VERIFY)
 
-    def _verify_all(self, now: float) -> None:
-        for run in self._runs.values():
-            if run.ever_doubtful and not run.verifying:
-                self._start_verify(run)
+    def _verify_all(self, *, every_run: bool) -> None:
+        """Confirm against the bucket every run that ever had a doubtful upload, or with
+        ``every_run`` every listed one: the ledger is what the bucket answered, and
+        objects can vanish since (deleted by hand, a lifecycle rule, a store restarted
+        empty), so "complete" is checked, not remembered."""
+        self._start_verify(
+            *(
+                run
+                for run in self._runs.values()
+                if not run.verifying and (run.ever_doubtful or (every_run and run.listed))
+            )
+        )
+
+    def _reconcile(self) -> None:
+        """Part of each full sweep: the runs listed longest ago (at most
+        :data:`RECONCILE_RUNS`, none with uploads on their way) are confirmed against the
+        bucket, one LIST of each run's prefix, so a vanished object is uploaded again
+        without waiting for the drain, at a cost that does not grow with the runs."""
+        quiet = (r for r in self._runs.values() if r.listed and not r.verifying and not r.pending)
+        self._start_verify(*heapq.nsmallest(RECONCILE_RUNS, quiet, key=lambda r: r.checked_at))
 
     def _verified(self, run: _Run, message: Listed, now: float) -> None:
         if run.verifying:
             run.verifying = False
             self._verifying -= 1
+        run.checked_at = now
         mismatches = 0
+        lost: list[str] = []
         for file in run.files.values():
             if file.counted_pending or file.etag is None:
                 continue  # still on its way: confirmed by its own upload's answer
             actual = message.objects.get(file.key)
-            if actual != file.etag:
+            if actual == file.etag or (
+                actual is not None and actual == file.alias and file.remote == file.etag
+            ):
+                continue
+            if actual is None or self._etags_are_md5:
                 mismatches += 1
                 self._metrics.bucket_mismatches.inc()
-                log.warning(
-                    "the bucket holds another version of %s than the last one uploaded (an"
-                    " upload that timed out landed late); uploading the latest version again",
-                    file.key,
-                    extra={"key": file.key, "run_id": run.run_id},
-                )
-                file.remote = actual
-                file.remote_listed = actual is not None
-                file.etag = None
-                self._mark_dirty(file, now)
+                if run.doubtful_at is not None:
+                    log.warning(
+                        "the bucket holds another version of %s than the last one uploaded"
+                        " (an upload that timed out landed late); uploading the latest"
+                        " version again",
+                        file.key,
+                        extra={"key": file.key, "run_id": run.run_id},
+                    )
+                else:
+                    lost.append(file.key)
+            # else: a bucket whose ETags may not be MD5s; the upload path confirms with
+            # the stored MD5 (one HEAD) before any PUT.
+            file.remote = actual
+            file.remote_listed = actual is not None
+            file.alias = None
+            file.etag = None
+            self._mark_dirty(file, now)
+        if lost:
+            log.warning(
+                "the bucket lacks %d object(s) of run %s the sidecar uploaded, or holds"
+                " other versions of them (%s): deleted or changed behind its back;"
+                " uploading the local versions again",
+                len(lost),
+                run.run_id,
+                ", ".join(sorted(lost)[:5]) + (", ..." if len(lost) > 5 else ""),
+                extra={"run_id": run.run_id},
+            )
         if not mismatches and run.doubtful_at is not None:
             if now - run.doubtful_at >= VERIFY_WINDOW_SECONDS:
                 run.doubtful_at = None  # confirmed after the window: done
@@ -1190,6 +1251,13 @@ class Detector:
         try:
             reasons = ((r, _why_unmirrored(self._files[r])) for r in sorted(self._files))
             unmirrored = {relative: why for relative, why in reasons if why is not None}
+            for run in self._runs.values():
+                if run.verifying:  # the drain's check of the bucket did not answer
+                    for relative in run.files:
+                        unmirrored.setdefault(
+                            relative,
+                            "not confirmed in the bucket (its run's listing did not finish)",
+                        )
             for relative, detail in sorted(self._unsafe.items()):
                 unmirrored[relative] = f"unsafe name: {detail} (never uploaded)"
             for run_id, detail in sorted(self._unlistable.items()):

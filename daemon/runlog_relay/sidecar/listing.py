@@ -30,6 +30,7 @@ from runlog_relay.backoff import backoff_delay
 from runlog_relay.errors import CredentialsError, PermanentError, RelayError, RetryableError
 from runlog_relay.layout import run_id_of_key
 from runlog_relay.objectstore import RemoteObject
+from runlog_relay.sidecar.bucket import BucketKeeper
 from runlog_relay.sidecar.store import RETRY_BASE_SECONDS, RETRY_CAP_SECONDS, StoreHealth
 from runlog_relay.sidecar.types import Listed, ListingPurpose, StorePort
 
@@ -64,15 +65,13 @@ class Lister:
         health: StoreHealth,
         on_listed: Callable[[Listed], object],
         *,
-        create_bucket: Callable[[], bool] = lambda: False,
-        bucket_name: Callable[[], str] = lambda: "",
+        bucket: BucketKeeper | None = None,
         threads: int = LISTING_THREADS,
     ) -> None:
         self._store = store
         self._health = health
         self._on_listed = on_listed
-        self._create_bucket = create_bucket
-        self._bucket_name = bucket_name
+        self._bucket = bucket or BucketKeeper()
         self._cond = threading.Condition()
         self._tasks: deque[_Task] = deque()
         self._busy = 0
@@ -220,15 +219,21 @@ class Lister:
             self._post(task, rest, {})
 
     def _listing(self, store: StorePort, sub_prefix: str) -> Iterator[RemoteObject]:
+        sent_at = self._bucket.now()
+        yielded = False
         try:
             for obj in store.list(sub_prefix):
                 self.objects_listed += 1
+                yielded = True
                 yield obj
         except PermanentError as exc:
-            if exc.code != "NoSuchBucket" or not self._create_bucket():
-                raise
-            if store.make_bucket():
-                log.info("created bucket %s", self._bucket_name())
+            if not self._bucket.recreate(store, exc, sent_at) or yielded:
+                raise  # (gone half-way through: the task goes round again, from the start)
+            # It exists now (created, or by another request meanwhile): list it again
+            # rather than take it for empty.
+            for obj in store.list(sub_prefix):
+                self.objects_listed += 1
+                yield obj
         self._health.healthy(source="list")
 
     def _post(self, task: _Task, run_ids: set[str], objects: dict[str, str]) -> None:

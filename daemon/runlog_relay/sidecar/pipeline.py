@@ -29,6 +29,7 @@ from runlog_relay.config.settings import SidecarSettings
 from runlog_relay.errors import ConfigError
 from runlog_relay.metrics import SidecarMetrics
 from runlog_relay.sidecar import memory
+from runlog_relay.sidecar.bucket import BucketKeeper
 from runlog_relay.sidecar.detect import Detector, DetectorStatus
 from runlog_relay.sidecar.events import FolderWatcher
 from runlog_relay.sidecar.listing import Lister
@@ -134,13 +135,14 @@ class Pipeline:
             permanent_retry=lambda: self.settings.sync.permanent_error_retry_seconds,
         )
         self.queue = UploadQueue(max_pending_bytes=settings.sync.max_pending_bytes, clock=clock)
-        self.lister = Lister(
-            self._current_store,
-            self.store_health,
-            self._post,
-            create_bucket=lambda: self.settings.create_bucket,
-            bucket_name=lambda: self.settings.bucket_name,
+        # --create-bucket: one keeper for listers and uploads; a bucket created anew (it
+        # vanished after start) holds none of the objects the ledger remembers.
+        self.bucket = BucketKeeper(
+            enabled=lambda: self.settings.create_bucket,
+            name=lambda: self.settings.bucket_name,
+            on_created=lambda: self._inbox.put(Verify(every_run=True)),
         )
+        self.lister = Lister(self._current_store, self.store_health, self._post, bucket=self.bucket)
         self._synced = threading.Event()
         self.sealer = RunSealer(
             lambda: self.settings,
@@ -216,6 +218,7 @@ class Pipeline:
             fail_fast=self._once,
             max_stream_bytes=self.settings.sync.max_pending_bytes,
             release_memory=memory.release_free_memory,
+            bucket=self.bucket,
         )
         self.lister.start()
         self.sealer.start()
@@ -354,7 +357,10 @@ class Pipeline:
         if status.to_read:
             return f"reading files ({status.to_read} not read yet)"
         if status.verifying:
-            return "confirming objects in the bucket"
+            return (
+                f"confirming {status.verifying} runs against the bucket"
+                f" ({self.lister.objects_listed} objects listed)"
+            )
         return f"uploading ({status.pending} files not in the bucket yet)"
 
     def _drain(self, budget: float, *, progress_based: bool) -> str | None:
@@ -381,10 +387,12 @@ class Pipeline:
             if verified is not None and verified.is_set() and self._settled():
                 return None
             if verified is None and rescanned.is_set() and self._settled():
-                # Settled once: confirm the runs whose uploads may have landed late, then
-                # settle again (whatever differs is uploaded once more).
+                # Settled once: confirm every run against the bucket (objects may have
+                # vanished, uploads may have landed late), then settle again: whatever is
+                # missing or differs is uploaded once more. --once listed every run moments
+                # ago, so only its doubtful runs are listed again.
                 verified = threading.Event()
-                self._inbox.put(Verify(done=verified))
+                self._inbox.put(Verify(done=verified, every_run=not self._once))
                 continue
             health = self.store_health
             if not health.ok and (

@@ -37,6 +37,7 @@ from runlog_relay.backoff import backoff_delay
 from runlog_relay.errors import CredentialsError, PermanentError, RetryableError
 from runlog_relay.etag import PART_SIZE
 from runlog_relay.metrics import SidecarMetrics
+from runlog_relay.sidecar.bucket import BucketKeeper
 from runlog_relay.sidecar.queue import UploadQueue
 from runlog_relay.sidecar.types import (
     Inbox,
@@ -192,8 +193,10 @@ class UploadWorkers:
         max_stream_bytes: int = PART_SIZE,
         release_memory: Callable[[], object] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        bucket: BucketKeeper | None = None,
     ) -> None:
         self._queue = queue
+        self._bucket = bucket or BucketKeeper()  # --create-bucket
         self._store = store
         self._metrics = metrics
         # The labelled child every successful PUT counts: looked up once, not per file.
@@ -288,7 +291,13 @@ class UploadWorkers:
         if self._already_there(request):
             self._health.healthy(source="list")  # it answered (writes are not proven)
             self._queue.done(request)
-            self._on_outcome(Uploaded(relative=request.relative, etag=request.etag))
+            self._on_outcome(
+                Uploaded(
+                    relative=request.relative,
+                    etag=request.etag,
+                    bucket_etag=request.listed_etag,
+                )
+            )
             log.debug(
                 "%s is already in the bucket (its stored MD5 matches)",
                 request.key,
@@ -300,9 +309,11 @@ class UploadWorkers:
         if streamed:
             self._budget.acquire(held)
         body = None
+        store = self._store()
+        sent_at = self._bucket.now()
         try:
             body = request.open_body()
-            etag = self._store().put(request.key, body, length=snapshot.body_size, md5=snapshot.md5)
+            etag = store.put(request.key, body, length=snapshot.body_size, md5=snapshot.md5)
         except SnapshotChanged:
             self._changed(request, "changed since it was read")
             return
@@ -313,7 +324,7 @@ class UploadWorkers:
             self._retryable(request, exc)
             return
         except PermanentError as exc:
-            self._permanent(request, exc)
+            self._permanent(request, exc, store, sent_at)
             return
         except Exception as exc:
             self._unexpected(request, exc)
@@ -323,7 +334,8 @@ class UploadWorkers:
                 body.close()
             if streamed:
                 self._budget.release(held)
-        del etag  # the server's ETag; the checked parts are the proof of content
+        # The checked parts are the proof of content; the server's ETag is kept where it
+        # is not the MD5 (SSE-KMS, SSE-C), so a later listing can recognise the object.
         self._uploaded_ok.inc()
         self._metrics.upload_bytes.inc(snapshot.body_size)
         self._metrics.sync_lag.observe(max(0.0, time.monotonic() - request.seen_at))
@@ -331,7 +343,7 @@ class UploadWorkers:
         self._health.healthy()
         self._queue.release()
         burst_over = self._queue.done(request)
-        self._on_outcome(Uploaded(relative=request.relative, etag=request.etag))
+        self._on_outcome(Uploaded(relative=request.relative, etag=request.etag, bucket_etag=etag))
         if burst_over:
             self._release_memory()
         log.debug(
@@ -376,7 +388,18 @@ class UploadWorkers:
             extra={"key": request.key, "attempt": attempt + 1, "run_id": request.run_id},
         )
 
-    def _permanent(self, request: UploadRequest, exc: PermanentError) -> None:
+    def _permanent(
+        self, request: UploadRequest, exc: PermanentError, store: StorePort, sent_at: float
+    ) -> None:
+        try:
+            if self._bucket.recreate(store, exc, sent_at):
+                self._queue.retry(request, 0.0)  # the bucket is back (--create-bucket)
+                return
+        except PermanentError as failed:
+            exc = failed  # could not create it: that is the problem to report
+        except RetryableError as failed:
+            self._retryable(request, failed)  # creating it failed for now: retried
+            return
         self._metrics.uploads.labels(result="failure").inc()
         if self._fail_fast:
             # The outcome goes to the detector before the drain can see the refusal (it

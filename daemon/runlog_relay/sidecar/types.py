@@ -99,10 +99,15 @@ class Listed:
 
 @dataclass(frozen=True, slots=True)
 class Uploaded:
-    """This version of the file is in the bucket (the PUT was answered with success)."""
+    """This version of the file is in the bucket (the PUT was answered with success).
+
+    ``bucket_etag``: the ETag the bucket gave the object (the PUT's answer, or the listed
+    one its stored MD5 confirmed); where it is not the MD5 (SSE-KMS, SSE-C) a later
+    listing recognises the object by it."""
 
     relative: str
     etag: str
+    bucket_etag: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +136,12 @@ class Stale:
 
 @dataclass(frozen=True, slots=True)
 class Verify:
-    """Confirm every run that ever had a doubtful upload against the bucket (drain);
-    ``done`` is set once the listings are requested."""
+    """Confirm every run that ever had a doubtful upload against the bucket (drain), or
+    with ``every_run`` every listed run (the drain, a bucket created anew: objects can
+    vanish behind the sidecar's back); ``done`` is set once the listings are requested."""
 
     done: threading.Event | None = field(default=None, compare=False)
+    every_run: bool = False
 
 
 @dataclass(frozen=True, slots=True)
