@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "MAX_KEY_BYTES",
     "BodyEncoder",
+    "KeyTooLongError",
     "Layout",
     "Mapping",
     "UnsafeNameError",
@@ -50,6 +52,9 @@ JSON_SUFFIX = ".json"
 # hidden names (editors' and runnable's temporary files start with a dot). Anything else
 # runnable may write (map values become branch names) stays allowed.
 _MAX_COMPONENT_BYTES = 255
+#: S3's limit on a whole key, prefix included (UTF-8 bytes): over it a PUT fails with
+#: KeyTooLongError, a permanent error that would hold every upload behind it.
+MAX_KEY_BYTES = 1024
 
 
 class Layout(enum.StrEnum):
@@ -66,6 +71,10 @@ class UnsafeNameError(ValueError):
         super().__init__(f"{name!r}: {reason}")
         self.name = name
         self.reason = reason
+
+
+class KeyTooLongError(UnsafeNameError):
+    """A file whose key, with the bucket prefix, is over :data:`MAX_KEY_BYTES`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +105,29 @@ def _check_component(part: str, what: str) -> None:
         raise UnsafeNameError(part, f"{what} is longer than {_MAX_COMPONENT_BYTES} bytes")
 
 
-def key_for(relative: str, layout: Layout) -> Mapping:
+def key_for(relative: str, layout: Layout, prefix: str = "") -> Mapping:
     """Map a file path relative to the log folder (``/``-separated) to its key.
 
     Raises :class:`UnsafeNameError` when the path is not a run-log file of ``layout`` or
-    its name cannot become a safe key.
+    its name cannot become a safe key, :class:`KeyTooLongError` when the key under
+    ``prefix`` (the bucket's key prefix, if any) is longer than S3 allows.
     """
+    mapping = _key_for(relative, layout)
+    # 4 bytes a character at most: only long names need encoding.
+    length = len(prefix) + 1 + len(mapping.key) if prefix else len(mapping.key)
+    if length * 4 > MAX_KEY_BYTES:
+        full = f"{prefix}/{mapping.key}" if prefix else mapping.key
+        size = len(full.encode("utf-8"))
+        if size > MAX_KEY_BYTES:
+            raise KeyTooLongError(
+                relative,
+                f"its object key{' with the prefix' if prefix else ''} is {size} bytes,"
+                f" over S3's limit of {MAX_KEY_BYTES}",
+            )
+    return mapping
+
+
+def _key_for(relative: str, layout: Layout) -> Mapping:
     parts = relative.split("/")
     if layout is Layout.CHUNKED:
         if len(parts) != 2:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from runlog_relay.layout import (
     JSON_SUFFIX,
+    KeyTooLongError,
     Layout,
     Mapping,
     UnsafeNameError,
@@ -52,13 +53,16 @@ class Skipped:
     """A path that will not be mirrored, and why (``reason`` is a metric label)."""
 
     path: Path
-    reason: str  #: symlink | not_regular | unsafe_name | unreadable
+    reason: str  #: symlink | not_regular | unsafe_name | key_too_long | unreadable
     detail: str
 
 
-def classify_path(root: Path, path: Path, layout: Layout) -> Candidate | Skipped | None:
+def classify_path(
+    root: Path, path: Path, layout: Layout, prefix: str = ""
+) -> Candidate | Skipped | None:
     """Decide what one path under ``root`` is. ``None``: not a run-log file at all
-    (another extension, a directory, outside the root, or gone)."""
+    (another extension, a directory, outside the root, or gone). ``prefix``: the bucket's
+    key prefix, for the length of the whole key."""
     parts = relative_parts(root, path)
     if parts is None:
         return None
@@ -84,11 +88,21 @@ def classify_path(root: Path, path: Path, layout: Layout) -> Candidate | Skipped
         if last and not stat.S_ISREG(info.st_mode):
             return Skipped(path, "not_regular", "not a regular file")
     relative = "/".join(parts)
+    mapping = _mapping(path, relative, layout, prefix)
+    if isinstance(mapping, Skipped):
+        return mapping
+    return Candidate(path=path, relative=relative, mapping=mapping, size=info.st_size)
+
+
+def _mapping(path: Path, relative: str, layout: Layout, prefix: str) -> Mapping | Skipped:
+    """The key of a run-log file, or why it cannot have one (the one place that sorts
+    unsafe names from keys too long)."""
     try:
-        mapping = key_for(relative, layout)
+        return key_for(relative, layout, prefix)
+    except KeyTooLongError as exc:
+        return Skipped(path, "key_too_long", exc.reason)
     except UnsafeNameError as exc:
         return Skipped(path, "unsafe_name", exc.reason)
-    return Candidate(path=path, relative=relative, mapping=mapping, size=info.st_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,26 +201,26 @@ def _file_entry(entry: os.DirEntry[str], relative: str) -> Entry | Skipped:
     return Entry(path=entry.path, relative=relative, info=info)
 
 
-def to_candidate(entry: Entry, layout: Layout) -> Candidate | Skipped:
-    """Validate a scanned file's name and map it to its key."""
-    try:
-        mapping = key_for(entry.relative, layout)
-    except UnsafeNameError as exc:
-        return Skipped(Path(entry.path), "unsafe_name", exc.reason)
+def to_candidate(entry: Entry, layout: Layout, prefix: str = "") -> Candidate | Skipped:
+    """Validate a scanned file's name and map it to its key (under ``prefix``)."""
+    mapping = _mapping(Path(entry.path), entry.relative, layout, prefix)
+    if isinstance(mapping, Skipped):
+        return mapping
     return Candidate(
         path=Path(entry.path), relative=entry.relative, mapping=mapping, size=entry.info.st_size
     )
 
 
-def walk(root: Path, layout: Layout) -> Iterator[Candidate | Skipped]:
+def walk(root: Path, layout: Layout, prefix: str = "") -> Iterator[Candidate | Skipped]:
     """Every run-log file (or skipped look-alike) under ``root``, without following links;
-    a run folder that cannot be listed is reported as skipped (``unreadable``)."""
+    a run folder that cannot be listed is reported as skipped (``unreadable``), and with
+    the bucket's ``prefix`` a file whose key would be too long (``key_too_long``)."""
     for item in scan(root, layout):
         assert not isinstance(item, str)  # no trust given: every file is an Entry
         if isinstance(item, FolderError):
             yield Skipped(item.path, "unreadable", item.detail)
         else:
-            yield item if isinstance(item, Skipped) else to_candidate(item, layout)
+            yield item if isinstance(item, Skipped) else to_candidate(item, layout, prefix)
 
 
 def scan_run(run_dir: Path) -> Iterator[Entry | Skipped | FolderError]:

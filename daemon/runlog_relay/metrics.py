@@ -147,8 +147,9 @@ class SidecarMetrics:
         )
         self.skipped_files = Counter(
             "runlog_relay_skipped_files_total",
-            "Files not mirrored, by reason: symlink, not_regular, unsafe_name, unreadable,"
-            " too_large, error (an unexpected failure while handling the file).",
+            "Files not mirrored, by reason: symlink, not_regular, unsafe_name, key_too_long"
+            " (over 1024 bytes with the prefix), unreadable, too_large, error (an unexpected"
+            " failure while handling the file).",
             ["reason"],
             registry=registry,
         )

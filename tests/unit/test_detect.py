@@ -518,10 +518,10 @@ def test_an_exception_while_handling_an_event_costs_only_that_path(
     rig.take()
     real = detect.classify_path
 
-    def classify_path(root_: Path, path: Path, layout: Layout) -> Any:
+    def classify_path(root_: Path, path: Path, layout: Layout, prefix: str = "") -> Any:
         if path.name == "BranchLog-bad.json":
             raise RuntimeError("boom")
-        return real(root_, path, layout)
+        return real(root_, path, layout, prefix)
 
     monkeypatch.setattr(detect, "classify_path", classify_path)
     good = write_json(root / "a" / "BranchLog-good.json", {"g": 1})

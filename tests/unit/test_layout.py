@@ -8,6 +8,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from runlog_relay.layout import (
+    MAX_KEY_BYTES,
+    KeyTooLongError,
     Layout,
     Mapping,
     UnsafeNameError,
@@ -253,3 +255,20 @@ def test_single_decode_rejects_bodies_that_are_not_a_json_string(body: bytes) ->
 def test_single_decode_rejects_invalid_json() -> None:
     with pytest.raises(ValueError):
         decode_body(b'"unterminated', SINGLE)
+
+
+# --------------------------------------------------------------------------- key length
+
+
+def test_a_key_over_s3s_limit_with_the_prefix_is_refused_in_utf8_bytes() -> None:
+    run_id = "é" * 127  # 254 bytes, 127 characters: a component within its limit
+    name = f"{'b' * 250}.json"
+    key = f"{run_id}/{'b' * 250}"
+    room = MAX_KEY_BYTES - len(key.encode()) - 1  # bytes left for the prefix and its "/"
+    assert key_for(f"{run_id}/{name}", CHUNKED, "p" * room).key == key  # exactly 1024
+    with pytest.raises(KeyTooLongError, match="1025 bytes, over S3's limit of 1024"):
+        key_for(f"{run_id}/{name}", CHUNKED, "p" * (room + 1))
+    # The single layout's key holds the run id twice.
+    with pytest.raises(KeyTooLongError):
+        key_for(f"{'s' * 250}.json", SINGLE, "p" * 520)
+    assert issubclass(KeyTooLongError, UnsafeNameError)  # never uploaded, like one

@@ -36,13 +36,21 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class Sidecar:
-    def __init__(self, root: Path, store: FakeStore, *, once: bool = False, **sync: Any) -> None:
+    def __init__(
+        self,
+        root: Path,
+        store: FakeStore,
+        *,
+        once: bool = False,
+        bucket: str = "runnable",
+        **sync: Any,
+    ) -> None:
         self.root = root
         self.store = store
         self.clock = FakeClock()
         self.registry = CollectorRegistry()
         sync.setdefault("drain_timeout_seconds", 5.0)
-        self.settings = SidecarSettings(source=root, sync=SyncSpec(**sync))
+        self.settings = SidecarSettings(source=root, bucket=bucket, sync=SyncSpec(**sync))
         self.pipeline = Pipeline(
             self.settings,
             SidecarMetrics(self.registry),
@@ -264,6 +272,27 @@ def test_once_over_an_empty_folder_is_not_complete_when_the_bucket_never_answere
     assert not report.complete
     lines = "\n".join(report.lines())
     assert "gave up" in lines and "unreachable" in lines, lines
+
+
+def test_files_whose_keys_are_too_long_with_the_prefix_are_never_sent_and_named(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 600 + 1 + 200 + 1 + 250 bytes: every component is fine, the whole key is not. S3
+    # would answer KeyTooLongError, permanent, holding the queue for --permanent-retry.
+    prefix, run_id, name = "p" * 600, "r" * 200, "B" * 250
+    body = write_json(root / run_id / "RunLog.json", {"a": 1})
+    write_json(root / run_id / f"{name}.json", {"long": 1})
+    store = FakeStore()
+    sidecar = Sidecar(root, store, once=True, bucket=f"runnable/{prefix}")
+    report = sidecar.pipeline.run_once(timeout=10)
+    assert store.body(f"{run_id}/RunLog") == body
+    assert store.body(f"{run_id}/{name}") is None  # never sent
+    assert report.files == {
+        f"{run_id}/{name}.json": "key too long: its object key with the prefix is 1052 bytes,"
+        " over S3's limit of 1024 (never uploaded)"
+    }
+    assert sidecar.value("runlog_relay_skipped_files_total", reason="key_too_long") == 1
+    assert caplog.text.count("over S3's limit of 1024") == 1  # warned once
 
 
 def test_once_names_run_log_files_whose_names_cannot_be_keys(root: Path) -> None:

@@ -213,6 +213,10 @@ def _packed(signature: FileSignature) -> Signature:
     return _SIGNATURE.pack(signature.size, signature.mtime_ns, signature.ctime_ns, signature.inode)
 
 
+#: Skip reasons of run-log files that are never uploaded (their name cannot be a key):
+#: named at exit as not mirrored, with these words.
+_NEVER_UPLOADED = {"unsafe_name": "unsafe name", "key_too_long": "key too long"}
+
 #: What opening a path without following links says when a component is a link.
 _LINKED = frozenset({errno.ELOOP, errno.ENOTDIR})
 
@@ -336,8 +340,9 @@ class Detector:
         # Run folders of ours that could not be listed (permissions): their files are
         # unknown, so they are named at exit like any file that is not mirrored.
         self._unlistable: dict[str, str] = {}
-        # Files of ours whose names cannot be keys (unsafe): never uploaded, so named at
-        # exit too; rebuilt by every rescan, which sees them again while they exist.
+        # Files of ours whose names cannot be keys (unsafe, or too long with the prefix):
+        # never uploaded, so named at exit too (path -> why); rebuilt by every rescan,
+        # which sees them again while they exist.
         self._unsafe: dict[str, str] = {}
         self._bytes_read = 0
         self._next_rescan = float("inf")  # set by the first rescan (start-up, or --once's)
@@ -577,7 +582,7 @@ class Detector:
         """One file found by a scan; 1 when it needs a read."""
         file = self._files.get(entry.relative)
         if file is None:
-            item = to_candidate(entry, self.settings.layout)
+            item = to_candidate(entry, self.settings.layout, self.settings.prefix)
             if isinstance(item, Skipped):
                 self._skip(item)
                 return 0
@@ -669,7 +674,7 @@ class Detector:
             self._update_gauges()
             return
         file = self._files.get("/".join(relative.parts))
-        result = classify_path(root, path, self.settings.layout)
+        result = classify_path(root, path, self.settings.layout, self.settings.prefix)
         if result is None or isinstance(result, Skipped):
             self._not_a_candidate(file, result)
         elif file is None:
@@ -811,7 +816,7 @@ class Detector:
         """The full classification of a path that is no longer a plain regular file where
         it was: its size when it still is a candidate, else None (see
         :meth:`_not_a_candidate`)."""
-        item = classify_path(self.root, path, self.settings.layout)
+        item = classify_path(self.root, path, self.settings.layout, self.settings.prefix)
         if item is None or isinstance(item, Skipped):
             self._not_a_candidate(file, item)
             return None
@@ -1017,10 +1022,11 @@ class Detector:
 
     def _skip(self, item: Skipped) -> None:
         self._metrics.skipped_files.labels(reason=item.reason).inc()
-        if item.reason == "unsafe_name":
+        if item.reason in _NEVER_UPLOADED:
             relative = layouts.relative_parts(self.root, item.path)
             if relative and (len(relative) == 1 or self._wanted(relative[0])):
-                self._unsafe["/".join(relative)] = item.detail
+                why = _NEVER_UPLOADED[item.reason]
+                self._unsafe["/".join(relative)] = f"{why}: {item.detail} (never uploaded)"
         marker = f"{item.reason}:{item.path}"
         if marker in self._warned or len(self._warned) >= MAX_WARNED:
             return
@@ -1258,8 +1264,8 @@ class Detector:
                             relative,
                             "not confirmed in the bucket (its run's listing did not finish)",
                         )
-            for relative, detail in sorted(self._unsafe.items()):
-                unmirrored[relative] = f"unsafe name: {detail} (never uploaded)"
+            for relative, why in sorted(self._unsafe.items()):
+                unmirrored[relative] = why
             for run_id, detail in sorted(self._unlistable.items()):
                 unmirrored[f"{run_id}/"] = f"unreadable folder: {detail} (its files are unknown)"
             return unmirrored
