@@ -26,6 +26,7 @@ from runlog_relay.layout import (
 )
 
 __all__ = [
+    "TRANSIENT_ERRNOS",
     "Candidate",
     "Entry",
     "FolderError",
@@ -118,8 +119,9 @@ class FolderError:
     transient: bool
 
 
-#: errnos of a scan that failed for want of a resource, not because of the folder.
-_TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR})
+#: errnos of a scan or a read that failed for want of a resource (descriptors, memory),
+#: not because of the folder or file: retried soon, never taken for a problem of theirs.
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR})
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +178,7 @@ def _scan_run(
         return
     except OSError as exc:
         yield FolderError(
-            Path(run_path), run_name, exc.strerror or str(exc), exc.errno in _TRANSIENT_ERRNOS
+            Path(run_path), run_name, exc.strerror or str(exc), exc.errno in TRANSIENT_ERRNOS
         )
         return
     for entry in entries:

@@ -405,3 +405,76 @@ def test_a_bucket_deleted_behind_a_running_sidecar_fails_the_drain_naming_the_fi
     for name in ("r1/RunLog.json", "r1/BranchLog-x.json", "r2/RunLog.json"):
         assert f"not mirrored: {name}: not confirmed in the bucket" in sidecar.log
     assert "NoSuchBucket" in sidecar.log
+
+
+# --------------------------------------------------------------------------- out of descriptors
+
+EMFILE_READ_SCRIPT = textwrap.dedent(
+    """
+    import json, os, queue, resource, sys
+    from pathlib import Path
+    from prometheus_client import CollectorRegistry
+    from runlog_relay.config.settings import SidecarSettings
+    from runlog_relay.metrics import SidecarMetrics
+    from runlog_relay.sidecar.detect import Detector
+    from runlog_relay.sidecar.types import Listed, PathsChanged, Rescan
+
+    root = Path(sys.argv[1])
+    now = [1000.0]
+    submitted, listings = [], []
+    detector = Detector(
+        SidecarSettings(source=root), queue.SimpleQueue(),
+        submit=lambda r: submitted.append(r.key) or True,
+        request_listing=lambda runs, purpose: listings.append((runs, purpose)),
+        metrics=SidecarMetrics(CollectorRegistry()), clock=lambda: now[0],
+    )
+
+    def step(message=None):
+        with detector._lock:
+            detector._step(message)
+        while listings:
+            runs, purpose = listings.pop()
+            with detector._lock:
+                detector._step(Listed(run_ids=runs, objects={}, purpose=purpose))
+
+    step(Rescan(reason="start"))
+    first = sorted(submitted)
+    path = root / "r1" / "RunLog.json"
+    path.write_text('{"v": 2}')
+    # Out of descriptors for real: a low limit, every descriptor taken, then the change.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    hogs = []
+    try:
+        while True:
+            hogs.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError as exc:
+        assert exc.errno == 24, exc
+    step(PathsChanged(frozenset({path}), now[0]))
+    during = {"unmirrored": detector.unmirrored(), "pending": detector.status().pending}
+    for fd in hogs:
+        os.close(fd)
+    now[0] += 60.0  # the backoff's cap: the rescan interval
+    step()
+    print(json.dumps({"first": first, "during": during, "after": sorted(submitted)}))
+    """
+)
+
+
+def test_out_of_descriptors_while_reading_a_file_is_retried_not_unreadable(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "run_logs"
+    write_json(root / "r1" / "RunLog.json", {"v": 1})
+    result = subprocess.run(
+        [sys.executable, "-c", EMFILE_READ_SCRIPT, str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["first"] == ["r1/RunLog"]
+    assert data["during"] == {"unmirrored": {"r1/RunLog.json": "not read yet"}, "pending": 1}
+    assert data["after"] == ["r1/RunLog", "r1/RunLog"]  # the new version, once it can be read
+    assert "ulimit -n" in result.stderr

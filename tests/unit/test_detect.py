@@ -7,6 +7,7 @@ until the test answers); the stage runs in the test's own thread through ``step(
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
@@ -505,6 +506,46 @@ def test_an_exception_while_handling_one_file_costs_only_that_file(
     rig.clock.advance(1.0)
     rig.step()
     assert rig.keys() == ["b/RunLog"]
+    rig.uploaded(*rig.take())
+    assert rig.detector.unmirrored() == {}
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE])
+def test_out_of_descriptors_while_reading_is_retried_with_backoff_never_unreadable(
+    root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, code: int
+) -> None:
+    for run in ("a", "b"):
+        write_json(root / run / "RunLog.json", {"run": run})
+    real = detect.read_file
+    short = [True]
+
+    def read_file(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if short[0]:  # what opening any file says with every descriptor taken
+            return OSError(code, os.strerror(code), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(detect, "read_file", read_file)
+    rig = Rig(root)
+    rig.rescan("start")
+    assert rig.submitted == []
+    # Not a problem of the files: pending, not "unreadable", named as not read yet.
+    assert rig.detector.status().pending == 2
+    assert not rig.value("runlog_relay_skipped_files_total", reason="unreadable")
+    assert rig.detector.unmirrored() == {
+        "a/RunLog.json": "not read yet",
+        "b/RunLog.json": "not read yet",
+    }
+    # Still short at the first retries: one loud warning in all, naming the limit.
+    for _ in range(3):
+        rig.clock.advance(60.0)
+        rig.step()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "ulimit -n" in warnings[0], warnings
+    # Descriptors free again: the next retry reads and uploads both.
+    short[0] = False
+    rig.clock.advance(60.0)
+    rig.step()
+    assert rig.keys() == ["a/RunLog", "b/RunLog"]
     rig.uploaded(*rig.take())
     assert rig.detector.unmirrored() == {}
 

@@ -38,6 +38,7 @@ import itertools
 import logging
 import os
 import queue
+import resource
 import stat
 import struct
 import sys
@@ -52,6 +53,7 @@ from runlog_relay import layout as layouts
 from runlog_relay.backoff import backoff_delay
 from runlog_relay.config.settings import SidecarSettings
 from runlog_relay.localtree import (
+    TRANSIENT_ERRNOS,
     Candidate,
     Entry,
     FolderError,
@@ -337,6 +339,7 @@ class Detector:
         self._born: set[str] = set()
         self._synced = False
         self._warned: set[str] = set()
+        self._short_warned = False  # out of descriptors: warned about once
         # Run folders of ours that could not be listed (permissions): their files are
         # unknown, so they are named at exit like any file that is not mirrored.
         self._unlistable: dict[str, str] = {}
@@ -857,6 +860,8 @@ class Detector:
             )
         elif isinstance(outcome, FileNotFoundError):
             self._forget(file)
+        elif isinstance(outcome, OSError) and outcome.errno in TRANSIENT_ERRNOS:
+            self._short_of_resources(file, outcome, now)
         elif isinstance(outcome, OSError):
             if (
                 outcome.errno in _LINKED
@@ -938,6 +943,28 @@ class Detector:
                 self._schedule_retry(file, now)
                 return
         self._mark_dirty(file, now)
+
+    def _short_of_resources(self, file: _File, exc: OSError, now: float) -> None:
+        """The process could not open the file for want of a resource (EMFILE, ENFILE:
+        out of descriptors): the file is fine. Never dropped nor called unreadable: it
+        stays pending ("not read yet") and is read again on the one backoff (its events
+        and the drain's sweep retry it at once)."""
+        if not self._short_warned:
+            self._short_warned = True
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            log.warning(
+                "cannot open %s: %s; files are read again with backoff and nothing is"
+                " dropped, but the sidecar is short of resources: its descriptor limit is"
+                " %d (ulimit -n; hard limit %d): raise it, or lower sync.concurrency",
+                self.root / file.relative,
+                exc.strerror or exc,
+                soft,
+                hard,
+                extra={"path": str(self.root / file.relative), "reason": "resources"},
+            )
+        file.etag = None  # the latest version is unknown: pending until it is read
+        self._schedule_retry(file, now)
+        self._account(file)
 
     def _schedule_retry(self, file: _File, now: float) -> None:
         delay = backoff_delay(
