@@ -32,6 +32,7 @@ __all__ = [
     "FolderError",
     "Skipped",
     "classify_path",
+    "other_layout_files",
     "scan",
     "scan_run",
     "to_candidate",
@@ -167,6 +168,32 @@ def scan(
             continue
         if entry.is_dir(follow_symlinks=False):
             yield from _scan_run(entry.path, name, trust)
+
+
+def other_layout_files(root: Path, layout: Layout, limit: int = 5) -> list[str]:
+    """Up to ``limit`` files under ``root`` that ``layout`` never reads but the other one
+    would: ``<run_id>.json`` at the top under the chunked layout (runnable's file-system
+    store), ``<run_id>/RunLog.json`` under the single one (its chunked-fs store). A few
+    ``scandir`` calls at most: it only has to tell a wrong ``--layout`` apart."""
+    found: list[str] = []
+    try:
+        top = sorted(os.scandir(os.fspath(root)), key=lambda entry: entry.name)
+    except OSError:
+        return found
+    for entry in top:
+        if len(found) >= limit:
+            break
+        try:
+            if layout is Layout.CHUNKED:
+                if entry.name.endswith(JSON_SUFFIX) and entry.is_file(follow_symlinks=False):
+                    found.append(entry.name)
+            elif entry.is_dir(follow_symlinks=False) and os.path.isfile(
+                os.path.join(entry.path, f"RunLog{JSON_SUFFIX}")
+            ):
+                found.append(f"{entry.name}/RunLog{JSON_SUFFIX}")
+        except OSError:
+            continue
+    return found
 
 
 def _scan_run(

@@ -1006,6 +1006,36 @@ def test_a_bucket_whose_etags_are_not_md5s_is_confirmed_by_the_etag_it_answered(
 # =========================================================================== layouts, costs
 
 
+@pytest.mark.parametrize(
+    ("layout", "files", "named"),
+    [
+        (Layout.CHUNKED, ["r1.json", "r2.json"], "file-system store (r1.json, r2.json)"),
+        (Layout.SINGLE, ["r1/RunLog.json"], "chunked-fs store (r1/RunLog.json)"),
+    ],
+)
+def test_files_of_the_other_layout_are_named_once_with_the_layout_option(
+    root: Path, caplog: pytest.LogCaptureFixture, layout: Layout, files: list[str], named: str
+) -> None:
+    for name in files:
+        write_json(root / name, {"run_id": "r1"})
+    rig = Rig(root, layout=layout)
+    rig.rescan("start")
+    rig.rescan("overflow")  # another full sweep: still one warning
+    assert rig.submitted == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    other = "single" if layout is Layout.CHUNKED else "chunked"
+    assert len(warnings) == 1 and named in warnings[0], warnings
+    assert f"--layout {other}" in warnings[0]
+
+
+def test_a_folder_of_the_right_layout_gets_no_layout_warning(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_json(root / "r1" / "RunLog.json", {"a": 1})
+    Rig(root).rescan("start")
+    assert "layout" not in caplog.text
+
+
 def test_single_layout_keys_and_double_encoded_bodies(root: Path) -> None:
     text = json.dumps({"run_id": "run-1", "note": "naïve"}, ensure_ascii=False, indent=4)
     (root / "run-1.json").write_text(text, encoding="utf-8")

@@ -51,7 +51,7 @@ from pathlib import Path
 
 from runlog_relay import layout as layouts
 from runlog_relay.backoff import backoff_delay
-from runlog_relay.config.settings import SidecarSettings
+from runlog_relay.config.settings import ENV_PREFIX, SidecarSettings
 from runlog_relay.localtree import (
     TRANSIENT_ERRNOS,
     Candidate,
@@ -59,6 +59,7 @@ from runlog_relay.localtree import (
     FolderError,
     Skipped,
     classify_path,
+    other_layout_files,
     scan,
     scan_run,
     to_candidate,
@@ -340,6 +341,7 @@ class Detector:
         self._synced = False
         self._warned: set[str] = set()
         self._short_warned = False  # out of descriptors: warned about once
+        self._layout_warned = False  # files of the other layout: warned about once
         # Run folders of ours that could not be listed (permissions): their files are
         # unknown, so they are named at exit like any file that is not mirrored.
         self._unlistable: dict[str, str] = {}
@@ -547,6 +549,8 @@ class Detector:
             # In polling mode the poll is the event source: count what it found.
             self._metrics.fs_events.inc(changed)
         self._scanned = True
+        if not light and not self._layout_warned:
+            self._check_layout()
         if not self._runs and not self._contacted:
             # Nothing local to compare: still prove the bucket answers before "ready".
             self._want_listing.add("")
@@ -558,6 +562,32 @@ class Detector:
             len(self._files),
             time.monotonic() - started,
             time.process_time() - cpu,
+        )
+
+    def _check_layout(self) -> None:
+        """Warn once when the source holds files of the other layout, which this one
+        never reads (runnable's file-system store watched as chunked, or the reverse):
+        without it every file is ignored without a word and the mirror called complete."""
+        layout = self.settings.layout
+        found = other_layout_files(self.root, layout)
+        if not found:
+            return
+        self._layout_warned = True
+        other = (
+            layouts.Layout.SINGLE if layout is layouts.Layout.CHUNKED else layouts.Layout.CHUNKED
+        )
+        store = "file-system" if other is layouts.Layout.SINGLE else "chunked-fs"
+        log.warning(
+            "the source holds files of runnable's %s store (%s%s), which the %s layout does"
+            " not read: they are not mirrored; if they are the run logs, set --layout %s"
+            " (%sLAYOUT, layout: in the config file)",
+            store,
+            ", ".join(found),
+            ", ..." if len(found) >= 5 else "",
+            layout.value,
+            other.value,
+            ENV_PREFIX,
+            extra={"reason": "layout"},
         )
 
     def _trusting(self, generation: int) -> Callable[[str], bool]:
