@@ -315,6 +315,25 @@ def test_missing_bucket_reports_not_ready_then_recovers(
     assert sidecar.terminate() == 0, sidecar.log
 
 
+@pytest.mark.parametrize("once", [True, False])
+def test_a_missing_bucket_is_an_error_even_with_nothing_to_upload(
+    s3_server: S3Server, source: Path, tmp_path: Path, once: bool
+) -> None:
+    # An empty folder has nothing to upload, but "the bucket mirrors it" cannot be
+    # confirmed without a bucket: exit 1 naming it, as the docs say (not "complete").
+    name = f"absent-{os.getpid()}-{int(once)}"
+    extra = ("--once",) if once else ()
+    sidecar = start_sidecar(source, s3_server.endpoint, name, tmp_path / "s.log", *extra)
+    if once:
+        assert sidecar.process.wait(60) == 1, sidecar.log
+    else:
+        wait_until(lambda: "NoSuchBucket" in sidecar.get("/readyz")[1], what="not ready")
+        assert sidecar.terminate() == 1, sidecar.log
+    assert "gave up: listing" in sidecar.log and "NoSuchBucket" in sidecar.log
+    assert "mirror complete" not in sidecar.log
+    assert "mirror incomplete: 0 path(s) not mirrored; gave up" in sidecar.log
+
+
 def test_create_bucket_option(
     s3_server: S3Server, s3_client: Minio, source: Path, tmp_path: Path
 ) -> None:

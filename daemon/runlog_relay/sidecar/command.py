@@ -355,9 +355,11 @@ def _finish(report: DrainReport) -> int:
         return EXIT_OK
     for line in report.lines():
         print(f"runlog-relay sidecar: {line}", file=sys.stderr)
+    # With no file to name (an empty folder), what stood in the way is the reason.
+    why = report.source or report.ran_out
     log.error(
         "mirror incomplete: %d path(s) not mirrored%s",
         len(report.files),
-        f"; {report.source}" if report.source else "",
+        f"; {why}" if why and (report.source or not report.files) else "",
     )
     return EXIT_INCOMPLETE
