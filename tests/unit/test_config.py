@@ -84,6 +84,12 @@ def test_parse_bucket_rejects_bad_forms(value: str) -> None:
         parse_bucket(value)
 
 
+@pytest.mark.parametrize("value", ["runnable/a b", "runnable//run-logs", "runnable/a\nb"])
+def test_a_bad_prefix_is_named_as_the_prefix_not_the_bucket(value: str) -> None:
+    with pytest.raises(ValueError, match=r"^bucket prefix must be /-separated segments"):
+        parse_bucket(value)
+
+
 def test_default_bucket_is_runnables() -> None:
     assert parse_bucket(DEFAULT_BUCKET) == ("runnable", "run-logs")
 

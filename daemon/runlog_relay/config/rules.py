@@ -105,6 +105,13 @@ def parse_bucket(value: str) -> tuple[str, str]:
     """Split runnable's ``bucket[/prefix]`` into ``(bucket, prefix)``; prefix has no slashes
     at either end (``""`` when absent)."""
     if not _BUCKET_RE.match(value) or ".." in value.split("/", 1)[0]:
+        name, slash, _ = value.partition("/")
+        if slash and re.fullmatch(_BUCKET_NAME, name) and ".." not in name:
+            # The bucket is fine: say what is wrong with the prefix.
+            raise ValueError(
+                f"bucket prefix must be /-separated segments of letters, digits and"
+                f" _ . = + @ , - (no empty segment), got {value!r}"
+            )
         raise ValueError(
             f"bucket must be BUCKET[/PREFIX] with an S3 bucket name (lower case letters, digits,"
             f" dots, dashes; 3-63 characters), got {value!r}"
