@@ -20,6 +20,7 @@ from tests.support.httpproxy import HttpProxy
 from tests.support.mirror import assert_mirror, object_body
 from tests.support.s3server import S3Server
 from tests.support.sidecar import SidecarProcess, start_sidecar
+from tests.support.tcpproxy import listen_on_loopback
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -478,3 +479,30 @@ def test_out_of_descriptors_while_reading_a_file_is_retried_not_unreadable(
     assert data["during"] == {"unmirrored": {"r1/RunLog.json": "not read yet"}, "pending": 1}
     assert data["after"] == ["r1/RunLog", "r1/RunLog"]  # the new version, once it can be read
     assert "ulimit -n" in result.stderr
+
+
+# --------------------------------------------------------------------------- a silent store
+
+
+def test_a_store_that_accepts_and_never_answers_is_warned_about_before_the_read_timeout(
+    source: Path, tmp_path: Path
+) -> None:
+    # The kernel completes the handshakes of a listening socket nobody accepts from:
+    # requests are sent and never answered (a blackholed proxy, a hung server).
+    silent = listen_on_loopback()
+    try:
+        write_json(source / "r" / "RunLog.json", {"a": 1})
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        sidecar = start_sidecar(
+            source, endpoint, "bucket", tmp_path / "s.log", "--drain-timeout", "1"
+        )
+        # Well before the 60 s read timeout: after the connect timeout's 5 s.
+        wait_until(
+            lambda: "object store has not answered for" in sidecar.log,
+            timeout=30,
+            what="a warning about the silent store",
+        )
+        assert sidecar.log.count("has not answered for") == 1
+        assert sidecar.terminate() == 1, sidecar.log
+    finally:
+        silent.close()

@@ -259,6 +259,7 @@ def _run_pipeline(
     if watcher is not None:
         watcher.start()
     while not stop.wait(1.0):
+        pipeline.store_health.check_stalled()  # a store that accepts and never answers
         if podwork is not None and podwork.stuck(
             _seal_problems(pipeline, settings.run_ids), settings.sync.drain_timeout_seconds
         ):

@@ -222,10 +222,12 @@ class Lister:
         sent_at = self._bucket.now()
         yielded = False
         try:
-            for obj in store.list(sub_prefix):
-                self.objects_listed += 1
-                yielded = True
-                yield obj
+            with self._health.waiting(f"listing {sub_prefix or 'the prefix'}") as waiting:
+                for obj in store.list(sub_prefix):
+                    waiting.heard()
+                    self.objects_listed += 1
+                    yielded = True
+                    yield obj
         except PermanentError as exc:
             if not self._bucket.recreate(store, exc, sent_at) or yielded:
                 raise  # (gone half-way through: the task goes round again, from the start)

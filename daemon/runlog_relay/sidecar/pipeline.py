@@ -395,6 +395,7 @@ class Pipeline:
                 self._inbox.put(Verify(done=verified, every_run=not self._once))
                 continue
             health = self.store_health
+            health.check_stalled()
             if not health.ok and (
                 (self._once and self.queue.idle) or health.permanent_failures > refused_before
             ):

@@ -28,10 +28,12 @@ in flight are bounded by ``max_stream_bytes`` (one upload is always admitted).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from runlog_relay.backoff import backoff_delay
 from runlog_relay.errors import CredentialsError, PermanentError, RetryableError
@@ -62,6 +64,23 @@ log = logging.getLogger(__name__)
 RETRY_BASE_SECONDS = 0.2
 #: ...up to this.
 RETRY_CAP_SECONDS = 10.0
+#: A request that has heard nothing from the store for this long is warned about while it
+#: still waits for its read timeout (60 s): an endpoint that accepts connections and never
+#: answers is otherwise silent for a minute. The connect timeout: the first timeout there is.
+STALL_SECONDS = 5.0
+
+
+class _Waiting:
+    """One request in flight; ``heard()`` when the store says something (a page)."""
+
+    __slots__ = ("heard_at", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.heard_at = time.monotonic()
+
+    def heard(self) -> None:
+        self.heard_at = time.monotonic()
 
 
 class StoreHealth:
@@ -89,6 +108,7 @@ class StoreHealth:
         self.checked = False  #: a bucket call has succeeded or failed at least once
         self.permanent_failures = 0  #: requests refused so far (the drain watches it)
         self._reported: str | None = None  # identity of the problem last logged
+        self._in_flight: set[_Waiting] = set()
 
     @property
     def ok(self) -> bool:
@@ -108,13 +128,43 @@ class StoreHealth:
                 was_down = was_down or self._reported is not None
                 self.problem = None
                 self._problem_source = "any"
-            if was_down and self._reported is not None:
+            if (was_down and self._reported is not None) or self._reported == "stalled":
                 log.info("object store is reachable and accepts requests again")
             if self.problem is None:
                 self._reported = None
                 self._metrics.store_ready.set(1)
         if was_down:
             self._on_recovered()
+
+    @contextmanager
+    def waiting(self, what: str) -> Iterator[_Waiting]:
+        """Around one request (or listing) to the store, so :meth:`check_stalled` can tell
+        one that hears nothing."""
+        waiting = _Waiting(what)
+        with self._lock:
+            self._in_flight.add(waiting)
+        try:
+            yield waiting
+        finally:
+            with self._lock:
+                self._in_flight.discard(waiting)
+
+    def check_stalled(self, after: float = STALL_SECONDS) -> None:
+        """One WARNING when a request has heard nothing for ``after`` seconds (called
+        about once a second); the next answer, or a failure, ends the episode."""
+        now = time.monotonic()
+        with self._lock:
+            stalled = [w for w in self._in_flight if now - w.heard_at >= after]
+            if not stalled or self._reported is not None:
+                return  # nothing stalled, or a problem is already reported
+            self._reported = "stalled"
+            oldest = min(stalled, key=lambda w: w.heard_at)
+            log.warning(
+                "object store has not answered for %.0fs (%s); still waiting for it, up to"
+                " the read timeout; nothing is dropped",
+                now - oldest.heard_at,
+                oldest.what,
+            )
 
     def broken(
         self, problem: str, *, code: str = "", source: str = "write", refused: bool = True
@@ -155,6 +205,9 @@ class StoreHealth:
                     RETRY_BASE_SECONDS,
                     RETRY_CAP_SECONDS,
                 )
+
+
+_NOT_WATCHED = contextlib.nullcontext()
 
 
 class _StreamBudget:
@@ -313,7 +366,10 @@ class UploadWorkers:
         sent_at = self._bucket.now()
         try:
             body = request.open_body()
-            etag = store.put(request.key, body, length=snapshot.body_size, md5=snapshot.md5)
+            # A streamed body may take long for good reasons (parts of 16 MiB): only a
+            # small one is a sign of a store that does not answer.
+            with self._health.waiting(f"uploading {request.key}") if not streamed else _NOT_WATCHED:
+                etag = store.put(request.key, body, length=snapshot.body_size, md5=snapshot.md5)
         except SnapshotChanged:
             self._changed(request, "changed since it was read")
             return
