@@ -21,8 +21,10 @@ loudly only after the grace period. A file that cannot be mirrored for another r
 (unreadable, too large, any exception while handling it) is that file's problem only:
 counted by reason, warned about once, retried, and named at exit. After an upload that
 ended without an answer (the PUT may land later, even after a newer one), the run is
-confirmed against the bucket once its uploads are done, and again before the mirror is
-called complete; whatever differs is uploaded again.
+confirmed against the bucket once its uploads are done; every run is confirmed before
+the mirror is called complete (objects can vanish: deleted, a lifecycle rule, a store
+restarted empty), and a few at each full sweep; whatever is missing or differs is
+uploaded again.
 
 Everything per change is O(1): counters for the gauges, one heap for every timer. Rescans
 cost one ``lstat`` per file: a file whose signature is unchanged since a read that

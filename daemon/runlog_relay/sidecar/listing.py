@@ -10,7 +10,8 @@ key order, each run's objects are handed over as soon as the listing has moved p
 that run, and entries of runs that are not local are dropped as they arrive, so memory
 stays one run's worth whatever the bucket holds.
 
-The same stage confirms runs after a doubtful upload (``ListingPurpose.VERIFY``).
+The same stage confirms runs against the bucket (``ListingPurpose.VERIFY``): after a
+doubtful upload, at each full sweep, and before the drain calls the mirror complete.
 Listings are retried until they succeed: the project's backoff for an outage, a fixed
 slow retry for a permanent error (missing bucket, refused credentials), both cut short
 by :meth:`Lister.expedite` (the drain starts, the store is healthy again).

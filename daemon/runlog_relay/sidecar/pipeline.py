@@ -8,8 +8,9 @@ Start-up: the watcher starts first (so nothing written during the first sync is 
 then the detector scans the folder and asks the lister for the local runs' objects, and
 uploads only what differs. Shutdown (:meth:`Pipeline.shutdown`): stop watching, retry
 everything that waits on a delay at once, rescan one last time, upload what is pending,
-confirm the runs that had a doubtful upload against the bucket, and report every local
-file that is not mirrored, within the drain budget. ``--once`` is the same without the
+confirm every run against the bucket (objects can vanish behind a long-running sidecar),
+upload again what is missing or differs, and report every local file that is not
+mirrored, within the drain budget. ``--once`` is the same without the
 watcher, and its budget is not a total: it gives up only after that long without any
 progress (a listing page, a file read, an upload).
 """
