@@ -85,7 +85,7 @@ class Reconfigure:
 
 class ListingPurpose(enum.Enum):
     COMPARE = "compare"  #: before the first upload decision for these runs
-    VERIFY = "verify"  #: confirm the bucket holds what was uploaded (after a doubtful PUT)
+    VERIFY = "verify"  #: the bucket still holds what the ledger says (doubtful PUT, sweep, drain)
 
 
 @dataclass(frozen=True, slots=True)
