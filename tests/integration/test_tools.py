@@ -205,6 +205,27 @@ def test_verify_in_sync(capsys: pytest.CaptureFixture[str], endpoint: str, runs:
     assert "IN SYNC: 18 in sync" in human.out
 
 
+def test_verify_names_a_file_whose_key_the_prefix_makes_too_long(
+    capsys: pytest.CaptureFixture[str], endpoint: str, runs: Runs, tmp_path: Path
+) -> None:
+    """An S3 key is at most 1,024 bytes, prefix included: the sidecar never uploads such a
+    file, and verify says why it is not in the bucket instead of calling it missing."""
+    run_id = "r" * 200
+    source = tmp_path / "logs"
+    (source / run_id).mkdir(parents=True)
+    (source / run_id / "RunLog.json").write_text('{"run_id": "r", "status": "SUCCESS"}')
+    prefix = "/".join(["p" * 199] * 4)  # 799 bytes, + "/" + run id + "/RunLog" > 1,024
+    location = f"{fresh_location('long')}/{prefix}"
+    result = cli(
+        capsys, "verify", "--source", str(source), "--json", *store_args(endpoint, location)
+    )
+    assert result.code == 1, result.out
+    data = result.json()
+    assert data["in_sync"] is False
+    assert [s["reason"] for s in data["skipped"]] == ["key_too_long"]
+    assert data["differences"] == []  # not "missing": it can never be in the bucket
+
+
 def test_verify_reports_each_kind_of_difference(
     capsys: pytest.CaptureFixture[str], endpoint: str, runs: Runs, tmp_path: Path
 ) -> None:

@@ -160,7 +160,13 @@ def test_compare_in_sync_and_empty() -> None:
 
 @pytest.mark.parametrize(
     ("reason", "in_sync"),
-    [("symlink", True), ("not_regular", True), ("unsafe_name", False), ("unreadable", False)],
+    [
+        ("symlink", True),
+        ("not_regular", True),
+        ("unsafe_name", False),
+        ("unreadable", False),
+        ("key_too_long", False),
+    ],
 )
 def test_unreadable_and_unsafe_skips_put_the_folder_out_of_sync(reason: str, in_sync: bool) -> None:
     # Links are never mirrored by policy (not run logs); an unreadable file or run folder

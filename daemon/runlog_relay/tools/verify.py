@@ -109,7 +109,7 @@ class Difference:
 
 
 #: skip reasons that leave a run-log file out of the bucket: the folder is not in sync.
-_NOT_IN_BUCKET = frozenset({"unreadable", "unsafe_name"})
+_NOT_IN_BUCKET = frozenset({"unreadable", "unsafe_name", "key_too_long"})
 
 
 @dataclass(slots=True)
@@ -429,7 +429,7 @@ def handle(args: argparse.Namespace) -> int:
 
     report = Report()
     candidates: list[Candidate] = []
-    for item in walk(source, layout):
+    for item in walk(source, layout, ctx.settings.prefix):  # the prefix: keys too long
         if isinstance(item, Skipped):
             report.skipped.append(item)
         elif not wanted or item.mapping.run_id in wanted:
