@@ -5,9 +5,9 @@ Each contender copies the same tree into its own fresh bucket, end to end as a u
 it: ``runlog-relay sidecar --once`` (a process start, the listing, every PUT, the check
 that the mirror is complete) and ``rclone copy --checksum --fast-list --s3-no-head
 --transfers 8`` (and 16). The ceiling is the same bodies PUT with nothing else to do, by
-our client at concurrency 16 in this process. Rounds are interleaved, the order turning
-by one each round (every contender runs once in every place), and the best of each kept,
-because the server's speed drifts on a shared machine. One more contender splits the
+our client at concurrency 16 in this process. Rounds are interleaved, in a fresh
+(seeded) order each round, so no contender always runs after the same one, and the best
+of each kept, because the server's speed drifts on a shared machine. One more contender splits the
 sidecar's time in two: the same ``--once`` pipeline run in this process, where the
 interpreter has started and the modules are imported, so the difference between the two
 is what the process start costs (a Go binary's is a few milliseconds). rclone comes from Debian
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -153,12 +154,14 @@ def run(ctx: Context) -> list[Figure]:
         contenders.append(functools.partial(sidecar_round, baseline=True))
     if binary is not None:
         contenders += [functools.partial(rclone_round, t) for t in RCLONE_TRANSFERS]
-    # The order turns by one each round, so every contender runs once in every place:
-    # here, a sidecar that runs right after rclone was ~0.8x as fast as one after a
-    # sidecar, so a fixed order would hand whoever follows its own kind the lead.
-    for round_number in range(ctx.size(len(contenders), 1)):
-        turn = round_number % len(contenders)
-        for contender in contenders[turn:] + contenders[:turn]:
+    # A fresh order each round, seeded so a run can be repeated. What runs just before
+    # matters here: a sidecar right after rclone was ~0.8x as fast as one after a sidecar,
+    # and when the order only turned by one each round, every contender always followed
+    # the same one: the same code ran ~0.85x as fast in the seat behind the ceiling's
+    # 2,000 PUTs as in the baseline's seat (an A/B of one checkout against itself).
+    order = random.Random("bench-rclone")
+    for _ in range(ctx.size(len(contenders), 1)):
+        for contender in order.sample(contenders, len(contenders)):
             contender()
     ceiling, sidecar, pipeline = best["ceiling"], best["sidecar"], best["pipeline"]
     figures = [

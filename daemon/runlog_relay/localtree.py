@@ -96,15 +96,16 @@ def classify_path(
     return Candidate(path=path, relative=relative, mapping=mapping, size=info.st_size)
 
 
-def _mapping(path: Path, relative: str, layout: Layout, prefix: str) -> Mapping | Skipped:
+def _mapping(path: Path | str, relative: str, layout: Layout, prefix: str) -> Mapping | Skipped:
     """The key of a run-log file, or why it cannot have one (the one place that sorts
-    unsafe names from keys too long)."""
+    unsafe names from keys too long). A path as text becomes a Path only when skipped:
+    one per file is CPU a first sync of thousands feels."""
     try:
         return key_for(relative, layout, prefix)
     except KeyTooLongError as exc:
-        return Skipped(path, "key_too_long", exc.reason)
+        return Skipped(Path(path), "key_too_long", exc.reason)
     except UnsafeNameError as exc:
-        return Skipped(path, "unsafe_name", exc.reason)
+        return Skipped(Path(path), "unsafe_name", exc.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +233,7 @@ def _file_entry(entry: os.DirEntry[str], relative: str) -> Entry | Skipped:
 
 def to_candidate(entry: Entry, layout: Layout, prefix: str = "") -> Candidate | Skipped:
     """Validate a scanned file's name and map it to its key (under ``prefix``)."""
-    mapping = _mapping(Path(entry.path), entry.relative, layout, prefix)
+    mapping = _mapping(entry.path, entry.relative, layout, prefix)
     if isinstance(mapping, Skipped):
         return mapping
     return Candidate(

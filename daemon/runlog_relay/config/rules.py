@@ -13,6 +13,7 @@ the message a user sees.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import os
 import posixpath
@@ -101,6 +102,7 @@ DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 SECRET_DATA_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"  # noqa: S105 - a key-name pattern, not a secret
 
 
+@functools.lru_cache(maxsize=64)  # read per file (the key's prefix): one parse per value
 def parse_bucket(value: str) -> tuple[str, str]:
     """Split runnable's ``bucket[/prefix]`` into ``(bucket, prefix)``; prefix has no slashes
     at either end (``""`` when absent)."""

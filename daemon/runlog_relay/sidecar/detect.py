@@ -67,8 +67,8 @@ from runlog_relay.localtree import (
     to_candidate,
 )
 from runlog_relay.metrics import SidecarMetrics
-from runlog_relay.sidecar.listing import PER_RUN_LISTING_MAX_RUNS
 from runlog_relay.sidecar.types import (
+    PER_RUN_LISTING_MAX_RUNS,
     FileGone,
     FileVersion,
     Inbox,

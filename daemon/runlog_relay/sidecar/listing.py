@@ -33,15 +33,17 @@ from runlog_relay.layout import run_id_of_key
 from runlog_relay.objectstore import RemoteObject
 from runlog_relay.sidecar.bucket import BucketKeeper
 from runlog_relay.sidecar.store import RETRY_BASE_SECONDS, RETRY_CAP_SECONDS, StoreHealth
-from runlog_relay.sidecar.types import Listed, ListingPurpose, StorePort
+from runlog_relay.sidecar.types import (
+    PER_RUN_LISTING_MAX_RUNS,
+    Listed,
+    ListingPurpose,
+    StorePort,
+)
 
-__all__ = ["LISTING_THREADS", "PER_RUN_LISTING_MAX_RUNS", "PROBE_PREFIX", "Lister"]
+__all__ = ["LISTING_THREADS", "PROBE_PREFIX", "Lister"]
 
 log = logging.getLogger(__name__)
 
-#: A batch of up to this many runs is listed one prefix each; a bigger one, with one
-#: listing of the whole prefix.
-PER_RUN_LISTING_MAX_RUNS = 64
 #: Run prefixes listed at once.
 LISTING_THREADS = 4
 #: Listed when no run is local yet, to learn whether the bucket answers (a hidden name:
@@ -223,7 +225,7 @@ class Lister:
         sent_at = self._bucket.now()
         yielded = False
         try:
-            with self._health.waiting(f"listing {sub_prefix or 'the prefix'}") as waiting:
+            with self._health.waiting("listing", sub_prefix or "the prefix") as waiting:
                 for obj in store.list(sub_prefix):
                     waiting.heard()
                     self.objects_listed += 1

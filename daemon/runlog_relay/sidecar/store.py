@@ -32,8 +32,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from runlog_relay.backoff import backoff_delay
 from runlog_relay.errors import CredentialsError, PermanentError, RetryableError
@@ -71,16 +70,29 @@ STALL_SECONDS = 5.0
 
 
 class _Waiting:
-    """One request in flight; ``heard()`` when the store says something (a page)."""
+    """One request in flight, as a context manager; ``heard()`` when the store says
+    something (a page). A plain class, not a generator: it is entered once per PUT."""
 
-    __slots__ = ("heard_at", "what")
+    __slots__ = ("_flight", "heard_at", "what", "what_of")
 
-    def __init__(self, what: str) -> None:
-        self.what = what
+    def __init__(self, flight: set[_Waiting], what: str, what_of: str = "") -> None:
+        self._flight = flight
+        self.what, self.what_of = what, what_of  # joined only for the warning
+        self.heard_at = 0.0
+
+    def __enter__(self) -> _Waiting:
         self.heard_at = time.monotonic()
+        self._flight.add(self)  # one bytecode-atomic set operation under the GIL
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._flight.discard(self)
 
     def heard(self) -> None:
         self.heard_at = time.monotonic()
+
+    def describe(self) -> str:
+        return f"{self.what} {self.what_of}" if self.what_of else self.what
 
 
 class StoreHealth:
@@ -136,25 +148,18 @@ class StoreHealth:
         if was_down:
             self._on_recovered()
 
-    @contextmanager
-    def waiting(self, what: str) -> Iterator[_Waiting]:
+    def waiting(self, what: str, what_of: str = "") -> _Waiting:
         """Around one request (or listing) to the store, so :meth:`check_stalled` can tell
-        one that hears nothing."""
-        waiting = _Waiting(what)
-        with self._lock:
-            self._in_flight.add(waiting)
-        try:
-            yield waiting
-        finally:
-            with self._lock:
-                self._in_flight.discard(waiting)
+        one that hears nothing: ``with health.waiting("uploading", key):``."""
+        return _Waiting(self._in_flight, what, what_of)
 
     def check_stalled(self, after: float = STALL_SECONDS) -> None:
         """One WARNING when a request has heard nothing for ``after`` seconds (called
         about once a second); the next answer, or a failure, ends the episode."""
         now = time.monotonic()
+        in_flight = tuple(self._in_flight)  # a snapshot: the upload threads add and discard
         with self._lock:
-            stalled = [w for w in self._in_flight if now - w.heard_at >= after]
+            stalled = [w for w in in_flight if now - w.heard_at >= after]
             if not stalled or self._reported is not None:
                 return  # nothing stalled, or a problem is already reported
             self._reported = "stalled"
@@ -163,7 +168,7 @@ class StoreHealth:
                 "object store has not answered for %.0fs (%s); still waiting for it, up to"
                 " the read timeout; nothing is dropped",
                 now - oldest.heard_at,
-                oldest.what,
+                oldest.describe(),
             )
 
     def broken(
@@ -368,7 +373,7 @@ class UploadWorkers:
             body = request.open_body()
             # A streamed body may take long for good reasons (parts of 16 MiB): only a
             # small one is a sign of a store that does not answer.
-            with self._health.waiting(f"uploading {request.key}") if not streamed else _NOT_WATCHED:
+            with self._health.waiting("uploading", request.key) if not streamed else _NOT_WATCHED:
                 etag = store.put(request.key, body, length=snapshot.body_size, md5=snapshot.md5)
         except SnapshotChanged:
             self._changed(request, "changed since it was read")

@@ -27,6 +27,7 @@ from runlog_relay.objectstore import BodyStream, RemoteObject
 from runlog_relay.stableread import FileSignature, Snapshot, SnapshotBody
 
 __all__ = [
+    "PER_RUN_LISTING_MAX_RUNS",
     "FileGone",
     "FileSignature",
     "FileVersion",
@@ -46,6 +47,11 @@ __all__ = [
     "Uploaded",
     "Verify",
 ]
+
+#: A batch of up to this many runs is listed one prefix each; a bigger one, with one
+#: listing of the whole prefix (the lister's rule; the detector confirms this many runs
+#: per full sweep, one batch).
+PER_RUN_LISTING_MAX_RUNS = 64
 
 
 @dataclass(frozen=True, slots=True)
