@@ -20,10 +20,12 @@ from __future__ import annotations
 import functools
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,25 +40,32 @@ CEILING_CONCURRENCY = 16
 RCLONE_TRANSFERS = (8, 16)
 
 
-def _run_timed(
-    args: list[str], **kwargs: Any
-) -> tuple[subprocess.CompletedProcess[Any], float, float]:
-    """Run one contender's process: its result, wall seconds and CPU-s (user + system)."""
+def _run_timed(args: list[str], **kwargs: Any) -> tuple[int, float, float, float]:
+    """Run one contender's process: its exit status, wall seconds, CPU-s (user + system)
+    and peak RSS in MiB. ``os.wait4`` reads the child's own rusage, where
+    ``RUSAGE_CHILDREN``'s peak would be the largest of every contender so far."""
     started = time.perf_counter()
-    before = os.times()
-    result = subprocess.run(args, timeout=600, **kwargs)
-    elapsed = time.perf_counter() - started
-    after = os.times()
-    cpu = (after.children_user - before.children_user) + (
-        after.children_system - before.children_system
+    process = subprocess.Popen(args, **kwargs)
+    reaped: list[tuple[int, resource.struct_rusage]] = []
+    waiter = threading.Thread(
+        target=lambda: reaped.append(os.wait4(process.pid, 0)[1:]), daemon=True
     )
-    return result, elapsed, cpu
+    waiter.start()
+    waiter.join(600)
+    if not reaped:
+        process.kill()
+        waiter.join(10)
+        raise AssertionError(f"{args[0]} ran past 600 s")
+    elapsed = time.perf_counter() - started
+    status, usage = reaped[0]
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    return process.returncode, elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def _sidecar(
     source: Path, endpoint: str, bucket: str, files: int, log: Path, *, baseline: bool = False
-) -> tuple[float, float]:
-    """files/s and the process's CPU-s (user + system) of one ``sidecar --once``."""
+) -> tuple[float, float, float]:
+    """files/s, CPU-s (user + system) and peak RSS (MiB) of one ``sidecar --once``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLOG_RELAY_")}
     env.update(AWS_ACCESS_KEY_ID="minioadmin", AWS_SECRET_ACCESS_KEY="minioadmin")
     env.update({k: v for k, v in IMAGE_ENV.items() if v is not None})
@@ -65,9 +74,9 @@ def _sidecar(
     args = [sys.executable, "-m", "runlog_relay", "sidecar", "--once", "--source", str(source)]
     args += ["--endpoint", endpoint, "--bucket", bucket, "--metrics-port", "0"]
     with log.open("ab") as out:
-        result, elapsed, cpu = _run_timed(args, stdout=out, stderr=subprocess.STDOUT, env=env)
-    assert result.returncode == 0, f"sidecar --once exited {result.returncode}; see {log}"
-    return files / elapsed, cpu
+        status, elapsed, cpu, peak = _run_timed(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+    assert status == 0, f"sidecar --once exited {status}; see {log}"
+    return files / elapsed, cpu, peak
 
 
 def _rclone(
@@ -88,8 +97,10 @@ def _rclone(
     )
     args = [binary, "copy", str(source), f":s3:{bucket}/run-logs", "--checksum", "--fast-list"]
     args += ["--s3-no-head", "--transfers", str(transfers), "--checkers", str(transfers)]
-    result, elapsed, cpu = _run_timed(args, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"rclone exited {result.returncode}: {result.stderr[-2000:]}"
+    errors = work / "rclone.stderr"
+    with errors.open("w") as err:
+        status, elapsed, cpu, _ = _run_timed(args, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    assert status == 0, f"rclone exited {status}: {errors.read_text()[-2000:]}"
     return files / elapsed, cpu
 
 
@@ -117,6 +128,7 @@ def run(ctx: Context) -> list[Figure]:
     binary = shutil.which("rclone")
     best: dict[str, float] = {}
     least: dict[str, float] = {}
+    peaks: dict[str, float] = {}  # the sidecar's peak RSS, the largest of the rounds
     rounds: dict[str, list[float]] = {}  # every round's rate, in order (for _paired)
 
     def keep(name: str, rate: float) -> None:
@@ -134,9 +146,10 @@ def run(ctx: Context) -> list[Figure]:
         name = "baseline" if baseline else "sidecar"
         log = ctx.work / f"rclone-{name}.log"
         bucket = f"{ctx.bucket(endpoint)}/run-logs"
-        rate, cpu = _sidecar(source, endpoint, bucket, files, log, baseline=baseline)
+        rate, cpu, peak = _sidecar(source, endpoint, bucket, files, log, baseline=baseline)
         keep(name, rate)
         keep_cpu(name, cpu)
+        peaks[name] = max(peaks.get(name, 0.0), peak)
 
     def pipeline_round() -> None:
         bucket = f"{ctx.bucket(endpoint)}/run-logs"
@@ -169,6 +182,10 @@ def run(ctx: Context) -> list[Figure]:
         Figure(f"sidecar --once, {files:,} files", sidecar, "files/s"),
         Figure("sidecar / ceiling", sidecar / ceiling * 100, "%"),
         Figure("sidecar CPU for the first sync (least of the rounds)", least["sidecar"], "CPU-s"),
+        # What sizes the injected sidecar's memory request (docs/benchmarks.md, "Sizing").
+        Figure(
+            "sidecar peak RSS in the first sync (largest of the rounds)", peaks["sidecar"], "MiB"
+        ),
         Figure(
             "the same pipeline in this process (no interpreter start)",
             pipeline,

@@ -193,7 +193,11 @@ def read_stable(
         whole: list[str] | None = [] if before.st_size <= FAST_CHECK_BYTES else None
         read = 0
         while True:
-            chunk = os.read(fd, chunk_size)
+            # No more than fstat's size asks for (and one byte to see growth): os.read
+            # allocates what it is asked, and a 1 MiB buffer for a 10 KiB file is an
+            # mmap, page faults and a munmap per file (~25 us each, under the process's
+            # memory lock that every upload thread's allocations take too).
+            chunk = os.read(fd, min(chunk_size, max(before.st_size - read, 0) + 1))
             if not chunk:
                 break
             read += len(chunk)

@@ -712,3 +712,93 @@ def test_closing_a_store_ends_a_request_waiting_for_its_answer(
     finally:
         answered.set()
         thread.join(5)
+
+
+# --------------------------------------------------------------------------- answer heads
+#
+# An answer's head is split in one piece when the reader's buffer holds it whole, and read
+# line by line otherwise (a head bigger than the buffer, bare LF line ends): both readings
+# must give the same status and headers, and leave the body and the next answer in place.
+
+
+def _exchange_raw(*answers: bytes) -> list[s3http.Response]:
+    """Each of ``answers`` (raw bytes, sent before the request) read as one exchange on a
+    real socket pair."""
+    ours, theirs = socket.socketpair()
+    connection = s3http._Connection(ours)
+    try:
+        theirs.sendall(b"".join(answers))
+        return [connection.exchange("PUT", "/b/k", {"host": "x"}, b"{}") for _ in answers]
+    finally:
+        connection.close()
+        theirs.close()
+
+
+def _head(*lines: str, end: str = "\r\n", body: bytes = b"") -> bytes:
+    return "".join(line + end for line in lines).encode("latin-1") + end.encode() + body
+
+
+def test_a_whole_head_in_the_buffer_is_split_in_one_piece() -> None:
+    first = _head("HTTP/1.1 200 OK", 'ETag: "abc"', "X-Amz-Meta-A: 1", "x-amz-meta-a:  2 ",
+                  "Content-Length: 3", body=b"xyz")  # fmt: skip
+    second = _head("HTTP/1.1 404 Not Found", "Content-Length: 0")
+    one, two = _exchange_raw(first, second)
+    assert (one.status, one.body) == (200, b"xyz")
+    assert one.headers == {"etag": '"abc"', "x-amz-meta-a": "1, 2", "content-length": "3"}
+    assert (two.status, two.headers, two.body) == (404, {"content-length": "0"}, b"")
+
+
+def test_a_head_bigger_than_the_buffer_is_read_line_by_line() -> None:
+    padding = [f"x-amz-meta-pad-{n}: {'p' * 200}" for n in range(60)]  # ~13 KiB of head
+    first = _head("HTTP/1.1 200 OK", *padding, "Content-Length: 2", body=b"ok")
+    second = _head("HTTP/1.1 204 No Content")
+    one, two = _exchange_raw(first, second)
+    assert (one.status, one.body) == (200, b"ok")
+    assert len(one.headers) == 61 and one.headers["x-amz-meta-pad-59"] == "p" * 200
+    assert (two.status, two.body) == (204, b"")
+
+
+def test_a_head_with_bare_line_feeds_is_read_like_one_with_crlf() -> None:
+    (answer,) = _exchange_raw(_head("HTTP/1.1 200 OK", "ETag: abc", "Content-Length: 1",
+                                    end="\n", body=b"!"))  # fmt: skip
+    assert (answer.status, answer.headers, answer.body) == (
+        200,
+        {"etag": "abc", "content-length": "1"},
+        b"!",
+    )
+
+
+_client = s3http.http.client
+_MANY = [f"h{n}: v" for n in range(201)]
+_MANY_BEYOND_THE_BUFFER = [f"h{n}: {'v' * 60}" for n in range(201)]
+NO_HTTP_ANSWERS = {
+    "nothing": (b"", _client.RemoteDisconnected),
+    "blank-head": (b"\r\n\r\n", _client.BadStatusLine),
+    "blank-first-line": (b"\r\nHTTP/1.1 200 OK\r\n\r\n", _client.BadStatusLine),
+    "blank-first-line-lf": (b"\nHTTP/1.1 200 OK\n\n", _client.BadStatusLine),  # line by line
+    "non-ascii-digit": (b"HTTP/1.1 \xb200 OK\r\n\r\n", _client.BadStatusLine),  # "²00"
+    "not-http": (b"SMTP ready\r\n\r\n", _client.BadStatusLine),
+    "too-many-headers": (_head("HTTP/1.1 200 OK", *_MANY), _client.HTTPException),
+    "too-many-headers-beyond-the-buffer": (
+        _head("HTTP/1.1 200 OK", *_MANY_BEYOND_THE_BUFFER),
+        _client.HTTPException,
+    ),
+    "line-too-long": (b"HTTP/1.1 200 OK\r\nh: " + b"v" * 70000 + b"\r\n\r\n", _client.LineTooLong),
+}
+
+
+@pytest.mark.parametrize(("raw", "error"), NO_HTTP_ANSWERS.values(), ids=NO_HTTP_ANSWERS.keys())
+def test_heads_that_are_no_http_answer_are_refused(raw: bytes, error: type[Exception]) -> None:
+    ours, theirs = socket.socketpair()
+    connection = s3http._Connection(ours)
+    try:
+        theirs.sendall(raw)
+        theirs.shutdown(socket.SHUT_WR)  # what is sent is all there is
+        with pytest.raises(error) as raised:
+            connection.exchange("PUT", "/b/k", {"host": "x"}, b"{}")
+        # Exactly: RemoteDisconnected is a BadStatusLine too, and means something else
+        # (a stale connection, sent once more; a bad status line is not).
+        assert raised.type is error
+    finally:
+        connection.close()
+        theirs.close()
