@@ -127,7 +127,7 @@ def test_annotations_set_each_request_and_limit() -> None:
     }
     resources = ps.sidecar_resources(annotations, CONFIGURED, [container()])
     assert resources == {
-        "requests": {"cpu": "50m", "memory": "64Mi"},
+        "requests": {"cpu": "50m", "memory": CONFIGURED["requests"]["memory"]},
         "limits": {"cpu": "500m", "memory": "256Mi"},
     }
     # In a Guaranteed pod, the annotated limits become the requests too.

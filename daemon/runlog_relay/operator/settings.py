@@ -53,12 +53,13 @@ ENV_PREFIX = "RUNLOG_RELAY_OPERATOR_"
 NESTED_DELIMITER = "__"
 
 DEFAULT_IMAGE = f"ghcr.io/runlog-relay/runlog-relay:{__version__}"
-#: Sized from the benchmark (docs/benchmarks.md, "Per-pod cost"): requests cover an idle
-#: sidecar (51 MiB RSS, ~1 mCPU), limits its bursts (peak 86-102 MiB mirroring 16-64 MiB
-#: run logs; start-up 0.5 CPU-s, about 2.5 s at 200m). The CPU limit keeps the sidecar
-#: inside quotas on `limits.cpu`.
+#: Sized from the benchmark (docs/benchmarks.md, "Sizing the injected sidecar"): the
+#: requests cover a Job pod's sidecar (31 MiB idle and after mirroring a run of 20 files
+#: rewritten 4 times, ~0 mCPU idle), the limits its peaks (71-91 MiB mirroring 16-64 MiB
+#: run logs, 82-85 MiB in a first sync of 2,000 files; start-up 0.15-0.20 CPU-s, about
+#: 1 s at 200m). The CPU limit keeps the sidecar inside quotas on `limits.cpu`.
 DEFAULT_RESOURCES: Mapping[str, Mapping[str, str]] = {
-    "requests": {"cpu": "10m", "memory": "64Mi"},
+    "requests": {"cpu": "10m", "memory": "48Mi"},
     "limits": {"cpu": "200m", "memory": "128Mi"},
 }
 
