@@ -802,3 +802,73 @@ def test_heads_that_are_no_http_answer_are_refused(raw: bytes, error: type[Excep
     finally:
         connection.close()
         theirs.close()
+
+
+# --------------------------------------------------------------------------- listing pages
+
+S3_NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+
+def _page(root_namespace: str | None, *entries: str) -> s3http.Response:
+    xmlns = "" if root_namespace is None else f' xmlns="{root_namespace}"'
+    body = f"<ListBucketResult{xmlns}><IsTruncated>false</IsTruncated>{''.join(entries)}"
+    return s3http.Response(
+        200, {"content-type": "application/xml"}, (body + "</ListBucketResult>").encode()
+    )
+
+
+def _entry(key: str, modified: str = "2026-12-04T03:40:54.123Z", xmlns: str = "") -> str:
+    return (
+        f"<Contents{xmlns}><Key>{key}</Key><LastModified>{modified}</LastModified>"
+        "<ETag>&#34;0123abcd&#34;</ETag><Size>42</Size><StorageClass>STANDARD</StorageClass>"
+        "<Owner><ID>0</ID></Owner></Contents>"
+    )
+
+
+@pytest.mark.parametrize("namespace", [S3_NAMESPACE, None], ids=["s3-namespace", "none"])
+def test_a_listing_page_is_read_with_or_without_s3s_namespace(namespace: str | None) -> None:
+    from datetime import UTC, datetime
+
+    from runlog_relay.objectstore import _parse_listing
+
+    page = _page(namespace, _entry("run-logs/r/RunLog"), _entry("run-logs/r/BranchLog-x"))
+    objects, token = _parse_listing(page, lambda key: key.removeprefix("run-logs/"))
+    assert token == ""
+    assert [(o.key, o.etag, o.size) for o in objects] == [
+        ("r/RunLog", "0123abcd", 42),
+        ("r/BranchLog-x", "0123abcd", 42),
+    ]
+    assert objects[0].last_modified == datetime(2026, 12, 4, 3, 40, 54, 123000, tzinfo=UTC)
+
+
+def test_an_entry_in_another_namespace_still_counts() -> None:
+    from runlog_relay.objectstore import _parse_listing
+
+    other = ' xmlns="urn:example:other"'
+    page = _page(S3_NAMESPACE, _entry("run-logs/r/RunLog", xmlns=other))
+    objects, _ = _parse_listing(page, lambda key: key.removeprefix("run-logs/"))
+    assert [(o.key, o.etag, o.size) for o in objects] == [("r/RunLog", "0123abcd", 42)]
+
+
+@pytest.mark.parametrize(
+    ("modified", "expected"),
+    [
+        ("2026-12-04T03:40:54Z", (2026, 12, 4, 3, 40, 54, 0)),
+        ("2026-12-04T03:40:54.5Z", (2026, 12, 4, 3, 40, 54, 500000)),
+        ("2026-12-04T04:40:54+01:00", (2026, 12, 4, 3, 40, 54, 0)),  # another zone: as UTC
+        ("2026-12-04T03:40:54", (2026, 12, 4, 3, 40, 54, 0)),  # no zone: S3's times are UTC
+        ("yesterday", None),
+        ("", None),
+    ],
+)
+def test_last_modified_is_read_as_utc_or_none(
+    modified: str, expected: tuple[int, ...] | None
+) -> None:
+    from datetime import UTC, datetime
+
+    from runlog_relay.objectstore import _parse_listing
+
+    objects, _ = _parse_listing(_page(S3_NAMESPACE, _entry("run-logs/r/RunLog", modified)), str)
+    assert objects[0].last_modified == (
+        None if expected is None else datetime(*expected, tzinfo=UTC)
+    )
