@@ -155,7 +155,7 @@ def key_of(relative: str, layout: Layout) -> str:
     return f"{relative[: -len(JSON_SUFFIX)]}/{relative}"
 
 
-def relative_parts(root: Path, path: Path) -> list[str] | None:
+def relative_parts(root: Path, path: Path | str) -> list[str] | None:
     """``path.relative_to(root).parts``, or None when ``path`` is not below ``root``.
 
     By string where the two are spelled alike (always, for paths the sidecar builds):
@@ -166,7 +166,7 @@ def relative_parts(root: Path, path: Path) -> list[str] | None:
     if text.startswith(prefix):
         return text[len(prefix) :].split("/")
     try:
-        return list(path.relative_to(root).parts)
+        return list(Path(path).relative_to(root).parts)
     except ValueError:
         return None
 

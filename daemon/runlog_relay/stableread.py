@@ -116,7 +116,7 @@ class Snapshot:
     body: bytes | None  #: the body, when it was small enough to keep
 
 
-def _open_parent(path: Path, root: Path | None) -> tuple[list[int], str | Path, int | None]:
+def _open_parent(path: Path | str, root: Path | None) -> tuple[list[int], str | Path, int | None]:
     """Descriptors of every folder from ``root`` down to ``path``'s parent (no links)."""
     if root is None:
         return [], path, None
@@ -135,7 +135,7 @@ def _open_parent(path: Path, root: Path | None) -> tuple[list[int], str | Path, 
 
 
 def _open_regular(
-    path: Path, root: Path | None
+    path: Path | str, root: Path | None
 ) -> tuple[int, os.stat_result, str | Path, int | None, list[int]]:
     """The file's descriptor and ``fstat``, with its parent folders' descriptors."""
     dir_fds, name, parent = _open_parent(path, root)
@@ -158,7 +158,7 @@ def _open_regular(
 
 
 def read_stable(
-    path: Path,
+    path: Path | str,
     *,
     root: Path | None = None,
     layout: Layout = Layout.CHUNKED,

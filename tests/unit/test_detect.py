@@ -486,8 +486,8 @@ def test_an_exception_while_handling_one_file_costs_only_that_file(
         write_json(root / run / "RunLog.json", {"run": run})
     real = detect.read_file
 
-    def read_file(path: Path, *args: Any, **kwargs: Any) -> Any:
-        if path.parent.name == "b":
+    def read_file(path: Path | str, *args: Any, **kwargs: Any) -> Any:
+        if Path(path).parent.name == "b":
             raise MemoryError("simulated")  # anything, not only the expected errors
         return real(path, *args, **kwargs)
 
@@ -519,7 +519,7 @@ def test_out_of_descriptors_while_reading_is_retried_with_backoff_never_unreadab
     real = detect.read_file
     short = [True]
 
-    def read_file(path: Path, *args: Any, **kwargs: Any) -> Any:
+    def read_file(path: Path | str, *args: Any, **kwargs: Any) -> Any:
         if short[0]:  # what opening any file says with every descriptor taken
             return OSError(code, os.strerror(code), str(path))
         return real(path, *args, **kwargs)
@@ -559,8 +559,8 @@ def test_an_exception_while_handling_an_event_costs_only_that_path(
     rig.take()
     real = detect.classify_path
 
-    def classify_path(root_: Path, path: Path, layout: Layout, prefix: str = "") -> Any:
-        if path.name == "BranchLog-bad.json":
+    def classify_path(root_: Path, path: Path | str, layout: Layout, prefix: str = "") -> Any:
+        if Path(path).name == "BranchLog-bad.json":
             raise RuntimeError("boom")
         return real(root_, path, layout, prefix)
 
@@ -595,8 +595,8 @@ def test_big_files_are_read_by_the_bulk_reader_and_streamed(
     threads: dict[str, str] = {}
     real = detect.read_file
 
-    def read_file(path: Path, *args: Any, **kwargs: Any) -> Any:
-        threads[path.name] = threading.current_thread().name
+    def read_file(path: Path | str, *args: Any, **kwargs: Any) -> Any:
+        threads[Path(path).name] = threading.current_thread().name
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(detect, "read_file", read_file)
@@ -1085,8 +1085,8 @@ def test_settled_files_cost_no_read_on_rescans(root: Path, monkeypatch: pytest.M
     reads: list[Path] = []
     real = detect.read_file
 
-    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
-        reads.append(path)
+    def counting(path: Path | str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(Path(path))
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(detect, "read_file", counting)

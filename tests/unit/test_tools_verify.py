@@ -23,7 +23,7 @@ def md5(data: bytes) -> str:
 
 
 def candidate(root: Path, relative: str, layout: Layout) -> Candidate:
-    return Candidate(root / relative, relative, key_for(relative, layout))
+    return Candidate(str(root / relative), relative, key_for(relative, layout))
 
 
 def test_newer_side_allows_for_second_resolution() -> None:
