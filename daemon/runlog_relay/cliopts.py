@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from runlog_relay.config.fields import Fields, Refused, Setting
-from runlog_relay.config.rules import format_size
+from runlog_relay.config.rules import format_size, reason_of
 from runlog_relay.config.settings import (
     CONFIG_VARIABLE,
     SidecarSettings,
@@ -312,7 +312,7 @@ def _schema_problem(option: Option, value: Any) -> str:
         model.__pydantic_validator__.validate_python({option.path[-1]: value})
     except ValidationError as exc:
         mine = [e for e in exc.errors() if e["loc"] and str(e["loc"][0]) in names]
-        return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in mine)
+        return "; ".join(reason_of(e) for e in mine)
     return ""
 
 

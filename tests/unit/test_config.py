@@ -269,6 +269,19 @@ def test_store_spec_rejects_out_of_range_values(wire: dict[str, object]) -> None
         StoreSpec.model_validate(wire)
 
 
+def test_a_bad_region_is_worded_by_the_rule_and_the_crd_keeps_its_pattern() -> None:
+    with pytest.raises(ValidationError) as caught:
+        StoreSpec.model_validate({"region": "EU WEST"})
+    assert "region must be 1-64 lower-case letters" in str(caught.value)
+    assert "should match pattern" not in str(caught.value)
+    assert StoreSpec.model_validate({"region": "eu-west-1"}).region == "eu-west-1"
+    schema = StoreSpec.model_json_schema(by_alias=True)["properties"]["region"]
+    region = next(
+        option for option in schema.get("anyOf", [schema]) if option.get("type") == "string"
+    )
+    assert (region["pattern"], region["maxLength"]) == ("^[a-z0-9-]{1,64}$", 64)
+
+
 def test_store_spec_is_frozen() -> None:
     spec = StoreSpec()
     with pytest.raises(ValidationError):
@@ -417,9 +430,12 @@ def test_empty_config_file_means_defaults(tmp_path: Path) -> None:
         ("sync:\n  debounceSeconds: 1\n  debounce_seconds: 2\n", "are the same setting"),
         ("logLevel: INFO\nlog_level: DEBUG\n", "'logLevel' and 'log_level' are the same"),
         # A bool is an int in Python: `true` meant 1 upload in flight.
-        ("sync:\n  concurrency: true\n", "sync.concurrency: Value error, must be a number"),
+        ("sync:\n  concurrency: true\n", "sync.concurrency: must be a number"),
         ("sync:\n  maxFileBytes: false\n", "must be a number, not false"),
-        ("metricsPort: true\n", "metrics_port: Value error, must be a number"),
+        ("metricsPort: true\n", "metrics_port: must be a number"),
+        # The rule's words, not pydantic's pattern (a user cannot read a regex).
+        ("region: us east 1\n", "region: region must be 1-64 lower-case letters, digits and"),
+        ("region: US-EAST-1\n", "such as us-east-1, got 'US-EAST-1'"),
     ],
 )
 def test_bad_config_files_raise_config_error_naming_the_file(

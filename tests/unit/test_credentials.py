@@ -431,5 +431,5 @@ def test_long_lived_answers_are_kept() -> None:
     "value", ["sts.amazonaws.com", "ftp://sts", "https://user:pw@sts.internal"]
 )
 def test_sts_endpoint_must_be_an_http_url(value: str) -> None:
-    with pytest.raises(ConfigError, match="sts_endpoint: Value error, must be an http"):
+    with pytest.raises(ConfigError, match="sts_endpoint: must be an http"):
         load_sidecar_settings({"sts_endpoint": value})

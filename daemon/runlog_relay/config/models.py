@@ -27,6 +27,7 @@ from runlog_relay.config.rules import (
     KMS_KEY_MAX_LENGTH,
     KMS_KEY_PATTERN,
     MAX_STORE_NAME,
+    REGION_PATTERN,
     RESERVED_FOLDERS,
     SECRET_DATA_KEY_PATTERN,
     SIDECAR_CONFIG_DIR,
@@ -38,6 +39,8 @@ from runlog_relay.config.rules import (
     check_bucket,
     check_duration,
     check_log_folder,
+    check_region,
+    check_region_setting,
     check_sse_fields,
     duration_seconds,
     format_size,
@@ -124,13 +127,20 @@ Endpoint = Annotated[
     ),
 ]
 
-_REGION = r"[a-z0-9-]{1,64}"
-#: An S3 region name (``us-east-1``, MinIO's ``site-a``): checked where it is set, so a
-#: typo (``us east 1``) is a settings error, not a request signed for a broken scope.
-Region = Annotated[str, Field(pattern=rf"^{_REGION}$", max_length=64)]
+#: An S3 region name (``us-east-1``, MinIO's ``site-a``), checked by the rule's own words
+#: (pydantic's would quote the pattern); the schema still carries the pattern, for the CRD.
+Region = Annotated[
+    str,
+    AfterValidator(check_region),
+    Field(json_schema_extra={"pattern": f"^{REGION_PATTERN}$", "maxLength": 64}),
+]
 #: The same in the process settings, where an empty variable is a value meaning unset
 #: (Argo and templates leave variables empty).
-RegionSetting = Annotated[str, Field(pattern=rf"^(?:{_REGION})?$", max_length=64)]
+RegionSetting = Annotated[
+    str,
+    AfterValidator(check_region_setting),
+    Field(json_schema_extra={"pattern": f"^(?:{REGION_PATTERN})?$", "maxLength": 64}),
+]
 
 
 class WireModel(BaseModel):

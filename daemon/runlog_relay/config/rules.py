@@ -18,6 +18,7 @@ import json
 import os
 import posixpath
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -38,6 +39,7 @@ __all__ = [
     "LOG_LEVELS",
     "MAX_DURATION_SECONDS",
     "MAX_STORE_NAME",
+    "REGION_PATTERN",
     "RESERVED_FOLDERS",
     "SECRET_DATA_KEY_PATTERN",
     "SIDECAR_CONFIG_DIR",
@@ -52,6 +54,8 @@ __all__ = [
     "check_http_url",
     "check_log_folder",
     "check_log_level",
+    "check_region",
+    "check_region_setting",
     "check_run_ids",
     "check_sidecar_sse",
     "check_source",
@@ -62,6 +66,7 @@ __all__ = [
     "not_a_switch",
     "optional_stripped",
     "parse_bucket",
+    "reason_of",
     "size_bytes",
     "split_run_ids",
     "to_camel",
@@ -356,6 +361,36 @@ def check_run_ids(value: tuple[str, ...]) -> tuple[str, ...]:
         except UnsafeNameError as exc:
             raise ValueError(f"run id {run_id!r} is not a safe run id: {exc.reason}") from None
     return tuple(dict.fromkeys(value))
+
+
+#: An S3 region name (``us-east-1``, MinIO's ``site-a``).
+REGION_PATTERN = r"[a-z0-9-]{1,64}"
+_REGION = re.compile(REGION_PATTERN)
+
+
+def check_region(value: str) -> str:
+    """A region name, checked where it is set: a typo (``us east 1``) is a settings
+    error, not a request signed for a scope no server knows."""
+    if not _REGION.fullmatch(value):
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise ValueError(
+            "region must be 1-64 lower-case letters, digits and dashes, such as us-east-1,"
+            f" got {shown!r}"
+        )
+    return value
+
+
+def check_region_setting(value: str) -> str:
+    """:func:`check_region` in the process settings, where an empty variable means unset
+    (Argo and templates leave variables empty)."""
+    return value if value == "" else check_region(value)
+
+
+def reason_of(error: Mapping[str, Any]) -> str:
+    """The words of one pydantic error (an ``ErrorDetails``) as a user reads them: a rule
+    here raised it with its own message, which pydantic labels "Value error, "."""
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ") if error["type"] == "value_error" else message
 
 
 def check_http_url(value: str | None) -> str | None:

@@ -182,7 +182,7 @@ class SidecarSettingsFields(Fields):
         Setting('source', 'path', None, optional=True, before=('check_source',), description='The folder runnable writes run logs to (its `log_folder`); required. It may not exist yet when a long-running sidecar starts (runnable creates it): until it does, `/readyz` says so and a warning repeats. A file there is an error.'),
         Setting('endpoint', 'str', 'http://localhost:9002', max_length=2048, pattern='^https?://[^/\\s?#]+/?$', after=('validate_endpoint',), description="S3/MinIO endpoint URL, `http(s)://host[:port]` (runnable's default `http://localhost:9002`)."),
         Setting('bucket', 'str', 'runnable/run-logs', max_length=1024, pattern='^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9_.=+@,-]+)*/?$', after=('check_bucket',), description="runnable's `bucket[/prefix]`: the S3 bucket, optionally followed by a key prefix under which runs are stored (runnable's default `runnable/run-logs`)."),
-        Setting('region', 'str', None, optional=True, max_length=64, pattern='^(?:[a-z0-9-]{1,64})?$', description='S3 region; unset for MinIO. On AWS, setting it saves a `GetBucketLocation`.'),
+        Setting('region', 'str', None, optional=True, after=('check_region_setting',), description='S3 region; unset for MinIO. On AWS, setting it saves a `GetBucketLocation`.'),
         Setting('layout', Layout, Layout.CHUNKED, description="`chunked` (runnable's chunked-fs → chunked-minio) or `single` (file-system → minio)."),
         Setting('create_bucket', 'bool', False, description='Create the bucket if it is missing.'),
         Setting('tls', SidecarTLSFields, None, description='TLS options.'),

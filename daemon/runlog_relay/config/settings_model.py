@@ -59,6 +59,7 @@ from runlog_relay.config.rules import (
     check_source,
     json_object_text,
     optional_stripped,
+    reason_of,
     split_run_ids,
 )
 from runlog_relay.layout import Layout
@@ -305,7 +306,8 @@ def explain(exc: ValidationError, config_file: Path | None) -> str:
     for error in exc.errors(include_input=False, include_url=False):
         location = ".".join(str(part) for part in error["loc"]) or "settings"
         variable = _variable_of(error["loc"])
-        problems.append(f"{location}: {error['msg']}" + (f" ({variable})" if variable else ""))
+        reason = reason_of(error)
+        problems.append(f"{location}: {reason}" + (f" ({variable})" if variable else ""))
     return f"invalid settings{where}: " + "; ".join(problems)
 
 

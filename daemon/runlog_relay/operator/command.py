@@ -24,6 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from runlog_relay import logs
+from runlog_relay.config.rules import reason_of
 from runlog_relay.exitcodes import ExitCode, epilog, missing_extra
 from runlog_relay.operator.settings import (
     OperatorSettings,
@@ -238,7 +239,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         for error in exc.errors(include_input=False, include_url=False):
             location = tuple(str(p) for p in error["loc"])
             where = f"{env_name(location)} / {location[-1]}: " if location else ""
-            problems.append(where + error["msg"].removeprefix("Value error, "))
+            problems.append(where + reason_of(error))
         raise ValueError("invalid operator settings: " + "; ".join(problems)) from None
     if settings.webhook.service_namespace is None:
         webhook = settings.webhook.model_copy(update={"service_namespace": _own_namespace()})
