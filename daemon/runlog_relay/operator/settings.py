@@ -55,8 +55,8 @@ NESTED_DELIMITER = "__"
 DEFAULT_IMAGE = f"ghcr.io/runlog-relay/runlog-relay:{__version__}"
 #: Sized from the benchmark (docs/benchmarks.md, "Sizing the injected sidecar"): the
 #: requests cover a Job pod's sidecar (31 MiB idle and after mirroring a run of 20 files
-#: rewritten 4 times, ~0 mCPU idle), the limits its peaks (71-91 MiB mirroring 16-64 MiB
-#: run logs, 82-85 MiB in a first sync of 2,000 files; start-up 0.15-0.20 CPU-s, about
+#: rewritten 4 times, 45 MiB in a first sync of 2,000 files; ~0 mCPU idle), the limits
+#: its peaks (71-91 MiB mirroring 16-64 MiB run logs; start-up 0.14-0.20 CPU-s, about
 #: 1 s at 200m). The CPU limit keeps the sidecar inside quotas on `limits.cpu`.
 DEFAULT_RESOURCES: Mapping[str, Mapping[str, str]] = {
     "requests": {"cpu": "10m", "memory": "48Mi"},
