@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -1108,15 +1108,19 @@ def test_a_run_folder_that_cannot_be_listed_is_retried_soon_and_not_forgotten(
     rig.rescan("start")
     rig.uploaded(*rig.take())
     added = write_json(root / "r" / "BranchLog-new.json", {"b": 1})
-    real_scandir = os.scandir
     failing = {"on": True}
 
-    def scandir(path: Any) -> Any:
-        if failing["on"] and str(path).endswith("/r"):
-            raise OSError(24, "Too many open files")
-        return real_scandir(path)
+    def out_of_descriptors(real: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def listing(path: Any) -> Any:
+            if failing["on"] and str(path).endswith("/r"):
+                raise OSError(24, "Too many open files")
+            return real(path)
 
-    monkeypatch.setattr(os, "scandir", scandir)
+        return listing
+
+    # Both ways a folder is listed: a full sweep reads entries, a light rescan names.
+    monkeypatch.setattr(os, "scandir", out_of_descriptors(os.scandir))
+    monkeypatch.setattr(os, "listdir", out_of_descriptors(os.listdir))
     rig.rescan("periodic")
     assert rig.value("runlog_relay_files_tracked") == 1  # not seen is not deleted
     failing["on"] = False

@@ -260,3 +260,53 @@ def test_classify_path_checks_every_component_for_links(root: Path, outside: Pat
 def test_classify_path_with_a_file_where_a_run_folder_should_be(root: Path) -> None:
     touch(root / "run-1")
     assert classify_path(root, root / "run-1" / "RunLog.json", CHUNKED) is None
+
+
+# --------------------------------------------------------------------------- trust
+
+
+def _shape(item: Entry | Skipped | FolderError) -> tuple[str, ...]:
+    if isinstance(item, Entry):
+        return ("entry", item.relative, item.path, str(item.info.st_size))
+    if isinstance(item, Skipped):
+        return ("skipped", str(item.path), item.reason)
+    return ("folder", item.run_id, str(item.path))
+
+
+@pytest.mark.parametrize("layout", [CHUNKED, SINGLE])
+def test_a_trusting_scan_yields_what_a_full_one_does_for_untrusted_files_only(
+    root: Path, outside: Path, layout: Layout
+) -> None:
+    """A light rescan lists names (no DirEntry) and lstats only the files it does not
+    trust: for those it must say exactly what the full scan says (links, FIFOs, folders
+    named .json, sizes), and nothing at all for a trusted file."""
+    top = Path() if layout is SINGLE else Path("run-1")
+    touch(root / top / "trusted.json", '{"t": 1}')
+    touch(root / top / "new.json", '{"n": 22}')
+    (root / top / "link.json").symlink_to(outside / "stolen.json")
+    (root / top / "folder.json").mkdir()
+    os.mkfifo(root / top / "fifo.json")
+    trusted = (top / "trusted.json").as_posix()
+    asked: list[str] = []
+
+    def trust(relative: str) -> bool:
+        asked.append(relative)
+        return relative == trusted
+
+    light = sorted(_shape(item) for item in scan(root, layout, trust))
+    full = sorted(_shape(item) for item in scan(root, layout) if _shape(item)[1] != trusted)
+    assert light == full and len(light) == 4
+    assert trusted in asked and all(item[1] != trusted for item in light)
+
+
+def test_a_trusting_scan_reports_a_run_folder_it_cannot_list(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    touch(root / "run-1" / "RunLog.json")
+
+    def refused(path: object) -> list[str]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "listdir", refused)
+    (item,) = scan(root, CHUNKED, lambda relative: True)
+    assert isinstance(item, FolderError) and item.run_id == "run-1"

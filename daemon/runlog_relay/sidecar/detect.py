@@ -524,9 +524,7 @@ class Detector:
         try:
             for entry in scan(self.root, layout, trust):
                 try:
-                    if isinstance(entry, str):
-                        pass  # trusted: marked seen already
-                    elif isinstance(entry, Entry):
+                    if isinstance(entry, Entry):
                         changed += self._observe(entry, generation, now)
                     elif isinstance(entry, FolderError):
                         unlistable.add(entry.run_id)
@@ -534,8 +532,7 @@ class Detector:
                     else:
                         self._skip(entry)
                 except Exception:
-                    where = entry if isinstance(entry, str) else entry.path
-                    log.exception("handling %s during a rescan failed; going on", where)
+                    log.exception("handling %s during a rescan failed; going on", entry.path)
         except OSError as exc:
             # The source folder itself could not be listed (EMFILE, EACCES): nothing was
             # seen, so nothing is forgotten; try again soon.
